@@ -1,0 +1,75 @@
+"""The client's local optimizer interface, and the surrogate behind it.
+
+A ``LocalOptimizer`` runs ``steps`` local steps from a prompt on the client's own data and says
+what it did. The surrogate is a seeded model (see :mod:`fedbus.surrogate.model`); the TextGrad
+optimizer on real LLMs implements the same interface.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from dataclasses import dataclass
+from typing import Protocol
+
+from fedbus.errors import EngineError
+from fedbus.protocol.messages import DataSpec
+from fedbus.surrogate import model, task
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LocalOutcome:
+    """What one round of local optimization produced."""
+
+    prompt: str
+    steps: int
+    accepted_steps: int
+    batch_acc_before: float
+    batch_acc_after: float
+    llm_calls: int
+    tokens: int
+
+
+class LocalOptimizer(Protocol):
+    """Optimizes a prompt on one client's private data."""
+
+    engine: str
+
+    async def optimize(self, prompt: str, *, round: int, steps: int, batch_size: int) -> LocalOutcome:
+        """Run ``steps`` local steps from ``prompt``; raise ``EngineError`` on failure."""
+        ...
+
+
+def shard_for(client: str, num_shards: int) -> int:
+    """The shard a client uses when none is assigned: a stable hash of its id."""
+    return zlib.crc32(client.encode("utf-8")) % num_shards
+
+
+class SurrogateOptimizer:
+    """The surrogate optimizer (no LLM): seeded per (seed, client, round), so runs replay."""
+
+    engine = "surrogate"
+
+    def __init__(self, spec: DataSpec, shard_index: int, client: str) -> None:
+        if spec.task != "surrogate-skills":
+            raise EngineError(f"the surrogate optimizer only knows task 'surrogate-skills', not {spec.task!r}")
+        self._spec = spec
+        self._client = client
+        self._shard = task.shard(spec, task.generate(spec), shard_index)
+
+    async def optimize(self, prompt: str, *, round: int, steps: int, batch_size: int) -> LocalOutcome:
+        rng = random.Random(f"surrogate/{self._spec.seed}/{self._client}/{round}")
+        result = model.optimize(prompt, self._shard, steps, batch_size, rng)
+        return LocalOutcome(prompt=result.prompt, steps=result.steps, accepted_steps=result.accepted_steps,
+                            batch_acc_before=result.batch_acc_before, batch_acc_after=result.batch_acc_after,
+                            llm_calls=result.cost.llm_calls, tokens=result.cost.tokens)
+
+
+def make_optimizer(engine: str, spec: DataSpec, client: str, shard_index: int | None) -> LocalOptimizer:
+    """The optimizer for ``engine``; ``EngineError`` for an engine this build does not have."""
+    index = shard_for(client, spec.num_shards) if shard_index is None else shard_index
+    if not 0 <= index < spec.num_shards:
+        raise EngineError(f"shard {index} is outside 0..{spec.num_shards - 1}")
+    if engine == "surrogate":
+        return SurrogateOptimizer(spec, index, client)
+    raise EngineError(f"unknown engine {engine!r}; this build has: surrogate")

@@ -1,0 +1,5 @@
+import sys
+
+from fedbus.cli import main
+
+sys.exit(main())

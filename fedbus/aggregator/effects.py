@@ -1,0 +1,130 @@
+"""What the aggregator core asks the runtime to do, and the records it produces."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedbus.protocol.messages import Message, UpdateStats
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rejection:
+    """An update (or something on an update topic) that did not enter an aggregate, and why."""
+
+    client: str | None
+    msg_id: str | None
+    round: int | None
+    reason: str
+    detail: str = ""
+    at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Accepted:
+    """An update that entered (or will enter) round ``round``'s aggregate."""
+
+    client: str
+    msg_id: str
+    round: int
+    base_version: int
+    prompt: str
+    stats: UpdateStats
+    at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoundResult:
+    """Everything that happened in one round."""
+
+    round: int
+    status: str  # 'aggregated' | 'no-quorum' | 'reduce-failed'
+    version_before: int
+    version_after: int
+    selected: tuple[str, ...]
+    accepted: tuple[Accepted, ...]
+    rejected: tuple[Rejection, ...]
+    dropped: tuple[str, ...]
+    missing: tuple[str, ...]
+    opened_at: float
+    closed_at: float
+    prompt: str
+    close_reason: str  # 'all-answered' | 'deadline' | 'all-gone'
+
+    @property
+    def duration_s(self) -> float:
+        return self.closed_at - self.opened_at
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Publish:
+    """Send ``message`` on ``topic`` (QoS 1)."""
+
+    topic: str
+    message: Message
+    retain: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ArmTimer:
+    """Feed ``TimerFired`` at time ``at`` (or later)."""
+
+    at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reduce:
+    """Merge the accepted prompts of ``round`` with strategy ``strategy``; answer with ``Reduced``."""
+
+    round: int
+    strategy: str
+    current_prompt: str
+    prompts: tuple[tuple[str, str], ...]  # (client, prompt), sorted by client
+    max_chars: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoundOpened:
+    """A round started with these participants."""
+
+    round: int
+    version: int
+    selected: tuple[str, ...]
+    live: int
+    deadline: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpdateAccepted:
+    """A decision, for the event log."""
+
+    accepted: Accepted
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpdateRejected:
+    """A decision, for the event log."""
+
+    rejection: Rejection
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoundClosed:
+    """A round ended; ``result`` says how."""
+
+    result: RoundResult
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunFinished:
+    """The run ended: ``status`` is 'completed' or 'aborted'."""
+
+    status: str
+    reason: str
+    rounds_closed: int
+    version: int
+    prompt: str
+    leftover_rejections: tuple[Rejection, ...]
+
+
+Effect = (Publish | ArmTimer | Reduce | RoundOpened | UpdateAccepted | UpdateRejected | RoundClosed
+          | RunFinished)

@@ -1,0 +1,77 @@
+"""What the runtime feeds into the aggregator core. Every event carries the time ``now``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedbus.protocol.messages import Update
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Started:
+    """The run begins."""
+
+    now: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientOnline:
+    """A client announced itself (retained presence 'online')."""
+
+    client: str
+    now: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientOffline:
+    """A client went away: ``reason`` is 'will' (its Last Will fired) or 'left' (clean)."""
+
+    client: str
+    now: float
+    reason: str = "left"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpdateReceived:
+    """A decoded update arrived."""
+
+    update: Update
+    now: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpdateMalformed:
+    """Bytes on an update topic that did not decode. ``client`` comes from the topic, if any."""
+
+    client: str | None
+    reason: str
+    detail: str
+    now: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimerFired:
+    """A timer armed with ``ArmTimer`` expired."""
+
+    now: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reduced:
+    """The runtime carried out a ``Reduce`` effect: ``prompt`` is the aggregate."""
+
+    round: int
+    prompt: str
+    now: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReduceFailed:
+    """The runtime could not carry out a ``Reduce`` effect (e.g. an LLM aggregator failed)."""
+
+    round: int
+    reason: str
+    now: float
+
+
+Event = Started | ClientOnline | ClientOffline | UpdateReceived | UpdateMalformed | TimerFired | Reduced | ReduceFailed

@@ -1,0 +1,383 @@
+"""The synchronous-round aggregator: a sans-I/O state machine.
+
+Feed it events with :meth:`RoundAggregator.handle`; it returns effects for the runtime to carry
+out (publish, arm a timer, reduce prompts) and records (round opened, update accepted or rejected,
+round closed, run finished). It never blocks, never reads a clock and never draws from global
+randomness: time arrives in each event, randomness from the ``random.Random`` it is given.
+
+A round: select participants among the live clients (``fraction`` of them, at least
+``min_clients``), send each a task, collect updates until every selected client that is still
+online has answered or the deadline passes, then reduce if at least ``min_updates`` arrived.
+Every update that does not enter an aggregate is rejected with a reason that ends up in a
+round result (or, after the last round, in ``RunFinished.leftover_rejections``).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+
+from fedbus.aggregator.effects import (
+    Accepted,
+    ArmTimer,
+    Effect,
+    Publish,
+    Reduce,
+    Rejection,
+    RoundClosed,
+    RoundOpened,
+    RoundResult,
+    RunFinished,
+    UpdateAccepted,
+    UpdateRejected,
+)
+from fedbus.aggregator.events import (
+    ClientOffline,
+    ClientOnline,
+    Event,
+    ReduceFailed,
+    Reduced,
+    Started,
+    TimerFired,
+    UpdateMalformed,
+    UpdateReceived,
+)
+from fedbus.errors import LocalProtocolError
+from fedbus.protocol import topics
+from fedbus.protocol.ids import AGGREGATOR
+from fedbus.protocol.messages import DataSpec, GlobalState, GlobalStatus, Task, Update
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AggregatorConfig:
+    """What the aggregator needs to know about the federation."""
+
+    run: str
+    rounds: int
+    expected_clients: int
+    initial_prompt: str
+    engine: str
+    data: DataSpec
+    local_steps: int = 3
+    batch_size: int = 3
+    fraction: float = 1.0
+    min_clients: int = 1
+    min_updates: int = 1
+    round_deadline_s: float = 60.0
+    join_timeout_s: float = 30.0
+    strategy: str = "concat"
+    max_prompt_chars: int = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class AggregatorStatistics:
+    """An immutable snapshot of the aggregator's counters."""
+
+    phase: str
+    round: int
+    version: int
+    live_clients: int
+    known_clients: int
+    accepted: int
+    rejected: int
+    rounds_closed: int
+
+
+@dataclass(slots=True)
+class _OpenRound:
+    number: int
+    version: int
+    selected: frozenset[str]
+    opened_at: float
+    deadline: float
+    accepted: dict[str, Accepted] = field(default_factory=dict)
+    rejected: list[Rejection] = field(default_factory=list)
+    dropped: set[str] = field(default_factory=set)
+    refused: set[str] = field(default_factory=set)  # selected, answered, but the answer was rejected
+    close_reason: str = ""
+    closed_at: float = 0.0
+
+
+# Rejections of a selected client's update for this round: it answered, it will not answer again.
+_ANSWERED_BUT_REFUSED = frozenset({"wrong-base-version", "prompt-too-long", "empty-prompt"})
+
+
+class RoundAggregator:
+    """Synchronous FedTextGrad rounds as a state machine (events in, effects out)."""
+
+    def __init__(self, config: AggregatorConfig, rng: random.Random) -> None:
+        self.config = config
+        self._rng = rng
+        self._phase = "idle"  # idle | waiting | collecting | reducing | finished
+        self._round = 0
+        self._version = 0
+        self._prompt = config.initial_prompt
+        self._live: set[str] = set()
+        self._known: set[str] = set()
+        self._seen_ids: set[str] = set()
+        self._current: _OpenRound | None = None
+        self._pending: list[Rejection] = []  # rejections waiting for a round result
+        self._waiting_since = 0.0
+        self._seq = 0
+        self._accepted_total = 0
+        self._rejected_total = 0
+        self._results: list[RoundResult] = []
+
+    # ----------------------------------------------------------------- queries
+    @property
+    def phase(self) -> str:
+        return self._phase
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def prompt(self) -> str:
+        return self._prompt
+
+    @property
+    def results(self) -> tuple[RoundResult, ...]:
+        return tuple(self._results)
+
+    def statistics(self) -> AggregatorStatistics:
+        return AggregatorStatistics(
+            phase=self._phase,
+            round=self._round,
+            version=self._version,
+            live_clients=len(self._live),
+            known_clients=len(self._known),
+            accepted=self._accepted_total,
+            rejected=self._rejected_total,
+            rounds_closed=len(self._results),
+        )
+
+    # ----------------------------------------------------------------- events
+    def handle(self, event: Event) -> list[Effect]:
+        """Apply one event; return the effects, in the order they must happen."""
+        out: list[Effect] = []
+        if isinstance(event, Started):
+            self._start(event.now, out)
+        elif isinstance(event, ClientOnline):
+            self._online(event, out)
+        elif isinstance(event, ClientOffline):
+            self._offline(event, out)
+        elif isinstance(event, UpdateReceived):
+            self._update(event.update, event.now, out)
+        elif isinstance(event, UpdateMalformed):
+            self._reject(Rejection(client=event.client, msg_id=None, round=None,
+                                   reason=f"malformed:{event.reason}", detail=event.detail, at=event.now), out)
+        elif isinstance(event, TimerFired):
+            self._timer(event.now, out)
+        elif isinstance(event, Reduced):
+            self._reduced(event, out)
+        elif isinstance(event, ReduceFailed):
+            self._reduce_failed(event, out)
+        else:  # pragma: no cover - guarded by the type
+            raise LocalProtocolError(f"unknown event {event!r}")
+        return out
+
+    # ----------------------------------------------------------------- helpers
+    def _next_id(self) -> str:
+        self._seq += 1
+        return f"{AGGREGATOR}-{self.config.run}-{self._seq}"
+
+    def _global(self, status: GlobalStatus, now: float) -> Publish:
+        cfg = self.config
+        message = GlobalState(run=cfg.run, round=self._round, client=AGGREGATOR, msg_id=self._next_id(),
+                              sent=now, version=self._version, prompt=self._prompt, status=status,
+                              engine=cfg.engine, data=cfg.data, rounds=cfg.rounds)
+        return Publish(topic=topics.global_topic(cfg.run), message=message, retain=True)
+
+    def _reject(self, rejection: Rejection, out: list[Effect]) -> None:
+        self._rejected_total += 1
+        current = self._current
+        if current is not None and self._phase == "collecting":
+            current.rejected.append(rejection)
+        else:
+            self._pending.append(rejection)
+        out.append(UpdateRejected(rejection=rejection))
+
+    # ----------------------------------------------------------------- phases
+    def _start(self, now: float, out: list[Effect]) -> None:
+        if self._phase != "idle":
+            raise LocalProtocolError("Started twice")
+        self._phase = "waiting"
+        self._waiting_since = now
+        out.append(self._global("waiting", now))
+        self._maybe_open(now, out)
+        if self._phase == "waiting":
+            out.append(ArmTimer(at=now + self.config.join_timeout_s))
+
+    def _online(self, event: ClientOnline, out: list[Effect]) -> None:
+        self._known.add(event.client)
+        self._live.add(event.client)
+        if self._phase == "waiting":
+            self._maybe_open(event.now, out)
+
+    def _offline(self, event: ClientOffline, out: list[Effect]) -> None:
+        self._live.discard(event.client)
+        current = self._current
+        if self._phase == "collecting" and current is not None and event.client in current.selected:
+            if event.client not in current.accepted:
+                current.dropped.add(event.client)
+            self._maybe_close(event.now, out)
+
+    def _maybe_open(self, now: float, out: list[Effect]) -> None:
+        cfg = self.config
+        enough = len(self._live) >= cfg.min_clients
+        first = self._round == 0
+        everyone = len(self._live) >= cfg.expected_clients
+        timed_out = now >= self._waiting_since + cfg.join_timeout_s
+        if enough and (not first or everyone or timed_out):
+            self._open(now, out)
+
+    def _open(self, now: float, out: list[Effect]) -> None:
+        cfg = self.config
+        live = sorted(self._live)
+        want = max(cfg.min_clients, math.ceil(cfg.fraction * len(live)))
+        selected = sorted(self._rng.sample(live, min(want, len(live))))
+        self._round += 1
+        deadline = now + cfg.round_deadline_s
+        self._current = _OpenRound(number=self._round, version=self._version,
+                                   selected=frozenset(selected), opened_at=now, deadline=deadline)
+        self._phase = "collecting"
+        self._current.rejected.extend(self._pending)
+        self._pending.clear()
+        out.append(RoundOpened(round=self._round, version=self._version, selected=tuple(selected),
+                               live=len(live), deadline=deadline))
+        out.append(self._global("running", now))
+        for client in selected:
+            task = Task(run=cfg.run, round=self._round, client=client, msg_id=self._next_id(), sent=now,
+                        version=self._version, prompt=self._prompt, local_steps=cfg.local_steps,
+                        batch_size=cfg.batch_size, deadline_s=cfg.round_deadline_s)
+            out.append(Publish(topic=topics.task_topic(cfg.run, client), message=task))
+        out.append(ArmTimer(at=deadline))
+
+    def _update(self, update: Update, now: float, out: list[Effect]) -> None:
+        reason = self._why_not(update)
+        current = self._current
+        if reason is not None:
+            code, detail = reason
+            self._reject(Rejection(client=update.client, msg_id=update.msg_id, round=update.round,
+                                   reason=code, detail=detail, at=now), out)
+            if code in _ANSWERED_BUT_REFUSED and current is not None:
+                current.refused.add(update.client)
+                self._maybe_close(now, out)
+            return
+        assert current is not None
+        self._seen_ids.add(update.msg_id)
+        accepted = Accepted(client=update.client, msg_id=update.msg_id, round=update.round,
+                            base_version=update.base_version, prompt=update.prompt, stats=update.stats, at=now)
+        current.accepted[update.client] = accepted
+        current.dropped.discard(update.client)
+        self._accepted_total += 1
+        out.append(UpdateAccepted(accepted=accepted))
+        self._maybe_close(now, out)
+
+    def _why_not(self, update: Update) -> tuple[str, str] | None:
+        cfg = self.config
+        current = self._current
+        if update.run != cfg.run:
+            return "wrong-run", f"run {update.run!r}"
+        if update.msg_id in self._seen_ids:
+            return "duplicate", f"message {update.msg_id} already accepted"
+        if update.client not in self._known:
+            return "unknown-client", "never announced itself"
+        if self._phase == "finished":
+            return "run-finished", "arrived after the last round"
+        if current is None or update.round > self._round:
+            return "future-round", f"round {update.round} has not started (current {self._round})"
+        if update.round < self._round:
+            return "stale-round", f"round {update.round} is over (current {self._round})"
+        if self._phase != "collecting":
+            return "late", f"round {update.round} stopped collecting"
+        if update.client not in current.selected:
+            return "not-selected", f"not a participant of round {update.round}"
+        if update.client in current.accepted:
+            return "second-update", f"already sent {current.accepted[update.client].msg_id} for this round"
+        if update.base_version != current.version:
+            return "wrong-base-version", f"started from version {update.base_version}, task said {current.version}"
+        if len(update.prompt) > cfg.max_prompt_chars:
+            return "prompt-too-long", f"{len(update.prompt)} > {cfg.max_prompt_chars} characters"
+        if not update.prompt.strip():
+            return "empty-prompt", "the prompt is blank"
+        return None
+
+    def _maybe_close(self, now: float, out: list[Effect]) -> None:
+        current = self._current
+        if current is None or self._phase != "collecting":
+            return
+        outstanding = current.selected - current.accepted.keys() - current.dropped - current.refused
+        if not outstanding:
+            reason = "all-answered" if current.accepted else "all-gone"
+            self._close_collection(now, reason, out)
+
+    def _timer(self, now: float, out: list[Effect]) -> None:
+        current = self._current
+        if self._phase == "collecting" and current is not None and now >= current.deadline:
+            self._close_collection(now, "deadline", out)
+        elif self._phase == "waiting":
+            self._maybe_open(now, out)
+            if self._phase == "waiting" and now >= self._waiting_since + self.config.join_timeout_s:
+                self._finish("aborted", f"fewer than {self.config.min_clients} clients online after "
+                             f"{self.config.join_timeout_s:g} s", now, out)
+
+    def _close_collection(self, now: float, reason: str, out: list[Effect]) -> None:
+        current = self._current
+        assert current is not None
+        current.close_reason = reason
+        current.closed_at = now
+        if len(current.accepted) >= self.config.min_updates:
+            self._phase = "reducing"
+            prompts = tuple((c, current.accepted[c].prompt) for c in sorted(current.accepted))
+            out.append(Reduce(round=current.number, strategy=self.config.strategy, current_prompt=self._prompt,
+                              prompts=prompts, max_chars=self.config.max_prompt_chars))
+        else:
+            self._end_round("no-quorum", now, out)
+
+    def _reduced(self, event: Reduced, out: list[Effect]) -> None:
+        if self._phase != "reducing" or self._current is None or event.round != self._current.number:
+            raise LocalProtocolError(f"Reduced for round {event.round} while {self._phase} round {self._round}")
+        self._prompt = event.prompt[: self.config.max_prompt_chars]
+        self._version += 1
+        self._end_round("aggregated", event.now, out)
+
+    def _reduce_failed(self, event: ReduceFailed, out: list[Effect]) -> None:
+        if self._phase != "reducing" or self._current is None or event.round != self._current.number:
+            raise LocalProtocolError(f"ReduceFailed for round {event.round} while {self._phase}")
+        self._current.close_reason = f"reduce-failed: {event.reason}"
+        self._end_round("reduce-failed", event.now, out)
+
+    def _end_round(self, status: str, now: float, out: list[Effect]) -> None:
+        current = self._current
+        assert current is not None
+        selected = current.selected
+        result = RoundResult(
+            round=current.number, status=status, version_before=current.version, version_after=self._version,
+            selected=tuple(sorted(selected)),
+            accepted=tuple(current.accepted[c] for c in sorted(current.accepted)),
+            rejected=tuple(current.rejected), dropped=tuple(sorted(current.dropped)),
+            missing=tuple(sorted(selected - current.accepted.keys() - current.dropped - current.refused)),
+            opened_at=current.opened_at, closed_at=now, prompt=self._prompt, close_reason=current.close_reason)
+        self._results.append(result)
+        self._current = None
+        if status == "aggregated":
+            out.append(self._global("running", now))
+        out.append(RoundClosed(result=result))
+        if self._round >= self.config.rounds:
+            self._finish("completed", f"{self.config.rounds} rounds", now, out)
+            return
+        self._phase = "waiting"
+        self._waiting_since = now
+        self._maybe_open(now, out)
+        if self._phase == "waiting":
+            out.append(ArmTimer(at=now + self.config.join_timeout_s))
+
+    def _finish(self, status: str, reason: str, now: float, out: list[Effect]) -> None:
+        self._phase = "finished"
+        out.append(self._global("finished", now))
+        out.append(RunFinished(status=status, reason=reason, rounds_closed=len(self._results),
+                               version=self._version, prompt=self._prompt,
+                               leftover_rejections=tuple(self._pending)))

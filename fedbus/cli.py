@@ -1,0 +1,157 @@
+"""The ``fedbus`` command: run, validate, broker, client."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import socket
+import sys
+import time
+from pathlib import Path
+
+import structlog
+
+from fedbus import __version__
+from fedbus.errors import FedbusError, ScenarioError, TransportError
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_ABORTED = 0, 1, 2, 3
+log = structlog.get_logger("fedbus.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedbus", description="Federated textual-gradient prompt optimization over MQTT.")
+    parser.add_argument("--version", action="version", version=f"fedbus {__version__}")
+    parser.add_argument("--log-level", default=os.environ.get("FEDBUS_LOG_LEVEL", "WARNING"),
+                        help="log level for stderr (default WARNING, or $FEDBUS_LOG_LEVEL)")
+    parser.add_argument("--log-json", action=argparse.BooleanOptionalAction, default=None,
+                        help="JSON log lines (default: only when stderr is not a terminal)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a scenario: broker, aggregator and clients")
+    run.add_argument("scenario", type=Path)
+    run.add_argument("--out", type=Path, help="output directory (default runs/RUN_ID)")
+    run.add_argument("--seed", type=int, help="override the scenario's seed")
+    run.add_argument("--broker", help="external broker mqtt://[user:pass@]host:port (default: embedded rumqttd)")
+    run.add_argument("--run-id", help="run id (default: NAME-SEED-RANDOM); clients on other machines need it")
+    run.add_argument("--quiet", action="store_true", help="no progress display")
+
+    validate = sub.add_parser("validate", help="check scenario files and name the YAML path of every mistake")
+    validate.add_argument("scenarios", type=Path, nargs="+")
+
+    broker = sub.add_parser("broker", help="run the embedded broker (rumqttd) in the foreground")
+    broker.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for other machines)")
+    broker.add_argument("--port", type=int, default=1883)
+    broker.add_argument("--max-payload-bytes", type=int, default=1024 * 1024)
+
+    client = sub.add_parser("client", help="join a running federation as one client")
+    client.add_argument("--broker", required=True, help="mqtt://[user:pass@]host:port")
+    client.add_argument("--run", required=True, help="the run id printed by `fedbus run`")
+    client.add_argument("--id", help="client id (default: HOSTNAME-PID)")
+    client.add_argument("--shard", type=int, help="data shard index (default: a hash of the client id)")
+    client.add_argument("--engine", help="engine (default: the one the federation announces)")
+    return parser
+
+
+def _default_client_id() -> str:
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:40] or "host"
+    return f"{host}-{os.getpid()}"
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from fedbus.scenario import load_scenario
+
+    status = EXIT_OK
+    for path in args.scenarios:
+        try:
+            scenario = load_scenario(path)
+        except ScenarioError as exc:
+            status = EXIT_INVALID
+            for line in exc.lines():
+                print(f"{path}: {line}")
+            continue
+        print(f"{path}: ok ({scenario.clients.count} clients, {scenario.rounds} rounds, engine {scenario.engine})")
+    return status
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from fedbus.runtime.run import RunOptions, new_run_id, run_scenario
+    from fedbus.scenario import load_scenario
+
+    try:
+        scenario = load_scenario(args.scenario, seed=args.seed)
+    except ScenarioError as exc:
+        for line in exc.lines():
+            print(f"{args.scenario}: {line}", file=sys.stderr)
+        return EXIT_INVALID
+    run_id = args.run_id or new_run_id(scenario)
+    out = args.out or Path("runs") / run_id
+    options = RunOptions(out_dir=out, broker_url=args.broker, run_id=run_id, progress=not args.quiet,
+                         scenario_file=str(args.scenario))
+    summary = asyncio.run(run_scenario(scenario, options))
+    return EXIT_OK if summary["status"] == "completed" else EXIT_ABORTED
+
+
+def _cmd_broker(args: argparse.Namespace) -> int:
+    from fedbus.runtime.broker import EmbeddedBroker, EmbeddedBrokerConfig
+
+    config = EmbeddedBrokerConfig(host=args.host, port=args.port, max_payload_bytes=args.max_payload_bytes)
+    broker = EmbeddedBroker(config)
+    broker.start()
+    print(f"fedbus broker (embedded rumqttd) listening on {args.host}:{broker.port}; "
+          f"clients use --broker mqtt://HOST:{broker.port}. Ctrl+C stops it.", flush=True)
+    try:
+        code = broker.wait()
+        print(f"broker exited with code {code}", file=sys.stderr)
+        return EXIT_FAILED if code else EXIT_OK
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        broker.stop()
+
+
+def _cmd_client(args: argparse.Namespace) -> int:
+    from clients.worker import ClientConfig, run_client
+    from fedbus.protocol.ids import check_id
+    from fedbus.runtime.address import parse_broker_url
+
+    client_id = args.id or _default_client_id()
+    try:
+        check_id(client_id, "client id")
+        check_id(args.run, "run id")
+    except ValueError as exc:
+        print(f"fedbus client: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    config = ClientConfig(run=args.run, client=client_id, broker=parse_broker_url(args.broker), shard=args.shard,
+                          engine=args.engine)
+    started = time.monotonic()
+    print(f"fedbus client {client_id} joining run {args.run} on {config.broker.url()}", flush=True)
+    report = asyncio.run(run_client(config))
+    print(f"fedbus client {client_id}: {report.rounds_done} rounds done in {time.monotonic() - started:.1f} s; "
+          f"{report.reason}", flush=True)
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fedbus`` console script."""
+    from fedbus.logs import configure
+
+    args = _parser().parse_args(argv)
+    configure(args.log_level, args.log_json)
+    commands = {"run": _cmd_run, "validate": _cmd_validate, "broker": _cmd_broker, "client": _cmd_client}
+    try:
+        return commands[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except TransportError as exc:
+        print(f"fedbus {args.command}: broker problem: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except FedbusError as exc:
+        print(f"fedbus {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The fedbus wire protocol: messages, codec and topics. Pure: no I/O."""

@@ -1,0 +1,180 @@
+"""The wire format: UTF-8 JSON, one object per MQTT payload. See docs/PROTOCOL.md.
+
+``encode`` turns a message into bytes; ``decode`` turns bytes into a message or raises
+:class:`MessageRejected` (the one error type of decoding) with a short machine-readable
+``reason``. Nothing else in fedbus knows what the bytes look like.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from fedbus.errors import LocalProtocolError, RemoteProtocolError
+from fedbus.protocol.messages import (
+    KIND_OF,
+    KINDS,
+    SCHEMA_VERSION,
+    DataSpec,
+    GlobalState,
+    Message,
+    Metrics,
+    Update,
+    UpdateStats,
+)
+
+DEFAULT_MAX_BYTES = 256 * 1024
+MAX_DEPTH = 8
+_ENVELOPE = ("run", "round", "client", "sent")
+
+
+class MessageRejected(RemoteProtocolError):
+    """A payload that is not a valid fedbus message. ``reason`` is one short code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """What ``decode`` accepts."""
+
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_depth: int = MAX_DEPTH
+
+
+def _body(message: Message) -> dict[str, Any]:
+    if isinstance(message, Update):
+        stats = message.stats
+        return {
+            "base_version": message.base_version,
+            "prompt": message.prompt,
+            "stats": {name: getattr(stats, name) for name in UpdateStats.__dataclass_fields__},
+        }
+    if isinstance(message, GlobalState):
+        data = message.data
+        return {
+            "version": message.version,
+            "prompt": message.prompt,
+            "status": message.status,
+            "engine": message.engine,
+            "rounds": message.rounds,
+            "data": {name: getattr(data, name) for name in DataSpec.__dataclass_fields__},
+        }
+    if isinstance(message, Metrics):
+        return {"values": dict(message.values)}
+    skip = {"run", "round", "client", "msg_id", "sent"}
+    return {
+        name: getattr(message, name)
+        for name in type(message).__dataclass_fields__
+        if name not in skip
+    }
+
+
+def encode(message: Message) -> bytes:
+    """Serialize ``message``. Raises ``LocalProtocolError`` if it cannot be represented."""
+    kind = KIND_OF.get(type(message))
+    if kind is None:
+        raise LocalProtocolError(f"not a fedbus message: {type(message).__name__}")
+    document = {
+        "v": SCHEMA_VERSION,
+        "kind": kind,
+        "run": message.run,
+        "round": message.round,
+        "client": message.client,
+        "id": message.msg_id,
+        "sent": message.sent,
+        "body": _body(message),
+    }
+    try:
+        text = json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise LocalProtocolError(f"cannot encode {kind}: {exc}") from exc
+    return text.encode("utf-8")
+
+
+def _reject_constant(name: str) -> Any:
+    raise MessageRejected("non-finite", f"{name} is not allowed")
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in item)
+    return False
+
+
+def _parse(payload: bytes, limits: Limits) -> dict[str, Any]:
+    if len(payload) > limits.max_bytes:
+        raise MessageRejected("oversized", f"{len(payload)} bytes > limit {limits.max_bytes}")
+    try:
+        document = json.loads(payload, parse_constant=_reject_constant)
+    except MessageRejected:
+        raise
+    except RecursionError as exc:
+        raise MessageRejected("too-deep", "nesting exceeds the parser's limit") from exc
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise MessageRejected("not-json", str(exc)[:200]) from exc
+    if _depth_exceeds(document, limits.max_depth):
+        raise MessageRejected("too-deep", f"nesting deeper than {limits.max_depth}")
+    if not isinstance(document, dict):
+        raise MessageRejected("bad-envelope", "top level must be a JSON object")
+    return document
+
+
+def _build(kind: str, document: dict[str, Any]) -> Message:
+    body = document.get("body")
+    if not isinstance(body, dict):
+        raise MessageRejected("bad-envelope", "body must be an object")
+    fields: dict[str, Any] = {name: document.get(name) for name in _ENVELOPE}
+    fields["msg_id"] = document.get("id")
+    cls = KINDS[kind]
+    body = dict(body)
+    if kind == "update":
+        stats = body.get("stats")
+        if not isinstance(stats, dict):
+            raise MessageRejected("bad-field", "stats must be an object")
+        body["stats"] = UpdateStats(**{n: stats.get(n) for n in UpdateStats.__dataclass_fields__})
+    elif kind == "global":
+        data = body.get("data")
+        if not isinstance(data, dict):
+            raise MessageRejected("bad-field", "data must be an object")
+        body["data"] = DataSpec(**{n: data.get(n) for n in DataSpec.__dataclass_fields__})
+    elif kind == "metrics":
+        values = body.get("values")
+        if not isinstance(values, dict):
+            raise MessageRejected("bad-field", "values must be an object")
+        body["values"] = tuple(values.items())
+    names = set(cls.__dataclass_fields__) - set(fields)
+    for name in names:
+        if name in body:
+            fields[name] = body[name]
+    return cls(**fields)
+
+
+def decode(payload: bytes, limits: Limits = Limits()) -> Message:
+    """Parse and check ``payload``. Raises :class:`MessageRejected` and nothing else."""
+    document = _parse(payload, limits)
+    version = document.get("v")
+    if version != SCHEMA_VERSION:
+        raise MessageRejected("bad-version", f"schema version {version!r} is not {SCHEMA_VERSION}")
+    kind = document.get("kind")
+    if kind not in KINDS:
+        raise MessageRejected("unknown-kind", f"kind {kind!r}")
+    try:
+        return _build(kind, document)
+    except MessageRejected:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise MessageRejected("bad-field", str(exc)[:200]) from exc

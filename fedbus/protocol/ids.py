@@ -1,0 +1,22 @@
+"""Identifier rules shared by topics and messages."""
+
+from __future__ import annotations
+
+import re
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+AGGREGATOR = "aggregator"
+
+
+def is_valid_id(value: object) -> bool:
+    """True for a run or client id that is safe inside an MQTT topic level."""
+    return isinstance(value, str) and _ID.match(value) is not None
+
+
+def check_id(value: object, what: str) -> str:
+    """Return ``value`` if it is a valid id, else raise ``ValueError`` naming ``what``."""
+    if not is_valid_id(value):
+        raise ValueError(
+            f"invalid {what} {value!r}: use 1-64 of A-Z a-z 0-9 _ . - starting with a letter or digit"
+        )
+    return value  # type: ignore[return-value]

@@ -1,0 +1,202 @@
+"""The messages of the fedbus protocol, as frozen values checked at construction.
+
+Only :mod:`fedbus.protocol.codec` knows how they look on the wire; see docs/PROTOCOL.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from fedbus.protocol.ids import AGGREGATOR, check_id
+
+SCHEMA_VERSION = 1
+PresenceStatus = Literal["online", "offline"]
+GlobalStatus = Literal["waiting", "running", "finished"]
+PRESENCE_STATUSES = ("online", "offline")
+GLOBAL_STATUSES = ("waiting", "running", "finished")
+
+
+def _check_int(value: object, what: str, minimum: int = 0) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_number(value: object, what: str, lo: float | None = None, hi: float | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{what} must be a finite number, got {value!r}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ValueError(f"{what} must be within [{lo}, {hi}], got {value!r}")
+
+
+def _check_str(value: object, what: str) -> None:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string, got {type(value).__name__}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Envelope:
+    """Fields every message carries."""
+
+    run: str
+    round: int
+    client: str
+    msg_id: str
+    sent: float
+
+    def _check_envelope(self) -> None:
+        check_id(self.run, "run id")
+        check_id(self.client, "client id")
+        _check_int(self.round, "round")
+        _check_str(self.msg_id, "msg_id")
+        if not 0 < len(self.msg_id) <= 128:
+            raise ValueError("msg_id must have 1-128 characters")
+        _check_number(self.sent, "sent")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DataSpec:
+    """How a client builds its private data: which generated task, which seed, how many shards."""
+
+    task: str
+    seed: int
+    num_shards: int
+    train_size: int
+    val_size: int
+    test_size: int
+    partition: str = "iid"
+
+    def __post_init__(self) -> None:
+        _check_str(self.task, "task")
+        _check_str(self.partition, "partition")
+        _check_int(self.seed, "seed")
+        _check_int(self.num_shards, "num_shards", 1)
+        _check_int(self.train_size, "train_size", 1)
+        _check_int(self.val_size, "val_size", 1)
+        _check_int(self.test_size, "test_size", 1)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Presence(Envelope):
+    """A client (or the aggregator) is online or offline. Retained; the Last Will says offline."""
+
+    status: PresenceStatus
+    engine: str = ""
+
+    def __post_init__(self) -> None:
+        self._check_envelope()
+        if self.status not in PRESENCE_STATUSES:
+            raise ValueError(f"status must be one of {PRESENCE_STATUSES}, got {self.status!r}")
+        _check_str(self.engine, "engine")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GlobalState(Envelope):
+    """The federation's current prompt and round. Retained, so a late joiner sees it at once."""
+
+    version: int
+    prompt: str
+    status: GlobalStatus
+    engine: str
+    data: DataSpec
+    rounds: int
+
+    def __post_init__(self) -> None:
+        self._check_envelope()
+        if self.client != AGGREGATOR:
+            raise ValueError(f"global state must come from {AGGREGATOR!r}")
+        _check_int(self.version, "version")
+        _check_str(self.prompt, "prompt")
+        if self.status not in GLOBAL_STATUSES:
+            raise ValueError(f"status must be one of {GLOBAL_STATUSES}, got {self.status!r}")
+        _check_str(self.engine, "engine")
+        _check_int(self.rounds, "rounds")
+        if not isinstance(self.data, DataSpec):
+            raise ValueError("data must be a DataSpec")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Task(Envelope):
+    """The aggregator asks one client (``client``) to optimize from ``prompt`` for ``round``."""
+
+    version: int
+    prompt: str
+    local_steps: int
+    batch_size: int
+    deadline_s: float
+
+    def __post_init__(self) -> None:
+        self._check_envelope()
+        _check_int(self.version, "version")
+        _check_str(self.prompt, "prompt")
+        _check_int(self.local_steps, "local_steps", 1)
+        _check_int(self.batch_size, "batch_size", 1)
+        _check_number(self.deadline_s, "deadline_s", 0.0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpdateStats:
+    """What a client's local optimization did."""
+
+    steps: int
+    accepted_steps: int
+    batch_acc_before: float
+    batch_acc_after: float
+    llm_calls: int
+    tokens: int
+    duration_s: float
+
+    def __post_init__(self) -> None:
+        _check_int(self.steps, "steps")
+        _check_int(self.accepted_steps, "accepted_steps")
+        _check_number(self.batch_acc_before, "batch_acc_before", 0.0, 1.0)
+        _check_number(self.batch_acc_after, "batch_acc_after", 0.0, 1.0)
+        _check_int(self.llm_calls, "llm_calls")
+        _check_int(self.tokens, "tokens")
+        _check_number(self.duration_s, "duration_s", 0.0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Update(Envelope):
+    """A client's optimized prompt for ``round``, started from global ``base_version``. Never retained."""
+
+    base_version: int
+    prompt: str
+    stats: UpdateStats
+
+    def __post_init__(self) -> None:
+        self._check_envelope()
+        _check_int(self.base_version, "base_version")
+        _check_str(self.prompt, "prompt")
+        if not isinstance(self.stats, UpdateStats):
+            raise ValueError("stats must be UpdateStats")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Metrics(Envelope):
+    """Named numbers a client or the aggregator reports (accuracy, tokens, ...)."""
+
+    values: tuple[tuple[str, float], ...]
+
+    def __post_init__(self) -> None:
+        self._check_envelope()
+        if not isinstance(self.values, tuple):
+            raise ValueError("values must be a tuple of (name, number) pairs")
+        for pair in self.values:
+            if not (isinstance(pair, tuple) and len(pair) == 2):
+                raise ValueError("values must be a tuple of (name, number) pairs")
+            _check_str(pair[0], "metric name")
+            _check_number(pair[1], f"metric {pair[0]!r}")
+
+
+Message = Presence | GlobalState | Task | Update | Metrics
+
+KINDS: dict[str, type[Message]] = {  # type: ignore[type-arg]
+    "presence": Presence,
+    "global": GlobalState,
+    "task": Task,
+    "update": Update,
+    "metrics": Metrics,
+}
+KIND_OF: dict[type, str] = {cls: kind for kind, cls in KINDS.items()}

@@ -1,0 +1,86 @@
+"""Every MQTT topic fedbus uses is built and parsed here, and nowhere else.
+
+    fedbus/v1/{run}/global              retained GlobalState (aggregator -> all)
+    fedbus/v1/{run}/task/{client}       Task (aggregator -> one client)
+    fedbus/v1/{run}/update/{client}     Update (client -> aggregator), never retained
+    fedbus/v1/{run}/presence/{client}   retained Presence; the Last Will says offline
+    fedbus/v1/{run}/metrics/{sender}    Metrics
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from fedbus.protocol.ids import check_id, is_valid_id
+
+ROOT = "fedbus/v1"
+Channel = Literal["global", "task", "update", "presence", "metrics"]
+PER_CLIENT: tuple[Channel, ...] = ("task", "update", "presence", "metrics")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TopicRef:
+    """A parsed fedbus topic."""
+
+    run: str
+    channel: Channel
+    client: str | None = None
+
+
+def global_topic(run: str) -> str:
+    return f"{ROOT}/{check_id(run, 'run id')}/global"
+
+
+def client_topic(run: str, channel: Channel, client: str) -> str:
+    if channel not in PER_CLIENT:
+        raise ValueError(f"channel {channel!r} is not per-client")
+    return f"{ROOT}/{check_id(run, 'run id')}/{channel}/{check_id(client, 'client id')}"
+
+
+def task_topic(run: str, client: str) -> str:
+    return client_topic(run, "task", client)
+
+
+def update_topic(run: str, client: str) -> str:
+    return client_topic(run, "update", client)
+
+
+def presence_topic(run: str, client: str) -> str:
+    return client_topic(run, "presence", client)
+
+
+def metrics_topic(run: str, client: str) -> str:
+    return client_topic(run, "metrics", client)
+
+
+def channel_filter(run: str, channel: Channel) -> str:
+    """Subscription filter for one per-client channel of every client."""
+    if channel not in PER_CLIENT:
+        raise ValueError(f"channel {channel!r} is not per-client")
+    return f"{ROOT}/{check_id(run, 'run id')}/{channel}/+"
+
+
+def parse(topic: str) -> TopicRef | None:
+    """Parse a fedbus topic; ``None`` for anything that is not one."""
+    parts = topic.split("/")
+    if len(parts) < 4 or f"{parts[0]}/{parts[1]}" != ROOT or not is_valid_id(parts[2]):
+        return None
+    run, channel = parts[2], parts[3]
+    if len(parts) == 4 and channel == "global":
+        return TopicRef(run=run, channel="global")
+    if len(parts) == 5 and channel in PER_CLIENT and is_valid_id(parts[4]):
+        return TopicRef(run=run, channel=channel, client=parts[4])  # type: ignore[arg-type]
+    return None
+
+
+def matches(topic_filter: str, topic: str) -> bool:
+    """MQTT filter matching with ``+`` and ``#``."""
+    fparts = topic_filter.split("/")
+    tparts = topic.split("/")
+    for i, part in enumerate(fparts):
+        if part == "#":
+            return i == len(fparts) - 1
+        if i >= len(tparts) or (part != "+" and part != tparts[i]):
+            return False
+    return len(fparts) == len(tparts)

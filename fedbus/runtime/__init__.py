@@ -1,0 +1,1 @@
+"""The asyncio edges: broker, MQTT bus, aggregator node, runs. Imports the libraries the core must not."""

@@ -1,0 +1,32 @@
+"""events.jsonl: one JSON object per line for every message sent or received and every decision."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import IO, Any
+
+
+class EventLog:
+    """Appends events to a JSONL file; ``t`` is seconds since the log was opened."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._started = time.monotonic()
+        self._file: IO[str] | None = None
+        self.count = 0
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = path.open("w", encoding="utf-8")
+
+    def record(self, event: str, **fields: Any) -> None:
+        self.count += 1
+        if self._file is None:
+            return
+        line = {"t": round(time.monotonic() - self._started, 6), "event": event, **fields}
+        self._file.write(json.dumps(line, ensure_ascii=False, default=str) + "\n")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

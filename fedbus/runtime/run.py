@@ -1,0 +1,159 @@
+"""``fedbus run``: broker, aggregator and the scenario's clients in one process, then summary.json."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import secrets
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from clients.worker import ClientConfig, run_client
+from fedbus import __version__
+from fedbus.aggregator.effects import RoundResult
+from fedbus.aggregator.rounds import AggregatorConfig, RoundAggregator
+from fedbus.errors import FedbusError
+from fedbus.runtime.address import BrokerAddress, parse_broker_url
+from fedbus.runtime.aggregator_node import AggregatorNode
+from fedbus.runtime.broker import EmbeddedBroker, EmbeddedBrokerConfig
+from fedbus.runtime.evaluation import make_evaluator
+from fedbus.runtime.eventlog import EventLog
+from fedbus.runtime.limits import ensure_open_files
+from fedbus.runtime.progress import Progress
+from fedbus.runtime.summary import SURROGATE_NOTE, client_records, rejection_record, round_record
+from fedbus.scenario import Scenario, scenario_to_mapping
+
+log = structlog.get_logger("fedbus.run")
+CLIENT_EXIT_GRACE_S = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunOptions:
+    """How to run a scenario."""
+
+    out_dir: Path
+    broker_url: str | None = None
+    run_id: str | None = None
+    progress: bool = True
+    scenario_file: str = ""
+
+
+def aggregator_config(scenario: Scenario, run_id: str) -> AggregatorConfig:
+    p = scenario.participation
+    return AggregatorConfig(
+        run=run_id, rounds=scenario.rounds, expected_clients=scenario.clients.count,
+        initial_prompt=scenario.initial_prompt, engine=scenario.engine, data=scenario.data,
+        local_steps=scenario.clients.local_steps, batch_size=scenario.clients.batch_size,
+        fraction=p.fraction, min_clients=p.min_clients, min_updates=p.min_updates,
+        round_deadline_s=p.round_deadline_s, join_timeout_s=p.join_timeout_s,
+        strategy=scenario.aggregation.strategy, max_prompt_chars=scenario.aggregation.max_prompt_chars,
+    )
+
+
+def new_run_id(scenario: Scenario) -> str:
+    return f"{scenario.name}-{scenario.seed}-{secrets.token_hex(3)}"[:64]
+
+
+async def _guarded_client(config: ClientConfig, events: EventLog) -> None:
+    try:
+        await run_client(config, events)
+    except FedbusError as exc:
+        events.record("client-failed", client=config.client, reason=str(exc))
+        log.warning("client failed", client=config.client, reason=str(exc))
+
+
+async def run_scenario(scenario: Scenario, options: RunOptions) -> dict[str, Any]:
+    """Run ``scenario`` to the end; write and return summary.json's content."""
+    started = time.monotonic()
+    run_id = options.run_id or new_run_id(scenario)
+    out = options.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    ensure_open_files(2 * scenario.clients.count + 256)
+    events = EventLog(out / "events.jsonl")
+    progress = Progress(options.progress)
+    evaluator = make_evaluator(scenario.engine, scenario.data)
+    with ExitStack() as stack, structlog.contextvars.bound_contextvars(run=run_id):
+        if options.broker_url:
+            address: BrokerAddress = parse_broker_url(options.broker_url)
+            broker_info = {"kind": "external", "url": address.url()}
+        else:
+            config = EmbeddedBrokerConfig(max_connections=scenario.clients.count + 10_010,
+                                          max_payload_bytes=max(scenario.max_message_bytes + 4096, 64 * 1024))
+            embedded = stack.enter_context(EmbeddedBroker(config, workdir=out / "broker"))
+            address = embedded.address
+            broker_info = {"kind": "embedded-rumqttd", "url": address.url(), "config": str(embedded.config_path)}
+        stack.callback(events.close)
+        events.record("run-started", run=run_id, scenario=scenario.name, seed=scenario.seed, engine=scenario.engine,
+                      broker=broker_info["url"])
+        progress.header(run_id, scenario.engine, broker_info["url"], scenario.clients.count, scenario.rounds)
+        log.info("run started", scenario=scenario.name, engine=scenario.engine, broker=broker_info["url"])
+
+        async def on_round(result: RoundResult) -> dict[str, Any]:
+            acc = await evaluator.accuracy(result.prompt, "val", result.round)
+            record = round_record(result, {"val_accuracy": acc})
+            progress.round(record)
+            log.info("round closed", round=result.round, status=result.status, accepted=len(result.accepted),
+                     rejected=len(result.rejected), prompt_chars=len(result.prompt), val_accuracy=acc)
+            return {"val_accuracy": acc}
+
+        core = RoundAggregator(aggregator_config(scenario, run_id), random.Random(f"aggregator/{scenario.seed}"))
+        async with asyncio.TaskGroup() as group:
+            node = AggregatorNode(core, address, events, on_round, scenario.max_message_bytes)
+            node_task = group.create_task(node.run(), name=f"aggregator[{run_id}]")
+            client_tasks = [
+                group.create_task(
+                    _guarded_client(ClientConfig(run=run_id, client=cid, broker=address, shard=i,
+                                                 max_message_bytes=scenario.max_message_bytes), events),
+                    name=f"client[{run_id}].{cid}")
+                for i, cid in enumerate(scenario.client_ids())
+            ]
+            outcome = await node_task
+            _done, pending = await asyncio.wait(client_tasks, timeout=CLIENT_EXIT_GRACE_S)
+            for task in pending:
+                task.cancel()
+        initial_acc = await evaluator.accuracy(scenario.initial_prompt, "test", 0)
+        final_acc = await evaluator.accuracy(core.prompt, "test", scenario.rounds + 1)
+    finished = outcome.finished
+    rounds = [round_record(result, extra) for result, extra in outcome.rounds]
+    accepted = sum(len(r["accepted"]) for r in rounds)
+    summary: dict[str, Any] = {
+        "fedbus_version": __version__,
+        "run_id": run_id,
+        "scenario_file": options.scenario_file,
+        "scenario": scenario_to_mapping(scenario),
+        "seed": scenario.seed,
+        "engine": {"name": scenario.engine, "note": SURROGATE_NOTE if scenario.engine == "surrogate" else ""},
+        "broker": broker_info,
+        "status": finished.status if finished else "failed",
+        "reason": finished.reason if finished else "the aggregator stopped before the run finished",
+        "rounds": rounds,
+        "rejected_after_last_round": [rejection_record(r) for r in
+                                      (finished.leftover_rejections if finished else ())]
+                                     + [rejection_record(r) for r in outcome.late_rejections],
+        "clients": client_records(outcome.rounds, list(scenario.client_ids())),
+        "final": {"version": core.version, "prompt": core.prompt, "prompt_chars": len(core.prompt),
+                  "test_accuracy": final_acc, "initial_test_accuracy": initial_acc},
+        "totals": {
+            "rounds_closed": len(rounds),
+            "rounds_aggregated": sum(1 for r in rounds if r["status"] == "aggregated"),
+            "updates_accepted": accepted,
+            "updates_rejected": sum(len(r["rejected"]) for r in rounds),
+            "duplicates_dropped": outcome.duplicates_dropped,
+            "llm_calls": sum(a["llm_calls"] for r in rounds for a in r["accepted"]),
+            "tokens": sum(a["tokens"] for r in rounds for a in r["accepted"]),
+            "messages_sent": outcome.messages_sent,
+            "messages_received": outcome.messages_received,
+            "events": events.count,
+            "wall_s": round(time.monotonic() - started, 3),
+        },
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    progress.footer(summary, str(out))
+    log.info("run finished", status=summary["status"], reason=summary["reason"], wall_s=summary["totals"]["wall_s"])
+    return summary

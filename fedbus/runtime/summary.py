@@ -1,0 +1,57 @@
+"""summary.json: the run as plain data, built from the aggregator's round results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedbus.aggregator.effects import Rejection, RoundResult
+
+SURROGATE_NOTE = ("surrogate optimizer: a seeded model of textual-gradient updates, not an LLM; "
+                  "its accuracies are not benchmark results")
+
+
+def rejection_record(r: Rejection) -> dict[str, Any]:
+    return {"client": r.client, "id": r.msg_id, "round": r.round, "reason": r.reason, "detail": r.detail,
+            "at_s": round(r.at, 4)}
+
+
+def round_record(result: RoundResult, extra: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "round": result.round,
+        "status": result.status,
+        "close_reason": result.close_reason,
+        "version_before": result.version_before,
+        "version_after": result.version_after,
+        "selected": list(result.selected),
+        "accepted": [
+            {"client": a.client, "id": a.msg_id, "base_version": a.base_version, "prompt_chars": len(a.prompt),
+             "steps": a.stats.steps, "accepted_steps": a.stats.accepted_steps,
+             "batch_acc_before": a.stats.batch_acc_before, "batch_acc_after": a.stats.batch_acc_after,
+             "llm_calls": a.stats.llm_calls, "tokens": a.stats.tokens, "local_duration_s": a.stats.duration_s,
+             "arrived_s": round(a.at - result.opened_at, 4)}
+            for a in result.accepted
+        ],
+        "rejected": [rejection_record(r) for r in result.rejected],
+        "dropped": list(result.dropped),
+        "missing": list(result.missing),
+        "global_prompt_chars": len(result.prompt),
+        "duration_s": round(result.duration_s, 4),
+        **extra,
+    }
+
+
+def client_records(rounds: list[tuple[RoundResult, dict[str, Any]]], known: list[str]) -> dict[str, Any]:
+    """Per client: how often selected, how often its update was accepted, participation rate."""
+    closed = len(rounds)
+    out: dict[str, dict[str, Any]] = {c: {"selected": 0, "accepted": 0, "rejected": 0} for c in known}
+    for result, _ in rounds:
+        for c in result.selected:
+            out.setdefault(c, {"selected": 0, "accepted": 0, "rejected": 0})["selected"] += 1
+        for a in result.accepted:
+            out.setdefault(a.client, {"selected": 0, "accepted": 0, "rejected": 0})["accepted"] += 1
+        for r in result.rejected:
+            if r.client is not None:
+                out.setdefault(r.client, {"selected": 0, "accepted": 0, "rejected": 0})["rejected"] += 1
+    for record in out.values():
+        record["participation_rate"] = round(record["accepted"] / closed, 4) if closed else 0.0
+    return dict(sorted(out.items()))

@@ -1,0 +1,118 @@
+"""The surrogate task 'surrogate-skills': generated questions that each need a few skills.
+
+Modelled on BIG-Bench Hard object counting. A question needs one to three *skills* (count
+every item, turn number words into digits, ignore distractors, ...). A prompt *covers* a skill
+when it contains one of the skill's instruction sentences. Nothing here calls an LLM: this is
+a seeded model used by the surrogate optimizer, not a benchmark.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from fedbus.protocol.messages import DataSpec
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Skill:
+    """One thing a prompt can teach, in several wordings an optimizer might write."""
+
+    name: str
+    wordings: tuple[str, ...]
+
+
+SKILLS: tuple[Skill, ...] = (
+    Skill(name="enumerate", wordings=(
+        "List every item mentioned in the question before counting.",
+        "First write down each item in the question, one per line.",
+        "Start by enumerating all the objects the question names.")),
+    Skill(name="number-words", wordings=(
+        "Convert number words such as 'two' or 'three' into digits before adding.",
+        "Treat words like 'a', 'an', 'two' and 'five' as quantities and write them as numbers.",
+        "Read each quantity word carefully and turn it into a digit.")),
+    Skill(name="category", wordings=(
+        "Count only the items that belong to the category the question asks about.",
+        "Check that each item really belongs to the requested category.",
+        "Decide for each item whether it is in the asked category before counting it.")),
+    Skill(name="distractors", wordings=(
+        "Ignore items from other categories; they are distractors.",
+        "Do not count distractor items that are outside the requested category.",
+        "Leave out any object that does not match what is being counted.")),
+    Skill(name="stepwise-sum", wordings=(
+        "Add the counts step by step and keep a running total.",
+        "Sum the quantities one at a time, showing the running total.",
+        "Accumulate the total incrementally rather than all at once.")),
+    Skill(name="double-check", wordings=(
+        "Double-check the total against the list before answering.",
+        "Verify the final count by recounting the listed items.",
+        "Before answering, recount to confirm the total.")),
+    Skill(name="answer-format", wordings=(
+        "The last line of your answer must be 'Answer: <number>' with digits only.",
+        "Finish with a single line 'Answer: N' where N is the number.",
+        "Always end with 'Answer:' followed by the numeric result.")),
+    Skill(name="plurals", wordings=(
+        "A plural noun without a number word still means at least two items only when stated; do not guess.",
+        "Do not assume a quantity that the question does not state.",
+        "Only use quantities that are written in the question.")),
+)
+SKILL_NAMES: tuple[str, ...] = tuple(s.name for s in SKILLS)
+_CATEGORIES = ("fruits", "vegetables", "animals", "musical instruments", "objects")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Example:
+    """One generated question and the skills answering it needs."""
+
+    uid: str
+    question: str
+    skills: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Dataset:
+    """Train (all shards together), validation and test splits."""
+
+    train: tuple[Example, ...]
+    val: tuple[Example, ...]
+    test: tuple[Example, ...]
+
+
+def _example(rng: random.Random, uid: str, weights: list[float]) -> Example:
+    k = rng.choices((1, 2, 3), weights=(3, 4, 2))[0]
+    names: set[str] = set()
+    while len(names) < k:
+        names.add(rng.choices(SKILL_NAMES, weights=weights)[0])
+    category = rng.choice(_CATEGORIES)
+    count = rng.randint(2, 12)
+    question = f"[surrogate] How many {category} do I have? ({count} items; needs {', '.join(sorted(names))})"
+    return Example(uid=uid, question=question, skills=frozenset(names))
+
+
+def generate(spec: DataSpec) -> Dataset:
+    """The whole data set a scenario describes, the same for every caller with the same spec."""
+    rng = random.Random(f"surrogate-skills/{spec.seed}")
+    uniform = [1.0] * len(SKILLS)
+    train = tuple(_example(rng, f"train-{i}", uniform) for i in range(spec.train_size))
+    val = tuple(_example(rng, f"val-{i}", uniform) for i in range(spec.val_size))
+    test = tuple(_example(rng, f"test-{i}", uniform) for i in range(spec.test_size))
+    return Dataset(train=train, val=val, test=test)
+
+
+def shard(spec: DataSpec, dataset: Dataset, index: int) -> tuple[Example, ...]:
+    """Client ``index``'s private training examples.
+
+    'iid': a seeded shuffle cut into ``num_shards`` near-equal parts. 'by-skill': shard ``i``
+    prefers examples needing skills ``i`` and ``i+1`` (mod 8), so clients learn different skills.
+    """
+    if not 0 <= index < spec.num_shards:
+        raise ValueError(f"shard index {index} outside 0..{spec.num_shards - 1}")
+    rng = random.Random(f"partition/{spec.seed}/{spec.partition}")
+    order = list(dataset.train)
+    rng.shuffle(order)
+    if spec.partition == "by-skill":
+        favoured = {SKILL_NAMES[index % len(SKILLS)], SKILL_NAMES[(index + 1) % len(SKILLS)]}
+        mine = [e for e in order if e.skills & favoured]
+        size = max(1, len(order) // spec.num_shards)
+        return tuple(mine[:size]) if mine else tuple(order[:size])
+    return tuple(order[index :: spec.num_shards]) or tuple(order[:1])
