@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from clients.optimizer import LocalOptimizer, make_optimizer
 from fedbus.errors import EngineError, RemoteProtocolError
 from fedbus.protocol import codec, topics
 from fedbus.protocol.dedup import SeenIds
@@ -26,7 +27,6 @@ from fedbus.protocol.messages import DataSpec, GlobalState, Presence, Task, Upda
 from fedbus.runtime.address import BrokerAddress
 from fedbus.runtime.bus import LastWill, MqttBus
 from fedbus.runtime.eventlog import EventLog
-from clients.optimizer import LocalOptimizer, make_optimizer
 
 log = structlog.get_logger("fedbus.client")
 OptimizerFactory = Callable[[str, DataSpec, str, "int | None"], LocalOptimizer]
@@ -42,6 +42,7 @@ class ClientConfig:
     shard: int | None = None
     engine: str | None = None  # None: the engine the federation announces
     max_message_bytes: int = codec.DEFAULT_MAX_BYTES
+    step_delay_s: float = 0.0  # simulated extra wall time per local step (scenario clients.step_latency_s)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,7 +122,7 @@ async def run_client(
                         continue
                     if optimizer is None:
                         optimizer = make(config.engine or last_global.engine, last_global.data, cid, config.shard)
-                    update = await _work(optimizer, message, sender, events)
+                    update = await _work(optimizer, message, sender, events, config.step_delay_s)
                     if update is not None:
                         await bus.publish(topics.update_topic(config.run, cid), codec.encode(update))
                         events.record("sent", kind="update", client=cid, round=update.round, id=update.msg_id,
@@ -133,7 +134,9 @@ async def run_client(
     return ClientReport(client=cid, rounds_done=len(done_rounds), reason=reason)
 
 
-async def _work(optimizer: LocalOptimizer, task: Task, sender: _Sender, events: EventLog) -> Update | None:
+async def _work(
+    optimizer: LocalOptimizer, task: Task, sender: _Sender, events: EventLog, step_delay_s: float
+) -> Update | None:
     started = time.monotonic()
     with structlog.contextvars.bound_contextvars(round=task.round):
         events.record("received", kind="task", client=task.client, round=task.round, id=task.msg_id)
@@ -144,10 +147,10 @@ async def _work(optimizer: LocalOptimizer, task: Task, sender: _Sender, events: 
             events.record("local-failed", client=task.client, round=task.round, reason=str(exc))
             log.warning("local optimization failed", reason=str(exc))
             return None
+        await asyncio.sleep(step_delay_s * outcome.steps)
         stats = UpdateStats(steps=outcome.steps, accepted_steps=outcome.accepted_steps,
                             batch_acc_before=outcome.batch_acc_before, batch_acc_after=outcome.batch_acc_after,
                             llm_calls=outcome.llm_calls, tokens=outcome.tokens,
                             duration_s=max(0.0, time.monotonic() - started))
-        await asyncio.sleep(0)
         return Update(run=task.run, round=task.round, client=task.client, msg_id=sender.next_id(),
                       sent=time.time(), base_version=task.version, prompt=outcome.prompt, stats=stats)

@@ -21,7 +21,9 @@ log = structlog.get_logger("fedbus.cli")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedbus", description="Federated textual-gradient prompt optimization over MQTT.")
+    parser = argparse.ArgumentParser(
+        prog="fedbus", description="Federated textual-gradient prompt optimization over MQTT."
+    )
     parser.add_argument("--version", action="version", version=f"fedbus {__version__}")
     parser.add_argument("--log-level", default=os.environ.get("FEDBUS_LOG_LEVEL", "WARNING"),
                         help="log level for stderr (default WARNING, or $FEDBUS_LOG_LEVEL)")
@@ -98,10 +100,10 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 
     config = EmbeddedBrokerConfig(host=args.host, port=args.port, max_payload_bytes=args.max_payload_bytes)
     broker = EmbeddedBroker(config)
-    broker.start()
-    print(f"fedbus broker (embedded rumqttd) listening on {args.host}:{broker.port}; "
-          f"clients use --broker mqtt://HOST:{broker.port}. Ctrl+C stops it.", flush=True)
     try:
+        broker.start()
+        print(f"fedbus broker (embedded rumqttd) listening on {args.host}:{broker.port}; "
+              f"clients use --broker mqtt://HOST:{broker.port}. Ctrl+C stops it.", flush=True)
         code = broker.wait()
         print(f"broker exited with code {code}", file=sys.stderr)
         return EXIT_FAILED if code else EXIT_OK

@@ -145,12 +145,14 @@ def _build(kind: str, document: dict[str, Any]) -> Message:
         stats = body.get("stats")
         if not isinstance(stats, dict):
             raise MessageRejected("bad-field", "stats must be an object")
-        body["stats"] = UpdateStats(**{n: stats.get(n) for n in UpdateStats.__dataclass_fields__})
+        stat_fields: dict[str, Any] = {n: stats.get(n) for n in UpdateStats.__dataclass_fields__}
+        body["stats"] = UpdateStats(**stat_fields)
     elif kind == "global":
         data = body.get("data")
         if not isinstance(data, dict):
             raise MessageRejected("bad-field", "data must be an object")
-        body["data"] = DataSpec(**{n: data.get(n) for n in DataSpec.__dataclass_fields__})
+        data_fields: dict[str, Any] = {n: data.get(n) for n in DataSpec.__dataclass_fields__}
+        body["data"] = DataSpec(**data_fields)
     elif kind == "metrics":
         values = body.get("values")
         if not isinstance(values, dict):

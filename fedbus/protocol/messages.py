@@ -192,7 +192,7 @@ class Metrics(Envelope):
 
 Message = Presence | GlobalState | Task | Update | Metrics
 
-KINDS: dict[str, type[Message]] = {  # type: ignore[type-arg]
+KINDS: dict[str, type[Message]] = {
     "presence": Presence,
     "global": GlobalState,
     "task": Task,

@@ -70,7 +70,7 @@ def parse(topic: str) -> TopicRef | None:
     if len(parts) == 4 and channel == "global":
         return TopicRef(run=run, channel="global")
     if len(parts) == 5 and channel in PER_CLIENT and is_valid_id(parts[4]):
-        return TopicRef(run=run, channel=channel, client=parts[4])  # type: ignore[arg-type]
+        return TopicRef(run=run, channel=channel, client=parts[4])
     return None
 
 

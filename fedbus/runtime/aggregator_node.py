@@ -30,8 +30,8 @@ from fedbus.aggregator.events import (
     ClientOffline,
     ClientOnline,
     Event,
-    ReduceFailed,
     Reduced,
+    ReduceFailed,
     Started,
     TimerFired,
     UpdateMalformed,
@@ -76,6 +76,7 @@ class AggregatorNode:
     def __init__(
         self,
         core: RoundAggregator,
+        *,
         broker: BrokerAddress,
         events: EventLog,
         on_round: RoundHook,

@@ -6,6 +6,7 @@ clean session. aiomqtt's errors become :class:`fedbus.errors.TransportError` her
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -77,10 +78,8 @@ class MqttBus:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        try:
+        with contextlib.suppress(aiomqtt.MqttError):  # the connection is gone either way
             await self._client.__aexit__(exc_type, exc, tb)
-        except aiomqtt.MqttError:
-            pass  # the connection is gone either way
 
     async def subscribe(self, *filters: str) -> None:
         try:

@@ -17,7 +17,7 @@ class EventLog:
         self.count = 0
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = path.open("w", encoding="utf-8")
+            self._file = path.open("w", encoding="utf-8", buffering=1)  # line-buffered: tail -f works
 
     def record(self, event: str, **fields: Any) -> None:
         self.count += 1

@@ -104,12 +104,14 @@ async def run_scenario(scenario: Scenario, options: RunOptions) -> dict[str, Any
 
         core = RoundAggregator(aggregator_config(scenario, run_id), random.Random(f"aggregator/{scenario.seed}"))
         async with asyncio.TaskGroup() as group:
-            node = AggregatorNode(core, address, events, on_round, scenario.max_message_bytes)
+            node = AggregatorNode(core, broker=address, events=events, on_round=on_round,
+                                  max_message_bytes=scenario.max_message_bytes)
             node_task = group.create_task(node.run(), name=f"aggregator[{run_id}]")
             client_tasks = [
                 group.create_task(
                     _guarded_client(ClientConfig(run=run_id, client=cid, broker=address, shard=i,
-                                                 max_message_bytes=scenario.max_message_bytes), events),
+                                                 max_message_bytes=scenario.max_message_bytes,
+                                                 step_delay_s=scenario.clients.step_latency_s), events),
                     name=f"client[{run_id}].{cid}")
                 for i, cid in enumerate(scenario.client_ids())
             ]

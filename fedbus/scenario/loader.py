@@ -62,6 +62,7 @@ class _Reader:
         key: str,
         path: str,
         kind: type | tuple[type, ...],
+        *,
         default: Any = _MISSING,
         check: Callable[[Any], str | None] | None = None,
     ) -> Any:
@@ -108,7 +109,7 @@ def _valid_id(v: Any) -> str | None:
 _TOP = {"name", "seed", "engine", "rounds", "initial_prompt", "task", "clients", "participation",
         "aggregation", "max_message_bytes"}
 _TASK = {"name", "train_size", "val_size", "test_size", "partition"}
-_CLIENTS = {"count", "local_steps", "batch_size", "id_prefix"}
+_CLIENTS = {"count", "local_steps", "batch_size", "id_prefix", "step_latency_s"}
 _PARTICIPATION = {"fraction", "min_clients", "min_updates", "round_deadline_s", "join_timeout_s"}
 _AGGREGATION = {"strategy", "max_prompt_chars"}
 
@@ -145,6 +146,7 @@ def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None) -
     local_steps = r.get(c, "local_steps", "clients", int, default=3, check=_at_least(1))
     batch_size = r.get(c, "batch_size", "clients", int, default=3, check=_at_least(1))
     prefix = r.get(c, "id_prefix", "clients", str, default="client", check=_valid_id)
+    latency = r.get(c, "step_latency_s", "clients", float, default=0.0, check=_at_least(0.0))
 
     p = r.section(doc, "participation", "", _PARTICIPATION)
     fraction = r.get(p, "fraction", "participation", float, default=1.0, check=_within(0.0, 1.0))
@@ -179,7 +181,8 @@ def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None) -
         initial_prompt=prompt,
         data=DataSpec(task=task_name, seed=chosen_seed, num_shards=count, train_size=train,
                       val_size=val, test_size=test, partition=partition),
-        clients=ClientsSpec(count=count, local_steps=local_steps, batch_size=batch_size, id_prefix=prefix),
+        clients=ClientsSpec(count=count, local_steps=local_steps, batch_size=batch_size, id_prefix=prefix,
+                            step_latency_s=latency),
         participation=ParticipationSpec(fraction=fraction, min_clients=min_clients, min_updates=min_updates,
                                         round_deadline_s=deadline, join_timeout_s=join_timeout),
         aggregation=AggregationSpec(strategy=strategy, max_prompt_chars=max_chars),

@@ -20,6 +20,7 @@ class ClientsSpec:
     local_steps: int = 3
     batch_size: int = 3
     id_prefix: str = "client"
+    step_latency_s: float = 0.0  # simulated wall time of one local step (the surrogate answers at once)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,0 +1,158 @@
+"""The MQTT edge against real brokers: embedded rumqttd and mosquitto (each test runs on both)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from fedbus.protocol import codec, topics
+from fedbus.protocol.messages import DataSpec, GlobalState, Presence, Update, UpdateStats
+from fedbus.runtime.address import BrokerAddress
+from fedbus.runtime.bus import Incoming, LastWill, MqttBus
+from tests.rawmqtt import RawClient
+
+STATS = UpdateStats(steps=1, accepted_steps=1, batch_acc_before=0.0, batch_acc_after=1.0, llm_calls=1,
+                    tokens=1, duration_s=0.0)
+DATA = DataSpec(task="surrogate-skills", seed=1, num_shards=1, train_size=1, val_size=1, test_size=1)
+
+
+def an_update(run: str, client: str = "c1", prompt: str = "be careful", msg: str = "m1") -> Update:
+    return Update(run=run, round=1, client=client, msg_id=msg, sent=1.0, base_version=0, prompt=prompt, stats=STATS)
+
+
+async def first(bus: MqttBus, wait_s: float = 10.0) -> Incoming:
+    async def take() -> Incoming:
+        async for incoming in bus.messages():
+            return incoming
+        raise AssertionError("connection ended")
+    return await asyncio.wait_for(take(), wait_s)
+
+
+async def test_update_round_trip(broker: BrokerAddress, run_id: str) -> None:
+    """An encoded update published by one connection arrives intact at a subscriber of the update channel."""
+    async with MqttBus(broker, f"{run_id}.sub", clean_session=True) as sub, \
+            MqttBus(broker, f"{run_id}.pub", clean_session=True) as pub:
+        await sub.subscribe(topics.channel_filter(run_id, "update"))
+        sent = an_update(run_id)
+        await pub.publish(topics.update_topic(run_id, "c1"), codec.encode(sent))
+        got = await first(sub)
+    assert got.topic == topics.update_topic(run_id, "c1")
+    assert codec.decode(got.payload) == sent
+
+
+async def test_large_prompt_passes(broker: BrokerAddress, run_id: str) -> None:
+    """A 200 KB prompt gets through (rumqttd's default limit of ~20 KB would reset the connection)."""
+    async with MqttBus(broker, f"{run_id}.sub", clean_session=True) as sub, \
+            MqttBus(broker, f"{run_id}.pub", clean_session=True) as pub:
+        await sub.subscribe(topics.channel_filter(run_id, "update"))
+        sent = an_update(run_id, prompt="x" * 200_000)
+        await pub.publish(topics.update_topic(run_id, "c1"), codec.encode(sent))
+        got = await first(sub)
+    assert codec.decode(got.payload) == sent
+
+
+async def test_retained_global_reaches_a_late_subscriber(broker: BrokerAddress, run_id: str) -> None:
+    """The retained global state is delivered to a client that subscribes after it was published."""
+    state = GlobalState(run=run_id, round=2, client="aggregator", msg_id="g1", sent=0.0, version=1, prompt="P",
+                        status="running", engine="surrogate", data=DATA, rounds=3)
+    async with MqttBus(broker, f"{run_id}.agg", clean_session=True) as agg:
+        await agg.publish(topics.global_topic(run_id), codec.encode(state), retain=True)
+    async with MqttBus(broker, f"{run_id}.late", clean_session=True) as late:
+        await late.subscribe(topics.global_topic(run_id))
+        got = await first(late)
+    assert got.retained and codec.decode(got.payload) == state
+
+
+async def test_queued_while_offline_is_delivered_on_reconnect(broker: BrokerAddress, run_id: str) -> None:
+    """With a persistent session, an update sent while the receiver was offline arrives when it reconnects."""
+    ident = f"{run_id}.agg"
+    async with MqttBus(broker, ident, clean_session=False) as agg:
+        await agg.subscribe(topics.channel_filter(run_id, "update"))
+    async with MqttBus(broker, f"{run_id}.pub", clean_session=True) as pub:
+        await pub.publish(topics.update_topic(run_id, "c1"), codec.encode(an_update(run_id)))
+    async with MqttBus(broker, ident, clean_session=False) as agg:
+        got = await first(agg)
+    assert codec.decode(got.payload).msg_id == "m1"
+
+
+async def test_unacknowledged_update_is_redelivered(broker: BrokerAddress, run_id: str) -> None:
+    """A QoS 1 update received but never acknowledged is delivered again after the receiver reconnects."""
+    ident = f"{run_id}.agg"
+    raw = RawClient(broker.host, broker.port, ident, clean_session=False)
+    raw.subscribe(topics.channel_filter(run_id, "update"))
+    async with MqttBus(broker, f"{run_id}.pub", clean_session=True) as pub:
+        await pub.publish(topics.update_topic(run_id, "c1"), codec.encode(an_update(run_id)))
+    _topic, payload = await asyncio.to_thread(raw.read_publish)
+    assert codec.decode(payload).msg_id == "m1"
+    raw.vanish()  # no PUBACK, no DISCONNECT
+    await asyncio.sleep(0.2)
+    async with MqttBus(broker, ident, clean_session=False) as agg:
+        got = await first(agg)
+    assert codec.decode(got.payload).msg_id == "m1"
+
+
+_CRASHING_CLIENT = textwrap.dedent("""
+    import asyncio, sys
+    from fedbus.protocol import codec, topics
+    from fedbus.protocol.messages import Presence
+    from fedbus.runtime.address import BrokerAddress
+    from fedbus.runtime.bus import LastWill, MqttBus
+    host, port, run = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    def presence(status, msg):
+        return codec.encode(Presence(run=run, round=0, client="c9", msg_id=msg, sent=0.0, status=status))
+    async def main():
+        will = LastWill(topic=topics.presence_topic(run, "c9"), payload=presence("offline", "will"))
+        async with MqttBus(BrokerAddress(host=host, port=port), run + ".c9", will=will, keepalive=5) as bus:
+            await bus.publish(topics.presence_topic(run, "c9"), presence("online", "hello"), retain=True)
+            print("ready", flush=True)
+            await asyncio.sleep(60)
+    asyncio.run(main())
+""")
+
+
+async def test_last_will_fires_when_a_client_is_killed(broker: BrokerAddress, run_id: str) -> None:
+    """SIGKILL a client process: the broker publishes its retained Last Will 'offline'."""
+    async with MqttBus(broker, f"{run_id}.watch", clean_session=True) as watch:
+        await watch.subscribe(topics.channel_filter(run_id, "presence"))
+        proc = subprocess.Popen([sys.executable, "-c", _CRASHING_CLIENT, broker.host, str(broker.port), run_id],  # noqa: ASYNC220
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None
+            assert (await asyncio.to_thread(proc.stdout.readline)).strip() == "ready"
+            online = codec.decode((await first(watch)).payload)
+            assert isinstance(online, Presence) and online.status == "online"
+            os.kill(proc.pid, signal.SIGKILL)
+            will = codec.decode((await first(watch, wait_s=15)).payload)
+        finally:
+            proc.kill()
+            proc.wait()
+    assert isinstance(will, Presence) and will.status == "offline" and will.msg_id == "will"
+
+
+async def test_second_connection_with_same_identity_takes_over(broker: BrokerAddress, run_id: str) -> None:
+    """A client that reconnects under the same identifier replaces its stale connection and still receives."""
+    ident = f"{run_id}.c1"
+    async with MqttBus(broker, ident, clean_session=False) as old:
+        await old.subscribe(topics.task_topic(run_id, "c1"))
+        async with MqttBus(broker, ident, clean_session=False) as new, \
+                MqttBus(broker, f"{run_id}.pub", clean_session=True) as pub:
+            await pub.publish(topics.task_topic(run_id, "c1"), b"hello")
+            got = await first(new)
+    assert got.payload == b"hello"
+
+
+@pytest.mark.parametrize("will", [None, LastWill(topic="fedbus/v1/x/presence/y", payload=b"{}")])
+async def test_connect_to_a_closed_port_is_a_transport_error(will: LastWill | None) -> None:
+    """Connecting to a port where no broker listens raises fedbus's TransportError, not aiomqtt's."""
+    from fedbus.errors import TransportError
+    from fedbus.runtime.broker import free_port
+
+    with pytest.raises(TransportError):
+        async with MqttBus(BrokerAddress(host="127.0.0.1", port=free_port()), "nobody", will=will):
+            pass

@@ -1,0 +1,93 @@
+"""The embedded broker's configuration and life cycle."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fedbus.runtime.broker import EmbeddedBrokerConfig, free_port, render_toml
+from tests.conftest import ROOT, wait_port
+
+FEDBUS = [sys.executable, "-m", "fedbus"]
+
+
+def test_toml_sets_every_limit_explicitly() -> None:
+    """fedbus writes the rumqttd settings whose defaults cost messages (FACTS.md), not rumqttd's defaults."""
+    text = render_toml(EmbeddedBrokerConfig(max_connections=12_345, max_payload_bytes=300_000), 4242)
+    assert 'listen = "127.0.0.1:4242"' in text
+    assert "max_connections = 12345" in text
+    assert "max_payload_size = 300000" in text
+    assert "next_connection_delay_ms = 0" in text
+    assert "max_segment_count = 4" in text
+    assert "connection_timeout_ms = 60000" in text
+
+
+def test_connection_timeout_is_capped_for_rumqttd() -> None:
+    """rumqttd rejects connection_timeout_ms above 65535, so the TOML caps it."""
+    assert "connection_timeout_ms = 65535" in render_toml(EmbeddedBrokerConfig(connection_timeout_ms=90_000), 1)
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_broker_goes_away_when_fedbus_run_is_killed(tmp_path: Path) -> None:
+    """SIGKILL `fedbus run`: its rumqttd child exits by itself instead of holding the port."""
+    scenario = tmp_path / "slow.yaml"
+    scenario.write_text(
+        "name: slow\nrounds: 50\ntask: {train_size: 20, val_size: 5, test_size: 5}\n"
+        "clients: {count: 2, local_steps: 1, step_latency_s: 1.0}\n", encoding="utf-8")
+    proc = subprocess.Popen([*FEDBUS, "run", str(scenario), "--out", str(tmp_path / "out"), "--quiet"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (tmp_path / "out" / "events.jsonl").exists():
+            time.sleep(0.1)
+        children = _children(proc.pid)
+        assert children, "fedbus run has no broker child process"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(c) for c in children):
+            time.sleep(0.05)
+        assert not any(_alive(c) for c in children), "the broker outlived fedbus run"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_fedbus_broker_serves_in_the_foreground_and_stops_on_ctrl_c() -> None:
+    """`fedbus broker --port P` accepts MQTT connections, and SIGINT stops it with exit code 0."""
+    port = free_port()
+    proc = subprocess.Popen([*FEDBUS, "broker", "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert "listening" in proc.stdout.readline()
+        wait_port("127.0.0.1", port, timeout=15)
+        from tests.rawmqtt import RawClient
+
+        RawClient("127.0.0.1", port, "probe", clean_session=True).vanish()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    with pytest.raises(TimeoutError, match="nothing listens"):
+        wait_port("127.0.0.1", port, timeout=1)
