@@ -38,4 +38,5 @@ def configure(level: str = "INFO", json_lines: bool | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.getLogger("mqtt").setLevel(max(logging.WARNING, root.level))
+    # aiomqtt warns "There are N pending publish calls" for every pipelined publish past 10.
+    logging.getLogger("mqtt").setLevel(max(logging.ERROR, root.level))

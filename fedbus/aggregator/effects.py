@@ -30,6 +30,8 @@ class Accepted:
     prompt: str
     stats: UpdateStats
     at: float
+    staleness: int = 0
+    weight: float = 1.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,6 +82,7 @@ class Reduce:
     current_prompt: str
     prompts: tuple[tuple[str, str], ...]  # (client, prompt), sorted by client
     max_chars: int
+    weights: tuple[float, ...] = ()  # buffered/async: one staleness weight per prompt; empty in sync mode
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -6,18 +6,24 @@ round closed, run finished). It never blocks, never reads a clock and never draw
 randomness: time arrives in each event, randomness from the ``random.Random`` it is given.
 
 A round: select participants among the live clients (``fraction`` of them, at least
-``min_clients``), send each a task, collect updates until every selected client that is still
-online has answered or the deadline passes, then reduce if at least ``min_updates`` arrived.
-Every update that does not enter an aggregate is rejected with a reason that ends up in a
-round result (or, after the last round, in ``RunFinished.leftover_rejections``).
+``min_clients``, times ``1 + overcommit``), send each a task, collect updates until every selected
+client that is still online has answered, the target number has arrived (over-commitment), or the
+deadline passes (fixed, or adaptive: median + k MAD of recent arrival times), then reduce if at
+least ``min_updates`` arrived. Every update that does not enter an aggregate is rejected with a
+reason that ends up in a round result (or, after the last round, in
+``RunFinished.leftover_rejections``).
 """
 
 from __future__ import annotations
 
 import math
 import random
+import statistics
+from collections import deque
 from dataclasses import dataclass, field
 
+from fedbus.aggregator.base import AggregatorBase, AggregatorStatistics
+from fedbus.aggregator.config import AggregatorConfig
 from fedbus.aggregator.effects import (
     Accepted,
     ArmTimer,
@@ -28,16 +34,14 @@ from fedbus.aggregator.effects import (
     RoundClosed,
     RoundOpened,
     RoundResult,
-    RunFinished,
     UpdateAccepted,
-    UpdateRejected,
 )
 from fedbus.aggregator.events import (
     ClientOffline,
     ClientOnline,
     Event,
-    Reduced,
     ReduceFailed,
+    Reduced,
     Started,
     TimerFired,
     UpdateMalformed,
@@ -45,43 +49,12 @@ from fedbus.aggregator.events import (
 )
 from fedbus.errors import LocalProtocolError
 from fedbus.protocol import topics
-from fedbus.protocol.ids import AGGREGATOR
-from fedbus.protocol.messages import DataSpec, GlobalState, GlobalStatus, Task, Update
+from fedbus.protocol.messages import Task, Update
 
+__all__ = ["AggregatorConfig", "AggregatorStatistics", "RoundAggregator"]
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AggregatorConfig:
-    """What the aggregator needs to know about the federation."""
-
-    run: str
-    rounds: int
-    expected_clients: int
-    initial_prompt: str
-    engine: str
-    data: DataSpec
-    local_steps: int = 3
-    batch_size: int = 3
-    fraction: float = 1.0
-    min_clients: int = 1
-    min_updates: int = 1
-    round_deadline_s: float = 60.0
-    join_timeout_s: float = 30.0
-    strategy: str = "concat"
-    max_prompt_chars: int = 20_000
-
-
-@dataclass(frozen=True, slots=True)
-class AggregatorStatistics:
-    """An immutable snapshot of the aggregator's counters."""
-
-    phase: str
-    round: int
-    version: int
-    live_clients: int
-    known_clients: int
-    accepted: int
-    rejected: int
-    rounds_closed: int
+# Rejections of a selected client's update for this round: it answered, it will not answer again.
+_ANSWERED_BUT_REFUSED = frozenset({"wrong-base-version", "prompt-too-long", "empty-prompt"})
 
 
 @dataclass(slots=True)
@@ -89,78 +62,35 @@ class _OpenRound:
     number: int
     version: int
     selected: frozenset[str]
+    target: int
     opened_at: float
     deadline: float
     accepted: dict[str, Accepted] = field(default_factory=dict)
     rejected: list[Rejection] = field(default_factory=list)
     dropped: set[str] = field(default_factory=set)
     refused: set[str] = field(default_factory=set)  # selected, answered, but the answer was rejected
+    outstanding: set[str] = field(default_factory=set)  # selected, not yet answered, still online
     close_reason: str = ""
-    closed_at: float = 0.0
 
 
-# Rejections of a selected client's update for this round: it answered, it will not answer again.
-_ANSWERED_BUT_REFUSED = frozenset({"wrong-base-version", "prompt-too-long", "empty-prompt"})
-
-
-class RoundAggregator:
+class RoundAggregator(AggregatorBase):
     """Synchronous FedTextGrad rounds as a state machine (events in, effects out)."""
 
     def __init__(self, config: AggregatorConfig, rng: random.Random) -> None:
-        self.config = config
-        self._rng = rng
-        self._phase = "idle"  # idle | waiting | collecting | reducing | finished
-        self._round = 0
-        self._version = 0
-        self._prompt = config.initial_prompt
-        self._live: set[str] = set()
-        self._known: set[str] = set()
-        self._seen_ids: set[str] = set()
+        super().__init__(config, rng)
         self._current: _OpenRound | None = None
-        self._pending: list[Rejection] = []  # rejections waiting for a round result
-        self._waiting_since = 0.0
-        self._seq = 0
-        self._accepted_total = 0
-        self._rejected_total = 0
-        self._results: list[RoundResult] = []
+        self._arrivals: deque[float] = deque(maxlen=max(3, config.adaptive_window))
 
-    # ----------------------------------------------------------------- queries
-    @property
-    def phase(self) -> str:
-        return self._phase
-
-    @property
-    def version(self) -> int:
-        return self._version
-
-    @property
-    def prompt(self) -> str:
-        return self._prompt
-
-    @property
-    def results(self) -> tuple[RoundResult, ...]:
-        return tuple(self._results)
-
-    def statistics(self) -> AggregatorStatistics:
-        return AggregatorStatistics(
-            phase=self._phase,
-            round=self._round,
-            version=self._version,
-            live_clients=len(self._live),
-            known_clients=len(self._known),
-            accepted=self._accepted_total,
-            rejected=self._rejected_total,
-            rounds_closed=len(self._results),
-        )
-
-    # ----------------------------------------------------------------- events
     def handle(self, event: Event) -> list[Effect]:
         """Apply one event; return the effects, in the order they must happen."""
         out: list[Effect] = []
         if isinstance(event, Started):
             self._start(event.now, out)
         elif isinstance(event, ClientOnline):
-            self._online(event, out)
+            self._known.add(event.client)
+            self._live.add(event.client)
+            if self._phase == "waiting":
+                self._maybe_open(event.now, out)
         elif isinstance(event, ClientOffline):
             self._offline(event, out)
         elif isinstance(event, UpdateReceived):
@@ -178,28 +108,12 @@ class RoundAggregator:
             raise LocalProtocolError(f"unknown event {event!r}")
         return out
 
-    # ----------------------------------------------------------------- helpers
-    def _next_id(self) -> str:
-        self._seq += 1
-        return f"{AGGREGATOR}-{self.config.run}-{self._seq}"
-
-    def _global(self, status: GlobalStatus, now: float) -> Publish:
-        cfg = self.config
-        message = GlobalState(run=cfg.run, round=self._round, client=AGGREGATOR, msg_id=self._next_id(),
-                              sent=now, version=self._version, prompt=self._prompt, status=status,
-                              engine=cfg.engine, data=cfg.data, rounds=cfg.rounds)
-        return Publish(topic=topics.global_topic(cfg.run), message=message, retain=True)
-
-    def _reject(self, rejection: Rejection, out: list[Effect]) -> None:
-        self._rejected_total += 1
-        current = self._current
-        if current is not None and self._phase == "collecting":
-            current.rejected.append(rejection)
+    def _record_rejection(self, rejection: Rejection) -> None:
+        if self._current is not None and self._phase == "collecting":
+            self._current.rejected.append(rejection)
         else:
             self._pending.append(rejection)
-        out.append(UpdateRejected(rejection=rejection))
 
-    # ----------------------------------------------------------------- phases
     def _start(self, now: float, out: list[Effect]) -> None:
         if self._phase != "idle":
             raise LocalProtocolError("Started twice")
@@ -210,38 +124,39 @@ class RoundAggregator:
         if self._phase == "waiting":
             out.append(ArmTimer(at=now + self.config.join_timeout_s))
 
-    def _online(self, event: ClientOnline, out: list[Effect]) -> None:
-        self._known.add(event.client)
-        self._live.add(event.client)
-        if self._phase == "waiting":
-            self._maybe_open(event.now, out)
-
     def _offline(self, event: ClientOffline, out: list[Effect]) -> None:
         self._live.discard(event.client)
         current = self._current
         if self._phase == "collecting" and current is not None and event.client in current.selected:
             if event.client not in current.accepted:
                 current.dropped.add(event.client)
+            current.outstanding.discard(event.client)
             self._maybe_close(event.now, out)
 
     def _maybe_open(self, now: float, out: list[Effect]) -> None:
-        cfg = self.config
-        enough = len(self._live) >= cfg.min_clients
-        first = self._round == 0
-        everyone = len(self._live) >= cfg.expected_clients
-        timed_out = now >= self._waiting_since + cfg.join_timeout_s
-        if enough and (not first or everyone or timed_out):
+        if self._enough_to_start(now):
             self._open(now, out)
+
+    def _deadline(self, now: float) -> float:
+        cfg = self.config
+        fixed = now + cfg.round_deadline_s
+        if cfg.adaptive_deadline_k is None or len(self._arrivals) < 3:
+            return fixed
+        median = statistics.median(self._arrivals)
+        mad = statistics.median(abs(a - median) for a in self._arrivals)
+        return min(fixed, now + median + cfg.adaptive_deadline_k * mad + 1e-6)
 
     def _open(self, now: float, out: list[Effect]) -> None:
         cfg = self.config
         live = sorted(self._live)
-        want = max(cfg.min_clients, math.ceil(cfg.fraction * len(live)))
-        selected = sorted(self._rng.sample(live, min(want, len(live))))
+        target = min(len(live), max(cfg.min_clients, math.ceil(cfg.fraction * len(live))))
+        want = min(len(live), math.ceil(target * (1.0 + cfg.overcommit)))
+        selected = sorted(self._rng.sample(live, want))
         self._round += 1
-        deadline = now + cfg.round_deadline_s
-        self._current = _OpenRound(number=self._round, version=self._version,
-                                   selected=frozenset(selected), opened_at=now, deadline=deadline)
+        self._began = True
+        deadline = self._deadline(now)
+        self._current = _OpenRound(number=self._round, version=self._version, selected=frozenset(selected),
+                                   target=target, opened_at=now, deadline=deadline, outstanding=set(selected))
         self._phase = "collecting"
         self._current.rejected.extend(self._pending)
         self._pending.clear()
@@ -251,7 +166,7 @@ class RoundAggregator:
         for client in selected:
             task = Task(run=cfg.run, round=self._round, client=client, msg_id=self._next_id(), sent=now,
                         version=self._version, prompt=self._prompt, local_steps=cfg.local_steps,
-                        batch_size=cfg.batch_size, deadline_s=cfg.round_deadline_s)
+                        batch_size=cfg.batch_size, deadline_s=deadline - now)
             out.append(Publish(topic=topics.task_topic(cfg.run, client), message=task))
         out.append(ArmTimer(at=deadline))
 
@@ -259,11 +174,10 @@ class RoundAggregator:
         reason = self._why_not(update)
         current = self._current
         if reason is not None:
-            code, detail = reason
-            self._reject(Rejection(client=update.client, msg_id=update.msg_id, round=update.round,
-                                   reason=code, detail=detail, at=now), out)
-            if code in _ANSWERED_BUT_REFUSED and current is not None:
+            self._reject_update(update, reason[0], reason[1], now, out)
+            if reason[0] in _ANSWERED_BUT_REFUSED and current is not None:
                 current.refused.add(update.client)
+                current.outstanding.discard(update.client)
                 self._maybe_close(now, out)
             return
         assert current is not None
@@ -272,21 +186,17 @@ class RoundAggregator:
                             base_version=update.base_version, prompt=update.prompt, stats=update.stats, at=now)
         current.accepted[update.client] = accepted
         current.dropped.discard(update.client)
+        current.outstanding.discard(update.client)
+        self._arrivals.append(now - current.opened_at)
         self._accepted_total += 1
         out.append(UpdateAccepted(accepted=accepted))
         self._maybe_close(now, out)
 
     def _why_not(self, update: Update) -> tuple[str, str] | None:
-        cfg = self.config
+        common = self._common_refusal(update)
+        if common is not None:
+            return common
         current = self._current
-        if update.run != cfg.run:
-            return "wrong-run", f"run {update.run!r}"
-        if update.msg_id in self._seen_ids:
-            return "duplicate", f"message {update.msg_id} already accepted"
-        if update.client not in self._known:
-            return "unknown-client", "never announced itself"
-        if self._phase == "finished":
-            return "run-finished", "arrived after the last round"
         if current is None or update.round > self._round:
             return "future-round", f"round {update.round} has not started (current {self._round})"
         if update.round < self._round:
@@ -299,20 +209,16 @@ class RoundAggregator:
             return "second-update", f"already sent {current.accepted[update.client].msg_id} for this round"
         if update.base_version != current.version:
             return "wrong-base-version", f"started from version {update.base_version}, task said {current.version}"
-        if len(update.prompt) > cfg.max_prompt_chars:
-            return "prompt-too-long", f"{len(update.prompt)} > {cfg.max_prompt_chars} characters"
-        if not update.prompt.strip():
-            return "empty-prompt", "the prompt is blank"
-        return None
+        return self._content_refusal(update)
 
     def _maybe_close(self, now: float, out: list[Effect]) -> None:
         current = self._current
         if current is None or self._phase != "collecting":
             return
-        outstanding = current.selected - current.accepted.keys() - current.dropped - current.refused
-        if not outstanding:
-            reason = "all-answered" if current.accepted else "all-gone"
-            self._close_collection(now, reason, out)
+        if not current.outstanding:
+            self._close_collection(now, "all-answered" if current.accepted else "all-gone", out)
+        elif self.config.overcommit > 0 and len(current.accepted) >= current.target:
+            self._close_collection(now, "target-reached", out)
 
     def _timer(self, now: float, out: list[Effect]) -> None:
         current = self._current
@@ -328,7 +234,6 @@ class RoundAggregator:
         current = self._current
         assert current is not None
         current.close_reason = reason
-        current.closed_at = now
         if len(current.accepted) >= self.config.min_updates:
             self._phase = "reducing"
             prompts = tuple((c, current.accepted[c].prompt) for c in sorted(current.accepted))
@@ -374,10 +279,3 @@ class RoundAggregator:
         self._maybe_open(now, out)
         if self._phase == "waiting":
             out.append(ArmTimer(at=now + self.config.join_timeout_s))
-
-    def _finish(self, status: str, reason: str, now: float, out: list[Effect]) -> None:
-        self._phase = "finished"
-        out.append(self._global("finished", now))
-        out.append(RunFinished(status=status, reason=reason, rounds_closed=len(self._results),
-                               version=self._version, prompt=self._prompt,
-                               leftover_rejections=tuple(self._pending)))

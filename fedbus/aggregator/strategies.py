@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 Strategy = Callable[[str, Sequence[tuple[str, str]], int], str]
@@ -22,6 +23,41 @@ def concat(current: str, prompts: Sequence[tuple[str, str]], max_chars: int) -> 
             parts.append(text)
     merged = "\n\n".join(parts) if parts else current
     return merged[:max_chars]
+
+
+def sentences(prompt: str) -> list[str]:
+    """The prompt cut into sentences (after . ! ? and a space, or at line breaks)."""
+    out: list[str] = []
+    for line in prompt.splitlines():
+        current = ""
+        for token in line.split(" "):
+            current = f"{current} {token}" if current else token
+            if token.endswith((".", "!", "?")):
+                out.append(current.strip())
+                current = ""
+        if current.strip():
+            out.append(current.strip())
+    return [s for s in out if s]
+
+
+def merge_weighted(current: str, updates: Sequence[tuple[str, str, float]], max_chars: int) -> str:
+    """How a staleness weight applies to text (buffered and async modes).
+
+    For each update (client, prompt, weight), in the given order: its *new* sentences (those not
+    already in the global prompt) are found, and the first ``ceil(weight * n)`` of them are appended.
+    Weight 1 keeps every new sentence, a small weight only the first, and the global prompt is
+    never rewritten by a stale client. Identical sentences from several clients enter once. The
+    result is cut at ``max_chars``.
+    """
+    merged = sentences(current)
+    seen = set(merged)
+    for _client, prompt, weight in updates:
+        novel = [s for s in sentences(prompt) if s not in seen]
+        keep = math.ceil(max(0.0, min(1.0, weight)) * len(novel)) if novel else 0
+        for sentence in novel[:keep]:
+            seen.add(sentence)
+            merged.append(sentence)
+    return " ".join(merged)[:max_chars]
 
 
 STRATEGIES: dict[str, Strategy] = {"concat": concat}

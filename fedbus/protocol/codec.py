@@ -74,6 +74,10 @@ def _body(message: Message) -> dict[str, Any]:
     }
 
 
+# json.dumps builds a new encoder whenever an argument differs from the defaults: build ours once.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
 def encode(message: Message) -> bytes:
     """Serialize ``message``. Raises ``LocalProtocolError`` if it cannot be represented."""
     kind = KIND_OF.get(type(message))
@@ -90,7 +94,7 @@ def encode(message: Message) -> bytes:
         "body": _body(message),
     }
     try:
-        text = json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        text = _ENCODER.encode(document)
     except (TypeError, ValueError) as exc:
         raise LocalProtocolError(f"cannot encode {kind}: {exc}") from exc
     return text.encode("utf-8")
@@ -115,18 +119,23 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def _parse(payload: bytes, limits: Limits) -> dict[str, Any]:
     if len(payload) > limits.max_bytes:
         raise MessageRejected("oversized", f"{len(payload)} bytes > limit {limits.max_bytes}")
     try:
-        document = json.loads(payload, parse_constant=_reject_constant)
+        document = _DECODER.decode(payload.decode("utf-8"))
     except MessageRejected:
         raise
     except RecursionError as exc:
         raise MessageRejected("too-deep", "nesting exceeds the parser's limit") from exc
     except (UnicodeDecodeError, ValueError) as exc:
         raise MessageRejected("not-json", str(exc)[:200]) from exc
-    if _depth_exceeds(document, limits.max_depth):
+    # Walking the tree costs microseconds; only do it when there are enough brackets to nest deeply.
+    brackets = payload.count(b"{") + payload.count(b"[")
+    if brackets > limits.max_depth and _depth_exceeds(document, limits.max_depth):
         raise MessageRejected("too-deep", f"nesting deeper than {limits.max_depth}")
     if not isinstance(document, dict):
         raise MessageRejected("bad-envelope", "top level must be a JSON object")
@@ -140,7 +149,8 @@ def _build(kind: str, document: dict[str, Any]) -> Message:
     fields: dict[str, Any] = {name: document.get(name) for name in _ENVELOPE}
     fields["msg_id"] = document.get("id")
     cls = KINDS[kind]
-    body = dict(body)
+    if kind in ("update", "global", "metrics"):
+        body = dict(body)
     if kind == "update":
         stats = body.get("stats")
         if not isinstance(stats, dict):
@@ -158,11 +168,15 @@ def _build(kind: str, document: dict[str, Any]) -> Message:
         if not isinstance(values, dict):
             raise MessageRejected("bad-field", "values must be an object")
         body["values"] = tuple(values.items())
-    names = set(cls.__dataclass_fields__) - set(fields)
-    for name in names:
+    for name in _BODY_FIELDS[kind]:
         if name in body:
             fields[name] = body[name]
     return cls(**fields)
+
+
+_BODY_FIELDS: dict[str, tuple[str, ...]] = {
+    kind: tuple(n for n in cls.__dataclass_fields__ if n not in {*_ENVELOPE, "msg_id"}) for kind, cls in KINDS.items()
+}
 
 
 def decode(payload: bytes, limits: Limits = Limits()) -> Message:

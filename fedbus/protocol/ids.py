@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -10,7 +11,12 @@ AGGREGATOR = "aggregator"
 
 def is_valid_id(value: object) -> bool:
     """True for a run or client id that is safe inside an MQTT topic level."""
-    return isinstance(value, str) and _ID.match(value) is not None
+    return isinstance(value, str) and _valid_str_id(value)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _valid_str_id(value: str) -> bool:
+    return _ID.match(value) is not None
 
 
 def check_id(value: object, what: str) -> str:

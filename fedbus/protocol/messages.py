@@ -18,20 +18,22 @@ PRESENCE_STATUSES = ("online", "offline")
 GLOBAL_STATUSES = ("waiting", "running", "finished")
 
 
+# These run for every decoded message: exact type checks (``type(x) is int`` also excludes bool).
 def _check_int(value: object, what: str, minimum: int = 0) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if type(value) is not int or value < minimum:
         raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
 
 
 def _check_number(value: object, what: str, lo: float | None = None, hi: float | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    kind = type(value)
+    if (kind is not float and kind is not int) or not math.isfinite(value):  # type: ignore[arg-type]
         raise ValueError(f"{what} must be a finite number, got {value!r}")
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
+    if (lo is not None and value < lo) or (hi is not None and value > hi):  # type: ignore[operator]
         raise ValueError(f"{what} must be within [{lo}, {hi}], got {value!r}")
 
 
 def _check_str(value: object, what: str) -> None:
-    if not isinstance(value, str):
+    if type(value) is not str:
         raise ValueError(f"{what} must be a string, got {type(value).__name__}")
 
 

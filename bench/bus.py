@@ -1,0 +1,246 @@
+"""Update throughput: fedbus's own update path against bare aiomqtt, on the same broker in the same run.
+
+For each broker (the embedded rumqttd via iotcore, and a mosquitto started here from
+broker-config/mosquitto.conf on a free loopback port, without persistence), two measurements
+alternate ``--repeat`` times and the median of each is reported:
+
+- bare: one aiomqtt publisher and one aiomqtt subscriber, QoS 1, random payloads of a fixed size.
+- fedbus: prebuilt ``Update`` messages, each from a distinct client, of the same encoded size;
+  ``codec.encode`` + ``MqttBus.publish`` to each client's update topic; another ``MqttBus``
+  subscribed to the run's update filter decodes, deduplicates (``SeenIds``) and feeds each update
+  to a real ``RoundAggregator`` whose round 1 is open for all clients. The bench checks that the
+  core accepted every update.
+
+Both publish in windows of 100 (``asyncio.gather``). Throughput = messages / seconds from the first
+publish to the last receive. The target: fedbus >= 0.80 x bare. Every measurement has its own
+topics, run id and clean-session connections. The bare baseline imports aiomqtt directly on purpose.
+
+    .venv/bin/python bench/bus.py [--messages 5000 | --quick] [--repeat 3] [--brokers embedded,mosquitto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import logging
+import random
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import aiomqtt
+
+from fedbus.aggregator.effects import Publish, UpdateAccepted
+from fedbus.aggregator.events import ClientOnline, Started, UpdateReceived
+from fedbus.aggregator.rounds import AggregatorConfig, RoundAggregator
+from fedbus.protocol import codec, topics
+from fedbus.protocol.dedup import SeenIds
+from fedbus.protocol.messages import DataSpec, Task, Update, UpdateStats
+from fedbus.runtime.address import BrokerAddress
+from fedbus.runtime.broker import EmbeddedBroker, free_port
+from fedbus.runtime.bus import MqttBus
+from fedbus.runtime.limits import ensure_open_files
+
+PAYLOAD_BYTES = 2048
+WINDOW = 100
+TARGET = 0.80
+MOSQUITTO_CONF = Path(__file__).resolve().parent.parent / "broker-config" / "mosquitto.conf"
+
+
+@contextlib.contextmanager
+def embedded_broker() -> Iterator[BrokerAddress]:
+    with EmbeddedBroker() as broker:
+        yield broker.address
+
+
+@contextlib.contextmanager
+def mosquitto_broker(binary: str) -> Iterator[BrokerAddress]:
+    """mosquitto from the project's config, moved to a free loopback port, persistence off."""
+    port = free_port()
+    text = MOSQUITTO_CONF.read_text(encoding="utf-8")
+    text = text.replace("listener 1883 0.0.0.0", f"listener {port} 127.0.0.1")
+    text = text.replace("persistence true", "persistence false")
+    text = re.sub(r"^(persistence_location|autosave_interval) .*\n", "", text, flags=re.M)
+    with tempfile.TemporaryDirectory(prefix="fedbus-bench-") as tmp:
+        conf = Path(tmp) / "mosquitto.conf"
+        conf.write_text(text, encoding="utf-8")
+        with (Path(tmp) / "mosquitto.log").open("w") as log:
+            process = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"mosquitto did not start; see {tmp}/mosquitto.log") from None
+                    time.sleep(0.05)
+            yield BrokerAddress(host="127.0.0.1", port=port)
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+
+
+async def pipelined(sends: list[Callable[[], Awaitable[None]]]) -> None:
+    for start in range(0, len(sends), WINDOW):
+        await asyncio.gather(*(send() for send in sends[start : start + WINDOW]))
+
+
+async def measure_bare(address: BrokerAddress, n: int) -> float:
+    """Messages per second through bare aiomqtt."""
+    tag = uuid.uuid4().hex[:8]
+    topic = f"bench/{tag}/bare"
+    rng = random.Random(tag)
+    payloads = [rng.randbytes(PAYLOAD_BYTES) for _ in range(n)]
+    host, port = address.host, address.port
+    async with (
+        aiomqtt.Client(host, port, identifier=f"bench-{tag}-sub", clean_session=True) as sub,
+        aiomqtt.Client(host, port, identifier=f"bench-{tag}-pub", clean_session=True) as pub,
+    ):
+        await sub.subscribe(topic, qos=1)
+
+        async def receive() -> float:
+            count = 0
+            async for _ in sub.messages:
+                count += 1
+                if count == n:
+                    break
+            return time.perf_counter()
+
+        started = time.perf_counter()
+        receiver = asyncio.create_task(receive())
+        await pipelined([functools.partial(pub.publish, topic, p, qos=1) for p in payloads])
+        finished = await asyncio.wait_for(receiver, timeout=max(60.0, n / 100))
+    return n / (finished - started)
+
+
+def open_round(run: str, clients: list[str]) -> tuple[RoundAggregator, list[Task]]:
+    """A real aggregator core with round 1 open for ``clients``, and the tasks it sent them."""
+    config = AggregatorConfig(
+        run=run, rounds=1, expected_clients=len(clients), min_clients=1, initial_prompt="Answer the question.",
+        engine="surrogate", data=DataSpec(task="arith", seed=0, num_shards=1, train_size=1, val_size=1, test_size=1),
+        round_deadline_s=1e9, max_prompt_chars=10_000)
+    core = RoundAggregator(config, random.Random(0))
+    effects = core.handle(Started(now=0.0))
+    for client in clients:
+        effects += core.handle(ClientOnline(client=client, now=0.0))
+    tasks = [e.message for e in effects if isinstance(e, Publish) and isinstance(e.message, Task)]
+    return core, tasks
+
+
+def build_updates(tasks: list[Task]) -> list[Update]:
+    """One update per task, with a prompt sized so that each encoded update has PAYLOAD_BYTES."""
+    stats = UpdateStats(steps=3, accepted_steps=2, batch_acc_before=0.5, batch_acc_after=0.75,
+                        llm_calls=9, tokens=4000, duration_s=1.5)
+
+    def update(task: Task, prompt: str) -> Update:
+        return Update(run=task.run, round=task.round, client=task.client, msg_id=f"{task.client}-r{task.round}",
+                      sent=0.0, base_version=task.version, prompt=prompt, stats=stats)
+
+    rng = random.Random(0)
+    overhead = len(codec.encode(update(tasks[0], "")))
+    text = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz    ") for _ in range(PAYLOAD_BYTES - overhead))
+    return [update(task, text) for task in tasks]
+
+
+async def measure_fedbus(address: BrokerAddress, n: int) -> tuple[float, int]:
+    """Messages per second through fedbus's update path, and how many updates the core accepted."""
+    run = f"bench-{uuid.uuid4().hex[:8]}"
+    core, tasks = open_round(run, [f"client-{i:05d}" for i in range(1, n + 1)])
+    if len(tasks) != n or any(t.version != 0 or t.round != 1 for t in tasks):
+        raise RuntimeError(f"round 1 did not open for all {n} clients ({len(tasks)} tasks)")
+    updates = build_updates(tasks)
+    seen = SeenIds()
+    accepted = 0
+    async with (
+        MqttBus(address, f"{run}.aggregator", clean_session=True) as inbox,
+        MqttBus(address, f"{run}.clients", clean_session=True) as outbox,
+    ):
+        await inbox.subscribe(topics.channel_filter(run, "update"))
+
+        async def receive() -> float:
+            nonlocal accepted
+            count = 0
+            async for incoming in inbox.messages():
+                message = codec.decode(incoming.payload)
+                if not seen.first_time(message.msg_id) or not isinstance(message, Update):
+                    continue
+                for effect in core.handle(UpdateReceived(update=message, now=time.perf_counter() - started)):
+                    accepted += isinstance(effect, UpdateAccepted)
+                count += 1
+                if count == n:
+                    break
+            return time.perf_counter()
+
+        def sender(u: Update) -> Callable[[], Awaitable[None]]:
+            return lambda: outbox.publish(topics.update_topic(run, u.client), codec.encode(u))
+
+        started = time.perf_counter()
+        receiver = asyncio.create_task(receive())
+        await pipelined([sender(u) for u in updates])  # encodes inside the timed window
+        finished = await asyncio.wait_for(receiver, timeout=max(60.0, n / 100))
+    return n / (finished - started), accepted
+
+
+async def bench_broker(address: BrokerAddress, n: int, repeat: int) -> tuple[float, float]:
+    bare: list[float] = []
+    fed: list[float] = []
+    for i in range(repeat):
+        bare.append(await measure_bare(address, n))
+        rate, accepted = await measure_fedbus(address, n)
+        fed.append(rate)
+        note = "" if accepted == n else f"   !!! ONLY {accepted} of {n} UPDATES ACCEPTED BY THE CORE !!!"
+        print(f"  run {i + 1}: bare {bare[-1]:7.0f} msg/s   fedbus {rate:7.0f} msg/s   "
+              f"core accepted {accepted}/{n}{note}", flush=True)
+    return statistics.median(bare), statistics.median(fed)
+
+
+async def main_async(brokers: list[str], n: int, repeat: int) -> None:
+    print(f"{n} messages x {PAYLOAD_BYTES} B, QoS 1, windows of {WINDOW}, median of {repeat}", flush=True)
+    for name in brokers:
+        if name == "embedded":
+            broker = embedded_broker()
+        elif name == "mosquitto":
+            binary = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")
+            if not binary:
+                print("mosquitto: binary not found, skipped (install Debian's mosquitto package)")
+                continue
+            broker = mosquitto_broker(binary)
+        else:
+            raise SystemExit(f"unknown broker {name!r}: use embedded, mosquitto")
+        with broker as address:
+            print(f"{name} at {address.host}:{address.port}", flush=True)
+            bare, fed = await bench_broker(address, n, repeat)
+        ratio = fed / bare
+        verdict = "met" if ratio >= TARGET else "NOT met"
+        print(f"{name}: bare {bare:.0f} msg/s, fedbus {fed:.0f} msg/s, ratio fedbus/bare {ratio:.3f}, "
+              f"target >= {TARGET:.2f}: {verdict}\n", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=5000, help="messages per measurement (default 5000)")
+    parser.add_argument("--quick", action="store_true", help="1000 messages per measurement")
+    parser.add_argument("--repeat", type=int, default=3, help="measurements of each kind per broker (default 3)")
+    parser.add_argument("--brokers", default="embedded,mosquitto", help="comma-separated: embedded,mosquitto")
+    args = parser.parse_args()
+    n = 1000 if args.quick else args.messages
+    ensure_open_files(1024)
+    # aiomqtt warns "There are N pending publish calls." for every publish past 10 in flight: pipelining
+    # on purpose here, and printing ~90 lines per window would be timed too.
+    logging.getLogger("mqtt").setLevel(logging.ERROR)
+    asyncio.run(main_async([b.strip() for b in args.brokers.split(",") if b.strip()], n, max(1, args.repeat)))
+
+
+if __name__ == "__main__":
+    main()

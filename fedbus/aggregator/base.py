@@ -1,0 +1,129 @@
+"""What every aggregator core shares: membership, message ids, the global state, rejections, the end."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from fedbus.aggregator.config import AggregatorConfig
+from fedbus.aggregator.effects import Effect, Publish, Rejection, RoundResult, RunFinished, UpdateRejected
+from fedbus.protocol import topics
+from fedbus.protocol.ids import AGGREGATOR
+from fedbus.protocol.messages import GlobalState, GlobalStatus, Update
+
+
+@dataclass(frozen=True, slots=True)
+class AggregatorStatistics:
+    """An immutable snapshot of an aggregator's counters."""
+
+    phase: str
+    round: int
+    version: int
+    live_clients: int
+    known_clients: int
+    accepted: int
+    rejected: int
+    rounds_closed: int
+
+
+class AggregatorBase:
+    """Shared state and helpers; subclasses implement ``handle``."""
+
+    def __init__(self, config: AggregatorConfig, rng: random.Random) -> None:
+        self.config = config
+        self._rng = rng
+        self._phase = "idle"
+        self._round = 0
+        self._version = 0
+        self._prompt = config.initial_prompt
+        self._live: set[str] = set()
+        self._known: set[str] = set()
+        self._seen_ids: set[str] = set()
+        self._pending: list[Rejection] = []  # rejections waiting for a round result
+        self._waiting_since = 0.0
+        self._seq = 0
+        self._accepted_total = 0
+        self._rejected_total = 0
+        self._results: list[RoundResult] = []
+        self._began = False  # the first round (or the first task) went out
+
+    @property
+    def phase(self) -> str:
+        return self._phase
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def prompt(self) -> str:
+        return self._prompt
+
+    @property
+    def results(self) -> tuple[RoundResult, ...]:
+        return tuple(self._results)
+
+    def statistics(self) -> AggregatorStatistics:
+        return AggregatorStatistics(
+            phase=self._phase, round=self._round, version=self._version, live_clients=len(self._live),
+            known_clients=len(self._known), accepted=self._accepted_total, rejected=self._rejected_total,
+            rounds_closed=len(self._results),
+        )
+
+    def _next_id(self) -> str:
+        self._seq += 1
+        return f"{AGGREGATOR}-{self.config.run}-{self._seq}"
+
+    def _global(self, status: GlobalStatus, now: float) -> Publish:
+        cfg = self.config
+        message = GlobalState(run=cfg.run, round=self._round, client=AGGREGATOR, msg_id=self._next_id(),
+                              sent=now, version=self._version, prompt=self._prompt, status=status,
+                              engine=cfg.engine, data=cfg.data, rounds=cfg.rounds)
+        return Publish(topic=topics.global_topic(cfg.run), message=message, retain=True)
+
+    def _record_rejection(self, rejection: Rejection) -> None:
+        """Where a rejection is kept until a result carries it; subclasses may keep it in the open round."""
+        self._pending.append(rejection)
+
+    def _reject(self, rejection: Rejection, out: list[Effect]) -> None:
+        self._rejected_total += 1
+        self._record_rejection(rejection)
+        out.append(UpdateRejected(rejection=rejection))
+
+    def _reject_update(self, update: Update, reason: str, detail: str, now: float, out: list[Effect]) -> None:
+        self._reject(Rejection(client=update.client, msg_id=update.msg_id, round=update.round, reason=reason,
+                               detail=detail, at=now), out)
+
+    def _common_refusal(self, update: Update) -> tuple[str, str] | None:
+        """The checks every mode makes before its own."""
+        if update.run != self.config.run:
+            return "wrong-run", f"run {update.run!r}"
+        if update.msg_id in self._seen_ids:
+            return "duplicate", f"message {update.msg_id} already accepted"
+        if update.client not in self._known:
+            return "unknown-client", "never announced itself"
+        if self._phase == "finished":
+            return "run-finished", "arrived after the last round"
+        return None
+
+    def _content_refusal(self, update: Update) -> tuple[str, str] | None:
+        if len(update.prompt) > self.config.max_prompt_chars:
+            return "prompt-too-long", f"{len(update.prompt)} > {self.config.max_prompt_chars} characters"
+        if not update.prompt.strip():
+            return "empty-prompt", "the prompt is blank"
+        return None
+
+    def _enough_to_start(self, now: float) -> bool:
+        cfg = self.config
+        enough = len(self._live) >= cfg.min_clients
+        everyone = len(self._live) >= cfg.expected_clients
+        timed_out = now >= self._waiting_since + cfg.join_timeout_s
+        return enough and (everyone or timed_out or self._began)
+
+    def _finish(self, status: str, reason: str, now: float, out: list[Effect]) -> None:
+        self._phase = "finished"
+        out.append(self._global("finished", now))
+        out.append(RunFinished(status=status, reason=reason, rounds_closed=len(self._results),
+                               version=self._version, prompt=self._prompt,
+                               leftover_rejections=tuple(self._pending)))
+        self._pending.clear()

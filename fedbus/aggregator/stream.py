@@ -1,0 +1,272 @@
+"""Buffered (FedBuff) and fully asynchronous (FedAsync) aggregation: a sans-I/O state machine.
+
+There are no rounds to wait for. Every live client (up to ``fraction`` of them, at least
+``min_clients``) always holds one task: the global prompt at some version. When its update
+arrives, its *staleness* is the number of versions published since that base version; an update
+more than ``max_staleness`` versions old is rejected ('too-stale'); any other is accepted with the
+weight ``weighting.weight(staleness)`` and the client gets a new task at once.
+
+- buffered: accepted updates wait in a buffer; every ``buffer_size`` of them are merged into the
+  global prompt together (one new version). The merge sees them sorted by (client, message id), so
+  the order in which they arrived does not change the aggregate.
+- async: every accepted update is merged on its own (``buffer_size`` 1).
+
+A staleness weight applies to text through :func:`fedbus.aggregator.strategies.merge_weighted`: the
+weight decides how many of the update's new sentences enter the global prompt.
+
+Each aggregation is reported as a ``RoundResult`` whose ``round`` is the new version; its
+``selected`` lists the clients handed a task since the previous aggregation. A task not answered
+within ``round_deadline_s`` counts as missing and the client gets a fresh one.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from fedbus.aggregator.base import AggregatorBase
+from fedbus.aggregator.config import AggregatorConfig
+from fedbus.aggregator.effects import (
+    Accepted,
+    ArmTimer,
+    Effect,
+    Publish,
+    Reduce,
+    Rejection,
+    RoundClosed,
+    RoundOpened,
+    RoundResult,
+    UpdateAccepted,
+)
+from fedbus.aggregator.events import (
+    ClientOffline,
+    ClientOnline,
+    Event,
+    ReduceFailed,
+    Reduced,
+    Started,
+    TimerFired,
+    UpdateMalformed,
+    UpdateReceived,
+)
+from fedbus.errors import LocalProtocolError
+from fedbus.protocol import topics
+from fedbus.protocol.messages import Task, Update
+
+
+@dataclass(frozen=True, slots=True)
+class _Assignment:
+    task_round: int  # the Task's round field: a per-run dispatch counter
+    version: int
+    due: float
+
+
+class StreamAggregator(AggregatorBase):
+    """FedBuff / FedAsync for text prompts, as events in and effects out."""
+
+    def __init__(self, config: AggregatorConfig, rng: random.Random) -> None:
+        if config.mode not in ("buffered", "async"):
+            raise LocalProtocolError(f"StreamAggregator runs buffered or async, not {config.mode!r}")
+        super().__init__(config, rng)
+        self._k = 1 if config.mode == "async" else max(1, config.buffer_size)
+        self._assigned: dict[str, _Assignment] = {}
+        self._buffer: list[Accepted] = []
+        self._reducing: tuple[Accepted, ...] = ()
+        self._dispatches = 0
+        self._since_selected: set[str] = set()
+        self._since_dropped: set[str] = set()
+        self._since_missing: set[str] = set()
+        self._since_rejected: list[Rejection] = []
+        self._window_opened = 0.0
+        self._started_at = 0.0
+
+    # ------------------------------------------------------------------ events
+    def handle(self, event: Event) -> list[Effect]:
+        """Apply one event; return the effects, in the order they must happen."""
+        out: list[Effect] = []
+        if isinstance(event, Started):
+            if self._phase != "idle":
+                raise LocalProtocolError("Started twice")
+            self._phase = "waiting"
+            self._waiting_since = self._started_at = event.now
+            out.append(self._global("waiting", event.now))
+            self._maybe_begin(event.now, out)
+            if self._phase == "waiting":
+                out.append(ArmTimer(at=event.now + self.config.join_timeout_s))
+        elif isinstance(event, ClientOnline):
+            self._known.add(event.client)
+            self._live.add(event.client)
+            if self._phase == "waiting":
+                self._maybe_begin(event.now, out)
+            elif self._phase == "running":
+                self._fill(event.now, out)
+        elif isinstance(event, ClientOffline):
+            self._live.discard(event.client)
+            if self._assigned.pop(event.client, None) is not None:
+                self._since_dropped.add(event.client)
+            if self._phase == "running":
+                self._fill(event.now, out)
+                self._pause_if_empty(event.now, out)
+        elif isinstance(event, UpdateReceived):
+            self._update(event.update, event.now, out)
+        elif isinstance(event, UpdateMalformed):
+            self._reject(Rejection(client=event.client, msg_id=None, round=None,
+                                   reason=f"malformed:{event.reason}", detail=event.detail, at=event.now), out)
+        elif isinstance(event, TimerFired):
+            self._timer(event.now, out)
+        elif isinstance(event, Reduced):
+            self._reduced(event.round, event.prompt, "aggregated", event.now, out)
+        elif isinstance(event, ReduceFailed):
+            self._reduced(event.round, None, "reduce-failed", event.now, out)
+        else:  # pragma: no cover - guarded by the type
+            raise LocalProtocolError(f"unknown event {event!r}")
+        return out
+
+    @property
+    def buffered(self) -> tuple[Accepted, ...]:
+        """Accepted updates waiting for the next aggregation."""
+        return tuple(self._buffer)
+
+    def _record_rejection(self, rejection: Rejection) -> None:
+        if self._phase == "finished":
+            self._pending.append(rejection)
+        else:
+            self._since_rejected.append(rejection)
+
+    # ------------------------------------------------------------------ dispatch
+    def _concurrency(self) -> int:
+        live = len(self._live)
+        return min(live, max(self.config.min_clients, math.ceil(self.config.fraction * live)))
+
+    def _maybe_begin(self, now: float, out: list[Effect]) -> None:
+        if self._enough_to_start(now):
+            self._began = True
+            self._phase = "running"
+            self._window_opened = now
+            out.append(self._global("running", now))
+            self._fill(now, out)
+
+    def _fill(self, now: float, out: list[Effect]) -> None:
+        """Hand tasks to idle live clients until ``concurrency`` clients are working."""
+        idle = sorted(self._live - self._assigned.keys())
+        free = self._concurrency() - len(self._assigned)
+        if free <= 0 or not idle:
+            return
+        chosen = sorted(self._rng.sample(idle, min(free, len(idle))))
+        for client in chosen:
+            self._dispatch(client, now, out)
+        out.append(RoundOpened(round=self._dispatches, version=self._version, selected=tuple(chosen),
+                               live=len(self._live), deadline=now + self.config.round_deadline_s))
+
+    def _dispatch(self, client: str, now: float, out: list[Effect]) -> None:
+        cfg = self.config
+        self._dispatches += 1
+        due = now + cfg.round_deadline_s
+        self._assigned[client] = _Assignment(task_round=self._dispatches, version=self._version, due=due)
+        self._since_selected.add(client)
+        task = Task(run=cfg.run, round=self._dispatches, client=client, msg_id=self._next_id(), sent=now,
+                    version=self._version, prompt=self._prompt, local_steps=cfg.local_steps,
+                    batch_size=cfg.batch_size, deadline_s=cfg.round_deadline_s)
+        out.append(Publish(topic=topics.task_topic(cfg.run, client), message=task))
+        out.append(ArmTimer(at=due))
+
+    # ------------------------------------------------------------------ updates
+    def _update(self, update: Update, now: float, out: list[Effect]) -> None:
+        refusal = self._common_refusal(update)
+        assignment = self._assigned.get(update.client)
+        if refusal is None:
+            if assignment is None or update.round != assignment.task_round:
+                refusal = ("not-assigned", f"no open task {update.round} for {update.client}")
+            elif update.base_version != assignment.version:
+                refusal = ("wrong-base-version",
+                           f"started from version {update.base_version}, task said {assignment.version}")
+            elif self._version - update.base_version > self.config.max_staleness:
+                refusal = ("too-stale", f"staleness {self._version - update.base_version} > "
+                           f"max_staleness {self.config.max_staleness}")
+            else:
+                refusal = self._content_refusal(update)
+        if refusal is not None:
+            self._reject_update(update, refusal[0], refusal[1], now, out)
+            if assignment is not None and update.round == assignment.task_round and self._phase == "running":
+                del self._assigned[update.client]  # it answered; hand it a fresh task
+                self._fill(now, out)
+            return
+        staleness = self._version - update.base_version
+        accepted = Accepted(client=update.client, msg_id=update.msg_id, round=update.round,
+                            base_version=update.base_version, prompt=update.prompt, stats=update.stats, at=now,
+                            staleness=staleness, weight=self.config.weighting.weight(staleness))
+        self._seen_ids.add(update.msg_id)
+        self._accepted_total += 1
+        self._buffer.append(accepted)
+        del self._assigned[update.client]
+        out.append(UpdateAccepted(accepted=accepted))
+        self._maybe_reduce(now, out)
+        if self._phase == "running":
+            self._fill(now, out)
+
+    def _maybe_reduce(self, now: float, out: list[Effect]) -> None:
+        if self._reducing or len(self._buffer) < self._k or self._phase != "running":
+            return
+        batch = sorted(self._buffer[: self._k], key=lambda a: (a.client, a.msg_id))
+        del self._buffer[: self._k]
+        self._reducing = tuple(batch)
+        out.append(Reduce(round=self._version + 1, strategy=self.config.strategy, current_prompt=self._prompt,
+                          prompts=tuple((a.client, a.prompt) for a in batch), max_chars=self.config.max_prompt_chars,
+                          weights=tuple(a.weight for a in batch)))
+
+    def _reduced(self, round_: int, prompt: str | None, status: str, now: float, out: list[Effect]) -> None:
+        if not self._reducing or round_ != self._version + 1:
+            raise LocalProtocolError(f"reduce result for {round_} while {'reducing' if self._reducing else 'idle'}")
+        batch, self._reducing = self._reducing, ()
+        before = self._version
+        if prompt is not None:
+            self._prompt = prompt[: self.config.max_prompt_chars]
+            self._version += 1
+        result = RoundResult(
+            round=round_, status=status, version_before=before, version_after=self._version,
+            selected=tuple(sorted(self._since_selected)), accepted=batch, rejected=tuple(self._since_rejected),
+            dropped=tuple(sorted(self._since_dropped)), missing=tuple(sorted(self._since_missing)),
+            opened_at=self._window_opened, closed_at=now, prompt=self._prompt,
+            close_reason=f"{len(batch)} buffered" if status == "aggregated" else "reduce-failed")
+        self._results.append(result)
+        self._since_selected, self._since_dropped, self._since_missing = set(), set(), set()
+        self._since_rejected = []
+        self._window_opened = now
+        if prompt is not None:
+            out.append(self._global("running", now))
+        out.append(RoundClosed(result=result))
+        if len(self._results) >= self.config.rounds:
+            self._pending.extend(Rejection(client=a.client, msg_id=a.msg_id, round=a.round, reason="run-finished",
+                                           detail="buffered when the last aggregation closed", at=now)
+                                 for a in self._buffer)
+            self._rejected_total += len(self._buffer)
+            self._buffer.clear()
+            self._finish("completed", f"{self.config.rounds} aggregations", now, out)
+            return
+        self._maybe_reduce(now, out)
+
+    # ------------------------------------------------------------------ time
+    def _timer(self, now: float, out: list[Effect]) -> None:
+        if self._phase == "waiting":
+            self._maybe_begin(now, out)
+            if self._phase == "waiting" and now >= self._waiting_since + self.config.join_timeout_s:
+                self._finish("aborted", f"fewer than {self.config.min_clients} clients online after "
+                             f"{self.config.join_timeout_s:g} s", now, out)
+            return
+        if self._phase != "running":
+            return
+        overdue = sorted(c for c, a in self._assigned.items() if a.due <= now)
+        for client in overdue:
+            del self._assigned[client]
+            self._since_missing.add(client)
+        if overdue:
+            self._fill(now, out)
+        self._pause_if_empty(now, out)
+
+    def _pause_if_empty(self, now: float, out: list[Effect]) -> None:
+        """With fewer than min_clients live and nobody working, wait for clients (or give up after the timeout)."""
+        if self._phase == "running" and len(self._live) < self.config.min_clients and not self._assigned:
+            self._phase = "waiting"
+            self._waiting_since = now
+            out.append(ArmTimer(at=now + self.config.join_timeout_s))

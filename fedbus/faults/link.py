@@ -1,0 +1,68 @@
+"""Per-message fates on one client's link: delivered (after a delay), lost, duplicated, held back.
+
+A ``LinkFaults`` draws from its own ``random.Random``, seeded by (scenario seed, client, direction),
+so the n-th message on a link meets the same fate in every replay, whichever runtime carries it.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from fedbus.scenario.conditions import Network
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fate:
+    """What the link does with one message."""
+
+    copies: int  # 0: lost; 1: delivered; 2+: duplicated
+    delay_s: float  # simulated seconds before it leaves
+    held: bool  # reordered: it waits and goes out after the next message
+
+    @property
+    def lost(self) -> bool:
+        return self.copies == 0
+
+
+PERFECT = Fate(copies=1, delay_s=0.0, held=False)
+
+
+class LinkFaults:
+    """The fates of successive messages on one link, and whether the link is partitioned at a time."""
+
+    def __init__(self, network: Network, seed: int, client: str, direction: str) -> None:
+        self.network = network
+        self._rng = random.Random(f"link/{seed}/{client}/{direction}")
+        self.sent = 0
+        self.lost = 0
+        self.duplicated = 0
+        self.held = 0
+
+    def next_fate(self) -> Fate:
+        """The fate of the next message on this link."""
+        net = self.network
+        self.sent += 1
+        if net.is_perfect:
+            return PERFECT
+        rng = self._rng
+        # Draw every number every time, so one setting never shifts the others' sequence.
+        u_loss, u_dup, u_reorder, u_jitter = rng.random(), rng.random(), rng.random(), rng.random()
+        if u_loss < net.loss:
+            self.lost += 1
+            return Fate(copies=0, delay_s=0.0, held=False)
+        copies = 2 if u_dup < net.duplicate else 1
+        self.duplicated += copies - 1
+        held = u_reorder < net.reorder
+        self.held += held
+        delay = max(0.0, net.delay_s + (2.0 * u_jitter - 1.0) * net.jitter_s)
+        return Fate(copies=copies, delay_s=delay, held=held)
+
+    def partitioned(self, now: float) -> bool:
+        """True while simulated time ``now`` is inside one of the link's partitions."""
+        return any(p.contains(now) for p in self.network.partitions)
+
+    def partition_end(self, now: float) -> float | None:
+        """When the partition covering ``now`` heals, or None if there is none."""
+        ends = [p.end_s for p in self.network.partitions if p.contains(now)]
+        return max(ends) if ends else None
