@@ -7,15 +7,18 @@ All problems are collected, not just the first: ``ScenarioError.problems`` is a 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from fedbus.aggregator.config import MODES
+from fedbus.aggregator.staleness import WEIGHTINGS, StalenessWeighting
 from fedbus.errors import ScenarioError
-from fedbus.protocol.ids import is_valid_id
 from fedbus.protocol.messages import DataSpec
+from fedbus.scenario.conditions import ClientGroup
+from fedbus.scenario.groups import LATENCY_NEEDS, read_groups
 from fedbus.scenario.model import (
     ENGINES,
     PARTITIONS,
@@ -26,140 +29,91 @@ from fedbus.scenario.model import (
     ParticipationSpec,
     Scenario,
 )
-
-_MISSING = object()
-
-
-class _Reader:
-    """Reads typed fields out of nested mappings and records every problem with its path."""
-
-    def __init__(self) -> None:
-        self.problems: list[tuple[str, str]] = []
-
-    def problem(self, path: str, message: str) -> None:
-        self.problems.append((path, message))
-
-    def section(self, doc: Mapping[str, Any], key: str, path: str, allowed: set[str]) -> Mapping[str, Any]:
-        value = doc.get(key, {})
-        where = f"{path}.{key}" if path else key
-        if value is None:
-            value = {}
-        if not isinstance(value, Mapping):
-            self.problem(where, f"must be a mapping, got {type(value).__name__}")
-            return {}
-        self.unknown_keys(value, where, allowed)
-        return value
-
-    def unknown_keys(self, doc: Mapping[str, Any], path: str, allowed: set[str]) -> None:
-        for key in doc:
-            if key not in allowed:
-                where = f"{path}.{key}" if path else str(key)
-                self.problem(where, f"unknown key (expected one of: {', '.join(sorted(allowed))})")
-
-    def get(
-        self,
-        doc: Mapping[str, Any],
-        key: str,
-        path: str,
-        kind: type | tuple[type, ...],
-        *,
-        default: Any = _MISSING,
-        check: Callable[[Any], str | None] | None = None,
-    ) -> Any:
-        where = f"{path}.{key}" if path else key
-        if key not in doc or doc[key] is None:
-            if default is _MISSING:
-                self.problem(where, "is required")
-            return None if default is _MISSING else default
-        value = doc[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if float in kinds and int not in kinds:
-            kinds = (*kinds, int)
-        ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
-        if not ok:
-            names = " or ".join(k.__name__ for k in kinds if not (k is int and float in kinds))
-            names = names.replace("float", "a number").replace("int", "an integer").replace("str", "a string")
-            self.problem(where, f"must be {names}, got {type(value).__name__} {value!r}"[:200])
-            return None if default is _MISSING else default
-        if float in kinds and isinstance(value, int):
-            value = float(value)
-        if check is not None:
-            message = check(value)
-            if message is not None:
-                self.problem(where, message)
-        return value
-
-
-def _at_least(lo: float) -> Callable[[Any], str | None]:
-    return lambda v: None if v >= lo else f"must be >= {lo}"
-
-
-def _within(lo: float, hi: float) -> Callable[[Any], str | None]:
-    return lambda v: None if lo <= v <= hi else f"must be within [{lo}, {hi}]"
-
-
-def _one_of(options: tuple[str, ...]) -> Callable[[Any], str | None]:
-    return lambda v: None if v in options else f"must be one of {', '.join(options)}; got {v!r}"
-
-
-def _valid_id(v: Any) -> str | None:
-    return None if is_valid_id(v) else "must be 1-64 of A-Z a-z 0-9 _ . - starting with a letter or digit"
-
+from fedbus.scenario.reader import Reader, at_least, one_of, valid_id, within
 
 _TOP = {"name", "seed", "engine", "rounds", "initial_prompt", "task", "clients", "participation",
-        "aggregation", "max_message_bytes"}
+        "aggregation", "max_message_bytes", "time_scale"}
 _TASK = {"name", "train_size", "val_size", "test_size", "partition"}
-_CLIENTS = {"count", "local_steps", "batch_size", "id_prefix", "step_latency_s"}
-_PARTICIPATION = {"fraction", "min_clients", "min_updates", "round_deadline_s", "join_timeout_s"}
-_AGGREGATION = {"strategy", "max_prompt_chars"}
+_CLIENTS = {"count", "local_steps", "batch_size", "id_prefix", "step_latency_s", "groups"}
+_PARTICIPATION = {"fraction", "min_clients", "min_updates", "round_deadline_s", "join_timeout_s", "overcommit",
+                  "adaptive_deadline"}
+_ADAPTIVE = {"k", "window"}
+_AGGREGATION = {"strategy", "max_prompt_chars", "mode", "buffer_size", "max_staleness", "weighting"}
+_WEIGHTING = {"kind", "a", "b"}
 
 DEFAULT_PROMPT = "You will answer a reasoning question. The last line of your answer should be 'Answer: $VALUE'."
 
 
 def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None) -> Scenario:
     """Build a scenario from parsed YAML. Raises ``ScenarioError`` listing every problem."""
-    r = _Reader()
+    r = Reader()
     if not isinstance(doc, Mapping):
         raise ScenarioError([("", f"a scenario must be a mapping, got {type(doc).__name__}")], source)
     r.unknown_keys(doc, "", _TOP)
-    name = r.get(doc, "name", "", str, check=_valid_id)
-    file_seed = r.get(doc, "seed", "", int, default=0, check=_at_least(0))
-    engine = r.get(doc, "engine", "", str, default="surrogate", check=_one_of(ENGINES))
-    rounds = r.get(doc, "rounds", "", int, check=_at_least(1))
+    name = r.get(doc, "name", "", str, check=valid_id)
+    file_seed = r.get(doc, "seed", "", int, default=0, check=at_least(0))
+    engine = r.get(doc, "engine", "", str, default="surrogate", check=one_of(ENGINES))
+    rounds = r.get(doc, "rounds", "", int, check=at_least(1))
     prompt = r.get(doc, "initial_prompt", "", str, default=DEFAULT_PROMPT)
     max_bytes = r.get(doc, "max_message_bytes", "", int, default=256 * 1024,
-                      check=_within(4096, 16 * 1024 * 1024))
+                      check=within(4096, 16 * 1024 * 1024))
+    time_scale = r.get(doc, "time_scale", "", float, default=1.0, check=within(0.001, 1_000_000.0))
 
     t = r.section(doc, "task", "", _TASK)
     if "task" not in doc:
         r.problem("task", "is required")
-    task_name = r.get(t, "name", "task", str, default="surrogate-skills", check=_one_of(TASKS))
-    train = r.get(t, "train_size", "task", int, default=120, check=_at_least(1))
-    val = r.get(t, "val_size", "task", int, default=60, check=_at_least(1))
-    test = r.get(t, "test_size", "task", int, default=120, check=_at_least(1))
-    partition = r.get(t, "partition", "task", str, default="iid", check=_one_of(PARTITIONS))
+    task_name = r.get(t, "name", "task", str, default="surrogate-skills", check=one_of(TASKS))
+    train = r.get(t, "train_size", "task", int, default=120, check=at_least(1))
+    val = r.get(t, "val_size", "task", int, default=60, check=at_least(1))
+    test = r.get(t, "test_size", "task", int, default=120, check=at_least(1))
+    partition = r.get(t, "partition", "task", str, default="iid", check=one_of(PARTITIONS))
 
     c = r.section(doc, "clients", "", _CLIENTS)
     if "clients" not in doc:
         r.problem("clients", "is required")
-    count = r.get(c, "count", "clients", int, check=_at_least(1))
-    local_steps = r.get(c, "local_steps", "clients", int, default=3, check=_at_least(1))
-    batch_size = r.get(c, "batch_size", "clients", int, default=3, check=_at_least(1))
-    prefix = r.get(c, "id_prefix", "clients", str, default="client", check=_valid_id)
-    latency = r.get(c, "step_latency_s", "clients", float, default=0.0, check=_at_least(0.0))
+    groups = read_groups(r, c.get("groups"), "clients.groups")
+    if "groups" in c:
+        count = r.get(c, "count", "clients", int, default=sum(g.count for g in groups), check=at_least(1))
+        if groups and count != sum(g.count for g in groups):
+            r.problem("clients.count", f"must equal the sum of the groups' counts ({sum(g.count for g in groups)})"
+                      " or be left out")
+    else:
+        count = r.get(c, "count", "clients", int, check=at_least(1))
+    local_steps = r.get(c, "local_steps", "clients", int, default=3, check=at_least(1))
+    batch_size = r.get(c, "batch_size", "clients", int, default=3, check=at_least(1))
+    prefix = r.get(c, "id_prefix", "clients", str, default="client", check=valid_id)
+    latency = r.get(c, "step_latency_s", "clients", float, default=0.0, check=at_least(0.0))
 
     p = r.section(doc, "participation", "", _PARTICIPATION)
-    fraction = r.get(p, "fraction", "participation", float, default=1.0, check=_within(0.0, 1.0))
+    fraction = r.get(p, "fraction", "participation", float, default=1.0, check=within(0.0, 1.0))
     if fraction is not None and fraction == 0.0:
         r.problem("participation.fraction", "must be > 0")
-    min_clients = r.get(p, "min_clients", "participation", int, default=1, check=_at_least(1))
-    min_updates = r.get(p, "min_updates", "participation", int, default=1, check=_at_least(1))
-    deadline = r.get(p, "round_deadline_s", "participation", float, default=60.0, check=_at_least(0.001))
-    join_timeout = r.get(p, "join_timeout_s", "participation", float, default=30.0, check=_at_least(0.0))
+    min_clients = r.get(p, "min_clients", "participation", int, default=1, check=at_least(1))
+    min_updates = r.get(p, "min_updates", "participation", int, default=1, check=at_least(1))
+    deadline = r.get(p, "round_deadline_s", "participation", float, default=60.0, check=at_least(0.001))
+    join_timeout = r.get(p, "join_timeout_s", "participation", float, default=30.0, check=at_least(0.0))
+    overcommit = r.get(p, "overcommit", "participation", float, default=0.0, check=within(0.0, 10.0))
+    ad = r.section(p, "adaptive_deadline", "participation", _ADAPTIVE)
+    adaptive_k = r.get(ad, "k", "participation.adaptive_deadline", float, default=None, check=at_least(0.0))
+    if ad and adaptive_k is None and "k" not in ad:
+        r.problem("participation.adaptive_deadline.k", "is required")
+    adaptive_window = r.get(ad, "window", "participation.adaptive_deadline", int, default=20, check=at_least(3))
 
     a = r.section(doc, "aggregation", "", _AGGREGATION)
-    strategy = r.get(a, "strategy", "aggregation", str, default="concat", check=_one_of(STRATEGIES))
-    max_chars = r.get(a, "max_prompt_chars", "aggregation", int, default=20_000, check=_at_least(100))
+    strategy = r.get(a, "strategy", "aggregation", str, default="concat", check=one_of(STRATEGIES))
+    max_chars = r.get(a, "max_prompt_chars", "aggregation", int, default=20_000, check=at_least(100))
+    mode = r.get(a, "mode", "aggregation", str, default="sync", check=one_of(MODES))
+    buffer_size = r.get(a, "buffer_size", "aggregation", int, default=1 if mode != "buffered" else 2,
+                        check=at_least(1))
+    max_staleness = r.get(a, "max_staleness", "aggregation", int, default=10, check=at_least(0))
+    w = r.section(a, "weighting", "aggregation", _WEIGHTING)
+    weighting_kind = r.get(w, "kind", "aggregation.weighting", str, default="polynomial", check=one_of(WEIGHTINGS))
+    weighting_a = r.get(w, "a", "aggregation.weighting", float, default=0.5, check=at_least(0.0))
+    weighting_b = r.get(w, "b", "aggregation.weighting", float, default=4.0, check=at_least(0.0))
+    if mode == "async" and "buffer_size" in a and buffer_size != 1:
+        r.problem("aggregation.buffer_size", "must be 1 in async mode (every update is merged on its own)")
+    if mode != "sync" and overcommit:
+        r.problem("participation.overcommit", "applies to sync mode only")
 
     if isinstance(count, int) and isinstance(min_clients, int) and min_clients > count:
         r.problem("participation.min_clients", f"must be <= clients.count ({count})")
@@ -182,11 +136,16 @@ def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None) -
         data=DataSpec(task=task_name, seed=chosen_seed, num_shards=count, train_size=train,
                       val_size=val, test_size=test, partition=partition),
         clients=ClientsSpec(count=count, local_steps=local_steps, batch_size=batch_size, id_prefix=prefix,
-                            step_latency_s=latency),
+                            step_latency_s=latency, groups=groups),
         participation=ParticipationSpec(fraction=fraction, min_clients=min_clients, min_updates=min_updates,
-                                        round_deadline_s=deadline, join_timeout_s=join_timeout),
-        aggregation=AggregationSpec(strategy=strategy, max_prompt_chars=max_chars),
+                                        round_deadline_s=deadline, join_timeout_s=join_timeout,
+                                        overcommit=overcommit, adaptive_deadline_k=adaptive_k,
+                                        adaptive_window=adaptive_window),
+        aggregation=AggregationSpec(strategy=strategy, max_prompt_chars=max_chars, mode=mode,
+                                    buffer_size=1 if mode == "async" else buffer_size, max_staleness=max_staleness,
+                                    weighting=StalenessWeighting(kind=weighting_kind, a=weighting_a, b=weighting_b)),
         max_message_bytes=max_bytes,
+        time_scale=time_scale,
     )
 
 
@@ -206,19 +165,54 @@ def load_scenario(path: str | Path, seed: int | None = None) -> Scenario:
     return scenario_from_mapping(doc, source, seed)
 
 
+def _group_mapping(g: ClientGroup) -> dict[str, Any]:
+    lat = g.latency
+    latency: dict[str, Any] = {"kind": lat.kind}
+    for name in LATENCY_NEEDS[lat.kind]:
+        value = getattr(lat, name)
+        latency[name] = list(value) if isinstance(value, tuple) else value
+    av = g.availability
+    events = [{k: v for k, v in dataclasses.asdict(e).items() if v is not None and (k != "duration_s" or v)}
+              for e in av.events]
+    net = g.network
+    return {
+        "name": g.name, "count": g.count, "latency": latency, "behaviour": g.behaviour, "noise": g.noise,
+        "stragglers": dataclasses.asdict(g.stragglers),
+        "availability": {"dropout_p": av.dropout_p, "events": events,
+                         "online": [dataclasses.asdict(i) for i in av.online]},
+        "network": {"delay_s": net.delay_s, "jitter_s": net.jitter_s, "loss": net.loss, "duplicate": net.duplicate,
+                    "reorder": net.reorder, "partitions": [dataclasses.asdict(i) for i in net.partitions]},
+    }
+
+
 def scenario_to_mapping(scenario: Scenario) -> dict[str, Any]:
-    """The scenario as plain data (for summary.json and round trips)."""
+    """The scenario as plain data that ``scenario_from_mapping`` reads back (summary.json, round trips)."""
     d = scenario.data
+    c = scenario.clients
+    p = scenario.participation
+    a = scenario.aggregation
+    clients: dict[str, Any] = {"count": c.count, "local_steps": c.local_steps, "batch_size": c.batch_size,
+                               "id_prefix": c.id_prefix, "step_latency_s": c.step_latency_s}
+    if c.groups:
+        clients["groups"] = [_group_mapping(g) for g in c.groups]
+    participation: dict[str, Any] = {
+        "fraction": p.fraction, "min_clients": p.min_clients, "min_updates": p.min_updates,
+        "round_deadline_s": p.round_deadline_s, "join_timeout_s": p.join_timeout_s, "overcommit": p.overcommit}
+    if p.adaptive_deadline_k is not None:
+        participation["adaptive_deadline"] = {"k": p.adaptive_deadline_k, "window": p.adaptive_window}
     return {
         "name": scenario.name,
         "seed": scenario.seed,
         "engine": scenario.engine,
         "rounds": scenario.rounds,
+        "time_scale": scenario.time_scale,
         "initial_prompt": scenario.initial_prompt,
         "max_message_bytes": scenario.max_message_bytes,
         "task": {"name": d.task, "train_size": d.train_size, "val_size": d.val_size,
                  "test_size": d.test_size, "partition": d.partition},
-        "clients": dataclasses.asdict(scenario.clients),
-        "participation": dataclasses.asdict(scenario.participation),
-        "aggregation": dataclasses.asdict(scenario.aggregation),
+        "clients": clients,
+        "participation": participation,
+        "aggregation": {"strategy": a.strategy, "max_prompt_chars": a.max_prompt_chars, "mode": a.mode,
+                        "buffer_size": a.buffer_size, "max_staleness": a.max_staleness,
+                        "weighting": dataclasses.asdict(a.weighting)},
     }

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fedbus.aggregator.staleness import StalenessWeighting
 from fedbus.protocol.messages import DataSpec
+from fedbus.scenario.conditions import ClientGroup
 
 ENGINES = ("surrogate",)
 STRATEGIES = ("concat",)
@@ -20,7 +22,8 @@ class ClientsSpec:
     local_steps: int = 3
     batch_size: int = 3
     id_prefix: str = "client"
-    step_latency_s: float = 0.0  # simulated wall time of one local step (the surrogate answers at once)
+    step_latency_s: float = 0.0  # simulated time of one local step (the surrogate answers at once)
+    groups: tuple[ClientGroup, ...] = ()  # empty: one honest group of `count` clients named id_prefix
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -32,6 +35,9 @@ class ParticipationSpec:
     min_updates: int = 1
     round_deadline_s: float = 60.0
     join_timeout_s: float = 30.0
+    overcommit: float = 0.0
+    adaptive_deadline_k: float | None = None
+    adaptive_window: int = 20
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,6 +46,10 @@ class AggregationSpec:
 
     strategy: str = "concat"
     max_prompt_chars: int = 20_000
+    mode: str = "sync"
+    buffer_size: int = 1
+    max_staleness: int = 10
+    weighting: StalenessWeighting = field(default_factory=StalenessWeighting)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,8 +66,22 @@ class Scenario:
     participation: ParticipationSpec = field(default_factory=ParticipationSpec)
     aggregation: AggregationSpec = field(default_factory=AggregationSpec)
     max_message_bytes: int = 256 * 1024
+    time_scale: float = 1.0  # simulated seconds per wall-clock second
+
+    def groups(self) -> tuple[ClientGroup, ...]:
+        """The client groups; a scenario without ``clients.groups`` has one honest group."""
+        if self.clients.groups:
+            return self.clients.groups
+        return (ClientGroup(name=self.clients.id_prefix, count=self.clients.count),)
+
+    def members(self) -> tuple[tuple[str, ClientGroup], ...]:
+        """Every client id with its group, in shard order."""
+        out: list[tuple[str, ClientGroup]] = []
+        for group in self.groups():
+            width = len(str(group.count - 1))
+            out.extend((f"{group.name}-{i:0{width}d}", group) for i in range(group.count))
+        return tuple(out)
 
     def client_ids(self) -> tuple[str, ...]:
         """The ids of the scenario's own clients, in shard order."""
-        width = len(str(self.clients.count - 1))
-        return tuple(f"{self.clients.id_prefix}-{i:0{width}d}" for i in range(self.clients.count))
+        return tuple(cid for cid, _ in self.members())

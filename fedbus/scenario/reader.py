@@ -1,0 +1,86 @@
+"""Reading typed fields out of parsed YAML while recording every problem with its path."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from fedbus.protocol.ids import is_valid_id
+
+MISSING = object()
+
+
+class Reader:
+    """Reads typed fields out of nested mappings and records every problem with its path."""
+
+    def __init__(self) -> None:
+        self.problems: list[tuple[str, str]] = []
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append((path, message))
+
+    def section(self, doc: Mapping[str, Any], key: str, path: str, allowed: set[str]) -> Mapping[str, Any]:
+        value = doc.get(key, {})
+        where = f"{path}.{key}" if path else key
+        if value is None:
+            value = {}
+        if not isinstance(value, Mapping):
+            self.problem(where, f"must be a mapping, got {type(value).__name__}")
+            return {}
+        self.unknown_keys(value, where, allowed)
+        return value
+
+    def unknown_keys(self, doc: Mapping[str, Any], path: str, allowed: set[str]) -> None:
+        for key in doc:
+            if key not in allowed:
+                where = f"{path}.{key}" if path else str(key)
+                self.problem(where, f"unknown key (expected one of: {', '.join(sorted(allowed))})")
+
+    def get(
+        self,
+        doc: Mapping[str, Any],
+        key: str,
+        path: str,
+        kind: type | tuple[type, ...],
+        *,
+        default: Any = MISSING,
+        check: Callable[[Any], str | None] | None = None,
+    ) -> Any:
+        where = f"{path}.{key}" if path else key
+        if key not in doc or doc[key] is None:
+            if default is MISSING:
+                self.problem(where, "is required")
+            return None if default is MISSING else default
+        value = doc[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if float in kinds and int not in kinds:
+            kinds = (*kinds, int)
+        ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+        if not ok:
+            names = " or ".join(k.__name__ for k in kinds if not (k is int and float in kinds))
+            names = names.replace("float", "a number").replace("int", "an integer").replace("str", "a string")
+            self.problem(where, f"must be {names}, got {type(value).__name__} {value!r}"[:200])
+            return None if default is MISSING else default
+        if float in kinds and isinstance(value, int):
+            value = float(value)
+        if check is not None:
+            message = check(value)
+            if message is not None:
+                self.problem(where, message)
+        return value
+
+
+def at_least(lo: float) -> Callable[[Any], str | None]:
+    return lambda v: None if v >= lo else f"must be >= {lo}"
+
+
+def within(lo: float, hi: float) -> Callable[[Any], str | None]:
+    return lambda v: None if lo <= v <= hi else f"must be within [{lo}, {hi}]"
+
+
+def one_of(options: tuple[str, ...]) -> Callable[[Any], str | None]:
+    return lambda v: None if v in options else f"must be one of {', '.join(options)}; got {v!r}"
+
+
+def valid_id(v: Any) -> str | None:
+    return None if is_valid_id(v) else "must be 1-64 of A-Z a-z 0-9 _ . - starting with a letter or digit"
