@@ -1,12 +1,14 @@
-"""The client worker: joins a federation over MQTT and answers tasks with optimized prompts.
+"""The client worker: drives a :class:`clients.core.ClientCore` over a real MQTT connection.
 
 The same coroutine runs inside ``fedbus run`` (one asyncio task per client, each with its own
 MQTT connection) and alone in ``fedbus client`` on another machine.
 
-Life of a client: connect with a persistent session and a retained Last Will 'offline';
-subscribe to the global state and its own task topic; announce 'online' (retained); for each
-task, optimize locally from the task's prompt and publish an update; leave cleanly (retained
-'offline') when the global state says the run finished.
+The core decides; this driver carries it out: it connects with a persistent session and a
+retained Last Will 'offline', feeds received messages, timers and finished local work to the
+core, runs the local optimizer, and sends what the core says through the client's *link*, where
+the scenario's network faults are injected (loss, duplication, delay and jitter, reordering,
+partitions). The broker and the protocol stay real. Times in the core are simulated seconds;
+``time_scale`` of them pass per wall-clock second.
 """
 
 from __future__ import annotations
@@ -14,19 +16,40 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
+from clients.core import (
+    Alarm,
+    ClientCore,
+    ClientEffect,
+    ClientEvent,
+    ClientProfile,
+    Connected,
+    Disconnect,
+    GlobalSeen,
+    Note,
+    Optimize,
+    Reconnect,
+    Send,
+    SetAlarm,
+    Stop,
+    TaskSeen,
+    WorkDone,
+)
 from clients.optimizer import LocalOptimizer, make_optimizer
-from fedbus.errors import EngineError, RemoteProtocolError
+from fedbus.errors import EngineError, RemoteProtocolError, TransportError
+from fedbus.faults.link import LinkFaults
 from fedbus.protocol import codec, topics
 from fedbus.protocol.dedup import SeenIds
-from fedbus.protocol.messages import DataSpec, GlobalState, Presence, Task, Update, UpdateStats
+from fedbus.protocol.messages import DataSpec, GlobalState, Task, Update
 from fedbus.runtime.address import BrokerAddress
-from fedbus.runtime.bus import LastWill, MqttBus
+from fedbus.runtime.bus import Incoming, LastWill, MqttBus
 from fedbus.runtime.eventlog import EventLog
+from fedbus.scenario.conditions import ClientGroup
 
 log = structlog.get_logger("fedbus.client")
 OptimizerFactory = Callable[[str, DataSpec, str, "int | None"], LocalOptimizer]
@@ -34,7 +57,7 @@ OptimizerFactory = Callable[[str, DataSpec, str, "int | None"], LocalOptimizer]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClientConfig:
-    """One client: who it is, where the broker is, which shard of the data is its own."""
+    """One client: who it is, where the broker is, its shard, and the conditions it runs under."""
 
     run: str
     client: str
@@ -42,7 +65,12 @@ class ClientConfig:
     shard: int | None = None
     engine: str | None = None  # None: the engine the federation announces
     max_message_bytes: int = codec.DEFAULT_MAX_BYTES
-    step_delay_s: float = 0.0  # simulated extra wall time per local step (scenario clients.step_latency_s)
+    seed: int = 0
+    group: ClientGroup = field(default_factory=lambda: ClientGroup(name="client", count=1))
+    step_delay_s: float = 0.0  # simulated time per local step (scenario clients.step_latency_s)
+    time_scale: float = 1.0
+    started_at: float | None = None  # the run's start on the event loop's clock; None: now
+    boot: str | None = None  # message-id token; None: random (a restarted process never reuses ids)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -52,23 +80,263 @@ class ClientReport:
     client: str
     rounds_done: int
     reason: str
+    connections: int
 
 
-class _Sender:
-    """Builds this client's messages with unique ids (a random boot token + a counter)."""
+class _Leave(Exception):
+    """Internal: the connection must end (``abrupt``), and maybe come back at ``back_at``."""
 
-    def __init__(self, config: ClientConfig) -> None:
+    def __init__(self, abrupt: bool, reason: str, back_at: float | None, stop: bool = False) -> None:
+        super().__init__(reason)
+        self.abrupt, self.reason, self.back_at, self.stop = abrupt, reason, back_at, stop
+
+
+class _Driver:
+    def __init__(self, config: ClientConfig, events: EventLog, make: OptimizerFactory) -> None:
         self.config = config
-        self._boot = secrets.token_hex(4)
-        self._seq = 0
+        self.events = events
+        self.make = make
+        self.loop = asyncio.get_running_loop()
+        self.t0 = config.started_at if config.started_at is not None else self.loop.time()
+        self.core = ClientCore(ClientProfile(run=config.run, client=config.client, seed=config.seed,
+                                             group=config.group, step_latency_s=config.step_delay_s,
+                                             boot=config.boot or secrets.token_hex(4)))
+        net = config.group.network
+        self.up = LinkFaults(net, config.seed, config.client, "up")
+        self.down = LinkFaults(net, config.seed, config.client, "down")
+        self.queue: asyncio.Queue[ClientEvent | _Leave] = asyncio.Queue()
+        self.limits = codec.Limits(max_bytes=config.max_message_bytes)
+        self.seen = SeenIds(10_000)
+        self.bus: MqttBus | None = None
+        self.offline_queue: list[Send] = []
+        self.held_up: list[Send] = []
+        self.held_down: list[ClientEvent] = []
+        self.optimizer: LocalOptimizer | None = None
+        self.last_global: GlobalState | None = None
+        self.rounds_done = 0
+        self.connections = 0
+        self.partitioned = False
+        self.background: set[asyncio.Task[None]] = set()
 
-    def next_id(self) -> str:
-        self._seq += 1
-        return f"{self.config.client}-{self._boot}-{self._seq}"
+    # ------------------------------------------------------------------ time
+    def now(self) -> float:
+        return (self.loop.time() - self.t0) * self.config.time_scale
 
-    def presence(self, status: str, engine: str) -> Presence:
-        return Presence(run=self.config.run, round=0, client=self.config.client, msg_id=self.next_id(),
-                        sent=time.time(), status=status, engine=engine)  # type: ignore[arg-type]
+    def wall(self, simulated_s: float) -> float:
+        return max(0.0, simulated_s) / self.config.time_scale
+
+    def at(self, simulated: float, callback: Callable[[], None]) -> None:
+        self.loop.call_at(self.t0 + simulated / self.config.time_scale, callback)
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = self.loop.create_task(coro, name=f"client[{self.config.client}].{name}")
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    def record(self, event: str, **fields: object) -> None:
+        self.events.record(event, client=self.config.client, **fields)
+
+    def _partition(self, heals_at: float) -> Callable[[], None]:
+        def cut() -> None:
+            self.queue.put_nowait(_Leave(abrupt=True, reason="network partition", back_at=heals_at))
+        return cut
+
+    # ------------------------------------------------------------------ life
+    async def run(self) -> ClientReport:
+        cid = self.config.client
+        for interval in self.config.group.network.partitions:
+            self.at(interval.start_s, self._partition(interval.end_s))
+        reason = "connection closed"
+        try:
+            while True:
+                leave = await self._connection()
+                if leave.stop:
+                    reason = leave.reason
+                    break
+                if leave.back_at is None:
+                    reason = f"gone: {leave.reason}"
+                    break
+                self.partitioned = leave.reason == "network partition"
+                await asyncio.sleep(max(0.0, self.t0 + leave.back_at / self.config.time_scale - self.loop.time()))
+        finally:
+            for task in list(self.background):
+                task.cancel()
+        return ClientReport(client=cid, rounds_done=self.rounds_done, reason=reason, connections=self.connections)
+
+    async def _connection(self) -> _Leave:
+        cfg = self.config
+        will = self.core.will(self.now())
+        lw = LastWill(topic=will.topic, payload=codec.encode(will.message))
+        async with MqttBus(cfg.broker, identifier=f"{cfg.run}.{cfg.client}", will=lw) as bus:
+            self.connections += 1
+            await bus.subscribe(topics.global_topic(cfg.run), topics.task_topic(cfg.run, cfg.client))
+            self.bus = bus
+            self.record("connected", n=self.connections)
+            receiver = self.loop.create_task(self._receive(bus), name=f"client[{cfg.client}].receive")
+            try:
+                if self.partitioned:  # the process kept running; only the network came back
+                    self.partitioned = False
+                    await self._send(self.core.online(self.now()))
+                else:
+                    await self._apply(self.core.handle(Connected(now=self.now())))
+                queued, self.offline_queue = self.offline_queue, []
+                for send in queued:
+                    await self._send(send)
+                while True:
+                    item = await self.queue.get()
+                    if isinstance(item, _Leave):
+                        leave = item
+                        break
+                    await self._apply(self.core.handle(item))
+            except _Leave as raised:
+                leave = raised
+            finally:
+                self.bus = None
+                receiver.cancel()
+            self.record("disconnected", reason=leave.reason, abrupt=leave.abrupt, back_at=leave.back_at)
+            if leave.abrupt:
+                await bus.abort()
+        return leave
+
+    # ------------------------------------------------------------------ effects
+    async def _apply(self, effects: list[ClientEffect]) -> None:
+        leave: _Leave | None = None
+        for effect in effects:
+            if isinstance(effect, Send):
+                await self._send(effect)
+            elif isinstance(effect, Optimize):
+                self.spawn(self._optimize(effect.task, effect.delay_s), f"optimize-{effect.task.round}")
+            elif isinstance(effect, SetAlarm):
+                self.at(effect.at, lambda: self.queue.put_nowait(Alarm(now=self.now())))
+            elif isinstance(effect, Disconnect):
+                leave = _Leave(abrupt=effect.abrupt, reason=effect.reason, back_at=None)
+            elif isinstance(effect, Reconnect) and leave is not None:
+                leave.back_at = effect.at
+            elif isinstance(effect, Stop):
+                leave = _Leave(abrupt=False, reason=effect.reason, back_at=None, stop=True)
+            elif isinstance(effect, Note):
+                self.record(effect.event, detail=effect.detail, round=effect.round)
+        if leave is not None:
+            raise leave
+
+    async def _send(self, send: Send) -> None:
+        if self.bus is None:
+            self.offline_queue.append(send)
+            self.record("queued-offline", id=send.message.msg_id)
+            return
+        m = send.message
+        if not isinstance(m, Update):  # presence is control plane: the fault plan acts on tasks and updates
+            await self._publish(send, 1)
+            return
+        fate = self.up.next_fate()
+        if fate.lost:
+            self.record("link-lost", direction="up", kind=type(m).__name__.lower(), id=m.msg_id, round=m.round)
+            return
+        if fate.held:
+            self.held_up.append(send)
+            self.record("link-held", direction="up", id=m.msg_id)
+            return
+        released, self.held_up = self.held_up, []
+        if fate.delay_s > 0:
+            self.spawn(self._publish_later(send, fate.copies, fate.delay_s, released), "delayed-send")
+        else:
+            await self._publish(send, fate.copies)
+            for late in released:
+                await self._publish(late, 1)
+
+    async def _publish_later(self, send: Send, copies: int, delay_s: float, released: list[Send]) -> None:
+        await asyncio.sleep(self.wall(delay_s))
+        if self.bus is None:
+            self.offline_queue.extend([send, *released])
+            return
+        await self._publish(send, copies)
+        for late in released:
+            await self._publish(late, 1)
+
+    async def _publish(self, send: Send, copies: int) -> None:
+        bus = self.bus
+        if bus is None:
+            self.offline_queue.append(send)
+            return
+        payload = codec.encode(send.message)
+        m = send.message
+        for _ in range(copies):
+            try:
+                await bus.publish(send.topic, payload, retain=send.retain)
+            except TransportError as exc:
+                self.offline_queue.append(send)
+                self.record("send-failed", id=m.msg_id, reason=str(exc))
+                return
+        if copies > 1:
+            self.record("link-duplicated", direction="up", id=m.msg_id, copies=copies)
+        self.record("sent", kind=type(m).__name__.lower(), id=m.msg_id, round=m.round,
+                    **({"prompt_chars": len(m.prompt)} if hasattr(m, "prompt") else {}))
+
+    async def _optimize(self, task: Task, delay_s: float) -> None:
+        started = self.loop.time()
+        outcome, error = None, ""
+        try:
+            if self.optimizer is None:
+                spec = self.last_global.data if self.last_global else None
+                if spec is None:
+                    raise EngineError("no global state yet: the data description is unknown")
+                engine = self.config.engine or self.last_global.engine  # type: ignore[union-attr]
+                self.optimizer = self.make(engine, spec, self.config.client, self.config.shard)
+            outcome = await self.optimizer.optimize(task.prompt, round=task.round, steps=task.local_steps,
+                                                    batch_size=task.batch_size)
+        except EngineError as exc:
+            error = str(exc)
+            log.warning("local optimization failed", client=self.config.client, round=task.round, reason=error)
+        await asyncio.sleep(max(0.0, self.wall(delay_s) - (self.loop.time() - started)))
+        if outcome is not None:
+            self.rounds_done += 1
+        self.queue.put_nowait(WorkDone(now=self.now(), task=task, outcome=outcome, error=error))
+
+    # ------------------------------------------------------------------ incoming
+    async def _receive(self, bus: MqttBus) -> None:
+        try:
+            async for incoming in bus.messages():
+                self._incoming(incoming)
+        except TransportError as exc:
+            if self.bus is bus:
+                self.record("connection-lost", reason=str(exc))
+                self.queue.put_nowait(_Leave(abrupt=True, reason="connection lost", back_at=self.now() + 1.0))
+
+    def _incoming(self, incoming: Incoming) -> None:
+        try:
+            message = codec.decode(incoming.payload, self.limits)
+        except RemoteProtocolError as exc:
+            self.record("dropped", topic=incoming.topic, reason=str(exc))
+            return
+        if not self.seen.first_time(message.msg_id):
+            self.record("duplicate-delivery", id=message.msg_id)
+            return
+        event: ClientEvent
+        if isinstance(message, GlobalState) and message.run == self.config.run:
+            self.last_global = message
+            self.queue.put_nowait(GlobalSeen(now=self.now(), state=message))  # control plane: no faults
+            return
+        if isinstance(message, Task) and message.client == self.config.client and message.run == self.config.run:
+            self.record("received", kind="task", round=message.round, id=message.msg_id)
+            event = TaskSeen(now=self.now(), task=message)
+        else:
+            self.record("dropped", topic=incoming.topic, reason=f"unexpected {type(message).__name__}")
+            return
+        fate = self.down.next_fate()
+        if fate.lost:
+            self.record("link-lost", direction="down", id=message.msg_id, round=message.round)
+            return
+        if fate.held:
+            self.held_down.append(event)
+            self.record("link-held", direction="down", id=message.msg_id)
+            return
+        released, self.held_down = self.held_down, []
+        for copy in range(fate.copies):
+            for item in ([event] if copy else [event, *released]):
+                if fate.delay_s > 0:
+                    self.loop.call_later(self.wall(fate.delay_s), self.queue.put_nowait, item)
+                else:
+                    self.queue.put_nowait(item)
 
 
 async def run_client(
@@ -76,81 +344,9 @@ async def run_client(
     events: EventLog | None = None,
     make: OptimizerFactory = make_optimizer,
 ) -> ClientReport:
-    """Take part in run ``config.run`` until it finishes; return how it ended."""
-    events = events or EventLog(None)
-    sender = _Sender(config)
-    limits = codec.Limits(max_bytes=config.max_message_bytes)
-    cid = config.client
-    engine_label = config.engine or ""
-    will = LastWill(topic=topics.presence_topic(config.run, cid),
-                    payload=codec.encode(sender.presence("offline", engine_label)))
-    seen = SeenIds(10_000)
-    optimizer: LocalOptimizer | None = None
-    last_global: GlobalState | None = None
-    done_rounds: set[int] = set()
-    with structlog.contextvars.bound_contextvars(client=cid, run=config.run):
-        async with MqttBus(config.broker, identifier=f"{config.run}.{cid}", will=will) as bus:
-            await bus.subscribe(topics.global_topic(config.run), topics.task_topic(config.run, cid))
-            online = sender.presence("online", engine_label)
-            await bus.publish(topics.presence_topic(config.run, cid), codec.encode(online), retain=True)
-            events.record("sent", kind="presence", client=cid, status="online", id=online.msg_id)
-            log.debug("client online")
-            reason = "connection closed"
-            async for incoming in bus.messages():
-                try:
-                    message = codec.decode(incoming.payload, limits)
-                except RemoteProtocolError as exc:
-                    events.record("dropped", client=cid, topic=incoming.topic, reason=str(exc))
-                    log.warning("dropped malformed message", topic=incoming.topic, reason=str(exc))
-                    continue
-                if not seen.first_time(message.msg_id):
-                    events.record("duplicate-delivery", client=cid, id=message.msg_id)
-                    continue
-                if isinstance(message, GlobalState) and message.run == config.run:
-                    last_global = message
-                    if message.status == "finished":
-                        reason = "run finished"
-                        break
-                elif isinstance(message, Task) and message.client == cid and message.run == config.run:
-                    if message.round in done_rounds:
-                        events.record("ignored", client=cid, kind="task", round=message.round, reason="already done")
-                        continue
-                    if last_global is None:
-                        events.record("ignored", client=cid, kind="task", round=message.round,
-                                      reason="task before global state")
-                        log.warning("task arrived before the global state; ignoring", round=message.round)
-                        continue
-                    if optimizer is None:
-                        optimizer = make(config.engine or last_global.engine, last_global.data, cid, config.shard)
-                    update = await _work(optimizer, message, sender, events, config.step_delay_s)
-                    if update is not None:
-                        await bus.publish(topics.update_topic(config.run, cid), codec.encode(update))
-                        events.record("sent", kind="update", client=cid, round=update.round, id=update.msg_id,
-                                      prompt_chars=len(update.prompt))
-                    done_rounds.add(message.round)
-            bye = sender.presence("offline", engine_label)
-            await bus.publish(topics.presence_topic(config.run, cid), codec.encode(bye), retain=True)
-            events.record("sent", kind="presence", client=cid, status="offline", id=bye.msg_id)
-    return ClientReport(client=cid, rounds_done=len(done_rounds), reason=reason)
-
-
-async def _work(
-    optimizer: LocalOptimizer, task: Task, sender: _Sender, events: EventLog, step_delay_s: float
-) -> Update | None:
-    started = time.monotonic()
-    with structlog.contextvars.bound_contextvars(round=task.round):
-        events.record("received", kind="task", client=task.client, round=task.round, id=task.msg_id)
-        try:
-            outcome = await optimizer.optimize(task.prompt, round=task.round, steps=task.local_steps,
-                                               batch_size=task.batch_size)
-        except EngineError as exc:
-            events.record("local-failed", client=task.client, round=task.round, reason=str(exc))
-            log.warning("local optimization failed", reason=str(exc))
-            return None
-        await asyncio.sleep(step_delay_s * outcome.steps)
-        stats = UpdateStats(steps=outcome.steps, accepted_steps=outcome.accepted_steps,
-                            batch_acc_before=outcome.batch_acc_before, batch_acc_after=outcome.batch_acc_after,
-                            llm_calls=outcome.llm_calls, tokens=outcome.tokens,
-                            duration_s=max(0.0, time.monotonic() - started))
-        return Update(run=task.run, round=task.round, client=task.client, msg_id=sender.next_id(),
-                      sent=time.time(), base_version=task.version, prompt=outcome.prompt, stats=stats)
+    """Take part in run ``config.run`` until it finishes (or the client is gone); return how it ended."""
+    with structlog.contextvars.bound_contextvars(client=config.client, run=config.run):
+        started = time.monotonic()
+        report = await _Driver(config, events or EventLog(None), make).run()
+        log.debug("client finished", reason=report.reason, seconds=round(time.monotonic() - started, 3))
+        return report

@@ -38,7 +38,8 @@ from fedbus.aggregator.events import (
     UpdateReceived,
 )
 from fedbus.aggregator.rounds import RoundAggregator
-from fedbus.aggregator.strategies import get_strategy
+from fedbus.aggregator.strategies import get_strategy, merge_weighted
+from fedbus.aggregator.stream import StreamAggregator
 from fedbus.errors import FedbusError, RemoteProtocolError
 from fedbus.protocol import codec, topics
 from fedbus.protocol.dedup import SeenIds
@@ -65,7 +66,10 @@ class NodeOutcome:
 
 
 async def reduce_with_strategy(effect: Reduce) -> str:
-    """Carry out a ``Reduce`` with the named plain-function strategy."""
+    """Carry out a ``Reduce``: the named strategy, or the staleness-weighted merge when weights are given."""
+    if effect.weights:
+        updates = [(client, prompt, w) for (client, prompt), w in zip(effect.prompts, effect.weights, strict=True)]
+        return merge_weighted(effect.current_prompt, updates, effect.max_chars)
     strategy = get_strategy(effect.strategy)
     return strategy(effect.current_prompt, effect.prompts, effect.max_chars)
 
@@ -75,13 +79,15 @@ class AggregatorNode:
 
     def __init__(
         self,
-        core: RoundAggregator,
+        core: RoundAggregator | StreamAggregator,
         *,
         broker: BrokerAddress,
         events: EventLog,
         on_round: RoundHook,
         max_message_bytes: int,
         reducer: Callable[[Reduce], Awaitable[str]] = reduce_with_strategy,
+        time_scale: float = 1.0,
+        started_at: float | None = None,
     ) -> None:
         self.core = core
         self.run_id = core.config.run
@@ -94,11 +100,13 @@ class AggregatorNode:
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
         self._seen = SeenIds()
         self._loop = asyncio.get_running_loop()
-        self._t0 = self._loop.time()
+        self._t0 = self._loop.time() if started_at is None else started_at
+        self._scale = time_scale
         self._timers: list[asyncio.TimerHandle] = []
 
     def now(self) -> float:
-        return self._loop.time() - self._t0
+        """Simulated seconds since the run started."""
+        return (self._loop.time() - self._t0) * self._scale
 
     async def run(self) -> NodeOutcome:
         """Run the federation to its end; return what happened."""
@@ -183,8 +191,7 @@ class AggregatorNode:
             self.events.record("sent", kind=type(m).__name__.lower(), topic=effect.topic, id=m.msg_id,
                                client=m.client, round=m.round, retain=effect.retain)
         elif isinstance(effect, ArmTimer):
-            delay = max(0.0, effect.at - self.now())
-            handle = self._loop.call_later(delay, self._fire_timer)
+            handle = self._loop.call_at(self._t0 + effect.at / self._scale, self._fire_timer)
             self._timers = [t for t in self._timers if not t.cancelled()] + [handle]
         elif isinstance(effect, Reduce):
             group.create_task(self._reduce(effect), name=f"aggregator[{self.run_id}].reduce-{effect.round}")

@@ -6,7 +6,9 @@ clean session. aiomqtt's errors become :class:`fedbus.errors.TransportError` her
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -93,6 +95,18 @@ class MqttBus:
             await self._client.publish(topic, payload, qos=QOS, retain=retain)
         except aiomqtt.MqttError as exc:
             raise TransportError(f"publish to {topic} failed for {self.identifier}: {exc}") from exc
+
+    async def abort(self) -> None:
+        """Drop the TCP connection without DISCONNECT, as a crash would: the broker fires our Last Will."""
+        paho = self._client._client
+        sock = paho.socket()
+        if sock is None:
+            return
+        with contextlib.suppress(OSError, AttributeError):
+            sock.shutdown(socket.SHUT_RDWR)  # type: ignore[attr-defined]
+        disconnected = self._client._disconnected
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(disconnected), 5.0)
 
     async def messages(self) -> AsyncIterator[Incoming]:
         """Received messages until the connection ends (then ``TransportError``)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 from typing import IO, Any
 
@@ -15,12 +16,14 @@ class EventLog:
         self._started = time.monotonic()
         self._file: IO[str] | None = None
         self.count = 0
+        self.counts: Counter[str] = Counter()
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._file = path.open("w", encoding="utf-8", buffering=1)  # line-buffered: tail -f works
 
     def record(self, event: str, **fields: Any) -> None:
         self.count += 1
+        self.counts[event] += 1
         if self._file is None:
             return
         line = {"t": round(time.monotonic() - self._started, 6), "event": event, **fields}

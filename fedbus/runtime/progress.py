@@ -21,7 +21,7 @@ class Progress:
         label = f"{engine} (NOT an LLM: a seeded model)" if engine == "surrogate" else engine
         self._print(f"fedbus run {run_id}: {clients} clients, {rounds} rounds, engine {label}, broker {broker}")
         self._print(f"{'round':>5}  {'selected':>8}  {'accepted':>8}  {'rejected':>8}  {'dropped':>7}  "
-                    f"{'prompt':>7}  {'val acc':>7}  {'time':>6}  status")
+                    f"{'prompt':>7}  {'val acc':>7}  {'sim time':>9}  status")
 
     def round(self, record: dict[str, Any]) -> None:
         acc = record.get("val_accuracy")
@@ -29,7 +29,7 @@ class Progress:
         self._print(
             f"{record['round']:>5}  {len(record['selected']):>8}  {len(record['accepted']):>8}  "
             f"{len(record['rejected']):>8}  {len(record['dropped']):>7}  {record['global_prompt_chars']:>7}  "
-            f"{acc_text}  {record['duration_s']:>5.2f}s  {record['status']}"
+            f"{acc_text}  {record['duration_s']:>8.2f}s  {record['status']}"
         )
 
     def footer(self, summary: dict[str, Any], out_dir: str) -> None:

@@ -18,6 +18,7 @@ from clients.worker import ClientConfig, run_client
 from fedbus import __version__
 from fedbus.aggregator.effects import RoundResult
 from fedbus.aggregator.rounds import AggregatorConfig, RoundAggregator
+from fedbus.aggregator.stream import StreamAggregator
 from fedbus.errors import FedbusError
 from fedbus.runtime.address import BrokerAddress, parse_broker_url
 from fedbus.runtime.aggregator_node import AggregatorNode
@@ -26,7 +27,7 @@ from fedbus.runtime.evaluation import make_evaluator
 from fedbus.runtime.eventlog import EventLog
 from fedbus.runtime.limits import ensure_open_files
 from fedbus.runtime.progress import Progress
-from fedbus.runtime.summary import SURROGATE_NOTE, client_records, rejection_record, round_record
+from fedbus.runtime.summary import CONDITION_EVENTS, SURROGATE_NOTE, client_records, rejection_record, round_record
 from fedbus.scenario import Scenario, scenario_to_mapping
 
 log = structlog.get_logger("fedbus.run")
@@ -46,7 +47,10 @@ class RunOptions:
 
 def aggregator_config(scenario: Scenario, run_id: str) -> AggregatorConfig:
     p = scenario.participation
+    a = scenario.aggregation
     return AggregatorConfig(
+        overcommit=p.overcommit, adaptive_deadline_k=p.adaptive_deadline_k, adaptive_window=p.adaptive_window,
+        mode=a.mode, buffer_size=a.buffer_size, max_staleness=a.max_staleness, weighting=a.weighting,
         run=run_id, rounds=scenario.rounds, expected_clients=scenario.clients.count,
         initial_prompt=scenario.initial_prompt, engine=scenario.engine, data=scenario.data,
         local_steps=scenario.clients.local_steps, batch_size=scenario.clients.batch_size,
@@ -54,6 +58,13 @@ def aggregator_config(scenario: Scenario, run_id: str) -> AggregatorConfig:
         round_deadline_s=p.round_deadline_s, join_timeout_s=p.join_timeout_s,
         strategy=scenario.aggregation.strategy, max_prompt_chars=scenario.aggregation.max_prompt_chars,
     )
+
+
+def make_core(scenario: Scenario, run_id: str) -> RoundAggregator | StreamAggregator:
+    """The aggregator core for the scenario's mode, seeded from the scenario."""
+    config = aggregator_config(scenario, run_id)
+    rng = random.Random(f"aggregator/{scenario.seed}")
+    return RoundAggregator(config, rng) if config.mode == "sync" else StreamAggregator(config, rng)
 
 
 def new_run_id(scenario: Scenario) -> str:
@@ -102,18 +113,22 @@ async def run_scenario(scenario: Scenario, options: RunOptions) -> dict[str, Any
                      rejected=len(result.rejected), prompt_chars=len(result.prompt), val_accuracy=acc)
             return {"val_accuracy": acc}
 
-        core = RoundAggregator(aggregator_config(scenario, run_id), random.Random(f"aggregator/{scenario.seed}"))
+        core = make_core(scenario, run_id)
+        t0 = asyncio.get_running_loop().time()
         async with asyncio.TaskGroup() as group:
             node = AggregatorNode(core, broker=address, events=events, on_round=on_round,
-                                  max_message_bytes=scenario.max_message_bytes)
+                                  max_message_bytes=scenario.max_message_bytes, time_scale=scenario.time_scale,
+                                  started_at=t0)
             node_task = group.create_task(node.run(), name=f"aggregator[{run_id}]")
             client_tasks = [
                 group.create_task(
                     _guarded_client(ClientConfig(run=run_id, client=cid, broker=address, shard=i,
-                                                 max_message_bytes=scenario.max_message_bytes,
-                                                 step_delay_s=scenario.clients.step_latency_s), events),
+                                                 max_message_bytes=scenario.max_message_bytes, seed=scenario.seed,
+                                                 group=grp, step_delay_s=scenario.clients.step_latency_s,
+                                                 time_scale=scenario.time_scale, started_at=t0, boot="0"),
+                                    events),
                     name=f"client[{run_id}].{cid}")
-                for i, cid in enumerate(scenario.client_ids())
+                for i, (cid, grp) in enumerate(scenario.members())
             ]
             outcome = await node_task
             _done, pending = await asyncio.wait(client_tasks, timeout=CLIENT_EXIT_GRACE_S)
@@ -132,6 +147,9 @@ async def run_scenario(scenario: Scenario, options: RunOptions) -> dict[str, Any
         "seed": scenario.seed,
         "engine": {"name": scenario.engine, "note": SURROGATE_NOTE if scenario.engine == "surrogate" else ""},
         "broker": broker_info,
+        "mode": scenario.aggregation.mode,
+        "time_scale": scenario.time_scale,
+        "conditions": {name: events.counts[name] for name in CONDITION_EVENTS if events.counts[name]},
         "status": finished.status if finished else "failed",
         "reason": finished.reason if finished else "the aggregator stopped before the run finished",
         "rounds": rounds,

@@ -6,6 +6,11 @@ from typing import Any
 
 from fedbus.aggregator.effects import Rejection, RoundResult
 
+# Event-log entries that show the injected conditions at work, summed into summary.json.
+CONDITION_EVENTS = ("dropout", "hang", "hang-ignored", "task-lost", "work-discarded", "gone", "connected",
+                    "disconnected", "link-lost", "link-duplicated", "link-held", "queued-offline",
+                    "duplicate-delivery", "received-malformed", "received-forged", "local-failed")
+
 SURROGATE_NOTE = ("surrogate optimizer: a seeded model of textual-gradient updates, not an LLM; "
                   "its accuracies are not benchmark results")
 
@@ -28,12 +33,14 @@ def round_record(result: RoundResult, extra: dict[str, Any]) -> dict[str, Any]:
              "steps": a.stats.steps, "accepted_steps": a.stats.accepted_steps,
              "batch_acc_before": a.stats.batch_acc_before, "batch_acc_after": a.stats.batch_acc_after,
              "llm_calls": a.stats.llm_calls, "tokens": a.stats.tokens, "local_duration_s": a.stats.duration_s,
-             "arrived_s": round(a.at - result.opened_at, 4)}
+             "arrived_s": round(a.at - result.opened_at, 4), "staleness": a.staleness, "weight": round(a.weight, 4)}
             for a in result.accepted
         ],
         "rejected": [rejection_record(r) for r in result.rejected],
         "dropped": list(result.dropped),
         "missing": list(result.missing),
+        "late": sorted({r.client for r in result.rejected
+                        if r.client and r.reason in ("late", "stale-round", "too-stale", "not-assigned")}),
         "global_prompt_chars": len(result.prompt),
         "duration_s": round(result.duration_s, 4),
         **extra,

@@ -6,7 +6,8 @@ The model, in full:
   ``0.2 + 0.7 * coverage``, where ``coverage`` is the share of the example's skills the prompt
   covers, times a length factor: a prompt longer than ``CONTEXT_BUDGET`` characters loses
   accuracy linearly (down to 40% of it at three times the budget), standing in for a small
-  model that drowns in a long system prompt.
+  model that drowns in a long system prompt; a prompt carrying one of the known hijacking or
+  off-task instructions (:mod:`fedbus.faults.behaviour`) answers half as well.
 - **One local step** (FedTextGrad's): answer a batch; for each wrong answer the 'loss' names
   one skill the example needs and the prompt lacks (with probability ``MISLEAD`` a random skill
   instead: critiques are sometimes wrong); the 'optimizer' appends one sentence for the most
@@ -27,9 +28,11 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from fedbus.faults import behaviour
 from fedbus.surrogate.task import SKILLS, Example
 
 CONTEXT_BUDGET = 900
+HIJACK_FACTOR = 0.5
 MISLEAD = 0.1
 _ANSWER_CHARS = 240
 _QUESTION_CHARS = 160
@@ -70,16 +73,21 @@ def length_factor(prompt: str) -> float:
     return max(0.4, 1.0 - 0.3 * over / CONTEXT_BUDGET)
 
 
+def prompt_factor(prompt: str) -> float:
+    """The length factor, halved when the prompt carries a known hijacking or off-task instruction."""
+    return length_factor(prompt) * (HIJACK_FACTOR if behaviour.is_hijack(prompt) else 1.0)
+
+
 def p_correct(prompt: str, example: Example, covered: frozenset[str] | None = None) -> float:
     """Probability that ``prompt`` makes the model answer ``example`` correctly."""
     have = covered_skills(prompt) if covered is None else covered
     coverage = len(example.skills & have) / len(example.skills)
-    return (0.2 + 0.7 * coverage) * length_factor(prompt)
+    return (0.2 + 0.7 * coverage) * prompt_factor(prompt)
 
 
 def _answer(prompt: str, batch: Sequence[Example], rng: random.Random) -> list[bool]:
     have = covered_skills(prompt)
-    factor = length_factor(prompt)
+    factor = prompt_factor(prompt)
     return [rng.random() < (0.2 + 0.7 * len(e.skills & have) / len(e.skills)) * factor for e in batch]
 
 
