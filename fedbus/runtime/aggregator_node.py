@@ -50,6 +50,7 @@ from fedbus.runtime.bus import Incoming, MqttBus
 from fedbus.runtime.eventlog import EventLog
 
 log = structlog.get_logger("fedbus.aggregator")
+FINISH_GRACE_S = 0.3  # wall seconds to collect messages already in flight when the run finishes
 RoundHook = Callable[[RoundResult], Awaitable[dict[str, object]]]
 
 
@@ -181,7 +182,19 @@ class AggregatorNode:
             event = await self._queue.get()
             for effect in self.core.handle(event):
                 if await self._apply(effect, bus, group):
+                    await self._drain(bus, group)
                     return
+
+    async def _drain(self, bus: MqttBus, group: asyncio.TaskGroup) -> None:
+        """After the run finished: what is still queued or in flight goes through the core, which
+        rejects late updates as 'run-finished', so none is dropped without a record."""
+        await asyncio.sleep(FINISH_GRACE_S)
+        while not self._queue.empty():
+            event = self._queue.get_nowait()
+            if isinstance(event, TimerFired | Reduced | ReduceFailed):
+                continue
+            for effect in self.core.handle(event):
+                await self._apply(effect, bus, group)
 
     async def _apply(self, effect: Effect, bus: MqttBus, group: asyncio.TaskGroup) -> bool:
         if isinstance(effect, Publish):
