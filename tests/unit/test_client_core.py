@@ -138,7 +138,7 @@ def test_one_task_at_a_time_late_update_still_goes_out() -> None:
     """A task arriving during work waits; the late update is sent, then the queued task starts."""
     c = core(latency=Latency(kind="constant", value_s=100))
     c.handle(Connected(now=0.0))
-    first = [e for e in c.handle(TaskSeen(now=0.0, task=task(1))) if isinstance(e, Optimize)][0]
+    first = next(e for e in c.handle(TaskSeen(now=0.0, task=task(1))) if isinstance(e, Optimize))
     assert "Optimize" not in kinds(c.handle(TaskSeen(now=50.0, task=task(2))))
     effects = c.handle(WorkDone(now=100.0, task=first.task, outcome=OUTCOME))
     assert [u.round for u in updates(effects)] == [1]
@@ -149,7 +149,7 @@ def test_hostile_client_uploads_a_hijack() -> None:
     """A hostile client's update carries an instruction hijack or an off-task prompt."""
     c = core(behaviour="hostile")
     c.handle(Connected(now=0.0))
-    work = [e for e in c.handle(TaskSeen(now=0.0, task=task(1))) if isinstance(e, Optimize)][0]
+    work = next(e for e in c.handle(TaskSeen(now=0.0, task=task(1))) if isinstance(e, Optimize))
     assert is_hijack(updates(c.handle(WorkDone(now=1.0, task=work.task, outcome=OUTCOME)))[0].prompt)
 
 
@@ -157,9 +157,9 @@ def test_stale_client_replays_its_first_update() -> None:
     """A 'stale' client re-sends its first update's round, base and prompt under a new message id."""
     c = core(behaviour="stale")
     c.handle(Connected(now=0.0))
-    first_work = [e for e in c.handle(TaskSeen(now=0.0, task=task(1))) if isinstance(e, Optimize)][0]
+    first_work = next(e for e in c.handle(TaskSeen(now=0.0, task=task(1))) if isinstance(e, Optimize))
     first = updates(c.handle(WorkDone(now=1.0, task=first_work.task, outcome=OUTCOME)))[0]
-    later_work = [e for e in c.handle(TaskSeen(now=2.0, task=task(3, version=2))) if isinstance(e, Optimize)][0]
+    later_work = next(e for e in c.handle(TaskSeen(now=2.0, task=task(3, version=2))) if isinstance(e, Optimize))
     replay = updates(c.handle(WorkDone(now=3.0, task=later_work.task, outcome=OUTCOME)))[0]
     assert (replay.round, replay.base_version, replay.prompt) == (first.round, first.base_version, first.prompt)
     assert replay.msg_id != first.msg_id
