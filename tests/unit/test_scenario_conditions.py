@@ -125,5 +125,5 @@ def test_duplicate_group_names_are_refused() -> None:
 def test_count_must_match_the_groups() -> None:
     """clients.count, when given beside groups, must equal their sum."""
     doc = {"name": "x", "rounds": 1, "task": {}, "clients": {"count": 5, "groups": [{"name": "a", "count": 2}]}}
-    with pytest.raises(ScenarioError, match="clients.count"):
+    with pytest.raises(ScenarioError, match=r"clients\.count"):
         scenario_from_mapping(doc)
