@@ -46,13 +46,14 @@ def merge_weighted(current: str, updates: Sequence[tuple[str, str, float]], max_
     For each update (client, prompt, weight), in the given order: its *new* sentences (those not
     already in the global prompt) are found, and the first ``ceil(weight * n)`` of them are appended.
     Weight 1 keeps every new sentence, a small weight only the first, and the global prompt is
-    never rewritten by a stale client. Identical sentences from several clients enter once. The
+    never rewritten by a stale client. Identical sentences (from several clients, or repeated in one
+    prompt) enter once. The
     result is cut at ``max_chars``.
     """
     merged = sentences(current)
     seen = set(merged)
     for _client, prompt, weight in updates:
-        novel = [s for s in sentences(prompt) if s not in seen]
+        novel = [s for s in dict.fromkeys(sentences(prompt)) if s not in seen]
         keep = math.ceil(max(0.0, min(1.0, weight)) * len(novel)) if novel else 0
         for sentence in novel[:keep]:
             seen.add(sentence)

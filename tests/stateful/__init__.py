@@ -11,6 +11,7 @@ garbage arrive, timers fire, and ``Reduce`` effects are carried out with ``fedbu
 from __future__ import annotations
 
 import copy
+import math
 import random
 from collections import Counter
 from typing import Any
@@ -44,7 +45,7 @@ from fedbus.aggregator.events import (
     UpdateReceived,
 )
 from fedbus.aggregator.rounds import RoundAggregator
-from fedbus.aggregator.strategies import concat, merge_weighted
+from fedbus.aggregator.strategies import carry_out, sentences
 from fedbus.aggregator.stream import StreamAggregator
 from fedbus.protocol.messages import DataSpec, GlobalState, Task, Update, UpdateStats
 
@@ -65,12 +66,43 @@ SETTINGS_KW: dict[str, Any] = {"max_examples": 200, "stateful_step_count": 30, "
 Core = RoundAggregator | StreamAggregator
 
 
-def carry_out(reduce: Reduce) -> str:
-    """What the runtime does with a Reduce: merge_weighted when weights are given, concat otherwise."""
+def expected_concat(current: str, prompts: tuple[tuple[str, str], ...], max_chars: int) -> str:
+    """The model of concat's documented rule: stripped prompts in client order, each distinct text once, cut."""
+    parts: list[str] = []
+    for _client, prompt in prompts:
+        if prompt.strip() and prompt.strip() not in parts:
+            parts.append(prompt.strip())
+    return ("\n\n".join(parts) if parts else current)[:max_chars]
+
+
+def expected_weighted(current: str, prompts: tuple[tuple[str, str], ...], weights: tuple[float, ...],
+                      max_chars: int) -> str:
+    """The model of the weighted merge: the first ceil(w * n) of each update's n new sentences, appended in order."""
+    merged = sentences(current)
+    for (_client, prompt), weight in zip(prompts, weights, strict=True):
+        novel = [s for s in dict.fromkeys(sentences(prompt)) if s not in merged]
+        merged += novel[:math.ceil(weight * len(novel))]
+    return " ".join(merged)[:max_chars]
+
+
+def reduce_and_check(reduce: Reduce) -> str:
+    """Carry out a Reduce as the runtime does, and check the text against the strategy's documented rule.
+
+    Content, not just bookkeeping: every accepted prompt (each distinct one once) is in a concat aggregate
+    in client order, and a weighted merge keeps each update's share of new sentences.
+    """
+    merged = carry_out(reduce.strategy, reduce.current_prompt, reduce.prompts, reduce.max_chars, reduce.weights)
     if reduce.weights:
-        weighted = [(c, p, w) for (c, p), w in zip(reduce.prompts, reduce.weights, strict=True)]
-        return merge_weighted(reduce.current_prompt, weighted, reduce.max_chars)
-    return concat(reduce.current_prompt, reduce.prompts, reduce.max_chars)
+        assert merged == expected_weighted(reduce.current_prompt, reduce.prompts, reduce.weights, reduce.max_chars)
+        return merged
+    assert merged == expected_concat(reduce.current_prompt, reduce.prompts, reduce.max_chars)
+    whole = carry_out(reduce.strategy, reduce.current_prompt, reduce.prompts, 10**6)
+    position = 0
+    for text in dict.fromkeys(p.strip() for _, p in reduce.prompts):  # every accepted text, in order, uncut
+        found = whole.find(text, position)
+        assert found >= 0, f"{text!r} missing (or out of order) in the concat aggregate {whole!r}"
+        position = found + len(text)
+    return merged
 
 
 def make_update(*, client: str, rnd: int, base: int, prompt: str, msg_id: str, run: str = RUN) -> Update:
@@ -425,7 +457,7 @@ class AggregatorMachine(RuleBasedStateMachine):
     def reduce_completes(self) -> None:
         reduce = self.reduce
         assert reduce is not None
-        self.feed(Reduced(round=reduce.round, prompt=carry_out(reduce), now=self.now))
+        self.feed(Reduced(round=reduce.round, prompt=reduce_and_check(reduce), now=self.now))
 
     @precondition(lambda self: self.reduce is not None and self.finished is None)
     @rule()

@@ -13,7 +13,7 @@ from fedbus.aggregator.events import ClientOffline, ClientOnline, Reduced, Start
 from fedbus.aggregator.staleness import WEIGHTINGS, StalenessWeighting
 from fedbus.aggregator.stream import StreamAggregator
 from fedbus.protocol.messages import Task
-from tests.stateful import DATA, INITIAL_PROMPT, MAX_CHARS, RUN, SENTENCES, carry_out, make_update
+from tests.stateful import DATA, INITIAL_PROMPT, MAX_CHARS, RUN, SENTENCES, make_update, reduce_and_check
 
 PARAMETERS = st.floats(min_value=0.0, max_value=8.0, allow_nan=False)
 
@@ -54,7 +54,7 @@ def buffered_reduce(order: list[int], prompts: list[str], seed: int, aged: bool)
                 now=1.0))
             tasks.update(tasks_in(effects))
         reduce = next(e for e in effects if isinstance(e, Reduce))
-        core.handle(Reduced(round=reduce.round, prompt=carry_out(reduce), now=2.0))
+        core.handle(Reduced(round=reduce.round, prompt=reduce_and_check(reduce), now=2.0))
         core.handle(ClientOffline(client="c0", now=3.0))
         tasks.update(tasks_in(core.handle(ClientOnline(client="c0", now=3.0))))
     reduces: list[Reduce] = []
@@ -64,7 +64,7 @@ def buffered_reduce(order: list[int], prompts: list[str], seed: int, aged: bool)
                              msg_id=f"{clients[i]}-final")
         reduces += [e for e in core.handle(UpdateReceived(update=update, now=5.0)) if isinstance(e, Reduce)]
     assert len(reduces) == 1
-    return reduces[0], carry_out(reduces[0])
+    return reduces[0], reduce_and_check(reduces[0])
 
 
 @settings(max_examples=100, deadline=None)

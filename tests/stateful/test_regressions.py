@@ -18,7 +18,7 @@ from fedbus.aggregator.events import (
 from fedbus.aggregator.rounds import RoundAggregator
 from fedbus.aggregator.stream import StreamAggregator
 from fedbus.protocol.messages import Task
-from tests.stateful import DATA, INITIAL_PROMPT, MAX_CHARS, OTHER_RUN, RUN, carry_out, make_update
+from tests.stateful import DATA, INITIAL_PROMPT, MAX_CHARS, OTHER_RUN, RUN, make_update, reduce_and_check
 
 
 def config(**overrides: object) -> AggregatorConfig:
@@ -83,7 +83,7 @@ def test_stream_round_numbers_close_once_after_a_failed_reduce() -> None:
     for i, task in enumerate(work):
         effects += answer(core, task, f"second-{i}", 3.0)
     reduce = next(e for e in effects if isinstance(e, Reduce))
-    done = core.handle(Reduced(round=reduce.round, prompt=carry_out(reduce), now=4.0))
+    done = core.handle(Reduced(round=reduce.round, prompt=reduce_and_check(reduce), now=4.0))
     rounds = [e.result.round for e in failed + done if isinstance(e, RoundClosed)]
     assert len(set(rounds)) == len(rounds) == 2
 
@@ -124,7 +124,7 @@ def test_stream_full_buffer_is_reduced_after_a_pause() -> None:
     answer(core, tasks(first)[0], "c0-m2", 2.0)  # buffered
     core.handle(ClientOffline(client="c0", now=3.0, reason="will"))  # paused
     reduce = next(e for e in first if isinstance(e, Reduce))
-    effects = core.handle(Reduced(round=reduce.round, prompt=carry_out(reduce), now=4.0))
+    effects = core.handle(Reduced(round=reduce.round, prompt=reduce_and_check(reduce), now=4.0))
     assert [a.msg_id for a in core.buffered] == ["c0-m2"]
     effects += core.handle(ClientOnline(client="c0", now=5.0))  # running again
     assert core.buffered == ()

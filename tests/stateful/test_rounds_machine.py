@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import math
+import statistics
+from collections import deque
 
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import initialize, invariant, run_state_machine_as_test
 
 from fedbus.aggregator.config import AggregatorConfig
-from fedbus.aggregator.effects import Effect, Publish, Reduce, RoundClosed, RoundOpened, UpdateAccepted
+from fedbus.aggregator.effects import (
+    Effect,
+    Publish,
+    Reduce,
+    RoundClosed,
+    RoundOpened,
+    UpdateAccepted,
+    UpdateRejected,
+)
 from fedbus.aggregator.events import ClientOffline, Event, TimerFired
 from fedbus.protocol.messages import Task, Update
 from tests.stateful import (
@@ -47,6 +57,22 @@ class RoundMachine(AggregatorMachine):
         self.gone: set[str] = set()  # participants that went offline since the round opened
         self.answered: dict[int, set[str]] = {}  # participants whose update was accepted, per round
         self.overdue: RoundOpened | None = None  # the round a TimerFired found collecting past its deadline
+        self.refused: dict[int, set[str]] = {}  # participants whose answer was rejected (they will not answer again)
+        self.opened_at: dict[int, float] = {}
+        self.arrivals: deque[float] = deque()  # recent arrival times (since a round opened) of accepted updates
+
+    def expected_deadline(self, now: float) -> float:
+        """The documented rule: now + round_deadline_s, or min(that, now + median + k * MAD + 1e-6) of the
+        last max(3, adaptive_window) arrival times once three are known."""
+        cfg = self.config
+        assert cfg is not None
+        fixed = now + cfg.round_deadline_s
+        recent = list(self.arrivals)[-max(3, cfg.adaptive_window):]
+        if cfg.adaptive_deadline_k is None or len(recent) < 3:
+            return fixed
+        median = statistics.median(recent)
+        mad = statistics.median(abs(a - median) for a in recent)
+        return min(fixed, now + median + cfg.adaptive_deadline_k * mad + 1e-6)
 
     @initialize(config=sync_configs(), seed=st.integers(0, 2**16), clients=INITIAL_CLIENTS, prompt=st.booleans())
     def begin(self, config: AggregatorConfig, seed: int, clients: list[str], prompt: bool) -> None:
@@ -105,19 +131,26 @@ class RoundMachine(AggregatorMachine):
             want = min(effect.live, math.ceil(self.target(effect.live) * (1 + cfg.overcommit)))
             assert len(effect.selected) == want >= 1
             assert effect.version == core.version and effect.deadline > event.now
+            assert effect.deadline == self.expected_deadline(event.now), "the deadline is not the documented formula"
             self.round_no, self.collecting, self.gone = effect.round, True, set()
             self.opened[effect.round] = effect
+            self.opened_at[effect.round] = event.now
             self.answered[effect.round] = set()
+            self.refused[effect.round] = set()
         elif isinstance(effect, Publish) and isinstance(effect.message, Task):
             task, current = effect.message, self.opened[self.round_no]
             assert task.round == self.round_no and task.client in current.selected
             assert task.version == current.version
+            assert task.deadline_s == current.deadline - self.opened_at[self.round_no]
         elif isinstance(effect, UpdateAccepted):
             a = effect.accepted
             current = self.opened[self.round_no]
             assert self.collecting and a.round == self.round_no and a.client in current.selected
             assert a.base_version == current.version and a.client not in self.answered[a.round]
             self.answered[a.round].add(a.client)
+            self.arrivals.append(event.now - self.opened_at[a.round])
+        elif isinstance(effect, UpdateRejected) and self.refused_participant(effect):
+            self.refused[self.round_no].add(effect.rejection.client or "")
         elif isinstance(effect, Reduce):
             assert self.collecting and effect.round == self.round_no and effect.weights == ()
             assert effect.strategy == cfg.strategy and effect.current_prompt == core.prompt
@@ -130,6 +163,16 @@ class RoundMachine(AggregatorMachine):
             assert all(a.client in opened.selected and a.base_version == opened.version for a in result.accepted)
             assert (result.status == "no-quorum") == (len(result.accepted) < cfg.min_updates)
             self.collecting = False
+
+    def refused_participant(self, effect: UpdateRejected) -> bool:
+        """A participant of the open round answered it and the answer was refused (bad base or content)."""
+        r = effect.rejection
+        update = self.updates.get(r.msg_id or "")
+        if update is None or not self.collecting or self.finished is not None or self.accepted_ids[update.msg_id]:
+            return False
+        current = self.opened[self.round_no]
+        return (update.run == RUN and update.round == self.round_no and update.client in current.selected
+                and update.client not in self.answered[self.round_no] and update.client in self.announced)
 
     def after_event(self, event: Event, effects: list[Effect]) -> None:
         overdue = self.overdue
@@ -154,11 +197,12 @@ class RoundMachine(AggregatorMachine):
     # ------------------------------------------------------------------ invariants
     @invariant()
     def a_round_nobody_can_answer_is_not_collecting(self) -> None:
-        """Liveness: once every participant answered or went offline the round stops collecting."""
+        """Liveness: once every participant answered (refused answers included) or went offline the round
+        stops collecting."""
         if self.collecting:
             opened = self.opened[self.round_no]
-            assert not set(opened.selected) <= self.gone | self.answered[self.round_no], \
-                f"round {self.round_no}: everyone answered or left, still collecting"
+            done = self.gone | self.answered[self.round_no] | self.refused[self.round_no]
+            assert not set(opened.selected) <= done, f"round {self.round_no}: all answered or left, still collecting"
 
     @invariant()
     def over_commitment_closes_at_the_target(self) -> None:
