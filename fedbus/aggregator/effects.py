@@ -93,7 +93,13 @@ class RoundOpened:
     version: int
     selected: tuple[str, ...]
     live: int
+    opened_at: float
     deadline: float
+
+    @property
+    def deadline_s(self) -> float:
+        """How long the round (or, in buffered/async mode, each task) may take."""
+        return self.deadline - self.opened_at
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

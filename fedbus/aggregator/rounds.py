@@ -161,7 +161,7 @@ class RoundAggregator(AggregatorBase):
         self._current.rejected.extend(self._pending)
         self._pending.clear()
         out.append(RoundOpened(round=self._round, version=self._version, selected=tuple(selected),
-                               live=len(live), deadline=deadline))
+                               live=len(live), opened_at=now, deadline=deadline))
         out.append(self._global("running", now))
         for client in selected:
             task = Task(run=cfg.run, round=self._round, client=client, msg_id=self._next_id(), sent=now,

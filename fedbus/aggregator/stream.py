@@ -160,7 +160,7 @@ class StreamAggregator(AggregatorBase):
         for client in chosen:
             self._dispatch(client, now, out)
         out.append(RoundOpened(round=self._dispatches, version=self._version, selected=tuple(chosen),
-                               live=len(self._live), deadline=now + self.config.round_deadline_s))
+                               live=len(self._live), opened_at=now, deadline=now + self.config.round_deadline_s))
 
     def _dispatch(self, client: str, now: float, out: list[Effect]) -> None:
         cfg = self.config

@@ -119,7 +119,8 @@ def record_effect(events: EventLog, effect: Effect, finished: bool) -> None:
                       round=m.round, retain=effect.retain)
     elif isinstance(effect, RoundOpened):
         events.record("round-opened", round=effect.round, version=effect.version, selected=list(effect.selected),
-                      live=effect.live, deadline=effect.deadline)
+                      live=effect.live, deadline=effect.deadline,
+                      deadline_s=round(effect.deadline_s, 6))
         log.info("round opened", round=effect.round, selected=len(effect.selected), live=effect.live)
     elif isinstance(effect, UpdateAccepted):
         a = effect.accepted

@@ -130,7 +130,7 @@ class RoundMachine(AggregatorMachine):
             assert set(effect.selected) <= self.live and effect.live == len(self.live)
             want = min(effect.live, math.ceil(self.target(effect.live) * (1 + cfg.overcommit)))
             assert len(effect.selected) == want >= 1
-            assert effect.version == core.version and effect.deadline > event.now
+            assert effect.version == core.version and effect.deadline > event.now and effect.opened_at == event.now
             assert effect.deadline == self.expected_deadline(event.now), "the deadline is not the documented formula"
             self.round_no, self.collecting, self.gone = effect.round, True, set()
             self.opened[effect.round] = effect

@@ -105,6 +105,24 @@ def test_noisy_edits_are_seeded(p: float, seed: int) -> None:
     """A noisy client's edit is a function of its generator: the same seed garbles the same way."""
     prompt = "Count each item. Ignore distractors. Add step by step. Answer with a number."
     assert behaviour.noisy(prompt, random.Random(seed), p) == behaviour.noisy(prompt, random.Random(seed), p)
+    if p == 0.0:
+        assert behaviour.noisy(prompt, random.Random(seed), p) == prompt
+
+
+def test_noisy_edits_garble_and_only_reuse_sentences() -> None:
+    """Noise drops, duplicates or swaps sentences: often the text changes, and it never invents a sentence;
+    another seed garbles another way."""
+    prompt = "Count each item. Ignore distractors. Add step by step. Answer with a number. Check twice."
+    original = set(behaviour.sentences(prompt))
+    edits = [behaviour.noisy(prompt, random.Random(seed), 0.5) for seed in range(40)]
+    assert sum(e != prompt for e in edits) >= 30, "p = 0.5 left most prompts untouched"
+    assert len(set(edits)) >= 10, "the seed does not change the edit"
+    assert all(set(behaviour.sentences(e)) <= original for e in edits)
+    assert any(len(behaviour.sentences(e)) > 5 for e in edits), "no sentence was ever duplicated"
+    assert any(len(behaviour.sentences(e)) < 5 for e in edits), "no sentence was ever dropped"
+    assert any(behaviour.sentences(e) != behaviour.sentences(prompt) and sorted(behaviour.sentences(e))
+               == sorted(behaviour.sentences(prompt)) for e in edits), "no two sentences were ever swapped"
+    assert behaviour.noisy(prompt, random.Random(1), 1.0) != prompt
 
 
 def test_hostile_prompts_are_recognised_as_hijacks() -> None:
