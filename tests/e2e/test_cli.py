@@ -34,6 +34,9 @@ def test_quickstart_runs_on_the_embedded_broker(tmp_path: Path) -> None:
         assert set(r) >= {"selected", "accepted", "rejected", "global_prompt_chars", "val_accuracy", "duration_s"}
         assert 0.0 <= r["val_accuracy"] <= 1.0
         assert len(r["accepted"]) == 4
+    assert [(r["status"], r["version_after"]) for r in rounds] == [("aggregated", n) for n in range(1, len(rounds) + 1)]
+    assert summary["final"]["prompt"] != summary["scenario"]["initial_prompt"]
+    assert summary["final"]["version"] == len(rounds)
     assert 0.0 <= summary["final"]["test_accuracy"] <= 1.0
     assert summary["totals"]["updates_accepted"] == 4 * len(rounds)
     assert summary["totals"]["llm_calls"] > 0
