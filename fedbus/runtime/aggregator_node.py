@@ -1,44 +1,30 @@
-"""The aggregator process: runs the sans-I/O core against a real MQTT connection.
+"""The aggregator process: drives the :class:`~fedbus.aggregator.session.AggregatorSession` over MQTT.
 
-One consumer loop takes events from a queue (messages from the bus, timers, reduce results),
-hands each to :class:`RoundAggregator`, and carries out the effects in order. The core is never
-entered concurrently, so it needs no locks.
+One consumer loop takes items from a queue (deliveries from the bus, timers, reduce results), hands
+each to the session, and carries out its actions in order. The session is never entered concurrently,
+so it needs no locks. The simulator drives the same session in virtual time (fedbus/sim/run.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import structlog
 
-from fedbus.aggregator.effects import (
-    ArmTimer,
-    Effect,
-    Publish,
-    Reduce,
-    RoundClosed,
-    RoundResult,
-    RunFinished,
-    UpdateRejected,
-)
-from fedbus.aggregator.events import (
-    Event,
-    Reduced,
-    ReduceFailed,
-    Started,
-    TimerFired,
-)
+from fedbus.aggregator.effects import ArmTimer, Reduce, RoundClosed, RoundResult, RunFinished
+from fedbus.aggregator.events import Event, Reduced, ReduceFailed, Started, TimerFired
 from fedbus.aggregator.rounds import RoundAggregator
+from fedbus.aggregator.session import FINISH_GRACE_S, Action, AggregatorSession, NodeOutcome, Record, Send
 from fedbus.aggregator.strategies import carry_out
 from fedbus.aggregator.stream import StreamAggregator
 from fedbus.errors import FedbusError
-from fedbus.protocol import codec, topics
+from fedbus.protocol import codec
 from fedbus.protocol.ids import AGGREGATOR
 from fedbus.runtime.address import BrokerAddress
 from fedbus.runtime.bus import MqttBus
 from fedbus.runtime.eventlog import EventLog
-from fedbus.runtime.intake import FINISH_GRACE_S, Intake, NodeOutcome, record_effect
 
 log = structlog.get_logger("fedbus.aggregator")
 RoundHook = Callable[[RoundResult], Awaitable[dict[str, object]]]
@@ -47,6 +33,16 @@ RoundHook = Callable[[RoundResult], Awaitable[dict[str, object]]]
 async def reduce_with_strategy(effect: Reduce) -> str:
     """Carry out a ``Reduce``: the named strategy, or the staleness-weighted merge when weights are given."""
     return carry_out(effect.strategy, effect.current_prompt, effect.prompts, effect.max_chars, effect.weights)
+
+
+@dataclass(frozen=True, slots=True)
+class _Delivery:
+    """A message from the broker, stamped with the time it arrived."""
+
+    topic: str
+    payload: bytes
+    retained: bool
+    now: float
 
 
 class AggregatorNode:
@@ -70,14 +66,16 @@ class AggregatorNode:
         self.events = events
         self.on_round = on_round
         self.reducer = reducer
-        self.limits = codec.Limits(max_bytes=max_message_bytes)
-        self.outcome = NodeOutcome()
-        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.session = AggregatorSession(core, codec.Limits(max_bytes=max_message_bytes))
+        self._queue: asyncio.Queue[Event | _Delivery] = asyncio.Queue()
         self._loop = asyncio.get_running_loop()
         self._t0 = self._loop.time() if started_at is None else started_at
         self._scale = time_scale
         self._timers: list[asyncio.TimerHandle] = []
-        self.intake = Intake(self.run_id, events, self.outcome, self.limits, self.now)
+
+    @property
+    def outcome(self) -> NodeOutcome:
+        return self.session.outcome
 
     def now(self) -> float:
         """Simulated seconds since the run started."""
@@ -88,8 +86,7 @@ class AggregatorNode:
         run = self.run_id
         with structlog.contextvars.bound_contextvars(run=run):
             async with MqttBus(self.broker, identifier=f"{run}.{AGGREGATOR}", clean_session=True) as bus:
-                await bus.subscribe(topics.channel_filter(run, "presence"), topics.channel_filter(run, "update"),
-                                    topics.channel_filter(run, "metrics"))
+                await bus.subscribe(*self.session.subscriptions())
                 async with asyncio.TaskGroup() as group:
                     receiver = group.create_task(self._receive(bus), name=f"aggregator[{run}].receive")
                     self._queue.put_nowait(Started(now=self.now()))
@@ -99,56 +96,44 @@ class AggregatorNode:
                     timer.cancel()
         return self.outcome
 
-    # ------------------------------------------------------------ incoming
     async def _receive(self, bus: MqttBus) -> None:
         async for incoming in bus.messages():
-            self.outcome.messages_received += 1
-            event = self.intake.to_event(incoming.topic, incoming.payload, incoming.retained)
-            if event is not None:
-                self._queue.put_nowait(event)
+            self._queue.put_nowait(_Delivery(incoming.topic, incoming.payload, incoming.retained, self.now()))
 
-    # ------------------------------------------------------------ effects
     async def _consume(self, bus: MqttBus, group: asyncio.TaskGroup) -> None:
-        while True:
-            event = await self._queue.get()
-            for effect in self.core.handle(event):
-                if await self._apply(effect, bus, group):
-                    await self._drain(bus, group)
-                    return
-
-    async def _drain(self, bus: MqttBus, group: asyncio.TaskGroup) -> None:
-        """After the run finished: what is still queued or in flight goes through the core, which
-        rejects late updates as 'run-finished', so none is dropped without a record."""
+        while not self.session.finished:
+            await self._step(await self._queue.get(), bus, group)
+        # After the run finished: what is still queued or in flight goes through the session, which
+        # rejects late updates as 'run-finished', so none is dropped without a record.
         await asyncio.sleep(FINISH_GRACE_S)
         while not self._queue.empty():
-            event = self._queue.get_nowait()
-            if isinstance(event, TimerFired | Reduced | ReduceFailed):
-                continue
-            for effect in self.core.handle(event):
-                await self._apply(effect, bus, group)
+            await self._step(self._queue.get_nowait(), bus, group)
 
-    async def _apply(self, effect: Effect, bus: MqttBus, group: asyncio.TaskGroup) -> bool:
-        record_effect(self.events, effect, self.core.phase == "finished")
-        if isinstance(effect, Publish):
-            await bus.publish(effect.topic, codec.encode(effect.message), retain=effect.retain)
-            self.outcome.messages_sent += 1
-        elif isinstance(effect, ArmTimer):
-            handle = self._loop.call_at(self._t0 + effect.at / self._scale, self._fire_timer)
+    async def _step(self, item: Event | _Delivery, bus: MqttBus, group: asyncio.TaskGroup) -> None:
+        if isinstance(item, _Delivery):
+            actions = self.session.receive(item.topic, item.payload, item.retained, item.now)
+        else:
+            actions = self.session.handle(item)
+        for action in actions:
+            await self._carry_out(action, bus, group)
+
+    async def _carry_out(self, action: Action, bus: MqttBus, group: asyncio.TaskGroup) -> None:
+        if isinstance(action, Record):
+            self.events.record(action.event, **action.fields)
+            if action.log is not None:
+                getattr(log, action.log)(action.message, **action.fields)
+        elif isinstance(action, Send):
+            await bus.publish(action.topic, action.payload, retain=action.retain)
+        elif isinstance(action, ArmTimer):
+            handle = self._loop.call_at(self._t0 + action.at / self._scale, self._fire_timer)
             self._timers = [t for t in self._timers if not t.cancelled()] + [handle]
-        elif isinstance(effect, Reduce):
-            group.create_task(self._reduce(effect), name=f"aggregator[{self.run_id}].reduce-{effect.round}")
-        elif isinstance(effect, UpdateRejected):
-            if self.core.phase == "finished":
-                self.outcome.late_rejections.append(effect.rejection)
-        elif isinstance(effect, RoundClosed):
-            extra = await self.on_round(effect.result)
-            self.outcome.rounds.append((effect.result, extra))
-            self.events.record("round-closed", round=effect.result.round, status=effect.result.status,
-                               close_reason=effect.result.close_reason, **extra)
-        elif isinstance(effect, RunFinished):
-            self.outcome.finished = effect
-            return True
-        return False
+        elif isinstance(action, Reduce):
+            group.create_task(self._reduce(action), name=f"aggregator[{self.run_id}].reduce-{action.round}")
+        elif isinstance(action, RoundClosed):
+            for record in self.session.round_evaluated(action.result, await self.on_round(action.result)):
+                await self._carry_out(record, bus, group)
+        elif isinstance(action, RunFinished):
+            pass  # the session is finished: _consume turns to the grace period
 
     def _fire_timer(self) -> None:
         self._queue.put_nowait(TimerFired(now=self.now()))

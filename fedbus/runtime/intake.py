@@ -9,21 +9,19 @@ log, so the asyncio node and the discrete-event simulator log the same things th
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import structlog
 
 from fedbus.aggregator.effects import (
     Effect,
     Publish,
-    Rejection,
     RoundOpened,
-    RoundResult,
     RunFinished,
     UpdateAccepted,
     UpdateRejected,
 )
 from fedbus.aggregator.events import ClientOffline, ClientOnline, Event, UpdateMalformed, UpdateReceived
+from fedbus.aggregator.session import FINISH_GRACE_S, NodeOutcome
 from fedbus.errors import RemoteProtocolError
 from fedbus.protocol import codec, topics
 from fedbus.protocol.dedup import SeenIds
@@ -31,20 +29,9 @@ from fedbus.protocol.ids import AGGREGATOR
 from fedbus.protocol.messages import Metrics, Presence, Update
 from fedbus.runtime.eventlog import EventLog
 
+__all__ = ["FINISH_GRACE_S", "Intake", "NodeOutcome", "record_effect"]
+
 log = structlog.get_logger("fedbus.aggregator")
-FINISH_GRACE_S = 0.3  # wall seconds to collect messages already in flight when the run finishes
-
-
-@dataclass(slots=True)
-class NodeOutcome:
-    """What the aggregator saw, for summary.json."""
-
-    finished: RunFinished | None = None
-    rounds: list[tuple[RoundResult, dict[str, object]]] = field(default_factory=list)
-    late_rejections: list[Rejection] = field(default_factory=list)
-    duplicates_dropped: int = 0
-    messages_received: int = 0
-    messages_sent: int = 0
 
 
 class Intake:

@@ -1,29 +1,30 @@
 """``fedbus run --simulate``: a whole federation in virtual time, reproducible byte for byte.
 
-The aggregator side mirrors :class:`fedbus.runtime.aggregator_node.AggregatorNode`: the same
-:class:`~fedbus.runtime.intake.Intake` turns deliveries into core events, the same records go to
-events.jsonl (with ``t`` in virtual seconds), and after the run finishes, messages still in flight
-for a grace period go through the core, which rejects late updates with a reason.
+The aggregator side drives the same :class:`~fedbus.aggregator.session.AggregatorSession` as the MQTT
+node: the same decisions and the same records go to events.jsonl (with ``t`` in virtual seconds), and
+after the run finishes, messages still in flight for a grace period go through the session, which
+rejects late updates with a reason.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
 from typing import Any
 
-from fedbus.aggregator.effects import ArmTimer, Effect, Publish, Reduce, RoundClosed, RunFinished, UpdateRejected
+from fedbus.aggregator.effects import ArmTimer, Reduce, RoundClosed, RunFinished
 from fedbus.aggregator.events import Event, Reduced, ReduceFailed, Started, TimerFired
 from fedbus.aggregator.rounds import RoundAggregator
+from fedbus.aggregator.session import FINISH_GRACE_S, Action, AggregatorSession, NodeOutcome, Record, Send
 from fedbus.aggregator.strategies import carry_out
 from fedbus.aggregator.stream import StreamAggregator
 from fedbus.errors import EngineError
-from fedbus.protocol import codec, topics
+from fedbus.protocol import codec
 from fedbus.protocol.ids import AGGREGATOR
 from fedbus.runtime.evaluation import SurrogateEvaluator
 from fedbus.runtime.eventlog import EventLog
-from fedbus.runtime.intake import FINISH_GRACE_S, Intake, NodeOutcome, record_effect
 from fedbus.runtime.progress import Progress
 from fedbus.runtime.run import make_core
 from fedbus.runtime.summary import build_summary, prompt_record, round_record
@@ -42,11 +43,12 @@ def sim_run_id(scenario: Scenario) -> str:
 
 
 class SimAggregator:
-    """The aggregator core, connected to the in-memory broker and the timeline."""
+    """Drives the aggregator session over the in-memory broker on the timeline."""
 
     def __init__(self, core: RoundAggregator | StreamAggregator, timeline: Timeline, broker: MemoryBroker, *,
                  events: EventLog, evaluator: SurrogateEvaluator, progress: Progress, max_message_bytes: int,
                  grace_s: float) -> None:
+        self.session = AggregatorSession(core, codec.Limits(max_bytes=max_message_bytes))
         self.core = core
         self.run_id = core.config.run
         self.timeline = timeline
@@ -55,60 +57,45 @@ class SimAggregator:
         self.evaluator = evaluator
         self.progress = progress
         self.grace_s = grace_s
-        self.outcome = NodeOutcome()
-        self.intake = Intake(self.run_id, events, self.outcome, codec.Limits(max_bytes=max_message_bytes),
-                             lambda: timeline.now)
         self.done = False  # finished, and the grace period is over
+
+    @property
+    def outcome(self) -> NodeOutcome:
+        return self.session.outcome
 
     def start(self) -> None:
         ident = f"{self.run_id}.{AGGREGATOR}"
         self.broker.connect(ident, self._incoming, clean=True)
-        self.broker.subscribe(ident, topics.channel_filter(self.run_id, "presence"),
-                              topics.channel_filter(self.run_id, "update"),
-                              topics.channel_filter(self.run_id, "metrics"))
-        self.timeline.at(0.0, lambda: self._feed(Started(now=self.timeline.now)))
+        self.broker.subscribe(ident, *self.session.subscriptions())
+        self.timeline.at(0.0, lambda: self._carry_out(self.session.handle(Started(now=self.timeline.now))))
 
     def _incoming(self, topic: str, payload: bytes, retained: bool) -> None:
-        if self.done:
-            return
-        self.outcome.messages_received += 1
-        event = self.intake.to_event(topic, payload, retained)
-        if event is not None:
-            self._feed(event)
+        if not self.done:
+            self._carry_out(self.session.receive(topic, payload, retained, self.timeline.now))
 
     def _feed(self, event: Event) -> None:
-        if self.done:
-            return
-        finished = self.outcome.finished is not None
-        if finished and isinstance(event, TimerFired | Reduced | ReduceFailed):
-            return  # as the MQTT node: after the end only late messages still go through the core
-        for effect in self.core.handle(event):
-            self._apply(effect)
+        if not self.done:
+            self._carry_out(self.session.handle(event))
 
-    def _apply(self, effect: Effect) -> None:
-        now = self.timeline.now
-        record_effect(self.events, effect, self.core.phase == "finished")
-        if isinstance(effect, Publish):
-            self.broker.publish(effect.topic, codec.encode(effect.message), retain=effect.retain)
-            self.outcome.messages_sent += 1
-        elif isinstance(effect, ArmTimer):
-            self.timeline.at(effect.at, lambda: self._feed(TimerFired(now=self.timeline.now)))
-        elif isinstance(effect, Reduce):
-            self.timeline.after(0.0, lambda: self._reduce(effect))
-        elif isinstance(effect, UpdateRejected):
-            if self.core.phase == "finished":
-                self.outcome.late_rejections.append(effect.rejection)
-        elif isinstance(effect, RoundClosed):
-            result = effect.result
-            acc = self.evaluator.accuracy_now(result.prompt, "val", result.round)
-            extra: dict[str, object] = {**prompt_record(result), "val_accuracy": acc}
-            self.outcome.rounds.append((result, extra))
-            self.progress.round(round_record(result, extra))
-            self.events.record("round-closed", round=result.round, status=result.status,
-                               close_reason=result.close_reason, **extra)
-        elif isinstance(effect, RunFinished):
-            self.outcome.finished = effect
-            self.timeline.at(now + self.grace_s, self._close)
+    def _carry_out(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Record):
+                self.events.record(action.event, **action.fields)
+            elif isinstance(action, Send):
+                self.broker.publish(action.topic, action.payload, retain=action.retain)
+            elif isinstance(action, ArmTimer):
+                self.timeline.at(action.at, lambda: self._feed(TimerFired(now=self.timeline.now)))
+            elif isinstance(action, Reduce):
+                self.timeline.after(0.0, functools.partial(self._reduce, action))
+            elif isinstance(action, RoundClosed):
+                result = action.result
+                extra: dict[str, object] = {**prompt_record(result),
+                                            "val_accuracy": self.evaluator.accuracy_now(result.prompt, "val",
+                                                                                        result.round)}
+                self.progress.round(round_record(result, extra))
+                self._carry_out(self.session.round_evaluated(result, extra))
+            elif isinstance(action, RunFinished):
+                self.timeline.at(self.timeline.now + self.grace_s, self._close)
 
     def _reduce(self, effect: Reduce) -> None:
         try:

@@ -1,0 +1,207 @@
+"""The aggregator's side of the protocol as one pure session, driven by the MQTT node and the simulator.
+
+h11-style: bytes and times in, actions out. :class:`AggregatorSession` owns the aggregator core and
+everything between the core and the wire: it turns an incoming (topic, payload) into a core event or
+a logged drop (foreign topics, malformed payloads, repeated deliveries, forged senders), encodes what
+the core publishes, keeps the outcome for summary.json, and returns the events.jsonl lines as
+:class:`Record` values. A driver only carries the actions out: publish bytes, arm a timer, reduce
+prompts, evaluate a closed round, write records, and wait out the grace period after the end. It
+never reads a clock or the network, so both drivers make the same decisions from the same inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedbus.aggregator.effects import (
+    ArmTimer,
+    Effect,
+    Publish,
+    Reduce,
+    Rejection,
+    RoundClosed,
+    RoundOpened,
+    RoundResult,
+    RunFinished,
+    UpdateAccepted,
+    UpdateRejected,
+)
+from fedbus.aggregator.events import (
+    ClientOffline,
+    ClientOnline,
+    Event,
+    Reduced,
+    ReduceFailed,
+    TimerFired,
+    UpdateMalformed,
+    UpdateReceived,
+)
+from fedbus.aggregator.rounds import RoundAggregator
+from fedbus.aggregator.stream import StreamAggregator
+from fedbus.errors import RemoteProtocolError
+from fedbus.protocol import codec, topics
+from fedbus.protocol.dedup import SeenIds
+from fedbus.protocol.ids import AGGREGATOR
+from fedbus.protocol.messages import Metrics, Presence, Update
+
+FINISH_GRACE_S = 0.3  # wall seconds to collect messages already in flight when the run finishes
+Core = RoundAggregator | StreamAggregator
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One events.jsonl line; ``log`` ('info' or 'warning') when it also deserves a log line, ``message``."""
+
+    event: str
+    fields: dict[str, Any]
+    log: str | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Send:
+    """Publish ``payload`` (already encoded) on ``topic``, QoS 1."""
+
+    topic: str
+    payload: bytes
+    retain: bool = False
+
+
+Action = Record | Send | ArmTimer | Reduce | RoundClosed | RunFinished
+
+
+@dataclass(slots=True)
+class NodeOutcome:
+    """What the aggregator saw, for summary.json."""
+
+    finished: RunFinished | None = None
+    rounds: list[tuple[RoundResult, dict[str, object]]] = field(default_factory=list)
+    late_rejections: list[Rejection] = field(default_factory=list)
+    duplicates_dropped: int = 0
+    messages_received: int = 0
+    messages_sent: int = 0
+
+
+class AggregatorSession:
+    """The aggregator core between bytes on topics and the actions a driver carries out."""
+
+    def __init__(self, core: Core, limits: codec.Limits) -> None:
+        self.core = core
+        self.run_id = core.config.run
+        self.limits = limits
+        self.outcome = NodeOutcome()
+        self._seen = SeenIds()
+
+    @property
+    def finished(self) -> bool:
+        return self.outcome.finished is not None
+
+    def subscriptions(self) -> tuple[str, ...]:
+        """The topic filters the aggregator listens on."""
+        return tuple(topics.channel_filter(self.run_id, channel) for channel in ("presence", "update", "metrics"))
+
+    def receive(self, topic: str, payload: bytes, retained: bool, now: float) -> list[Action]:
+        """One delivery from the broker."""
+        self.outcome.messages_received += 1
+        out: list[Action] = []
+        event = self._to_event(topic, payload, retained, now, out)
+        if event is not None:
+            out += self.handle(event)
+        return out
+
+    def handle(self, event: Event) -> list[Action]:
+        """Feed the core one event. After the end only late messages still go through it (to be rejected
+        as 'run-finished' with a record); timers and reduce results no longer matter."""
+        if self.finished and isinstance(event, TimerFired | Reduced | ReduceFailed):
+            return []
+        out: list[Action] = []
+        for effect in self.core.handle(event):
+            self._effect(effect, out)
+        return out
+
+    def round_evaluated(self, result: RoundResult, extra: dict[str, object]) -> list[Action]:
+        """A driver evaluated a closed round (``extra``: accuracy, prompt measures); keep it and log it."""
+        self.outcome.rounds.append((result, extra))
+        return [Record("round-closed", {"round": result.round, "status": result.status,
+                                        "close_reason": result.close_reason, **extra})]
+
+    # ------------------------------------------------------------------ incoming
+    def _to_event(self, topic: str, payload: bytes, retained: bool, now: float, out: list[Action]) -> Event | None:
+        ref = topics.parse(topic)
+        if ref is None or ref.run != self.run_id:
+            out.append(Record("dropped", {"topic": topic, "reason": "not a topic of this run"}))
+            return None
+        try:
+            message = codec.decode(payload, self.limits)
+        except RemoteProtocolError as exc:
+            reason = getattr(exc, "reason", "malformed")
+            out.append(Record("received-malformed", {"topic": topic, "client": ref.client, "reason": str(exc)},
+                              log="warning", message="malformed message"))
+            if ref.channel == "update":
+                return UpdateMalformed(client=ref.client, reason=reason, detail=str(exc)[:200], now=now)
+            return None
+        if not self._seen.first_time(message.msg_id):
+            self.outcome.duplicates_dropped += 1
+            out.append(Record("duplicate-delivery", {"topic": topic, "id": message.msg_id, "client": message.client}))
+            return None
+        out.append(Record("received", {"kind": type(message).__name__.lower(), "topic": topic, "id": message.msg_id,
+                                       "client": message.client, "round": message.round, "retained": retained}))
+        if message.client != ref.client and ref.channel != "global":
+            detail = f"message says client {message.client!r} but arrived on {ref.client!r}'s topic"
+            out.append(Record("received-forged", {"topic": topic, "detail": detail}, log="warning",
+                              message="forged sender"))
+            if ref.channel == "update":
+                return UpdateMalformed(client=ref.client, reason="client-mismatch", detail=detail, now=now)
+            return None
+        if ref.channel == "presence" and isinstance(message, Presence):
+            if message.client == AGGREGATOR:
+                return None
+            if message.run != self.run_id:
+                detail = f"presence for run {message.run!r} on this run's topic"
+                out.append(Record("received-forged", {"topic": topic, "detail": detail}))
+                return None
+            if message.status == "online":
+                return ClientOnline(client=message.client, now=now)
+            return ClientOffline(client=message.client, now=now, reason="offline")
+        if ref.channel == "update":
+            if isinstance(message, Update):
+                return UpdateReceived(update=message, now=now)
+            return UpdateMalformed(client=ref.client, reason="wrong-kind",
+                                   detail=f"{type(message).__name__} on an update topic", now=now)
+        if ref.channel == "metrics" and isinstance(message, Metrics):
+            out.append(Record("metrics", {"client": message.client, "round": message.round,
+                                          "values": dict(message.values)}))
+        return None
+
+    # ------------------------------------------------------------------ effects
+    def _effect(self, effect: Effect, out: list[Action]) -> None:
+        if isinstance(effect, Publish):
+            m = effect.message
+            out.append(Record("sent", {"kind": type(m).__name__.lower(), "topic": effect.topic, "id": m.msg_id,
+                                       "client": m.client, "round": m.round, "retain": effect.retain}))
+            out.append(Send(topic=effect.topic, payload=codec.encode(m), retain=effect.retain))
+            self.outcome.messages_sent += 1
+        elif isinstance(effect, RoundOpened):
+            out.append(Record("round-opened", {"round": effect.round, "version": effect.version,
+                                               "selected": list(effect.selected), "live": effect.live,
+                                               "deadline": effect.deadline,
+                                               "deadline_s": round(effect.deadline_s, 6)},
+                              log="info", message="round opened"))
+        elif isinstance(effect, UpdateAccepted):
+            a = effect.accepted
+            out.append(Record("accepted", {"client": a.client, "id": a.msg_id, "round": a.round,
+                                           "prompt_chars": len(a.prompt)}))
+        elif isinstance(effect, UpdateRejected):
+            r = effect.rejection
+            out.append(Record("rejected", {"client": r.client, "id": r.msg_id, "round": r.round, "reason": r.reason,
+                                           "detail": r.detail}, log="info", message="update rejected"))
+            if self.finished:  # after RunFinished: not in any round result, nor in the leftovers
+                self.outcome.late_rejections.append(r)
+        elif isinstance(effect, RunFinished):
+            out.append(Record("run-finished", {"status": effect.status, "reason": effect.reason,
+                                               "rounds": effect.rounds_closed, "version": effect.version}))
+            self.outcome.finished = effect
+            out.append(effect)
+        elif isinstance(effect, ArmTimer | Reduce | RoundClosed):
+            out.append(effect)
