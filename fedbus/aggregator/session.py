@@ -141,7 +141,8 @@ class AggregatorSession:
             if ref.channel == "update":
                 return UpdateMalformed(client=ref.client, reason=reason, detail=str(exc)[:200], now=now)
             return None
-        if not self._seen.first_time(message.msg_id):
+        # keyed on the topic's client too: another sender reusing an id must not shadow this one's message
+        if not self._seen.first_time(f"{ref.client}\x00{message.msg_id}"):
             self.outcome.duplicates_dropped += 1
             out.append(Record("duplicate-delivery", {"topic": topic, "id": message.msg_id, "client": message.client}))
             return None

@@ -1,0 +1,181 @@
+"""The aggregator node over a real broker (fedbus/runtime/aggregator_node.py): forged presence is dropped
+while the run goes on, and updates that arrive too late for the last round end up in summary.json's
+``rejected_after_last_round`` with a reason."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from clients.worker import ClientConfig, run_client
+from fedbus.aggregator.effects import Reduce, RoundResult
+from fedbus.aggregator.session import NodeOutcome
+from fedbus.protocol import codec, topics
+from fedbus.protocol.messages import Presence, Update, UpdateStats
+from fedbus.runtime.address import BrokerAddress
+from fedbus.runtime.aggregator_node import AggregatorNode, reduce_with_strategy
+from fedbus.runtime.bus import MqttBus
+from fedbus.runtime.eventlog import EventLog
+from fedbus.runtime.run import RunOptions, make_core, run_scenario
+from fedbus.runtime.summary import build_summary
+from fedbus.scenario import Scenario, scenario_from_mapping
+
+STATS = UpdateStats(steps=1, accepted_steps=1, batch_acc_before=0.0, batch_acc_after=1.0, llm_calls=3, tokens=10,
+                    duration_s=0.0)
+WAIT_S = 30.0  # generous: the machine running the suite may be loaded
+
+
+def scenario(**overrides: Any) -> Scenario:
+    doc: dict[str, Any] = {
+        "name": "nodetest", "seed": 3, "rounds": 1,
+        "task": {"train_size": 40, "val_size": 10, "test_size": 10},
+        "clients": {"count": 2, "local_steps": 1, "batch_size": 2},
+        "participation": {"min_clients": 2, "min_updates": 1, "round_deadline_s": 30, "join_timeout_s": 30},
+    }
+    for key, value in overrides.items():
+        doc[key] = {**doc[key], **value} if isinstance(value, dict) else value
+    return scenario_from_mapping(doc)
+
+
+def logged(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+async def wait_logged(path: Path, matches: Callable[[dict[str, Any]], bool], what: str) -> None:
+    """Wait until events.jsonl has a line that ``matches``."""
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        if any(matches(e) for e in logged(path)):
+            return
+        await asyncio.sleep(0.02)
+    raise TimeoutError(f"no {what} in {path} after {WAIT_S} s")
+
+
+def late_update(run_id: str, client: str, msg_id: str, round_: int, version: int) -> Update:
+    return Update(run=run_id, round=round_, client=client, msg_id=msg_id, sent=0.0, base_version=version,
+                  prompt="Count every item. Then answer.", stats=STATS)
+
+
+def make_node(spec: Scenario, *, broker: BrokerAddress, run_id: str, events: EventLog,
+              on_round: Callable[[RoundResult], Awaitable[dict[str, object]]],
+              reducer: Callable[[Reduce], Awaitable[str]] = reduce_with_strategy) -> AggregatorNode:
+    return AggregatorNode(make_core(spec, run_id), broker=broker, events=events, on_round=on_round,
+                          max_message_bytes=spec.max_message_bytes, reducer=reducer)
+
+
+async def run_node(node: AggregatorNode, spec: Scenario, broker: BrokerAddress, events: EventLog) -> dict[str, Any]:
+    """The aggregator node and the scenario's clients (real workers) over ``broker``; summary.json's content."""
+    outcome: NodeOutcome
+    async with asyncio.timeout(WAIT_S * 2), asyncio.TaskGroup() as group:
+        node_task = group.create_task(node.run())
+        for i, (cid, grp) in enumerate(spec.members()):
+            group.create_task(run_client(ClientConfig(run=node.run_id, client=cid, broker=broker, shard=i,
+                                                      seed=spec.seed, group=grp, boot="0"), events))
+    outcome = node_task.result()
+    events.close()
+    core = node.core
+    return build_summary(run_id=node.run_id, scenario=spec, scenario_file="", broker={"kind": "external"},
+                         outcome=outcome, events=events,
+                         final={"version": core.version, "prompt": core.prompt, "prompt_chars": len(core.prompt),
+                                "test_accuracy": 0.0, "initial_test_accuracy": 0.0}, wall_s=0.0)
+
+
+async def wait_until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {what} after {WAIT_S} s")
+        await asyncio.sleep(0.01)
+
+
+async def test_an_update_arriving_after_the_last_round_is_listed_with_a_reason(
+        broker: BrokerAddress, run_id: str, tmp_path: Path) -> None:
+    """An update that reaches the aggregator while it closes the last round goes through the post-finish
+    drain: rejected as run-finished and listed in rejected_after_last_round."""
+    spec = scenario()
+    path = tmp_path / "events.jsonl"
+    events = EventLog(path)
+    late_id = "client-0-late-1"
+    async with MqttBus(broker, f"{run_id}.latecomer", clean_session=True) as bus:
+
+        async def on_round(result: RoundResult) -> dict[str, object]:
+            # The node awaits this hook for the last round before it finishes: an update that arrives now
+            # waits in its queue (observed through the private queue: nothing public shows an arrival
+            # that has not been processed yet) and is handled only after RunFinished.
+            queued = node._queue.qsize()
+            late = late_update(run_id, "client-0", late_id, result.round, result.version_before)
+            await bus.publish(topics.update_topic(run_id, "client-0"), codec.encode(late))
+            await wait_until(lambda: node._queue.qsize() > queued, "late update in the node's queue")
+            return {"val_accuracy": None}
+
+        node = make_node(spec, broker=broker, run_id=run_id, events=events, on_round=on_round)
+        summary = await run_node(node, spec, broker, events)
+    assert summary["status"] == "completed"
+    assert len(summary["rounds"][0]["accepted"]) == 2
+    [late] = summary["rejected_after_last_round"]
+    assert (late["client"], late["id"], late["round"], late["reason"]) == ("client-0", late_id, 1, "run-finished")
+    assert late["detail"]
+    lines = logged(path)
+    rejected = [e for e in lines if e["event"] == "rejected"]
+    assert [(e["id"], e["reason"]) for e in rejected] == [(late_id, "run-finished")]
+    assert lines.index(rejected[0]) > next(i for i, e in enumerate(lines) if e["event"] == "run-finished")
+
+
+async def test_an_update_arriving_while_the_last_round_is_reduced_is_listed_as_late(
+        embedded_broker: BrokerAddress, run_id: str, tmp_path: Path) -> None:
+    """An update that arrives while the last aggregate is being computed is rejected as late; with no next
+    round to carry it, it is listed in rejected_after_last_round."""
+    spec = scenario()
+    path = tmp_path / "events.jsonl"
+    events = EventLog(path)
+    late_id = "client-1-late-1"
+    async with MqttBus(embedded_broker, f"{run_id}.latecomer", clean_session=True) as bus:
+
+        async def slow_reducer(effect: Reduce) -> str:
+            late = late_update(run_id, "client-1", late_id, effect.round, 0)
+            await bus.publish(topics.update_topic(run_id, "client-1"), codec.encode(late))
+            await wait_logged(path, lambda e: e["event"] == "rejected" and e.get("id") == late_id, "rejection")
+            return await reduce_with_strategy(effect)
+
+        async def on_round(result: RoundResult) -> dict[str, object]:
+            return {"val_accuracy": None}
+
+        node = make_node(spec, broker=embedded_broker, run_id=run_id, events=events, on_round=on_round,
+                         reducer=slow_reducer)
+        summary = await run_node(node, spec, embedded_broker, events)
+    assert summary["status"] == "completed"
+    [only_round] = summary["rounds"]
+    assert only_round["status"] == "aggregated" and only_round["rejected"] == []
+    [late] = summary["rejected_after_last_round"]
+    assert (late["client"], late["id"], late["reason"]) == ("client-1", late_id, "late")
+
+
+async def test_forged_presence_is_dropped_and_the_run_goes_on(broker: BrokerAddress, run_id: str,
+                                                              tmp_path: Path) -> None:
+    """Presence published on another client's topic (a forged 'client-1 is offline', a forged newcomer) is
+    logged as received-forged, changes no membership, and the run completes with every client in every round."""
+    spec = scenario(rounds=3, clients={"count": 2, "local_steps": 1, "step_latency_s": 0.5})
+    task = asyncio.create_task(run_scenario(spec, RunOptions(out_dir=tmp_path, broker_url=broker.url(),
+                                                             run_id=run_id, progress=False)))
+    await wait_logged(tmp_path / "events.jsonl", lambda e: e["event"] == "round-opened", "round-opened")
+    forged_offline = Presence(run=run_id, round=0, client="client-1", msg_id="forged-1", sent=0.0, status="offline")
+    ghost = Presence(run=run_id, round=0, client="ghost", msg_id="forged-2", sent=0.0, status="online")
+    async with MqttBus(broker, f"{run_id}.forger", clean_session=True) as bus:
+        await bus.publish(topics.presence_topic(run_id, "client-0"), codec.encode(forged_offline))
+        await bus.publish(topics.presence_topic(run_id, "client-0"), codec.encode(ghost))
+    summary = await asyncio.wait_for(task, WAIT_S * 2)
+    assert summary["status"] == "completed"
+    assert summary["conditions"]["received-forged"] == 2
+    for r in summary["rounds"]:
+        assert r["selected"] == ["client-0", "client-1"]
+        assert sorted(a["client"] for a in r["accepted"]) == ["client-0", "client-1"]
+        assert r["dropped"] == []
+    assert "ghost" not in summary["clients"]
+    forged = [e for e in logged(tmp_path / "events.jsonl") if e["event"] == "received-forged"]
+    assert {e["topic"] for e in forged} == {topics.presence_topic(run_id, "client-0")}

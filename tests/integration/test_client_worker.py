@@ -1,0 +1,88 @@
+"""The client worker over a real broker (clients/worker.py): receiver-side deduplication of redelivered
+messages. The test plays the aggregator on the bus."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from clients.worker import ClientConfig, run_client
+from fedbus.protocol import codec, topics
+from fedbus.protocol.ids import AGGREGATOR
+from fedbus.protocol.messages import DataSpec, GlobalState, Presence, Task, Update
+from fedbus.runtime.address import BrokerAddress
+from fedbus.runtime.bus import MqttBus
+from fedbus.runtime.eventlog import EventLog
+
+WAIT_S = 30.0
+DATA = DataSpec(task="surrogate-skills", seed=1, num_shards=1, train_size=20, val_size=4, test_size=4)
+
+
+def global_state(run_id: str, msg_id: str, status: str) -> GlobalState:
+    return GlobalState(run=run_id, round=1, client=AGGREGATOR, msg_id=msg_id, sent=0.0, version=0, prompt="Answer.",
+                       status=status, engine="surrogate", data=DATA, rounds=1)  # type: ignore[arg-type]
+
+
+def logged(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
+
+
+async def next_message(bus: MqttBus, kind: type, client: str) -> Any:
+    """The next message of ``kind`` from ``client`` on the aggregator's subscriptions."""
+    async with asyncio.timeout(WAIT_S):
+        async for incoming in bus.messages():
+            message = codec.decode(incoming.payload)
+            if isinstance(message, kind) and message.client == client:
+                return message
+    raise AssertionError("the connection ended")
+
+
+async def wait_logged(path: Path, event: str, count: int) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        if sum(e["event"] == event for e in logged(path)) >= count:
+            return
+        await asyncio.sleep(0.02)
+    raise TimeoutError(f"fewer than {count} {event} events after {WAIT_S} s")
+
+
+async def test_a_redelivered_task_is_dropped_and_answered_once(embedded_broker: BrokerAddress, run_id: str,
+                                                              tmp_path: Path) -> None:
+    """The same task delivered twice (same message id) is logged as duplicate-delivery and answered once;
+    a task with a new id is not mistaken for a duplicate."""
+    path = tmp_path / "events.jsonl"
+    events = EventLog(path)
+    async with MqttBus(embedded_broker, f"{run_id}.{AGGREGATOR}", clean_session=True) as bus:
+        await bus.subscribe(topics.channel_filter(run_id, "presence"), topics.channel_filter(run_id, "update"))
+        await bus.publish(topics.global_topic(run_id), codec.encode(global_state(run_id, "g-1", "running")),
+                          retain=True)
+        client = asyncio.create_task(run_client(
+            ClientConfig(run=run_id, client="c0", broker=embedded_broker, shard=0, boot="0"), events))
+        online = await next_message(bus, Presence, "c0")
+        assert online.status == "online"
+        task = Task(run=run_id, round=1, client="c0", msg_id="task-1", sent=0.0, version=0, prompt="Answer.",
+                    local_steps=1, batch_size=2, deadline_s=30.0)
+        payload = codec.encode(task)
+        await bus.publish(topics.task_topic(run_id, "c0"), payload)
+        await bus.publish(topics.task_topic(run_id, "c0"), payload)  # a broker redelivery
+        first = await next_message(bus, Update, "c0")
+        assert first.round == 1
+        await wait_logged(path, "duplicate-delivery", 1)
+        fresh = Task(run=run_id, round=2, client="c0", msg_id="task-2", sent=0.0, version=0, prompt="Answer.",
+                     local_steps=1, batch_size=2, deadline_s=30.0)
+        await bus.publish(topics.task_topic(run_id, "c0"), codec.encode(fresh))
+        second = await next_message(bus, Update, "c0")
+        assert second.round == 2
+        await bus.publish(topics.global_topic(run_id), codec.encode(global_state(run_id, "g-2", "finished")),
+                          retain=True)
+        report = await asyncio.wait_for(client, WAIT_S)
+    events.close()
+    assert report.rounds_done == 2
+    lines = logged(path)
+    assert [e["id"] for e in lines if e["event"] == "duplicate-delivery"] == ["task-1"]
+    assert [e["id"] for e in lines if e["event"] == "received" and e.get("kind") == "task"] == ["task-1", "task-2"]
+    sent_updates = [e for e in lines if e["event"] == "sent" and e.get("kind") == "update"]
+    assert [e["round"] for e in sent_updates] == [1, 2]

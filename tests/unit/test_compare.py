@@ -1,0 +1,169 @@
+"""``fedbus compare`` (fedbus/runtime/compare.py): rows, per-round rows, the text table and the CSV,
+checked against the numbers in the summaries they come from."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fedbus.errors import FedbusError
+from fedbus.runtime.compare import COLUMNS, load_summaries, render, rounds_table, row, to_csv
+from fedbus.scenario import load_scenario
+from fedbus.sim.run import simulate
+from tests.conftest import ROOT
+
+
+def summary(run_id: str = "run-a", **totals: Any) -> dict[str, Any]:
+    """The least of a summary.json that compare reads."""
+    return {
+        "run_id": run_id, "mode": "sync", "status": "completed",
+        "scenario": {"name": "paper", "aggregation": {"strategy": "uid_summarize"}},
+        "engine": {"name": "openai"},
+        "final": {"test_accuracy": 0.123456, "initial_test_accuracy": 0.5, "prompt_chars": 812},
+        "totals": {"rounds_closed": 2, "updates_accepted": 5, "updates_rejected": 1, "tokens": 300, "wall_s": 12.5,
+                   **totals},
+        "rounds": [
+            {"round": 1, "status": "aggregated", "val_accuracy": 0.25, "global_prompt_chars": 400, "retention": 0.75,
+             "accepted": [{}, {}, {}], "rejected": [{}], "duration_s": 3.25},
+            {"round": 2, "status": "no-quorum", "global_prompt_chars": 400, "accepted": [{}, {}], "rejected": [],
+             "duration_s": 20.0},
+        ],
+    }
+
+
+def parse_table(text: str) -> list[dict[str, str]]:
+    """Read render()'s table back by the header's column positions (which also checks the alignment)."""
+    header, *lines = text.splitlines()
+    keys = header.split()
+    starts: list[int] = []
+    for key in keys:
+        starts.append(header.index(key, starts[-1] + 1 if starts else 0))
+    rows = []
+    for line in lines:
+        cells = [line[a:b].rstrip() for a, b in zip(starts, [*starts[1:], None], strict=True)]
+        assert all(cell and not cell.startswith(" ") for cell in cells), f"misaligned: {line!r}"
+        rows.append(dict(zip(keys, cells, strict=True)))
+    return rows
+
+
+def test_a_row_holds_the_summarys_numbers() -> None:
+    """One row per run: names, status and totals copied, accuracies rounded to 4 places."""
+    assert row(summary()) == {
+        "run": "run-a", "scenario": "paper", "engine": "openai", "strategy": "uid_summarize", "mode": "sync",
+        "status": "completed", "rounds": 2, "test_acc": 0.1235, "initial_acc": 0.5, "prompt_chars": 812,
+        "accepted": 5, "rejected": 1, "tokens": 300, "wall_s": 12.5,
+    }
+
+
+def test_the_row_columns_are_the_documented_ones_in_order() -> None:
+    """The row's keys are COLUMNS, in that order (the table's and the CSV's header)."""
+    assert tuple(row(summary())) == COLUMNS
+
+
+def test_tokens_of_every_use_win_over_the_clients_tokens() -> None:
+    """With an LLM engine the row counts tokens of every use (clients, merges, evaluation), not only the clients'."""
+    assert row(summary(tokens_all_uses=9_000))["tokens"] == 9_000
+    assert row(summary())["tokens"] == 300
+
+
+def test_rounds_table_has_one_row_per_run_and_round() -> None:
+    """--rounds: a row per (run, round) in order, with the round's numbers; a missing value is None."""
+    rows = rounds_table([summary("run-a"), summary("run-b")])
+    assert [(r["run"], r["round"]) for r in rows] == [("run-a", 1), ("run-a", 2), ("run-b", 1), ("run-b", 2)]
+    assert rows[0] == {"run": "run-a", "round": 1, "status": "aggregated", "val_acc": 0.25, "prompt_chars": 400,
+                       "retention": 0.75, "accepted": 3, "rejected": 1, "duration_s": 3.25}
+    assert rows[1]["val_acc"] is None and rows[1]["retention"] is None
+    assert rows[1]["status"] == "no-quorum" and rows[1]["accepted"] == 2 and rows[1]["rejected"] == 0
+
+
+def test_the_table_aligns_every_column_under_its_header() -> None:
+    """render(): a header and a line per row; each value starts under its column's name."""
+    other = summary("a-much-longer-run-id")
+    other["final"]["test_accuracy"] = 1.0
+    text = render([row(summary()), row(other)])
+    parsed = parse_table(text)
+    assert [r["run"] for r in parsed] == ["run-a", "a-much-longer-run-id"]
+    assert [r["test_acc"] for r in parsed] == ["0.1235", "1.0"]
+    assert parsed[0]["wall_s"] == "12.5" and parsed[0]["strategy"] == "uid_summarize"
+    assert len({len(line) for line in text.splitlines()}) == 1, "every column is padded to its width"
+
+
+def test_an_empty_comparison_says_so() -> None:
+    """No rows: the table says '(no runs)' and the CSV is empty."""
+    assert render([]) == "(no runs)"
+    assert to_csv([]) == ""
+
+
+def test_the_csv_reads_back_to_the_rows() -> None:
+    """to_csv(): a header of the row keys, then one line per row, readable by the csv module."""
+    rows = rounds_table([summary("run-a"), summary("run-b")])
+    back = list(csv.DictReader(io.StringIO(to_csv(rows))))
+    assert [list(r) for r in back] == [list(rows[0])] * 4
+    assert back == [{k: "" if v is None else str(v) for k, v in r.items()} for r in rows]
+
+
+def test_summaries_load_from_run_directories_or_files(tmp_path: Path) -> None:
+    """A path may be a run directory holding summary.json or the file itself; order is kept."""
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps(summary(name)), encoding="utf-8")
+    loaded = load_summaries([tmp_path / "two", tmp_path / "one" / "summary.json"])
+    assert [s["run_id"] for s in loaded] == ["two", "one"]
+
+
+@pytest.mark.parametrize("content", [None, "{not json", ""])
+def test_a_missing_or_broken_summary_is_a_fedbus_error_naming_the_file(tmp_path: Path, content: str | None) -> None:
+    """A run directory without a readable summary.json fails with the file's path, not a traceback."""
+    run = tmp_path / "run"
+    run.mkdir()
+    if content is not None:
+        (run / "summary.json").write_text(content, encoding="utf-8")
+    with pytest.raises(FedbusError, match=r"run/summary\.json: not a readable summary\.json"):
+        load_summaries([run])
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """Two real summaries: the quickstart simulated with two seeds."""
+    out = tmp_path_factory.mktemp("compare")
+    path = ROOT / "scenarios" / "quickstart.yaml"
+    first = simulate(load_scenario(path), out / "a", progress=False)
+    second = simulate(load_scenario(path, seed=8), out / "b", progress=False)
+    return [first, second]
+
+
+def test_rows_of_real_runs_match_their_summaries(simulated: list[dict[str, Any]]) -> None:
+    """On summaries a simulated run wrote, each row's numbers are that run's."""
+    for s, r in zip(simulated, [row(s) for s in simulated], strict=True):
+        assert r["run"] == s["run_id"] and r["scenario"] == "quickstart" and r["engine"] == "surrogate"
+        assert r["rounds"] == s["totals"]["rounds_closed"] == len(s["rounds"]) == 3
+        assert r["test_acc"] == round(s["final"]["test_accuracy"], 4)
+        assert r["initial_acc"] == round(s["final"]["initial_test_accuracy"], 4)
+        assert r["prompt_chars"] == s["final"]["prompt_chars"] == len(s["final"]["prompt"])
+        assert r["accepted"] == sum(len(x["accepted"]) for x in s["rounds"])
+        assert r["tokens"] == s["totals"]["tokens"] > 0
+    assert row(simulated[0])["run"] != row(simulated[1])["run"]
+
+
+def test_round_rows_of_real_runs_match_their_summaries(simulated: list[dict[str, Any]]) -> None:
+    """Per-round rows carry each round's validation accuracy, prompt size and retention as summary.json has them."""
+    rows = rounds_table(simulated)
+    expected = [(s["run_id"], x["round"], x["val_accuracy"], x["global_prompt_chars"], x["retention"],
+                 len(x["accepted"]), x["duration_s"]) for s in simulated for x in s["rounds"]]
+    assert [(r["run"], r["round"], r["val_acc"], r["prompt_chars"], r["retention"], r["accepted"], r["duration_s"])
+            for r in rows] == expected
+    assert len(rows) == 6
+
+
+def test_compare_does_not_change_the_summaries(simulated: list[dict[str, Any]]) -> None:
+    """Building rows reads the summaries and leaves them as they were."""
+    before = copy.deepcopy(simulated)
+    render([row(s) for s in simulated])
+    to_csv(rounds_table(simulated))
+    assert simulated == before

@@ -1,0 +1,297 @@
+"""The aggregator session's intake (fedbus/aggregator/session.py): each delivery reaches the core as an event,
+or is dropped with a logged reason (foreign topic, malformed, duplicate delivery, forged sender); after the
+run finished, late updates are still rejected with a reason."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fedbus.aggregator.effects import Reduce, RoundClosed, RunFinished
+from fedbus.aggregator.events import Reduced, Started, TimerFired
+from fedbus.aggregator.session import AggregatorSession, Record
+from fedbus.protocol import codec, topics
+from fedbus.protocol.ids import AGGREGATOR
+from fedbus.protocol.messages import DataSpec, GlobalState, Message, Metrics, Presence, Update, UpdateStats
+from fedbus.runtime.run import make_core
+from fedbus.scenario import scenario_from_mapping
+
+RUN = "run-1"
+STATS = UpdateStats(steps=1, accepted_steps=1, batch_acc_before=0.0, batch_acc_after=0.5, llm_calls=3, tokens=10,
+                    duration_s=0.0)
+
+
+def make_session(limits: codec.Limits | None = None, rounds: int = 2) -> AggregatorSession:
+    """A started session for two expected clients c-0 and c-1 (a round opens once both are online)."""
+    scenario = scenario_from_mapping({
+        "name": "intake", "seed": 1, "rounds": rounds, "task": {"train_size": 10, "val_size": 4, "test_size": 4},
+        "clients": {"count": 2, "local_steps": 1, "batch_size": 2, "id_prefix": "c"},
+        "participation": {"min_clients": 2, "min_updates": 1, "round_deadline_s": 60, "join_timeout_s": 60},
+    })
+    session = AggregatorSession(make_core(scenario, RUN), limits or codec.Limits())
+    session.handle(Started(now=0.0))
+    return session
+
+
+def feed(session: AggregatorSession, topic: str, message: Message | bytes, retained: bool = False,
+         now: float = 1.0) -> list[Any]:
+    payload = message if isinstance(message, bytes) else codec.encode(message)
+    return session.receive(topic, payload, retained, now)
+
+
+def records(actions: list[Any], event: str | None = None) -> list[dict[str, Any]]:
+    return [{"event": a.event, **a.fields} for a in actions
+            if isinstance(a, Record) and (event is None or a.event == event)]
+
+
+def presence(client: str, status: str = "online", msg_id: str | None = None, run: str = RUN) -> Presence:
+    return Presence(run=run, round=0, client=client, msg_id=msg_id or f"{client}-p-{status}", sent=0.0,
+                    status=status)  # type: ignore[arg-type]
+
+
+def update(client: str, msg_id: str | None = None, round_: int = 1) -> Update:
+    return Update(run=RUN, round=round_, client=client, msg_id=msg_id or f"{client}-u-{round_}", sent=0.0,
+                  base_version=0, prompt=f"Count every item ({client}).", stats=STATS)
+
+
+def online(session: AggregatorSession, *clients: str) -> list[Any]:
+    actions: list[Any] = []
+    for client in clients:
+        actions += feed(session, topics.presence_topic(RUN, client), presence(client), retained=True)
+    return actions
+
+
+def live(session: AggregatorSession) -> int:
+    return session.core.statistics().live_clients
+
+
+def test_an_online_presence_on_its_own_topic_makes_the_client_live() -> None:
+    """A client announcing itself on its own presence topic is live; both online: round 1 opens."""
+    session = make_session()
+    actions = online(session, "c-0")
+    assert live(session) == 1
+    [received] = records(actions, "received")
+    assert received["kind"] == "presence" and received["client"] == "c-0" and received["retained"] is True
+    assert records(online(session, "c-1"), "round-opened")
+
+
+def test_an_offline_presence_takes_the_client_out() -> None:
+    """'offline' on a client's own presence topic (its Last Will, or a clean leave) removes it from the live set."""
+    session = make_session()
+    online(session, "c-0")
+    feed(session, topics.presence_topic(RUN, "c-0"), presence("c-0", "offline"))
+    assert live(session) == 0
+
+
+@pytest.mark.parametrize(("claimed", "status"), [("c-1", "offline"), ("ghost", "online")])
+def test_a_presence_on_another_clients_topic_is_dropped_as_forged(claimed: str, status: str) -> None:
+    """A presence claiming another client on c-0's topic changes no membership and is logged as received-forged."""
+    session = make_session()
+    online(session, "c-0", "c-1")
+    before = session.core.statistics()
+    actions = feed(session, topics.presence_topic(RUN, "c-0"), presence(claimed, status))
+    assert session.core.statistics() == before
+    [forged] = records(actions, "received-forged")
+    assert f"'{claimed}'" in forged["detail"] and "'c-0'" in forged["detail"]
+    assert forged["topic"] == topics.presence_topic(RUN, "c-0")
+    assert [a.log for a in actions if isinstance(a, Record) and a.event == "received-forged"] == ["warning"]
+
+
+def test_a_presence_for_another_run_on_this_runs_topic_is_dropped_as_forged() -> None:
+    """A presence whose body names another run does not make the client live in this one."""
+    session = make_session()
+    actions = feed(session, topics.presence_topic(RUN, "c-0"), presence("c-0", run="other-run"))
+    assert live(session) == 0
+    [forged] = records(actions, "received-forged")
+    assert "other-run" in forged["detail"]
+
+
+def test_an_update_on_its_own_topic_reaches_the_core() -> None:
+    """A selected client's update on its own update topic is accepted."""
+    session = make_session()
+    online(session, "c-0", "c-1")
+    actions = feed(session, topics.update_topic(RUN, "c-0"), update("c-0"))
+    assert [(r["client"], r["id"]) for r in records(actions, "accepted")] == [("c-0", "c-0-u-1")]
+
+
+def test_an_update_on_another_clients_topic_is_rejected_as_client_mismatch() -> None:
+    """A forged update is not dropped silently: the core rejects it as malformed:client-mismatch under the
+    client whose topic it used, and the claimed client's slot stays open."""
+    session = make_session()
+    online(session, "c-0", "c-1")
+    actions = feed(session, topics.update_topic(RUN, "c-0"), update("c-1"))
+    [rejected] = records(actions, "rejected")
+    assert (rejected["client"], rejected["reason"]) == ("c-0", "malformed:client-mismatch")
+    assert "'c-1'" in rejected["detail"] and "'c-0'" in rejected["detail"]
+    assert records(actions, "accepted") == []
+    assert records(feed(session, topics.update_topic(RUN, "c-1"), update("c-1", "c-1-real")), "accepted")
+
+
+@pytest.mark.parametrize("topic", [
+    topics.update_topic("other-run", "c-0"),
+    topics.presence_topic("other-run", "c-0"),
+    "sensors/kitchen/temperature",
+    f"fedbus/v1/{RUN}/update/c-0/extra",
+    f"fedbus/v1/{RUN}/bogus/c-0",
+    f"fedbus/v2/{RUN}/update/c-0",
+    f"fedbus/v1/{RUN}/global/c-0",
+])
+def test_a_message_on_a_topic_that_is_not_ours_is_dropped_with_a_reason(topic: str) -> None:
+    """Anything outside this run's topics is dropped before decoding, logged with the topic and a reason, and
+    the core never sees it."""
+    session = make_session()
+    online(session, "c-0", "c-1")
+    before = session.core.statistics()
+    actions = feed(session, topic, update("c-0"))
+    assert actions == [Record("dropped", {"topic": topic, "reason": "not a topic of this run"})]
+    assert session.core.statistics() == before
+    assert session.outcome.duplicates_dropped == 0
+
+
+def test_a_foreign_topic_drop_does_not_burn_the_message_id() -> None:
+    """A message dropped for its topic is not remembered, so the same message on the right topic still counts."""
+    session = make_session()
+    online(session, "c-0", "c-1")
+    message = update("c-0")
+    feed(session, topics.update_topic("other-run", "c-0"), message)
+    assert records(feed(session, topics.update_topic(RUN, "c-0"), message), "accepted")
+
+
+def test_a_repeated_delivery_is_dropped_and_counted() -> None:
+    """The same message id again (a broker redelivery) is logged as duplicate-delivery, counted, and never
+    reaches the core (no 'duplicate' rejection)."""
+    session = make_session()
+    online(session, "c-0", "c-1")
+    message = update("c-0")
+    topic = topics.update_topic(RUN, "c-0")
+    assert records(feed(session, topic, message), "accepted")
+    for _ in range(2):
+        actions = feed(session, topic, message)
+        assert records(actions) == [{"event": "duplicate-delivery", "topic": topic, "id": message.msg_id,
+                                     "client": "c-0"}]
+    assert session.outcome.duplicates_dropped == 2
+    assert session.core.statistics().rejected == 0
+
+
+def test_a_repeated_presence_is_dropped_too() -> None:
+    """Deduplication covers every kind: a redelivered 'online' after an 'offline' does not revive the client."""
+    session = make_session()
+    online(session, "c-0")
+    feed(session, topics.presence_topic(RUN, "c-0"), presence("c-0", "offline"))
+    online(session, "c-0")  # the same 'online' message (same id) delivered again
+    assert live(session) == 0
+    assert session.outcome.duplicates_dropped == 1
+
+
+def test_another_message_from_the_same_client_is_not_a_duplicate_delivery() -> None:
+    """Only the message id decides: a second update with a new id reaches the core (which refuses it itself)."""
+    session = make_session()
+    online(session, "c-0", "c-1")
+    topic = topics.update_topic(RUN, "c-0")
+    feed(session, topic, update("c-0", "c-0-a"))
+    [rejected] = records(feed(session, topic, update("c-0", "c-0-b")), "rejected")
+    assert rejected["reason"] == "second-update"
+    assert session.outcome.duplicates_dropped == 0
+
+
+def test_a_message_id_used_by_another_client_does_not_shadow_an_update() -> None:
+    """A presence from mallory reusing c-0's (predictable: CLIENT-BOOT-SEQ) message id must not make c-0's real
+    update vanish as a 'duplicate delivery'."""
+    session = make_session()
+    online(session, "c-0", "c-1")
+    feed(session, topics.presence_topic(RUN, "mallory"), presence("mallory", msg_id="c-0-0-7"))
+    assert records(feed(session, topics.update_topic(RUN, "c-0"), update("c-0", "c-0-0-7")), "accepted")
+
+
+def test_garbage_on_an_update_topic_is_rejected_as_malformed() -> None:
+    """Bytes that do not decode on an update topic are rejected as malformed:<code> under the topic's client."""
+    session = make_session()
+    actions = feed(session, topics.update_topic(RUN, "c-0"), b"\x00not json")
+    [logged] = records(actions, "received-malformed")
+    assert logged["client"] == "c-0" and logged["reason"].startswith("not-json")
+    [rejected] = records(actions, "rejected")
+    assert (rejected["client"], rejected["reason"]) == ("c-0", "malformed:not-json")
+
+
+def test_an_oversized_update_is_rejected_with_the_codecs_reason() -> None:
+    """The session decodes with the run's size limit and passes the codec's reason on."""
+    session = make_session(codec.Limits(max_bytes=64))
+    [rejected] = records(feed(session, topics.update_topic(RUN, "c-0"), update("c-0")), "rejected")
+    assert rejected["reason"] == "malformed:oversized"
+
+
+def test_garbage_on_a_presence_topic_is_logged_and_dropped() -> None:
+    """A malformed presence changes nothing in the core; it is logged as received-malformed."""
+    session = make_session()
+    actions = feed(session, topics.presence_topic(RUN, "c-0"), b"{}")
+    assert [r["event"] for r in records(actions)] == ["received-malformed"]
+    assert live(session) == 0
+
+
+def test_a_non_update_on_an_update_topic_is_rejected_as_wrong_kind() -> None:
+    """A presence published on an update topic is a malformed update (wrong-kind), not a membership change."""
+    session = make_session()
+    actions = feed(session, topics.update_topic(RUN, "c-0"), presence("c-0"))
+    [rejected] = records(actions, "rejected")
+    assert (rejected["client"], rejected["reason"]) == ("c-0", "malformed:wrong-kind")
+    assert live(session) == 0
+
+
+def test_the_aggregators_own_presence_is_ignored() -> None:
+    """The aggregator's presence echoes back on the presence filter; it is not a client coming online."""
+    session = make_session()
+    actions = feed(session, topics.presence_topic(RUN, AGGREGATOR), presence(AGGREGATOR))
+    assert live(session) == 0
+    assert [r["event"] for r in records(actions)] == ["received"]
+
+
+def test_the_global_state_is_not_a_forgery() -> None:
+    """The global topic names no client, so the aggregator's own retained state is not flagged as forged."""
+    session = make_session()
+    state = GlobalState(run=RUN, round=0, client=AGGREGATOR, msg_id="g-1", sent=0.0, version=0, prompt="p",
+                        status="running", engine="surrogate", rounds=1,
+                        data=DataSpec(task="surrogate-skills", seed=1, num_shards=1, train_size=1, val_size=1,
+                                      test_size=1))
+    actions = feed(session, topics.global_topic(RUN), state, retained=True)
+    assert [r["event"] for r in records(actions)] == ["received"]
+
+
+def test_metrics_are_logged_and_feed_no_event() -> None:
+    """A client's metrics end up in events.jsonl with their values; the core does not see them."""
+    session = make_session()
+    before = session.core.statistics()
+    metrics = Metrics(run=RUN, round=2, client="c-0", msg_id="m-1", sent=0.0, values=(("acc", 0.5), ("tokens", 9)))
+    [logged] = records(feed(session, topics.metrics_topic(RUN, "c-0"), metrics), "metrics")
+    assert logged == {"event": "metrics", "client": "c-0", "round": 2, "values": {"acc": 0.5, "tokens": 9}}
+    assert session.core.statistics() == before
+
+
+def test_every_delivery_is_counted_as_received() -> None:
+    """messages_received counts deliveries, whatever becomes of them (summary.json's totals)."""
+    session = make_session()
+    feed(session, "elsewhere/topic", b"x")
+    feed(session, topics.update_topic(RUN, "c-0"), b"garbage")
+    online(session, "c-0")
+    online(session, "c-0")
+    assert session.outcome.messages_received == 4
+
+
+def test_an_update_after_the_last_round_is_kept_as_a_late_rejection() -> None:
+    """Once the run finished, an update still goes through the core and is kept for rejected_after_last_round
+    (reason run-finished); timers and reduce results no longer do anything."""
+    session = make_session(rounds=1)
+    online(session, "c-0", "c-1")
+    feed(session, topics.update_topic(RUN, "c-0"), update("c-0"))
+    actions = feed(session, topics.update_topic(RUN, "c-1"), update("c-1"))
+    [reduce] = [a for a in actions if isinstance(a, Reduce)]
+    finish = session.handle(Reduced(round=reduce.round, prompt="merged", now=2.0))
+    assert [type(a) for a in finish if isinstance(a, RoundClosed | RunFinished)] == [RoundClosed, RunFinished]
+    assert session.finished and session.outcome.late_rejections == []
+    actions = feed(session, topics.update_topic(RUN, "c-0"), update("c-0", "c-0-late"), now=3.0)
+    [rejected] = records(actions, "rejected")
+    assert (rejected["id"], rejected["reason"]) == ("c-0-late", "run-finished")
+    [late] = session.outcome.late_rejections
+    assert (late.client, late.msg_id, late.reason, late.at) == ("c-0", "c-0-late", "run-finished", 3.0)
+    assert session.handle(TimerFired(now=100.0)) == []
+    assert session.handle(Reduced(round=reduce.round, prompt="a stale result", now=100.0)) == []
