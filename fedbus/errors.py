@@ -44,3 +44,11 @@ class EngineError(FedbusError):
 
 class TransportError(FedbusError):
     """The MQTT connection or the broker failed."""
+
+
+def failure_text(exc: BaseException, limit: int = 200) -> str:
+    """Why something failed, for a record: a fedbus error's own message, else the exception's type too."""
+    text = str(exc)
+    if isinstance(exc, FedbusError) and text:
+        return text[:limit]
+    return (f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:limit]

@@ -19,9 +19,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fedbus.aggregator.strategies import sentences
+from fedbus.aggregator.strategies import LLM_STRATEGIES, sentences
 
-LLM_STRATEGIES = ("summarize", "uid_summarize")
 OPEN, CLOSE = "<MERGED_PROMPT>", "</MERGED_PROMPT>"
 
 SYSTEM = ("You merge system prompts written for the same question-answering task by several "

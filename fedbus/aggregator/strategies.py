@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+from fedbus.plugins import check_name, lookup
+
 Strategy = Callable[[str, Sequence[tuple[str, str]], int], str]
 
 
@@ -62,23 +64,37 @@ def merge_weighted(current: str, updates: Sequence[tuple[str, str, float]], max_
 
 
 STRATEGIES: dict[str, Strategy] = {"concat": concat}
+LLM_STRATEGIES = ("summarize", "uid_summarize")  # FedTextGrad's LLM merges, carried out by the run's engine
+
+
+def register_strategy(name: str, strategy: Strategy) -> None:
+    """Make ``strategy`` available to scenarios (and ``--strategy``) as ``name`` in this process.
+
+    A strategy is ``(current prompt, [(client, prompt), ...] sorted by client, max_chars) -> prompt``:
+    pure and deterministic, so a run replays. To reach worker processes or another machine, name it
+    as ``package.module:function`` in the scenario instead.
+    """
+    check_name(name, LLM_STRATEGIES)
+    STRATEGIES[name] = strategy
 
 
 def carry_out(name: str, current: str, prompts: Sequence[tuple[str, str]], max_chars: int,
               weights: Sequence[float] = ()) -> str:
-    """What a ``Reduce`` asks for: the staleness-weighted merge when weights are given, else the named strategy.
+    """What a ``Reduce`` asks for: the staleness-weighted merge when weights are given, else the named strategy,
+    its result cut at ``max_chars``.
 
-    Raises ``KeyError`` for an unknown strategy name.
+    Raises ``PluginError`` (a ``LookupError``) for a strategy that does not exist.
     """
     if weights:
         updates = [(client, prompt, w) for (client, prompt), w in zip(prompts, weights, strict=True)]
         return merge_weighted(current, updates, max_chars)
-    return get_strategy(name)(current, prompts, max_chars)
+    merged = get_strategy(name)(current, prompts, max_chars)
+    if not isinstance(merged, str):
+        raise TypeError(f"strategy {name!r} returned {type(merged).__name__}, not the merged prompt")
+    return merged[:max_chars]
 
 
 def get_strategy(name: str) -> Strategy:
-    """The strategy called ``name``; ``KeyError`` names the ones that exist."""
-    try:
-        return STRATEGIES[name]
-    except KeyError:
-        raise KeyError(f"unknown strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}") from None
+    """The strategy registered as ``name``, or the function a ``package.module:function`` reference names."""
+    found: Strategy = lookup(name, STRATEGIES, "strategy")
+    return found

@@ -19,7 +19,7 @@ from fedbus.aggregator.rounds import RoundAggregator
 from fedbus.aggregator.session import FINISH_GRACE_S, Action, AggregatorSession, NodeOutcome, Record, Send
 from fedbus.aggregator.strategies import carry_out
 from fedbus.aggregator.stream import StreamAggregator
-from fedbus.errors import FedbusError
+from fedbus.errors import failure_text
 from fedbus.protocol import codec
 from fedbus.protocol.ids import AGGREGATOR
 from fedbus.runtime.address import BrokerAddress
@@ -141,7 +141,8 @@ class AggregatorNode:
     async def _reduce(self, effect: Reduce) -> None:
         try:
             prompt = await self.reducer(effect)
-        except (FedbusError, KeyError) as exc:
-            self._queue.put_nowait(ReduceFailed(round=effect.round, reason=str(exc)[:200], now=self.now()))
+        except Exception as exc:
+            log.warning("reduce failed", round=effect.round, error=f"{type(exc).__name__}: {exc}")
+            self._queue.put_nowait(ReduceFailed(round=effect.round, reason=failure_text(exc), now=self.now()))
             return
         self._queue.put_nowait(Reduced(round=effect.round, prompt=prompt, now=self.now()))

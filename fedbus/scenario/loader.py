@@ -15,7 +15,9 @@ import yaml
 
 from fedbus.aggregator.config import MODES
 from fedbus.aggregator.staleness import WEIGHTINGS, StalenessWeighting
+from fedbus.aggregator.strategies import LLM_STRATEGIES, get_strategy
 from fedbus.errors import ScenarioError
+from fedbus.plugins import PluginError
 from fedbus.protocol.messages import DataSpec
 from fedbus.scenario.conditions import ClientGroup
 from fedbus.scenario.engine import engine_to_mapping, read_engine
@@ -23,7 +25,6 @@ from fedbus.scenario.groups import LATENCY_NEEDS, read_groups
 from fedbus.scenario.model import (
     LLM_TASKS,
     PARTITIONS,
-    STRATEGIES,
     SURROGATE_TASKS,
     TASKS,
     AggregationSpec,
@@ -44,6 +45,19 @@ _AGGREGATION = {"strategy", "max_prompt_chars", "mode", "buffer_size", "max_stal
 _WEIGHTING = {"kind", "a", "b"}
 
 DEFAULT_PROMPT = "You will answer a reasoning question. The last line of your answer should be 'Answer: $VALUE'."
+
+
+def known_strategy(name: object) -> str | None:
+    """A registered strategy, an LLM merge, or an importable ``package.module:function``."""
+    if not isinstance(name, str):
+        return f"must be a strategy name, got {name!r}"
+    if name in LLM_STRATEGIES:
+        return None
+    try:
+        get_strategy(name)
+    except PluginError as exc:
+        return str(exc)
+    return None
 
 
 def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None) -> Scenario:
@@ -125,7 +139,7 @@ def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None) -
     adaptive_window = r.get(ad, "window", "participation.adaptive_deadline", int, default=20, check=at_least(3))
 
     a = r.section(doc, "aggregation", "", _AGGREGATION)
-    strategy = r.get(a, "strategy", "aggregation", str, default="concat", check=one_of(STRATEGIES))
+    strategy = r.get(a, "strategy", "aggregation", str, default="concat", check=known_strategy)
     max_chars = r.get(a, "max_prompt_chars", "aggregation", int, default=20_000, check=at_least(100))
     mode = r.get(a, "mode", "aggregation", str, default="sync", check=one_of(MODES))
     buffer_size = r.get(a, "buffer_size", "aggregation", int, default=1 if mode != "buffered" else 2,
@@ -137,7 +151,7 @@ def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None) -
     weighting_b = r.get(w, "b", "aggregation.weighting", float, default=4.0, check=at_least(0.0))
     if mode == "async" and "buffer_size" in a and buffer_size != 1:
         r.problem("aggregation.buffer_size", "must be 1 in async mode (every update is merged on its own)")
-    if strategy in ("summarize", "uid_summarize"):
+    if strategy in LLM_STRATEGIES:
         if engine == "surrogate":
             r.problem("aggregation.strategy", f"{strategy} needs an LLM engine (openai or local), not the surrogate")
         if mode != "sync":

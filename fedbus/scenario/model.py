@@ -9,7 +9,6 @@ from fedbus.protocol.messages import DataSpec
 from fedbus.scenario.conditions import ClientGroup
 from fedbus.scenario.engine import EngineSpec
 
-STRATEGIES = ("concat", "summarize", "uid_summarize")  # the last two ask the engine's LLM
 SURROGATE_TASKS = ("surrogate-skills",)
 LLM_TASKS = ("object_counting", "multistep_arithmetic_two")  # generated in BIG-Bench Hard's format
 TASKS = SURROGATE_TASKS + LLM_TASKS

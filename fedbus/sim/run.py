@@ -20,7 +20,7 @@ from fedbus.aggregator.rounds import RoundAggregator
 from fedbus.aggregator.session import FINISH_GRACE_S, Action, AggregatorSession, NodeOutcome, Record, Send
 from fedbus.aggregator.strategies import carry_out
 from fedbus.aggregator.stream import StreamAggregator
-from fedbus.errors import EngineError
+from fedbus.errors import EngineError, failure_text
 from fedbus.protocol import codec
 from fedbus.protocol.ids import AGGREGATOR
 from fedbus.runtime.evaluation import SurrogateEvaluator
@@ -101,8 +101,8 @@ class SimAggregator:
         try:
             prompt = carry_out(effect.strategy, effect.current_prompt, effect.prompts, effect.max_chars,
                                effect.weights)
-        except KeyError as exc:
-            self._feed(ReduceFailed(round=effect.round, reason=str(exc)[:200], now=self.timeline.now))
+        except Exception as exc:
+            self._feed(ReduceFailed(round=effect.round, reason=failure_text(exc), now=self.timeline.now))
             return
         self._feed(Reduced(round=effect.round, prompt=prompt, now=self.timeline.now))
 
