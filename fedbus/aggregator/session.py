@@ -181,7 +181,7 @@ class AggregatorSession:
             m = effect.message
             out.append(Record("sent", {"kind": type(m).__name__.lower(), "topic": effect.topic, "id": m.msg_id,
                                        "client": m.client, "round": m.round, "retain": effect.retain}))
-            out.append(Send(topic=effect.topic, payload=codec.encode(m), retain=effect.retain))
+            out.append(Send(topic=effect.topic, payload=codec.encode(m, self.limits), retain=effect.retain))
             self.outcome.messages_sent += 1
         elif isinstance(effect, RoundOpened):
             out.append(Record("round-opened", {"round": effect.round, "version": effect.version,

@@ -40,7 +40,7 @@ class MessageRejected(RemoteProtocolError):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Limits:
-    """What ``decode`` accepts."""
+    """What ``decode`` accepts, and the size ``encode`` refuses to exceed."""
 
     max_bytes: int = DEFAULT_MAX_BYTES
     max_depth: int = MAX_DEPTH
@@ -78,8 +78,17 @@ def _body(message: Message) -> dict[str, Any]:
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
-def encode(message: Message) -> bytes:
-    """Serialize ``message``. Raises ``LocalProtocolError`` if it cannot be represented."""
+class MessageTooLarge(LocalProtocolError):
+    """We were about to send more than the run allows: the receiver would reject it as 'oversized'."""
+
+    def __init__(self, kind: str, size: int, limit: int) -> None:
+        self.size, self.limit = size, limit
+        super().__init__(f"{kind} of {size} bytes exceeds the run's max_message_bytes ({limit})")
+
+
+def encode(message: Message, limits: Limits | None = None) -> bytes:
+    """Serialize ``message``. Raises ``LocalProtocolError`` if it cannot be represented, and
+    ``MessageTooLarge`` (one) if it is larger than ``limits.max_bytes``."""
     kind = KIND_OF.get(type(message))
     if kind is None:
         raise LocalProtocolError(f"not a fedbus message: {type(message).__name__}")
@@ -97,7 +106,10 @@ def encode(message: Message) -> bytes:
         text = _ENCODER.encode(document)
     except (TypeError, ValueError) as exc:
         raise LocalProtocolError(f"cannot encode {kind}: {exc}") from exc
-    return text.encode("utf-8")
+    payload = text.encode("utf-8")
+    if limits is not None and len(payload) > limits.max_bytes:
+        raise MessageTooLarge(kind, len(payload), limits.max_bytes)
+    return payload
 
 
 def _reject_constant(name: str) -> Any:

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fedbus.errors import LocalProtocolError, RemoteProtocolError
-from fedbus.protocol.codec import Limits, MessageRejected, decode, encode
+from fedbus.protocol.codec import Limits, MessageRejected, MessageTooLarge, decode, encode
 from fedbus.protocol.ids import AGGREGATOR
 from fedbus.protocol.messages import (
     KINDS,
@@ -205,3 +205,15 @@ def test_encoding_a_non_message_is_our_bug() -> None:
 def test_duplicate_metric_names_are_refused_at_construction() -> None:
     with pytest.raises(ValueError, match="unique"):
         Metrics(run="r", round=0, client="c", msg_id="m", sent=0.0, values=(("acc", 0.5), ("acc", 0.6)))
+
+
+def test_encode_refuses_a_message_over_the_size_limit() -> None:
+    """The sender checks max_bytes too: one byte over is MessageTooLarge naming both sizes; at the limit it passes."""
+    message = Update(run="r", round=1, client="c", msg_id="c-1", sent=0.0, base_version=0, prompt="x" * 500,
+                     stats=UpdateStats(steps=1, accepted_steps=1, batch_acc_before=0.0, batch_acc_after=1.0,
+                                       llm_calls=1, tokens=1, duration_s=0.1))
+    size = len(encode(message))
+    assert encode(message, Limits(max_bytes=size)) == encode(message)
+    with pytest.raises(MessageTooLarge, match=f"update of {size} bytes exceeds the run's max_message_bytes "
+                                              f"\\({size - 1}\\)"):
+        encode(message, Limits(max_bytes=size - 1))
