@@ -4,6 +4,7 @@ run finished, late updates are still rejected with a reason."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -216,8 +217,9 @@ def test_garbage_on_an_update_topic_is_rejected_as_malformed() -> None:
 
 def test_an_oversized_update_is_rejected_with_the_codecs_reason() -> None:
     """The session decodes with the run's size limit and passes the codec's reason on."""
-    session = make_session(codec.Limits(max_bytes=64))
-    [rejected] = records(feed(session, topics.update_topic(RUN, "c-0"), update("c-0")), "rejected")
+    session = make_session(codec.Limits(max_bytes=4096))
+    big = dataclasses.replace(update("c-0"), prompt="x" * 5000)
+    [rejected] = records(feed(session, topics.update_topic(RUN, "c-0"), big), "rejected")
     assert rejected["reason"] == "malformed:oversized"
 
 
