@@ -37,8 +37,21 @@ class LocalOptimizer(Protocol):
     engine: str
 
     async def optimize(self, prompt: str, *, round: int, steps: int, batch_size: int) -> LocalOutcome:
-        """Run ``steps`` local steps from ``prompt``; raise ``EngineError`` on failure."""
+        """Run ``steps`` local steps from ``prompt``; raise ``EngineError`` on failure (anything else it raises
+        is a bug, yet it too fails only this round)."""
         ...
+
+
+def failure_reason(exc: Exception) -> str:
+    """Why a round's local work failed, for the event log: an ``EngineError``'s message, else the type too.
+
+    Anything an optimizer raises fails that round for that client only (a missing library, a bug):
+    the client records it and takes the next task instead of staying busy for the rest of the run.
+    """
+    text = str(exc)
+    if isinstance(exc, EngineError) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def shard_for(client: str, num_shards: int) -> int:

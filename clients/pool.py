@@ -3,20 +3,18 @@
 A scenario with many clients (``large-federation.yaml`` has 200) does not fit one Python process
 on a small machine: every client is an asyncio task with its own MQTT connection, and the
 aggregator shares the event loop. ``fedbus run --workers N`` (by default one worker per 100
-clients, at most one per CPU) starts N processes of ``python -m clients.pool SPEC.json``, each
+clients, at most one per CPU) starts N processes of ``python -m clients.worker_process SPEC.json``, each
 running a slice of the clients against the same broker. Each writes its events to its own JSONL
 part, which ``fedbus run`` merges into events.jsonl at the end (every process stamps ``t`` on
-the same monotonic clock). A worker dies with its parent.
+the same monotonic clock). A worker dies with its parent (see :mod:`clients.worker_process`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -39,7 +37,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("fedbus.client")
 CLIENTS_PER_WORKER = 100
-PR_SET_PDEATHSIG = 1
 
 
 async def run_guarded(config: ClientConfig, events: EventLog, make: OptimizerFactory = make_optimizer) -> None:
@@ -107,7 +104,7 @@ class WorkerPool:
                        members=chunk, loop_t0=loop_t0, log_t0=log_t0, events_path=str(part),
                        parent_pid=os.getpid()).dump(spec_path)
             self.parts.append(part)
-            self.processes.append(subprocess.Popen([sys.executable, "-m", "clients.pool", str(spec_path)],
+            self.processes.append(subprocess.Popen([sys.executable, "-m", "clients.worker_process", str(spec_path)],
                                                    stdin=subprocess.DEVNULL))
 
     def finish(self, timeout_s: float) -> list[int | None]:
@@ -128,16 +125,8 @@ class WorkerPool:
                 process.wait()
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """Ask Linux to kill this process when its parent dies (and exit if that already happened)."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):  # not glibc: the parent's ExitStack still kills us
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent_pid:
-        os._exit(1)
-
-
-async def _run_slice(spec: WorkerSpec) -> None:
+async def run_slice(spec: WorkerSpec) -> None:
+    """A worker process's clients, each guarded, until the run finishes; its events go to its own part."""
     from fedbus.scenario.loader import scenario_from_mapping
 
     scenario = scenario_from_mapping(spec.scenario)
@@ -155,22 +144,3 @@ async def _run_slice(spec: WorkerSpec) -> None:
                 group.create_task(run_guarded(config, events), name=f"client[{spec.run_id}].{cid}")
     finally:
         events.close()
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m clients.pool SPEC.json  (started by `fedbus run --workers N`)", file=sys.stderr)
-        return 2
-    spec = WorkerSpec.load(Path(args[0]))
-    Path(args[0]).unlink()  # it may hold the broker password
-    _die_with_parent(spec.parent_pid)
-    from fedbus.logs import configure
-
-    configure(os.environ.get("FEDBUS_LOG_LEVEL", "WARNING"), json_lines=True)
-    asyncio.run(_run_slice(spec))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

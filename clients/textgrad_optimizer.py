@@ -7,7 +7,7 @@ calls to the async engine on the event loop. Several clients in one process ther
 concurrently, bounded by the engine's own concurrency limit.
 
 A step that fails on the engine (timeouts, 5xx after retries, a malformed body) fails the round for
-this client: ``optimize`` raises ``EngineError``, the worker records ``local-failed`` and sends no
+this client: ``optimize`` raises ``EngineError``, the worker records ``local-error`` and sends no
 update, and the aggregator sees the client as missing. A reply that ignores the optimizer's tags only
 costs the step (the prompt stays as it was) and is reported in ``step_reasons``.
 """

@@ -40,7 +40,7 @@ from clients.core import (
     TaskSeen,
     WorkDone,
 )
-from clients.optimizer import LocalOptimizer, make_optimizer
+from clients.optimizer import LocalOptimizer, failure_reason, make_optimizer
 from fedbus.errors import EngineError, RemoteProtocolError, TransportError
 from fedbus.faults.link import LinkFaults, LinkQueue
 from fedbus.protocol import codec, topics
@@ -263,7 +263,7 @@ class _Driver:
 
     async def _optimize(self, task: Task, delay_s: float) -> None:
         started = self.loop.time()
-        outcome, error = None, ""
+        outcome, error, error_type = None, "", ""
         try:
             if self.optimizer is None:
                 spec = self.last_global.data if self.last_global else None
@@ -273,14 +273,15 @@ class _Driver:
                 self.optimizer = self.make(engine, spec, self.config.client, self.config.shard)
             outcome = await self.optimizer.optimize(task.prompt, round=task.round, steps=task.local_steps,
                                                     batch_size=task.batch_size)
-        except EngineError as exc:
-            error = str(exc)
-            log.warning("local optimization failed", client=self.config.client, round=task.round, reason=error)
+        except Exception as exc:  # any failure fails this round only: the client takes the next task
+            error, error_type = failure_reason(exc), type(exc).__name__
+            log.warning("local optimization failed", client=self.config.client, round=task.round,
+                        error_type=error_type, reason=error, exc_info=not isinstance(exc, EngineError))
         if outcome is not None and outcome.step_reasons:
             self.record("local-steps", round=task.round, reasons=list(outcome.step_reasons),
                         llm_calls=outcome.llm_calls, tokens=outcome.tokens)
-        elif error:
-            self.record("local-error", round=task.round, reason=error[:300])
+        elif outcome is None:
+            self.record("local-error", round=task.round, error_type=error_type, reason=error[:300])
         await asyncio.sleep(max(0.0, self.wall(delay_s) - (self.loop.time() - started)))
         if outcome is not None:
             self.rounds_done += 1

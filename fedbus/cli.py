@@ -192,6 +192,10 @@ def _cmd_client(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     config = ClientConfig(run=args.run, client=client_id, broker=parse_broker_url(args.broker), shard=args.shard,
                           engine=args.engine)
+    if args.engine is not None:
+        from fedbus.llm.extras import require_libraries
+
+        require_libraries(args.engine)  # before joining: one clear line instead of a failed round each round
     started = time.monotonic()
     print(f"fedbus client {client_id} joining run {args.run} on {config.broker.url()}", flush=True)
     report = asyncio.run(_client_session(config, args))
@@ -208,7 +212,7 @@ async def _client_session(config: ClientConfig, args: argparse.Namespace) -> Cli
         return await run_client(config)
     from fedbus.runtime.engines import open_engine
     from fedbus.runtime.eventlog import EventLog
-    from fedbus.runtime.llm_run import optimizer_factory
+    from fedbus.runtime.llm_run import load_optimizer_library, optimizer_factory
     from fedbus.scenario.engine import DEFAULT_LOCAL_MODEL, EngineSpec
 
     if args.engine == "openai" and not (args.engine_url and args.model):
@@ -217,6 +221,7 @@ async def _client_session(config: ClientConfig, args: argparse.Namespace) -> Cli
                       base_url=args.engine_url or "", api_key_env=args.api_key_env, max_tokens=args.max_tokens,
                       threads=args.threads, cache=not args.no_cache)
     args.log_dir.mkdir(parents=True, exist_ok=True)
+    await load_optimizer_library(args.log_dir / "textgrad")
     async with open_engine(spec, log_dir=args.log_dir) as engine:
         make = optimizer_factory(engine, args.log_dir / "textgrad", strict=args.strict)
         return await run_client(config, EventLog(None), make)

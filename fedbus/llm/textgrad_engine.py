@@ -28,6 +28,7 @@ from types import ModuleType
 from typing import Any
 
 from fedbus.errors import EngineError
+from fedbus.llm.extras import not_installed
 
 SyncChat = Callable[[str, "str | None"], str]
 ROLE = ("structured system prompt to a somewhat capable language model that specifies the behavior and "
@@ -57,7 +58,12 @@ def load_textgrad(log_dir: Path | None = None) -> ModuleType:
         first = "textgrad" not in sys.modules
         if first:
             os.environ["TEXTGRAD_LOG_DIR"] = str(log_dir or Path(os.environ.get("TMPDIR", "/tmp")) / "fedbus-textgrad")
-        import textgrad
+        try:
+            import textgrad
+        except ModuleNotFoundError as exc:
+            if exc.name != "textgrad":
+                raise
+            raise EngineError(not_installed("textgrad")) from exc
 
         textgrad.logger.propagate = False  # its INFO records go to its own file, not to our console
         if log_dir is not None:

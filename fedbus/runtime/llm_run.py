@@ -9,6 +9,7 @@ the round as ``reduce-failed``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from pathlib import Path
@@ -18,9 +19,10 @@ from clients.optimizer import LocalOptimizer, shard_for
 from clients.textgrad_optimizer import TextGradOptimizer
 from clients.worker import OptimizerFactory
 from fedbus.aggregator.effects import Reduce
-from fedbus.aggregator.llm_merge import LLM_STRATEGIES, merge_request, parse_merged
-from fedbus.aggregator.strategies import carry_out, concat
+from fedbus.aggregator.llm_merge import merge_request, parse_merged
+from fedbus.aggregator.strategies import LLM_STRATEGIES, carry_out, concat
 from fedbus.llm.engine import ChatEngine
+from fedbus.llm.textgrad_engine import load_textgrad
 from fedbus.protocol.messages import DataSpec
 from fedbus.runtime.eventlog import EventLog
 
@@ -51,6 +53,12 @@ class LLMReducer:
         self.by_round[effect.round] = record
         self._events.record("aggregated-by-llm", round=effect.round, **record)
         return prompt
+
+
+async def load_optimizer_library(log_dir: Path) -> None:
+    """Import textgrad now, before the federation starts: it takes seconds (many more on a busy machine), and
+    paid inside the first local step it would eat the first round's deadline."""
+    await asyncio.to_thread(load_textgrad, log_dir)
 
 
 def optimizer_factory(engine: ChatEngine, log_dir: Path, strict: bool = False) -> OptimizerFactory:

@@ -22,6 +22,7 @@ from fedbus.aggregator.effects import RoundResult
 from fedbus.aggregator.rounds import AggregatorConfig, RoundAggregator
 from fedbus.aggregator.stream import StreamAggregator
 from fedbus.llm.engine import ChatEngine
+from fedbus.llm.extras import require_libraries
 from fedbus.runtime.address import BrokerAddress, parse_broker_url
 from fedbus.runtime.aggregator_node import AggregatorNode
 from fedbus.runtime.broker import EmbeddedBroker, EmbeddedBrokerConfig
@@ -30,7 +31,13 @@ from fedbus.runtime.evaluation import make_evaluator
 from fedbus.runtime.eventlog import EventLog
 from fedbus.runtime.limits import ensure_open_files
 from fedbus.runtime.llm_evaluation import LLMEvaluator
-from fedbus.runtime.llm_run import LLMReducer, count_tokens, local_step_totals, optimizer_factory
+from fedbus.runtime.llm_run import (
+    LLMReducer,
+    count_tokens,
+    load_optimizer_library,
+    local_step_totals,
+    optimizer_factory,
+)
 from fedbus.runtime.progress import Progress
 from fedbus.runtime.summary import build_summary, prompt_record, round_record
 from fedbus.scenario import Scenario
@@ -83,10 +90,12 @@ async def run_scenario(scenario: Scenario, options: RunOptions) -> dict[str, Any
     """Run ``scenario`` to the end; write and return summary.json's content."""
     if not scenario.engine_spec.is_llm:
         return await _run(scenario, options, None, scenario.engine_spec)
+    require_libraries(scenario.engine_spec.name)  # before anything starts: one clear line, not failed rounds
     spec = effective_spec(scenario.engine_spec, options.engine, os.environ)
     options.out_dir.mkdir(parents=True, exist_ok=True)
     Progress(options.progress).note(f"starting engine {spec.name} ({spec.model or 'default model'}"
                                     f"{', ' + spec.base_url if spec.base_url else ''}) ...")
+    await load_optimizer_library(options.out_dir / "textgrad")
     async with open_engine(spec, log_dir=options.out_dir) as engine:
         return await _run(scenario, options, engine, spec)
 

@@ -29,7 +29,7 @@ from clients.core import (
     TaskSeen,
     WorkDone,
 )
-from clients.optimizer import SurrogateOptimizer, make_optimizer
+from clients.optimizer import SurrogateOptimizer, failure_reason, make_optimizer
 from fedbus.errors import EngineError, RemoteProtocolError
 from fedbus.faults.link import LinkFaults, LinkQueue
 from fedbus.protocol import codec, topics
@@ -193,8 +193,8 @@ class SimClient:
                 self.optimizer = optimizer
             outcome = self.optimizer.optimize_now(task.prompt, round=task.round, steps=task.local_steps,
                                                   batch_size=task.batch_size)
-        except EngineError as exc:
-            error = str(exc)
+        except Exception as exc:  # as in the asyncio worker: the round fails for this client, the run goes on
+            error = failure_reason(exc)
         self.timeline.after(delay_s, lambda: self._feed(WorkDone(now=self.timeline.now, task=task,
                                                                  outcome=outcome, error=error)))
 

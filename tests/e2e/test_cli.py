@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from fedbus.runtime.address import BrokerAddress
-from tests.conftest import ROOT
+from tests.conftest import ROOT, needs_library
 
 FEDBUS = [sys.executable, "-m", "fedbus"]
 
@@ -79,30 +85,57 @@ def test_clients_spread_over_worker_processes(tmp_path: Path) -> None:
     assert not list((tmp_path / "workers").glob("*.json")), "worker specs (they may hold a password) are removed"
 
 
-def test_a_killed_run_takes_its_worker_processes_along(tmp_path: Path) -> None:
-    """SIGKILL of `fedbus run` leaves no client worker behind (they die with their parent)."""
-    import os
-    import signal
-    import time
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
 
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except FileNotFoundError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie waiting for a reaper."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def _wait_until(condition: Callable[[], bool], wait_s: float = 120.0) -> bool:
+    """Poll ``condition`` until it holds; ``wait_s`` only bounds a hang."""
+    deadline = time.monotonic() + wait_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.mark.parametrize("when", ["starting", "running"])
+def test_a_killed_run_takes_its_worker_processes_along(tmp_path: Path, when: str) -> None:
+    """SIGKILL of `fedbus run` leaves no client worker behind (they die with their parent), whether the workers
+    were still starting (importing) or already running their clients."""
     run = subprocess.Popen([*FEDBUS, "run", "scenarios/stragglers.yaml", "--out", str(tmp_path), "--workers", "2",
                             "--quiet"], cwd=ROOT, stdin=subprocess.DEVNULL)
+    workers: list[int] = []
     try:
-        deadline = time.monotonic() + 30
-        workers: list[int] = []
-        while time.monotonic() < deadline and len(workers) < 2:
-            time.sleep(0.2)
-            out = subprocess.run(["pgrep", "-P", str(run.pid), "-f", "clients.pool"], capture_output=True,
-                                 text=True, check=False)
-            workers = [int(p) for p in out.stdout.split()]
-        assert len(workers) == 2, "the run did not start two workers"
+        def started() -> bool:
+            workers[:] = [p for p in _children(run.pid) if "clients.worker_process" in _cmdline(p)]
+            return len(workers) == 2
+
+        assert _wait_until(started), "the run did not start two workers"
+        if when == "running":  # each worker writes its event part once it runs its clients
+            assert _wait_until(lambda: len(list((tmp_path / "workers").glob("events-*.jsonl"))) == 2)
     finally:
         run.send_signal(signal.SIGKILL)
         run.wait()
-    time.sleep(1.0)
-    alive = [p for p in workers if os.path.exists(f"/proc/{p}") and "Z" not in
-             open(f"/proc/{p}/stat").read().split()[2]]  # noqa: SIM115 - a one-line read
-    assert alive == []
+    assert _wait_until(lambda: not any(_alive(p) for p in workers)), f"workers outlived the run: {workers}"
+    assert not (tmp_path / "summary.json").exists()
 
 
 def test_every_shipped_scenario_is_valid() -> None:
@@ -150,3 +183,42 @@ def test_invalid_yaml_reports_the_line(tmp_path: Path) -> None:
     result = fedbus("validate", str(bad))
     assert result.returncode == 2
     assert "line" in result.stdout and "Traceback" not in result.stdout + result.stderr
+
+
+HIDE = """import sys
+for name in {names!r}:
+    sys.modules[name] = None  # as if not installed: find_spec() says None, and importing it fails
+"""
+
+
+def fedbus_without(libraries: tuple[str, ...], tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`fedbus ARGS` in an interpreter where ``libraries`` cannot be imported (a sitecustomize hides them)."""
+    site = tmp_path / "hide"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(HIDE.format(names=libraries), encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([*FEDBUS, *args], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL, check=False, env=env)
+
+
+@pytest.mark.parametrize(("hidden", "scenario", "line"), [
+    (("textgrad",), "openai-compatible", "fedbus run: textgrad is not installed: pip install 'fedbus[llm]'"),
+    pytest.param(("xllamacpp",), "local-llm", "fedbus run: xllamacpp is not installed: pip install 'fedbus[local]'",
+                 marks=needs_library("textgrad")),
+])
+def test_run_without_an_optional_library_says_which_extra(hidden: tuple[str, ...], scenario: str, line: str,
+                                                          tmp_path: Path) -> None:
+    """An LLM scenario without its library: one line naming the extra, exit code 1, and nothing started."""
+    out = tmp_path / "out"
+    result = fedbus_without(hidden, tmp_path, "run", f"scenarios/{scenario}.yaml", "--out", str(out),
+                            "--engine-url", "http://127.0.0.1:9/v1")
+    assert (result.returncode, result.stderr, result.stdout) == (1, line + "\n", "")
+    assert not out.exists()
+
+
+def test_client_without_textgrad_says_which_extra(tmp_path: Path) -> None:
+    """`fedbus client --engine openai` without textgrad: one line naming the extra, before joining anything."""
+    result = fedbus_without(("textgrad",), tmp_path, "client", "--broker", "mqtt://127.0.0.1:9", "--run", "r1",
+                            "--engine", "openai", "--engine-url", "http://127.0.0.1:9/v1", "--model", "m")
+    assert (result.returncode, result.stderr, result.stdout) == (
+        1, "fedbus client: textgrad is not installed: pip install 'fedbus[llm]'\n", "")

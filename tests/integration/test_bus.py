@@ -26,7 +26,7 @@ def an_update(run: str, client: str = "c1", prompt: str = "be careful", msg: str
     return Update(run=run, round=1, client=client, msg_id=msg, sent=1.0, base_version=0, prompt=prompt, stats=STATS)
 
 
-async def first(bus: MqttBus, wait_s: float = 10.0) -> Incoming:
+async def first(bus: MqttBus, wait_s: float = 30.0) -> Incoming:
     async def take() -> Incoming:
         async for incoming in bus.messages():
             return incoming
@@ -90,8 +90,7 @@ async def test_unacknowledged_update_is_redelivered(broker: BrokerAddress, run_i
         await pub.publish(topics.update_topic(run_id, "c1"), codec.encode(an_update(run_id)))
     _topic, payload = await asyncio.to_thread(raw.read_publish)
     assert codec.decode(payload).msg_id == "m1"
-    raw.vanish()  # no PUBACK, no DISCONNECT
-    await asyncio.sleep(0.2)
+    raw.vanish()  # no PUBACK, no DISCONNECT; the new connection takes the session over, noticed or not
     async with MqttBus(broker, ident, clean_session=False) as agg:
         got = await first(agg)
     assert codec.decode(got.payload).msg_id == "m1"
@@ -128,7 +127,7 @@ async def test_last_will_fires_when_a_client_is_killed(broker: BrokerAddress, ru
             online = codec.decode((await first(watch)).payload)
             assert isinstance(online, Presence) and online.status == "online"
             os.kill(proc.pid, signal.SIGKILL)
-            will = codec.decode((await first(watch, wait_s=15)).payload)
+            will = codec.decode((await first(watch)).payload)
         finally:
             proc.kill()
             proc.wait()

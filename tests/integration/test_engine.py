@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -48,12 +48,23 @@ async def release() -> asyncio.Event:
 
 
 @pytest.fixture
-async def serve(release: asyncio.Event) -> AsyncIterator[Serve]:
+def requests_by_path() -> Counter[str]:
+    """How many requests each path of the test servers received, unknown paths (404) included."""
+    return Counter()
+
+
+@pytest.fixture
+async def serve(release: asyncio.Event, requests_by_path: Counter[str]) -> AsyncIterator[Serve]:
     """Start a server on 127.0.0.1 with one handler at POST /v1/chat/completions; yields its base URL."""
     servers: list[TestServer] = []
 
+    @web.middleware
+    async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
+        requests_by_path[request.path] += 1
+        return await handler(request)
+
     async def start(handler: Handler) -> str:
-        app = web.Application()
+        app = web.Application(middlewares=[count])
         app.router.add_post("/v1/chat/completions", handler)
         server = TestServer(app, host="127.0.0.1")
         await server.start_server()
@@ -81,6 +92,7 @@ async def test_a_normal_reply_carries_text_usage_and_the_request_fields(
 
     async def handler(request: web.Request) -> web.Response:
         seen.append((await request.json(), request.headers.get("Authorization")))
+        await asyncio.sleep(0.05)  # so the measured latency has a floor to check against
         return web.json_response(ok_body("the answer", {"prompt_tokens": 17, "completion_tokens": 3}))
 
     monkeypatch.setenv("FEDBUS_TEST_KEY", SECRET)
@@ -92,7 +104,7 @@ async def test_a_normal_reply_carries_text_usage_and_the_request_fields(
         stats = engine.statistics()
 
     assert (completion.text, completion.prompt_tokens, completion.completion_tokens) == ("the answer", 17, 3)
-    assert completion.cached is False and completion.latency_s >= 0
+    assert completion.cached is False and completion.latency_s >= 0.05  # the round trip, server time included
     body, auth = seen[0]
     assert body["model"] == "test-model"
     assert (body["max_tokens"], body["temperature"], body["seed"]) == (64, 0.3, 11)
@@ -205,7 +217,7 @@ async def test_d_malformed_body_is_retried_then_reported(serve: Serve, body: byt
 
 
 async def test_e_a_server_that_never_answers_times_out(serve: Serve, release: asyncio.Event) -> None:
-    """Each attempt is cut at timeout_s; the error says timeout, and arrives promptly."""
+    """Each attempt is cut at timeout_s (the server would never answer); the error says so."""
     attempts = 0
 
     async def handler(request: web.Request) -> web.Response:
@@ -215,13 +227,10 @@ async def test_e_a_server_that_never_answers_times_out(serve: Serve, release: as
         return web.json_response(ok_body())
 
     url = await serve(handler)
-    started = time.monotonic()
     async with OpenAIEngine(config(url, timeout_s=0.2, max_retries=1), sleep=FakeSleep()) as engine:
-        with pytest.raises(EngineError, match="timeout"):
-            await engine.complete("q")
-    elapsed = time.monotonic() - started
+        with pytest.raises(EngineError, match=r"timeout after 0\.2s"):
+            await asyncio.wait_for(engine.complete("q"), 60)  # without the cut: TimeoutError, not EngineError
     assert attempts == 2
-    assert elapsed < 3.0
 
 
 async def test_f_400_is_not_retried(serve: Serve) -> None:
@@ -365,8 +374,7 @@ def test_invalid_configs_are_refused(bad: dict[str, Any]) -> None:
         OpenAIConfig(**settings)
 
 
-
-async def test_a_server_without_a_tokenizer_is_asked_once(serve: Serve) -> None:
+async def test_a_server_without_a_tokenizer_is_asked_once(serve: Serve, requests_by_path: Counter[str]) -> None:
     """count_tokens: None where the server has no /tokenize (OpenAI, Ollama), and it stops asking."""
     async def handler(request: web.Request) -> web.Response:
         return web.json_response(ok_body())
@@ -374,4 +382,6 @@ async def test_a_server_without_a_tokenizer_is_asked_once(serve: Serve) -> None:
     async with OpenAIEngine(config(await serve(handler))) as engine:
         assert await engine.count_tokens("one two three") is None
         assert await engine.count_tokens("one two three") is None
+        assert await engine.count_tokens("four five") is None
         assert engine.statistics().calls == 0  # tokenizing is not an LLM call
+    assert requests_by_path == {"/tokenize": 1}  # one 404, then no more asking (and no chat request)

@@ -10,8 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from clients.optimizer import LocalOptimizer, LocalOutcome, make_optimizer
 from fedbus.protocol import codec, topics
-from fedbus.protocol.messages import Update, UpdateStats
+from fedbus.protocol.messages import DataSpec, Update, UpdateStats
 from fedbus.runtime.address import BrokerAddress
 from fedbus.runtime.bus import MqttBus
 from fedbus.runtime.run import RunOptions, run_scenario
@@ -51,22 +54,59 @@ async def test_federation_completes_over_an_external_broker(broker: BrokerAddres
     assert on_disk["totals"]["updates_accepted"] == 9
 
 
-async def _wait_for_event(out: Path, name: str, wait_s: float = 20.0) -> None:
+def written_events(out: Path) -> list[dict[str, Any]]:
+    """The events a running federation has written so far (whole lines only)."""
+    path = out / "events.jsonl"
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
+
+
+async def _wait_for_event(out: Path, name: str, count: int = 1, wait_s: float = 120.0, **fields: Any) -> None:
+    """Until ``count`` events ``name`` with ``fields`` are logged; ``wait_s`` only bounds a hang."""
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
-        path = out / "events.jsonl"
-        if path.exists() and f'"event": "{name}"' in path.read_text():
+        found = [e for e in written_events(out)
+                 if e["event"] == name and all(e.get(k) == v for k, v in fields.items())]
+        if len(found) >= count:
             return
         await asyncio.sleep(0.05)
-    raise TimeoutError(f"no {name} event")
+    raise TimeoutError(f"fewer than {count} {name} events with {fields}")
+
+
+class HeldInRoundOne:
+    """The surrogate, except that round 1's local step waits for ``gate``: round 1 stays open while a test acts."""
+
+    engine = "surrogate"
+
+    def __init__(self, inner: LocalOptimizer, gate: asyncio.Event) -> None:
+        self._inner = inner
+        self._gate = gate
+
+    async def optimize(self, prompt: str, *, round: int, steps: int, batch_size: int) -> LocalOutcome:
+        if round == 1:
+            await self._gate.wait()
+        return await self._inner.optimize(prompt, round=round, steps=steps, batch_size=batch_size)
+
+
+def hold_round_one(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Make ``fedbus run``'s in-process clients hold round 1 until the returned event is set."""
+    gate = asyncio.Event()
+
+    def make(engine: str, spec: DataSpec, client: str, shard: int | None) -> LocalOptimizer:
+        return HeldInRoundOne(make_optimizer(engine, spec, client, shard), gate)
+
+    monkeypatch.setattr("fedbus.runtime.run.make_optimizer", make)
+    return gate
 
 
 async def test_malformed_and_forged_updates_are_rejected_and_the_run_goes_on(
-        broker: BrokerAddress, run_id: str, tmp_path: Path) -> None:
+        broker: BrokerAddress, run_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Garbage, a forged sender and an unknown client on update topics are rejected with reasons; the run completes."""
-    doc = scenario(rounds=2, clients={"count": 2, "local_steps": 1, "step_latency_s": 0.5})
+    gate = hold_round_one(monkeypatch)  # the garbage must arrive while round 1 is open
+    doc = scenario(rounds=2, clients={"count": 2, "local_steps": 1},
+                   participation={"round_deadline_s": 120})  # bounds a hang; the gate decides when round 1 ends
     task = asyncio.create_task(run_scenario(scenario_from_mapping(doc), RunOptions(
-        out_dir=tmp_path, broker_url=broker.url(), run_id=run_id, progress=False)))
+        out_dir=tmp_path, broker_url=broker.url(), run_id=run_id, progress=False, workers=0)))
     await _wait_for_event(tmp_path, "round-opened")
     stats = UpdateStats(steps=1, accepted_steps=0, batch_acc_before=0, batch_acc_after=0, llm_calls=0, tokens=0,
                         duration_s=0)
@@ -78,24 +118,30 @@ async def test_malformed_and_forged_updates_are_rejected_and_the_run_goes_on(
         await bus.publish(topics.update_topic(run_id, "client-0"), b"\x00not json")
         await bus.publish(topics.update_topic(run_id, "client-0"), codec.encode(forged))
         await bus.publish(topics.update_topic(run_id, "mallory"), codec.encode(stranger))
-    summary = await asyncio.wait_for(task, 60)
+    await _wait_for_event(tmp_path, "rejected", count=3)
+    gate.set()
+    summary = await asyncio.wait_for(task, 180)
     assert summary["status"] == "completed"
     reasons = sorted(r["reason"] for r in summary["rounds"][0]["rejected"])
     assert reasons == ["malformed:client-mismatch", "malformed:not-json", "unknown-client"]
     assert all(len(r["accepted"]) == 2 for r in summary["rounds"])
 
 
-async def test_a_client_process_joins_the_next_round(broker: BrokerAddress, run_id: str, tmp_path: Path) -> None:
+async def test_a_client_process_joins_the_next_round(broker: BrokerAddress, run_id: str, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """`fedbus client` started as a separate OS process joins a running federation and takes part in a later round."""
-    doc = scenario(rounds=4, clients={"count": 2, "local_steps": 1, "step_latency_s": 0.6})
+    gate = hold_round_one(monkeypatch)  # round 1 lasts until the visitor is online, however long it takes to start
+    doc = scenario(rounds=3, clients={"count": 2, "local_steps": 1}, participation={"round_deadline_s": 120})
     task = asyncio.create_task(run_scenario(scenario_from_mapping(doc), RunOptions(
-        out_dir=tmp_path, broker_url=broker.url(), run_id=run_id, progress=False)))
+        out_dir=tmp_path, broker_url=broker.url(), run_id=run_id, progress=False, workers=0)))
     await _wait_for_event(tmp_path, "round-opened")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "fedbus", "client", "--broker", broker.url(), "--run", run_id, "--id", "visitor",
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    summary = await asyncio.wait_for(task, 90)
-    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    await _wait_for_event(tmp_path, "received", kind="presence", client="visitor")
+    gate.set()
+    summary = await asyncio.wait_for(task, 180)
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, out.decode()
     assert summary["status"] == "completed"
     assert "visitor" not in summary["rounds"][0]["selected"]
@@ -103,3 +149,39 @@ async def test_a_client_process_joins_the_next_round(broker: BrokerAddress, run_
     assert joined and joined[0] >= 2
     assert summary["clients"]["visitor"]["accepted"] == len(joined)
     assert b"rounds done" in out
+
+
+class BrokenInRoundOne:
+    """An optimizer with a bug that shows in round 1 only (not an EngineError); the surrogate's steps otherwise."""
+
+    engine = "surrogate"
+
+    def __init__(self, inner: LocalOptimizer) -> None:
+        self._inner = inner
+
+    async def optimize(self, prompt: str, *, round: int, steps: int, batch_size: int) -> LocalOutcome:
+        if round == 1:
+            raise RuntimeError("a bug in the optimizer")
+        return await self._inner.optimize(prompt, round=round, steps=steps, batch_size=batch_size)
+
+
+@pytest.mark.slow  # round 1 waits out its deadline for the failed client
+async def test_an_optimizer_that_raises_fails_only_that_round(
+        embedded_broker: BrokerAddress, run_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any exception from a client's optimizer is a local-error for that round; the client takes the next task."""
+    def make(engine: str, spec: DataSpec, client: str, shard: int | None) -> LocalOptimizer:
+        optimizer = make_optimizer(engine, spec, client, shard)
+        return BrokenInRoundOne(optimizer) if client == "client-0" else optimizer
+
+    monkeypatch.setattr("fedbus.runtime.run.make_optimizer", make)
+    doc = scenario(rounds=2, clients={"count": 2, "local_steps": 1},
+                   participation={"round_deadline_s": 5})  # round 1 waits this long for client-0's update
+    summary = await asyncio.wait_for(run_scenario(scenario_from_mapping(doc), RunOptions(
+        out_dir=tmp_path, broker_url=embedded_broker.url(), run_id=run_id, progress=False, workers=0)), 120)
+    assert summary["status"] == "completed"
+    failed = [e for e in events(tmp_path) if e["event"] == "local-error"]
+    assert [(e["client"], e["round"], e["error_type"], e["reason"]) for e in failed] == [
+        ("client-0", 1, "RuntimeError", "RuntimeError: a bug in the optimizer")]
+    first, second = summary["rounds"]
+    assert [a["client"] for a in first["accepted"]] == ["client-1"] and first["missing"] == ["client-0"]
+    assert sorted(a["client"] for a in second["accepted"]) == ["client-0", "client-1"]  # not stuck 'working'

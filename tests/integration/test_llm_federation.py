@@ -17,7 +17,9 @@ from aiohttp import web
 from fedbus.protocol.messages import DataSpec
 from fedbus.runtime.address import BrokerAddress
 from fedbus.tasks.federation import task_splits
-from tests.conftest import ROOT
+from tests.conftest import ROOT, needs_library
+
+pytestmark = [needs_library("textgrad"), pytest.mark.slow]  # TextGrad clients; each test is a whole LLM run
 
 SCENARIO = """
 name: scripted-llm
@@ -50,7 +52,8 @@ def scripted_model(system: str | None, user: str) -> tuple[int, str]:
 
 @pytest.fixture
 async def server() -> AsyncIterator[tuple[str, dict[str, Any]]]:
-    state: dict[str, Any] = {"script": scripted_model, "requests": 0}
+    state: dict[str, Any] = {"script": scripted_model, "requests": 0, "tokenizer": True, "tokenized": 0,
+                             "hold_feedback": None}
 
     async def chat(request: web.Request) -> web.Response:
         body = await request.json()
@@ -58,6 +61,9 @@ async def server() -> AsyncIterator[tuple[str, dict[str, Any]]]:
         messages = body["messages"]
         system = next((m["content"] for m in messages if m["role"] == "system"), None)
         user = messages[-1]["content"]
+        hold: asyncio.Event | None = state["hold_feedback"]
+        if hold is not None and user.startswith("You will give feedback"):
+            await hold.wait()  # a test keeps the clients' local steps (and so the round) going until it is ready
         status, text = state["script"](system, user)
         if status != 200:
             return web.Response(status=status, text="scripted failure")
@@ -66,13 +72,14 @@ async def server() -> AsyncIterator[tuple[str, dict[str, Any]]]:
 
     async def tokenize(request: web.Request) -> web.Response:  # as llama.cpp's server: one token per word here
         body = await request.json()
-        state["tokenized"] = state.get("tokenized", 0) + 1
+        state["tokenized"] += 1
+        if not state["tokenizer"]:  # as OpenAI's and Ollama's servers: no such endpoint
+            return web.Response(status=404, text="404: Not Found")
         return web.json_response({"tokens": list(range(len(body["content"].split())))})
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
-    if state.get("tokenizer", True):
-        app.router.add_post("/tokenize", tokenize)
+    app.router.add_post("/tokenize", tokenize)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -80,6 +87,12 @@ async def server() -> AsyncIterator[tuple[str, dict[str, Any]]]:
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     yield f"http://127.0.0.1:{port}/v1", state
     await runner.cleanup()
+
+
+def written_events(path: Path) -> list[dict[str, Any]]:
+    """The events a running ``fedbus run`` has written so far (whole lines only)."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
 
 
 async def fedbus_run(tmp_path: Path, url: str, strategy: str,
@@ -93,11 +106,12 @@ async def fedbus_run(tmp_path: Path, url: str, strategy: str,
         cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
     _stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=240)
-    assert process.returncode is not None
+    code = await process.wait()
     if not (out / "summary.json").exists():
-        pytest.fail(f"no summary.json; stderr: {stderr.decode()[-3000:]}")
+        pytest.fail(f"no summary.json (exit code {code}); stderr: {stderr.decode()[-3000:]}")
+    assert "Traceback" not in stderr.decode(), stderr.decode()[-3000:]  # failures are logged as lines, not crashes
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
-    return process.returncode, json.loads((out / "summary.json").read_text()), events
+    return code, json.loads((out / "summary.json").read_text()), events
 
 
 @pytest.mark.parametrize("strategy", ["summarize", "uid_summarize"])
@@ -118,6 +132,7 @@ async def test_a_textgrad_federation_runs_against_an_openai_compatible_server(
     assert summary["final"]["test_accuracy"] > summary["final"]["initial_test_accuracy"]
     assert rounds[0]["retention"] == 1.0
     assert [r["global_prompt_tokens"] for r in rounds] == [7, 7]  # the server's tokenizer: one per word here
+    assert state["tokenized"] == 2  # once per round, not an LLM call
     llm = summary["llm"]
     assert llm["calls"] - llm["cached_calls"] == state["requests"]  # repeated questions come from the cache
     assert llm["prompt_tokens"] > 0 and llm["failures"] == 0
@@ -135,10 +150,13 @@ async def test_a_reply_without_tags_falls_back_to_concat(server: tuple[str, dict
         return scripted_model(system, user)
 
     state["script"] = no_tags
+    state["tokenizer"] = False  # and a server without /tokenize, as OpenAI's and Ollama's
     code, summary, events = await fedbus_run(tmp_path, url, "summarize")
     assert code == 0
     assert all(r["aggregation"]["fallback"] == "concat (missing-tags)" for r in summary["rounds"])
     assert sum(e["event"] == "aggregation-fallback" for e in events) == 2
+    assert not any("global_prompt_tokens" in r for r in summary["rounds"])  # no count rather than a guess
+    assert state["tokenized"] == 1  # asked once, then never again
 
 
 async def test_a_failing_server_marks_clients_failed_and_the_run_goes_on(
@@ -165,17 +183,22 @@ async def test_a_failing_server_marks_clients_failed_and_the_run_goes_on(
 async def test_a_client_on_another_machine_brings_its_own_llm(
         server: tuple[str, dict[str, Any]], tmp_path: Path, embedded_broker: BrokerAddress, run_id: str) -> None:
     """`fedbus client --engine openai --engine-url ... --model ...` joins a running LLM federation."""
-    url, _state = server
+    url, state = server
+    hold = state["hold_feedback"] = asyncio.Event()  # round 1 stays open until the visitor is online
     scenario = tmp_path / "scenario.yaml"
-    scenario.write_text(SCENARIO.format(strategy="summarize", deadline=60).replace("rounds: 2", "rounds: 3"))
+    scenario.write_text(SCENARIO.format(strategy="summarize", deadline=300).replace("rounds: 2", "rounds: 3")
+                        .replace("timeout_s: 10", "timeout_s: 300"))  # held requests must not time out
     out = tmp_path / "out"
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "FEDBUS_CACHE": str(tmp_path / "cache")}
     run = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "fedbus", "run", str(scenario), "--out", str(out), "--engine-url", url, "--quiet",
         "--broker", embedded_broker.url(), "--run-id", run_id, cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    deadline = asyncio.get_running_loop().time() + 60
-    while not ((out / "events.jsonl").exists() and '"round-opened"' in (out / "events.jsonl").read_text()):
+    deadline = asyncio.get_running_loop().time() + 180  # a bound for a hang, not a speed target
+    while not any(e["event"] == "round-opened" for e in written_events(out / "events.jsonl")):
+        if run.returncode is not None:
+            _stdout, stderr = await run.communicate()
+            pytest.fail(f"fedbus run exited with {run.returncode} before a round opened: {stderr.decode()[-3000:]}")
         assert asyncio.get_running_loop().time() < deadline, "the federation never opened a round"
         await asyncio.sleep(0.1)
     visitor = await asyncio.create_subprocess_exec(
@@ -183,8 +206,16 @@ async def test_a_client_on_another_machine_brings_its_own_llm(
         "--id", "visitor", "--engine", "openai", "--engine-url", url, "--model", "scripted-model",
         "--log-dir", str(tmp_path / "visitor"), cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    await asyncio.wait_for(run.communicate(), timeout=240)
-    visitor_out, _ = await asyncio.wait_for(visitor.communicate(), timeout=60)
+    while not any(e["event"] == "received" and e.get("kind") == "presence" and e.get("client") == "visitor"
+                  for e in written_events(out / "events.jsonl")):
+        if visitor.returncode is not None:
+            visitor_out, _ = await visitor.communicate()
+            pytest.fail(f"the visitor exited with {visitor.returncode} before it was online: {visitor_out.decode()}")
+        assert asyncio.get_running_loop().time() < deadline, "the visitor never came online"
+        await asyncio.sleep(0.1)
+    hold.set()
+    await asyncio.wait_for(run.communicate(), timeout=400)
+    visitor_out, _ = await asyncio.wait_for(visitor.communicate(), timeout=120)
     assert visitor.returncode == 0, visitor_out.decode()[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed"

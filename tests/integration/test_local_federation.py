@@ -23,9 +23,9 @@ from fedbus.llm.openai_compat import OpenAIConfig, OpenAIEngine
 from fedbus.llm.textgrad_engine import local_step
 from fedbus.tasks.answers import is_correct
 from fedbus.tasks.generate import generate_splits
-from tests.conftest import ROOT
+from tests.conftest import ROOT, needs_library
 
-pytestmark = pytest.mark.local_llm
+pytestmark = [pytest.mark.local_llm, pytest.mark.slow, needs_library("xllamacpp"), needs_library("textgrad")]
 
 SCENARIO = """
 name: reduced-real

@@ -18,6 +18,8 @@ from fedbus.tasks.answers import is_correct
 if importlib.util.find_spec("textgrad") is None:  # not importorskip: importing it here would skip our containment
     pytest.skip("textgrad is not installed (pip install fedbus[llm])", allow_module_level=True)
 
+pytestmark = pytest.mark.slow  # textgrad's import alone takes 5 s or more, paid by whichever test comes first
+
 QUESTION = "I have a cat, a dog, and a fish. How many animals do I have?"
 BATCH = [(QUESTION, "3"), ("I have a piano and a flute. How many musical instruments do I have?", "2")]
 BETTER = "List every item, then count the ones in the asked category. Answer: $VALUE"

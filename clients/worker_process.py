@@ -1,0 +1,53 @@
+"""A worker process of ``fedbus run --workers N``: ``python -m clients.worker_process SPEC.json``.
+
+It must die with its parent even when the parent is SIGKILLed. Linux does that once the process
+asked for it (``PR_SET_PDEATHSIG``), so this module asks first, before the imports that take a
+second or more on a cold bytecode cache (aiomqtt, structlog, the client): only the standard library
+is imported above :func:`main`. If the parent is already gone by then, the worker exits at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to kill this process when its parent dies (and exit if that already happened)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # not glibc: the parent's ExitStack still kills us
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m clients.worker_process SPEC.json  (started by `fedbus run --workers N`)",
+              file=sys.stderr)
+        return 2
+    path = Path(args[0])
+    die_with_parent(int(json.loads(path.read_text(encoding="utf-8"))["parent_pid"]))
+
+    import asyncio
+
+    from clients.pool import WorkerSpec, run_slice
+    from fedbus.logs import configure
+
+    spec = WorkerSpec.load(path)
+    path.unlink()  # it may hold the broker password
+    configure(os.environ.get("FEDBUS_LOG_LEVEL", "WARNING"), json_lines=True)
+    asyncio.run(run_slice(spec))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
