@@ -1,3 +1,98 @@
-"""fedbus: federated textual-gradient prompt optimization over a real MQTT bus."""
+"""fedbus: federated textual-gradient prompt optimization over a real MQTT bus.
+
+The library face::
+
+    import fedbus
+
+    scenario = fedbus.load_scenario("scenarios/quickstart.yaml")
+    summary = fedbus.simulate(scenario)                     # virtual time, in-memory broker: a dict
+    summary = await fedbus.run(scenario, out_dir="runs/q")   # over a real broker (embedded rumqttd by default)
+
+Plugin points: ``register_strategy`` (or ``aggregation.strategy: package.module:function`` in a scenario)
+and ``register_optimizer`` (or ``clients.optimizer: package.module:function``). Importing fedbus loads no
+network library; ``run`` loads the MQTT runtime when it is called.
+"""
+
+from __future__ import annotations
+
+import importlib
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fedbus.aggregator.strategies import Strategy, register_strategy
+    from fedbus.client.optimizer import LocalOptimizer, LocalOutcome, OptimizerFactory, register_optimizer
+    from fedbus.errors import FedbusError, ScenarioError
+    from fedbus.runtime.engines import EngineOverrides
+    from fedbus.scenario import Scenario, load_scenario, scenario_from_mapping
+
+# Loaded on first use (PEP 562), so that `import fedbus.tasks` or `fedbus.protocol` stays as light as it was.
+_LAZY = {
+    "Strategy": "fedbus.aggregator.strategies", "register_strategy": "fedbus.aggregator.strategies",
+    "LocalOptimizer": "fedbus.client.optimizer", "LocalOutcome": "fedbus.client.optimizer",
+    "OptimizerFactory": "fedbus.client.optimizer", "register_optimizer": "fedbus.client.optimizer",
+    "FedbusError": "fedbus.errors", "ScenarioError": "fedbus.errors",
+    "Scenario": "fedbus.scenario", "load_scenario": "fedbus.scenario", "scenario_from_mapping": "fedbus.scenario",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fedbus' has no attribute {name!r}")
 
 __version__ = "0.1.0"
+__all__ = [
+    "FedbusError",
+    "LocalOptimizer",
+    "LocalOutcome",
+    "OptimizerFactory",
+    "Scenario",
+    "ScenarioError",
+    "Strategy",
+    "__version__",
+    "load_scenario",
+    "register_optimizer",
+    "register_strategy",
+    "run",
+    "scenario_from_mapping",
+    "simulate",
+]
+
+
+def _scenario(scenario: Scenario | str | Path) -> Scenario:
+    from fedbus.scenario import Scenario, load_scenario
+
+    return scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
+
+
+def simulate(scenario: Scenario | str | Path, out_dir: str | Path | None = None, *,
+             progress: bool = False) -> dict[str, Any]:
+    """Run ``scenario`` in virtual time over the in-memory broker and return summary.json's content.
+
+    Deterministic: the same scenario and seed give the same events, byte for byte. ``out_dir`` keeps
+    events.jsonl and summary.json; without it they go to a temporary directory that is removed.
+    """
+    from fedbus.sim.run import simulate as simulate_run
+
+    chosen = _scenario(scenario)
+    if out_dir is not None:
+        return simulate_run(chosen, Path(out_dir), progress=progress)
+    with tempfile.TemporaryDirectory(prefix="fedbus-") as tmp:
+        return simulate_run(chosen, Path(tmp), progress=progress)
+
+
+async def run(scenario: Scenario | str | Path, out_dir: str | Path, *, broker_url: str | None = None,
+              run_id: str | None = None, workers: int | None = None, progress: bool = False,
+              engine: EngineOverrides | None = None) -> dict[str, Any]:
+    """Run ``scenario`` over a real MQTT broker (``broker_url``, or an embedded rumqttd) to its end and
+    return summary.json's content (also written to ``out_dir`` with events.jsonl)."""
+    from fedbus.runtime.engines import EngineOverrides
+    from fedbus.runtime.run import RunOptions, run_scenario
+
+    options = RunOptions(out_dir=Path(out_dir), broker_url=broker_url, run_id=run_id, workers=workers,
+                         progress=progress, engine=engine or EngineOverrides())
+    return await run_scenario(_scenario(scenario), options)

@@ -18,7 +18,7 @@ from fedbus import __version__
 from fedbus.errors import EngineError, FedbusError, ScenarioError, TransportError
 
 if TYPE_CHECKING:
-    from clients.worker import ClientConfig, ClientReport
+    from fedbus.runtime.client_node import ClientConfig, ClientReport
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_ABORTED = 0, 1, 2, 3
 log = structlog.get_logger("fedbus.cli")
@@ -94,7 +94,7 @@ def _default_client_id() -> str:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from fedbus.runtime.compare import load_summaries, render, rounds_table, row, to_csv
+    from fedbus.results.compare import load_summaries, render, rounds_table, row, to_csv
 
     summaries = load_summaries(args.summaries)
     rows = rounds_table(summaries) if args.rounds else [row(s) for s in summaries]
@@ -177,9 +177,9 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 
 
 def _cmd_client(args: argparse.Namespace) -> int:
-    from clients.worker import ClientConfig
     from fedbus.protocol.ids import AGGREGATOR, check_id
     from fedbus.runtime.address import parse_broker_url
+    from fedbus.runtime.client_node import ClientConfig
 
     client_id = args.id or _default_client_id()
     try:
@@ -206,12 +206,12 @@ def _cmd_client(args: argparse.Namespace) -> int:
 
 async def _client_session(config: ClientConfig, args: argparse.Namespace) -> ClientReport:
     """One client, on the surrogate or on its own LLM engine (opened here, closed when the run ends)."""
-    from clients.worker import run_client
+    from fedbus.runtime.client_node import run_client
 
     if args.engine in (None, "surrogate"):
         return await run_client(config)
+    from fedbus.results.eventlog import EventLog
     from fedbus.runtime.engines import open_engine
-    from fedbus.runtime.eventlog import EventLog
     from fedbus.runtime.llm_run import load_optimizer_library, optimizer_factory
     from fedbus.scenario.engine import DEFAULT_LOCAL_MODEL, EngineSpec
 
@@ -227,6 +227,14 @@ async def _client_session(config: ClientConfig, args: argparse.Namespace) -> Cli
         return await run_client(config, EventLog(None), make)
 
 
+def _first_fedbus_error(group: ExceptionGroup[Exception]) -> Exception:
+    """The first FedbusError inside ``group`` (nested groups included), else the group itself."""
+    found: Exception | None = group.subgroup(lambda exc: isinstance(exc, FedbusError))
+    while isinstance(found, ExceptionGroup):
+        found = found.exceptions[0] if found.exceptions else None
+    return found if found is not None else group
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fedbus`` console script."""
     from fedbus.logs import configure
@@ -236,7 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"run": _cmd_run, "validate": _cmd_validate, "broker": _cmd_broker, "client": _cmd_client,
                 "compare": _cmd_compare}
     try:
-        return commands[args.command](args)
+        try:
+            return commands[args.command](args)
+        except ExceptionGroup as group:  # a TaskGroup wraps what its tasks raised: report the first of ours
+            raise _first_fedbus_error(group) from None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 from fedbus.plugins import check_name, lookup
 
-Strategy = Callable[[str, Sequence[tuple[str, str]], int], str]
+
+class Strategy(Protocol):
+    """Merges the clients' prompts into the next global prompt: pure and deterministic, so a run replays."""
+
+    def __call__(self, current: str, prompts: Sequence[tuple[str, str]], max_chars: int, /) -> str:
+        """``current``: the global prompt; ``prompts``: (client, prompt) pairs sorted by client; the result is
+        cut at ``max_chars``."""
+        ...
 
 
 def concat(current: str, prompts: Sequence[tuple[str, str]], max_chars: int) -> str:

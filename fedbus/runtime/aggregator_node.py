@@ -22,9 +22,9 @@ from fedbus.aggregator.stream import StreamAggregator
 from fedbus.errors import failure_text
 from fedbus.protocol import codec
 from fedbus.protocol.ids import AGGREGATOR
+from fedbus.results.eventlog import EventLog
 from fedbus.runtime.address import BrokerAddress
 from fedbus.runtime.bus import MqttBus
-from fedbus.runtime.eventlog import EventLog
 
 log = structlog.get_logger("fedbus.aggregator")
 RoundHook = Callable[[RoundResult], Awaitable[dict[str, object]]]

@@ -15,16 +15,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, cast
 
-from clients.optimizer import LocalOptimizer, shard_for
-from clients.textgrad_optimizer import TextGradOptimizer
-from clients.worker import OptimizerFactory
 from fedbus.aggregator.effects import Reduce
 from fedbus.aggregator.llm_merge import merge_request, parse_merged
 from fedbus.aggregator.strategies import LLM_STRATEGIES, carry_out, concat
+from fedbus.client.optimizer import LocalOptimizer, OptimizerFactory, shard_for
+from fedbus.client.textgrad_optimizer import TextGradOptimizer
 from fedbus.llm.engine import ChatEngine
 from fedbus.llm.textgrad_engine import load_textgrad
 from fedbus.protocol.messages import DataSpec
-from fedbus.runtime.eventlog import EventLog
+from fedbus.results.eventlog import EventLog
 
 
 class LLMReducer:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import secrets
 import time
 from contextlib import ExitStack
@@ -15,20 +14,20 @@ from typing import Any
 
 import structlog
 
-from clients.optimizer import make_optimizer
-from clients.pool import WorkerPool, auto_workers, run_guarded
-from clients.worker import ClientConfig
 from fedbus.aggregator.effects import RoundResult
-from fedbus.aggregator.rounds import AggregatorConfig, RoundAggregator
-from fedbus.aggregator.stream import StreamAggregator
+from fedbus.client.optimizer import make_optimizer, user_optimizer
 from fedbus.llm.engine import ChatEngine
 from fedbus.llm.extras import require_libraries
+from fedbus.plan import make_core
+from fedbus.plugins import is_reference
+from fedbus.results.eventlog import EventLog
+from fedbus.results.progress import Progress
+from fedbus.results.summary import build_summary, prompt_record, round_record
 from fedbus.runtime.address import BrokerAddress, parse_broker_url
 from fedbus.runtime.aggregator_node import AggregatorNode
 from fedbus.runtime.broker import EmbeddedBroker, EmbeddedBrokerConfig
+from fedbus.runtime.client_node import ClientConfig
 from fedbus.runtime.engines import EngineOverrides, effective_spec, open_engine
-from fedbus.runtime.evaluation import make_evaluator
-from fedbus.runtime.eventlog import EventLog
 from fedbus.runtime.limits import ensure_open_files
 from fedbus.runtime.llm_evaluation import LLMEvaluator
 from fedbus.runtime.llm_run import (
@@ -38,10 +37,10 @@ from fedbus.runtime.llm_run import (
     local_step_totals,
     optimizer_factory,
 )
-from fedbus.runtime.progress import Progress
-from fedbus.runtime.summary import build_summary, prompt_record, round_record
+from fedbus.runtime.pool import WorkerPool, auto_workers, run_guarded
 from fedbus.scenario import Scenario
 from fedbus.scenario.engine import EngineSpec
+from fedbus.surrogate.evaluation import make_evaluator
 
 log = structlog.get_logger("fedbus.run")
 CLIENT_EXIT_GRACE_S = 10.0
@@ -58,28 +57,6 @@ class RunOptions:
     scenario_file: str = ""
     workers: int | None = None  # client processes; None: auto_workers(clients), 0: clients run in this process
     engine: EngineOverrides = field(default_factory=EngineOverrides)
-
-
-def aggregator_config(scenario: Scenario, run_id: str) -> AggregatorConfig:
-    p = scenario.participation
-    a = scenario.aggregation
-    return AggregatorConfig(
-        overcommit=p.overcommit, adaptive_deadline_k=p.adaptive_deadline_k, adaptive_window=p.adaptive_window,
-        mode=a.mode, buffer_size=a.buffer_size, max_staleness=a.max_staleness, weighting=a.weighting,
-        run=run_id, rounds=scenario.rounds, expected_clients=scenario.clients.count,
-        initial_prompt=scenario.initial_prompt, engine=scenario.engine, data=scenario.data,
-        local_steps=scenario.clients.local_steps, batch_size=scenario.clients.batch_size,
-        fraction=p.fraction, min_clients=p.min_clients, min_updates=p.min_updates,
-        round_deadline_s=p.round_deadline_s, join_timeout_s=p.join_timeout_s,
-        strategy=scenario.aggregation.strategy, max_prompt_chars=scenario.aggregation.max_prompt_chars,
-    )
-
-
-def make_core(scenario: Scenario, run_id: str) -> RoundAggregator | StreamAggregator:
-    """The aggregator core for the scenario's mode, seeded from the scenario."""
-    config = aggregator_config(scenario, run_id)
-    rng = random.Random(f"aggregator/{scenario.seed}")
-    return RoundAggregator(config, rng) if config.mode == "sync" else StreamAggregator(config, rng)
 
 
 def new_run_id(scenario: Scenario) -> str:
@@ -111,8 +88,12 @@ async def _run(scenario: Scenario, options: RunOptions, engine: ChatEngine | Non
     progress = Progress(options.progress)
     evaluator = LLMEvaluator(engine, scenario.data) if engine else make_evaluator(scenario.engine, scenario.data)
     reducer = LLMReducer(engine, events)
-    make = make_optimizer if engine is None else optimizer_factory(engine, out / "textgrad",
-                                                                    strict=scenario.clients.strict)
+    if scenario.clients.optimizer is not None:  # the user's optimizer, whatever the engine
+        make = user_optimizer(scenario.clients.optimizer)
+    elif engine is None:
+        make = make_optimizer
+    else:
+        make = optimizer_factory(engine, out / "textgrad", strict=scenario.clients.strict)
     with ExitStack() as stack, structlog.contextvars.bound_contextvars(run=run_id):
         if options.broker_url:
             address: BrokerAddress = parse_broker_url(options.broker_url)
@@ -156,7 +137,7 @@ async def _run(scenario: Scenario, options: RunOptions, engine: ChatEngine | Non
             node_task = group.create_task(node.run(), name=f"aggregator[{run_id}]")
             members = [(cid, i, grp.name) for i, (cid, grp) in enumerate(scenario.members())]
             workers = auto_workers(len(members)) if options.workers is None else options.workers
-            if engine is not None:
+            if engine is not None or (scenario.clients.optimizer and not is_reference(scenario.clients.optimizer)):
                 workers = 0  # LLM clients share the run's engine (and its concurrency limit) in this process
             pool = WorkerPool(stack, out / "workers") if workers else None
             client_tasks = []

@@ -16,6 +16,7 @@ import yaml
 from fedbus.aggregator.config import MODES
 from fedbus.aggregator.staleness import WEIGHTINGS, StalenessWeighting
 from fedbus.aggregator.strategies import LLM_STRATEGIES, get_strategy
+from fedbus.client.optimizer import get_optimizer
 from fedbus.errors import ScenarioError
 from fedbus.plugins import PluginError
 from fedbus.protocol.messages import DataSpec
@@ -37,7 +38,7 @@ from fedbus.scenario.reader import Reader, at_least, one_of, valid_id, within
 _TOP = {"name", "seed", "engine", "rounds", "initial_prompt", "task", "clients", "participation",
         "aggregation", "max_message_bytes", "time_scale"}
 _TASK = {"name", "train_size", "val_size", "test_size", "partition", "alpha"}
-_CLIENTS = {"count", "local_steps", "batch_size", "id_prefix", "step_latency_s", "groups", "strict"}
+_CLIENTS = {"count", "local_steps", "batch_size", "id_prefix", "step_latency_s", "groups", "strict", "optimizer"}
 _PARTICIPATION = {"fraction", "min_clients", "min_updates", "round_deadline_s", "join_timeout_s", "overcommit",
                   "adaptive_deadline"}
 _ADAPTIVE = {"k", "window"}
@@ -55,6 +56,15 @@ def known_strategy(name: object) -> str | None:
         return None
     try:
         get_strategy(name)
+    except PluginError as exc:
+        return str(exc)
+    return None
+
+
+def known_optimizer(name: object) -> str | None:
+    """A registered optimizer or an importable ``package.module:function``."""
+    try:
+        get_optimizer(str(name))
     except PluginError as exc:
         return str(exc)
     return None
@@ -122,6 +132,7 @@ def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None) -
     prefix = r.get(c, "id_prefix", "clients", str, default="client", check=valid_id)
     latency = r.get(c, "step_latency_s", "clients", float, default=0.0, check=at_least(0.0))
     strict = r.get(c, "strict", "clients", bool, default=False)
+    optimizer = r.get(c, "optimizer", "clients", str, default=None, check=known_optimizer)
 
     p = r.section(doc, "participation", "", _PARTICIPATION)
     fraction = r.get(p, "fraction", "participation", float, default=1.0, check=within(0.0, 1.0))
@@ -181,7 +192,7 @@ def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None) -
         data=DataSpec(task=task_name, seed=chosen_seed, num_shards=count, train_size=train,
                       val_size=val, test_size=test, partition=partition),
         clients=ClientsSpec(count=count, local_steps=local_steps, batch_size=batch_size, id_prefix=prefix,
-                            step_latency_s=latency, groups=groups, strict=strict),
+                            step_latency_s=latency, groups=groups, strict=strict, optimizer=optimizer),
         participation=ParticipationSpec(fraction=fraction, min_clients=min_clients, min_updates=min_updates,
                                         round_deadline_s=deadline, join_timeout_s=join_timeout,
                                         overcommit=overcommit, adaptive_deadline_k=adaptive_k,
@@ -248,6 +259,8 @@ def scenario_to_mapping(scenario: Scenario) -> dict[str, Any]:
     a = scenario.aggregation
     clients: dict[str, Any] = {"count": c.count, "local_steps": c.local_steps, "batch_size": c.batch_size,
                                "id_prefix": c.id_prefix, "step_latency_s": c.step_latency_s, "strict": c.strict}
+    if c.optimizer is not None:
+        clients["optimizer"] = c.optimizer
     if c.groups:
         clients["groups"] = [_group_mapping(g) for g in c.groups]
     participation: dict[str, Any] = {

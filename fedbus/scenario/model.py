@@ -26,6 +26,7 @@ class ClientsSpec:
     step_latency_s: float = 0.0  # simulated time of one local step (the surrogate answers at once)
     groups: tuple[ClientGroup, ...] = ()  # empty: one honest group of `count` clients named id_prefix
     strict: bool = False  # TextGrad clients: keep a step only if batch accuracy rose (or is perfect)
+    optimizer: str | None = None  # a registered optimizer or package.module:function; None: the engine's
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

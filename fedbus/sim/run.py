@@ -21,17 +21,17 @@ from fedbus.aggregator.session import FINISH_GRACE_S, Action, AggregatorSession,
 from fedbus.aggregator.strategies import carry_out
 from fedbus.aggregator.stream import StreamAggregator
 from fedbus.errors import EngineError, failure_text
+from fedbus.plan import client_plans, make_core
 from fedbus.protocol import codec
 from fedbus.protocol.ids import AGGREGATOR
-from fedbus.runtime.evaluation import SurrogateEvaluator
-from fedbus.runtime.eventlog import EventLog
-from fedbus.runtime.progress import Progress
-from fedbus.runtime.run import make_core
-from fedbus.runtime.summary import build_summary, prompt_record, round_record
+from fedbus.results.eventlog import EventLog
+from fedbus.results.progress import Progress
+from fedbus.results.summary import build_summary, prompt_record, round_record
 from fedbus.scenario import Scenario
 from fedbus.sim.broker import MemoryBroker
 from fedbus.sim.client import SimClient, SimClientConfig
 from fedbus.sim.timeline import Timeline
+from fedbus.surrogate.evaluation import SurrogateEvaluator
 
 SIM_BROKER = {"kind": "simulated", "url": "sim://in-memory",
               "note": "in-memory broker in virtual time (fedbus run --simulate); no MQTT traffic"}
@@ -132,11 +132,8 @@ def simulate(scenario: Scenario, out_dir: Path, *, run_id: str | None = None, pr
                                    max_message_bytes=scenario.max_message_bytes,
                                    grace_s=FINISH_GRACE_S * scenario.time_scale)
         aggregator.start()
-        for i, (cid, group) in enumerate(scenario.members()):
-            SimClient(SimClientConfig(run=run_id, client=cid, shard=i, seed=scenario.seed, group=group,
-                                      step_delay_s=scenario.clients.step_latency_s,
-                                      max_message_bytes=scenario.max_message_bytes),
-                      timeline, broker, events).start()
+        for plan in client_plans(scenario):
+            SimClient(SimClientConfig(run=run_id, plan=plan), timeline, broker, events).start()
         timeline.run(stop=lambda: aggregator.done, horizon=horizon(scenario))
         if not aggregator.done:
             events.record("simulation-stopped", reason="virtual time horizon reached", now=timeline.now)

@@ -125,7 +125,7 @@ def test_a_killed_run_takes_its_worker_processes_along(tmp_path: Path, when: str
     workers: list[int] = []
     try:
         def started() -> bool:
-            workers[:] = [p for p in _children(run.pid) if "clients.worker_process" in _cmdline(p)]
+            workers[:] = [p for p in _children(run.pid) if "fedbus.runtime.worker_process" in _cmdline(p)]
             return len(workers) == 2
 
         assert _wait_until(started), "the run did not start two workers"

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from clients.pool import auto_workers
 from fedbus.runtime.broker import free_port
+from fedbus.runtime.pool import auto_workers
 from tests.conftest import ROOT
 
 FEDBUS = [sys.executable, "-m", "fedbus"]
@@ -170,8 +170,6 @@ def test_an_unreachable_broker_exits_1(tmp_path: Path) -> None:
     assert result.returncode == 1
 
 
-@pytest.mark.xfail(strict=True, reason="cli.py catches TransportError, but run_scenario raises it inside a "
-                                       "TaskGroup, so it arrives as an ExceptionGroup and prints a traceback")
 def test_an_unreachable_broker_is_reported_in_one_line(tmp_path: Path) -> None:
     """An unreachable broker is reported as 'broker problem', not as a traceback."""
     result = fedbus("run", "scenarios/quickstart.yaml", "--broker", f"mqtt://127.0.0.1:{free_port()}",

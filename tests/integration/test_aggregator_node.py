@@ -11,17 +11,18 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from clients.worker import ClientConfig, run_client
 from fedbus.aggregator.effects import Reduce, RoundResult
 from fedbus.aggregator.session import NodeOutcome
+from fedbus.plan import make_core
 from fedbus.protocol import codec, topics
 from fedbus.protocol.messages import Presence, Update, UpdateStats
+from fedbus.results.eventlog import EventLog
+from fedbus.results.summary import build_summary
 from fedbus.runtime.address import BrokerAddress
 from fedbus.runtime.aggregator_node import AggregatorNode, reduce_with_strategy
 from fedbus.runtime.bus import MqttBus
-from fedbus.runtime.eventlog import EventLog
-from fedbus.runtime.run import RunOptions, make_core, run_scenario
-from fedbus.runtime.summary import build_summary
+from fedbus.runtime.client_node import ClientConfig, run_client
+from fedbus.runtime.run import RunOptions, run_scenario
 from fedbus.scenario import Scenario, scenario_from_mapping
 
 STATS = UpdateStats(steps=1, accepted_steps=1, batch_acc_before=0.0, batch_acc_after=1.0, llm_calls=3, tokens=10,

@@ -9,13 +9,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from clients.worker import ClientConfig, run_client
 from fedbus.protocol import codec, topics
 from fedbus.protocol.ids import AGGREGATOR
 from fedbus.protocol.messages import DataSpec, GlobalState, Presence, Task, Update
+from fedbus.results.eventlog import EventLog
 from fedbus.runtime.address import BrokerAddress
 from fedbus.runtime.bus import MqttBus
-from fedbus.runtime.eventlog import EventLog
+from fedbus.runtime.client_node import ClientConfig, run_client
 
 WAIT_S = 30.0
 DATA = DataSpec(task="surrogate-skills", seed=1, num_shards=1, train_size=20, val_size=4, test_size=4)

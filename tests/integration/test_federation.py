@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from clients.optimizer import LocalOptimizer, LocalOutcome, make_optimizer
+from fedbus.client.optimizer import LocalOptimizer, LocalOutcome, make_optimizer
 from fedbus.protocol import codec, topics
 from fedbus.protocol.messages import DataSpec, Update, UpdateStats
 from fedbus.runtime.address import BrokerAddress

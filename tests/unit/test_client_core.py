@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from clients.core import (
+from fedbus.client.core import (
     Alarm,
     ClientCore,
     ClientProfile,
@@ -18,7 +18,7 @@ from clients.core import (
     TaskSeen,
     WorkDone,
 )
-from clients.optimizer import LocalOutcome
+from fedbus.client.optimizer import LocalOutcome
 from fedbus.faults.behaviour import is_hijack
 from fedbus.protocol.messages import DataSpec, GlobalState, Presence, Task, Update
 from fedbus.scenario.conditions import Availability, ClientGroup, Latency, ScheduledEvent, Stragglers

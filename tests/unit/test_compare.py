@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from fedbus.errors import FedbusError
-from fedbus.runtime.compare import COLUMNS, load_summaries, render, rounds_table, row, to_csv
+from fedbus.results.compare import COLUMNS, load_summaries, render, rounds_table, row, to_csv
 from fedbus.scenario import load_scenario
 from fedbus.sim.run import simulate
 from tests.conftest import ROOT

@@ -10,8 +10,12 @@ import pytest
 
 CORE = ["fedbus.protocol.codec", "fedbus.protocol.topics", "fedbus.protocol.dedup", "fedbus.aggregator.rounds",
         "fedbus.aggregator.stream", "fedbus.aggregator.strategies", "fedbus.scenario.loader", "fedbus.faults.link",
-        "fedbus.faults.behaviour", "fedbus.surrogate.model", "clients.core", "fedbus.tasks",
-        "fedbus.tasks.federation", "fedbus.llm.engine", "fedbus.scenario.engine", "fedbus.aggregator.llm_merge"]
+        "fedbus.faults.behaviour", "fedbus.surrogate.model", "fedbus.client.core", "fedbus.tasks",
+        "fedbus.tasks.federation", "fedbus.llm.engine", "fedbus.scenario.engine", "fedbus.aggregator.llm_merge",
+        "fedbus.aggregator.session", "fedbus.client.session", "fedbus.client.optimizer", "fedbus.plan",
+        "fedbus.plugins"]
+# The simulator is the sibling of the MQTT runtime: it stands on the sessions, never on fedbus.runtime
+SIMULATOR = ["fedbus.sim.run", "fedbus.sim.client", "fedbus.sim.broker"]
 FORBIDDEN = ["asyncio", "aiomqtt", "paho", "iotcore", "aiohttp", "structlog", "textgrad", "litellm", "socket",
              "threading"]
 
@@ -29,3 +33,20 @@ def test_the_check_can_fail() -> None:
             f"print(json.dumps(sorted(m for m in {FORBIDDEN!r} if m in sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "aiomqtt" in json.loads(out.stdout)
+
+
+@pytest.mark.parametrize("module", SIMULATOR)
+def test_the_simulator_needs_no_network_library_nor_the_runtime(module: str) -> None:
+    """Importing the simulator loads no MQTT, HTTP or asyncio library and nothing from fedbus.runtime."""
+    code = (f"import sys, json, {module}; print(json.dumps(sorted(m for m in sys.modules if m in {FORBIDDEN!r} "
+            "or m.startswith('fedbus.runtime'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == [], f"{module} pulls in the runtime or an I/O library"
+
+
+def test_the_runtime_does_not_import_the_simulator() -> None:
+    """The MQTT runtime and the simulator are siblings: neither imports the other."""
+    code = ("import sys, json, fedbus.runtime.run, fedbus.cli; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('fedbus.sim'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from clients.optimizer import LocalOutcome, SurrogateOptimizer, failure_reason, make_optimizer
-from fedbus.errors import EngineError
+from fedbus.client.optimizer import LocalOutcome, SurrogateOptimizer, make_optimizer
+from fedbus.errors import EngineError, failure_text
 from fedbus.protocol.messages import DataSpec
 from fedbus.scenario import scenario_from_mapping
 from fedbus.sim.run import simulate
@@ -23,9 +23,9 @@ from fedbus.sim.run import simulate
     (ValueError(), "ValueError"),
     (EngineError(), "EngineError"),
 ])
-def test_failure_reason_names_the_type_unless_an_engine_error_says_why(exc: Exception, reason: str) -> None:
+def test_failure_text_names_the_type_unless_an_engine_error_says_why(exc: Exception, reason: str) -> None:
     """An EngineError's message is the reason; anything else (a bug) is named by its type too."""
-    assert failure_reason(exc) == reason
+    assert failure_text(exc) == reason
 
 
 class BrokenInRoundOne(SurrogateOptimizer):

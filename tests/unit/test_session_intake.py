@@ -12,10 +12,10 @@ import pytest
 from fedbus.aggregator.effects import Reduce, RoundClosed, RunFinished
 from fedbus.aggregator.events import Reduced, Started, TimerFired
 from fedbus.aggregator.session import AggregatorSession, Record
+from fedbus.plan import make_core
 from fedbus.protocol import codec, topics
 from fedbus.protocol.ids import AGGREGATOR
 from fedbus.protocol.messages import DataSpec, GlobalState, Message, Metrics, Presence, Update, UpdateStats
-from fedbus.runtime.run import make_core
 from fedbus.scenario import scenario_from_mapping
 
 RUN = "run-1"

@@ -13,17 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from fedbus.aggregator.session import FINISH_GRACE_S
+from fedbus.plan import make_core
 from fedbus.protocol import codec, topics
 from fedbus.protocol.messages import GlobalState, Presence, Task, Update, UpdateStats
-from fedbus.runtime.evaluation import SurrogateEvaluator
-from fedbus.runtime.eventlog import EventLog
-from fedbus.runtime.progress import Progress
-from fedbus.runtime.run import make_core
-from fedbus.runtime.summary import build_summary
+from fedbus.results.eventlog import EventLog
+from fedbus.results.progress import Progress
+from fedbus.results.summary import build_summary
 from fedbus.scenario import scenario_from_mapping
 from fedbus.sim.broker import MemoryBroker
 from fedbus.sim.run import SIM_BROKER, SimAggregator
 from fedbus.sim.timeline import Timeline
+from fedbus.surrogate.evaluation import SurrogateEvaluator
 
 RUN = "drain-sim"
 STATS = UpdateStats(steps=1, accepted_steps=1, batch_acc_before=0.0, batch_acc_after=1.0, llm_calls=3, tokens=10,

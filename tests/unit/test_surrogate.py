@@ -13,12 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clients.optimizer import SurrogateOptimizer
+from fedbus.client.optimizer import SurrogateOptimizer
 from fedbus.errors import EngineError
 from fedbus.faults.behaviour import HIJACKS
 from fedbus.protocol.messages import DataSpec
-from fedbus.runtime.evaluation import SurrogateEvaluator
 from fedbus.surrogate import model, task
+from fedbus.surrogate.evaluation import SurrogateEvaluator
 from fedbus.surrogate.model import CONTEXT_BUDGET
 from fedbus.surrogate.task import SKILL_NAMES, SKILLS, Example
 

@@ -19,7 +19,7 @@ import random
 import threading
 from pathlib import Path
 
-from clients.optimizer import LocalOutcome
+from fedbus.client.optimizer import LocalOutcome
 from fedbus.errors import EngineError
 from fedbus.llm.engine import ChatEngine
 from fedbus.llm.textgrad_engine import local_step

@@ -9,7 +9,7 @@ from fedbus.aggregator.effects import Rejection, RoundResult
 from fedbus.aggregator.llm_merge import retention
 from fedbus.aggregator.session import NodeOutcome
 from fedbus.llm.engine import estimate_tokens
-from fedbus.runtime.eventlog import EventLog
+from fedbus.results.eventlog import EventLog
 from fedbus.scenario import Scenario, scenario_to_mapping
 
 # Event-log entries that show the injected conditions at work, summed into summary.json.

@@ -1,6 +1,6 @@
 """The client as a sans-I/O state machine: events in, effects out.
 
-The asyncio worker (:mod:`clients.worker`) and the deterministic simulator both drive this one
+The asyncio worker (:mod:`fedbus.runtime.client_node`) and the deterministic simulator both drive this one
 object, so a client behaves the same over a real broker and in virtual time. It decides *what*
 the client does under the scenario's conditions — how long its local work takes (latency and
 stragglers), when it drops out of a round, hangs, crashes, leaves or comes back, and what a noisy,
@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from clients.optimizer import LocalOutcome
+from fedbus.client.optimizer import LocalOutcome
 from fedbus.faults import behaviour
 from fedbus.protocol import topics
 from fedbus.protocol.messages import GlobalState, Message, Presence, Task, Update, UpdateStats

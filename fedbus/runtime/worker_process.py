@@ -1,4 +1,4 @@
-"""A worker process of ``fedbus run --workers N``: ``python -m clients.worker_process SPEC.json``.
+"""A worker process of ``fedbus run --workers N``: ``python -m fedbus.runtime.worker_process SPEC.json``.
 
 It must die with its parent even when the parent is SIGKILLed. Linux does that once the process
 asked for it (``PR_SET_PDEATHSIG``), so this module asks first, before the imports that take a
@@ -31,7 +31,7 @@ def die_with_parent(parent_pid: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m clients.worker_process SPEC.json  (started by `fedbus run --workers N`)",
+        print("usage: python -m fedbus.runtime.worker_process SPEC.json  (started by `fedbus run --workers N`)",
               file=sys.stderr)
         return 2
     path = Path(args[0])
@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import asyncio
 
-    from clients.pool import WorkerSpec, run_slice
     from fedbus.logs import configure
+    from fedbus.runtime.pool import WorkerSpec, run_slice
 
     spec = WorkerSpec.load(path)
     path.unlink()  # it may hold the broker password

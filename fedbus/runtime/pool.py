@@ -3,10 +3,10 @@
 A scenario with many clients (``large-federation.yaml`` has 200) does not fit one Python process
 on a small machine: every client is an asyncio task with its own MQTT connection, and the
 aggregator shares the event loop. ``fedbus run --workers N`` (by default one worker per 100
-clients, at most one per CPU) starts N processes of ``python -m clients.worker_process SPEC.json``, each
+clients, at most one per CPU) starts N processes of ``python -m fedbus.runtime.worker_process SPEC.json``, each
 running a slice of the clients against the same broker. Each writes its events to its own JSONL
 part, which ``fedbus run`` merges into events.jsonl at the end (every process stamps ``t`` on
-the same monotonic clock). A worker dies with its parent (see :mod:`clients.worker_process`).
+the same monotonic clock). A worker dies with its parent (see :mod:`fedbus.runtime.worker_process`).
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from clients.optimizer import make_optimizer
-from clients.worker import ClientConfig, OptimizerFactory, run_client
+from fedbus.client.optimizer import OptimizerFactory, make_optimizer, user_optimizer
 from fedbus.errors import FedbusError
+from fedbus.results.eventlog import EventLog
 from fedbus.runtime.address import parse_broker_url
-from fedbus.runtime.eventlog import EventLog
+from fedbus.runtime.client_node import ClientConfig, run_client
 from fedbus.runtime.limits import ensure_open_files
 
 if TYPE_CHECKING:
@@ -104,8 +104,8 @@ class WorkerPool:
                        members=chunk, loop_t0=loop_t0, log_t0=log_t0, events_path=str(part),
                        parent_pid=os.getpid()).dump(spec_path)
             self.parts.append(part)
-            self.processes.append(subprocess.Popen([sys.executable, "-m", "clients.worker_process", str(spec_path)],
-                                                   stdin=subprocess.DEVNULL))
+            command = [sys.executable, "-m", "fedbus.runtime.worker_process", str(spec_path)]
+            self.processes.append(subprocess.Popen(command, stdin=subprocess.DEVNULL))
 
     def finish(self, timeout_s: float) -> list[int | None]:
         """Wait up to ``timeout_s`` for the workers to end (their clients stop when the run finishes); kill the rest."""
@@ -130,6 +130,7 @@ async def run_slice(spec: WorkerSpec) -> None:
     from fedbus.scenario.loader import scenario_from_mapping
 
     scenario = scenario_from_mapping(spec.scenario)
+    make = make_optimizer if scenario.clients.optimizer is None else user_optimizer(scenario.clients.optimizer)
     groups = {group.name: group for group in scenario.groups()}
     broker = parse_broker_url(spec.broker_url)
     events = EventLog(Path(spec.events_path), clock=lambda: time.monotonic() - spec.log_t0)
@@ -141,6 +142,6 @@ async def run_slice(spec: WorkerSpec) -> None:
                                       max_message_bytes=scenario.max_message_bytes, seed=scenario.seed,
                                       group=groups[group_name], step_delay_s=scenario.clients.step_latency_s,
                                       time_scale=scenario.time_scale, started_at=spec.loop_t0, boot="0")
-                group.create_task(run_guarded(config, events), name=f"client[{spec.run_id}].{cid}")
+                group.create_task(run_guarded(config, events, make), name=f"client[{spec.run_id}].{cid}")
     finally:
         events.close()

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import random
 import zlib
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from fedbus.errors import EngineError
+from fedbus.plugins import check_name, lookup
 from fedbus.protocol.messages import DataSpec
 from fedbus.surrogate import model, task
 
@@ -42,16 +44,8 @@ class LocalOptimizer(Protocol):
         ...
 
 
-def failure_reason(exc: Exception) -> str:
-    """Why a round's local work failed, for the event log: an ``EngineError``'s message, else the type too.
-
-    Anything an optimizer raises fails that round for that client only (a missing library, a bug):
-    the client records it and takes the next task instead of staying busy for the rest of the run.
-    """
-    text = str(exc)
-    if isinstance(exc, EngineError) and text:
-        return text
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+OptimizerFactory = Callable[[str, DataSpec, str, "int | None"], LocalOptimizer]
+"""(engine name, the run's data description, client id, shard or None) -> that client's optimizer."""
 
 
 def shard_for(client: str, num_shards: int) -> int:
@@ -94,3 +88,46 @@ def make_optimizer(engine: str, spec: DataSpec, client: str, shard_index: int | 
         raise EngineError(f"this federation runs engine {engine!r}: start the client with --engine local (the "
                           "embedded model) or --engine openai --engine-url URL --model NAME")
     raise EngineError(f"unknown engine {engine!r}; this build has: surrogate, openai, local")
+
+
+UserOptimizerFactory = Callable[[str, DataSpec, int], LocalOptimizer]
+"""What a user registers: (client id, the run's data description, the client's shard) -> its optimizer."""
+OPTIMIZERS: dict[str, UserOptimizerFactory] = {}
+
+
+def register_optimizer(name: str, factory: UserOptimizerFactory) -> None:
+    """Make ``factory`` available to scenarios as ``clients.optimizer: name`` in this process.
+
+    The optimizer's ``optimize`` is awaited over MQTT; in the simulator it must finish without waiting
+    for I/O (it is stepped to completion at once). To reach worker processes or another machine, name
+    it as ``package.module:function`` in the scenario instead.
+    """
+    check_name(name, ("surrogate", "textgrad"))
+    OPTIMIZERS[name] = factory
+
+
+def get_optimizer(name: str) -> UserOptimizerFactory:
+    """The optimizer factory registered as ``name``, or the one a ``package.module:function`` names."""
+    found: UserOptimizerFactory = lookup(name, OPTIMIZERS, "optimizer")
+    return found
+
+
+def user_optimizer(name: str) -> OptimizerFactory:
+    """A scenario's ``clients.optimizer`` as the factory clients call (whatever engine the run announces)."""
+    factory = get_optimizer(name)
+
+    def make(_engine: str, spec: DataSpec, client: str, shard_index: int | None) -> LocalOptimizer:
+        return factory(client, spec, shard_for(client, spec.num_shards) if shard_index is None else shard_index)
+
+    return make
+
+
+def run_now(outcome: Coroutine[Any, Any, LocalOutcome]) -> LocalOutcome:
+    """Step a coroutine that never waits for I/O to its result, without an event loop (the simulator)."""
+    try:
+        outcome.send(None)
+    except StopIteration as done:
+        result: LocalOutcome = done.value
+        return result
+    outcome.close()
+    raise EngineError("the optimizer waited for I/O: the simulator can only step optimizers that never wait")

@@ -1,0 +1,289 @@
+"""The client's side of the protocol as one pure session, driven over MQTT and in virtual time.
+
+h11-style: bytes, times and finished work in; actions out. :class:`ClientSession` wraps the client's
+decisions (:class:`~fedbus.client.core.ClientCore`) with everything between them and the wire: it
+decodes and deduplicates what arrives, routes updates going up and tasks coming down through the
+link's fault plan (loss, duplication, delay, reordering), keeps an offline queue for what the core
+sends while the connection is down, handles partitions (the network goes, the process stays), and
+returns the events.jsonl lines as records. A driver (``fedbus.runtime.client_node`` over MQTT,
+``fedbus.sim.client`` on the timeline) only connects, publishes bytes, schedules what the session
+asks for and runs the optimizer, so both make the same decisions from the same inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fedbus.client.core import (
+    ClientCore,
+    ClientEffect,
+    ClientEvent,
+    ClientProfile,
+    Connected,
+    Disconnect,
+    GlobalSeen,
+    Note,
+    Optimize,
+    Reconnect,
+    Send,
+    SetAlarm,
+    Stop,
+    TaskSeen,
+)
+from fedbus.client.optimizer import LocalOutcome
+from fedbus.errors import RemoteProtocolError
+from fedbus.faults.link import LinkFaults, LinkQueue
+from fedbus.protocol import codec, topics
+from fedbus.protocol.dedup import SeenIds
+from fedbus.protocol.messages import DataSpec, GlobalState, Task, Update
+
+Deliveries = tuple[tuple[Send, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One events.jsonl line of this client (the session adds ``client``)."""
+
+    event: str
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Publish:
+    """Publish ``payload`` ``copies`` times (QoS 1), then call :meth:`ClientSession.published`."""
+
+    send: Send
+    payload: bytes
+    copies: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PushLater:
+    """After ``delay_s``, hand ``deliveries`` back to :meth:`ClientSession.push` (a delayed link)."""
+
+    delay_s: float
+    deliveries: Deliveries
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FeedLater:
+    """After ``delay_s`` (0: at once, in order), feed ``event`` to :meth:`ClientSession.handle`."""
+
+    delay_s: float
+    event: ClientEvent
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Work:
+    """Run the local optimizer on ``task``; report with :meth:`ClientSession.optimized`, then feed
+    ``WorkDone`` no earlier than ``delay_s`` after now."""
+
+    task: Task
+    delay_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WakeAt:
+    """Feed ``Alarm`` at time ``at``."""
+
+    at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Leave:
+    """End the connection (``abrupt``: no DISCONNECT, the Last Will fires); come back at ``back_at``;
+    ``stop``: the client is done."""
+
+    abrupt: bool
+    reason: str
+    back_at: float | None = None
+    stop: bool = False
+
+
+Action = Record | Publish | PushLater | FeedLater | Work | WakeAt | Leave
+
+
+class ClientSession:
+    """One client between the broker and its decisions."""
+
+    def __init__(self, profile: ClientProfile, limits: codec.Limits) -> None:
+        self.profile = profile
+        self.core = ClientCore(profile)
+        net = profile.group.network
+        self.up: LinkQueue[Send] = LinkQueue(LinkFaults(net, profile.seed, profile.client, "up"))
+        self.down: LinkQueue[ClientEvent] = LinkQueue(LinkFaults(net, profile.seed, profile.client, "down"))
+        self.limits = limits
+        self.seen = SeenIds(10_000)
+        self.connected = False
+        self.partitioned = False  # cut by a network partition: the process (and its core) kept running
+        self.offline: list[Send] = []
+        self.last_global: GlobalState | None = None
+        self.connections = 0
+        self.rounds_done = 0
+
+    @property
+    def client(self) -> str:
+        return self.profile.client
+
+    @property
+    def stopped(self) -> bool:
+        return self.core.state == "stopped"
+
+    def subscriptions(self) -> tuple[str, ...]:
+        return topics.global_topic(self.profile.run), topics.task_topic(self.profile.run, self.profile.client)
+
+    def will(self, now: float) -> tuple[str, bytes]:
+        """The Last Will to register before connecting: topic and payload of a retained 'offline' presence."""
+        send = self.core.will(now)
+        return send.topic, codec.encode(send.message)
+
+    def data(self) -> tuple[str, DataSpec] | None:
+        """The engine and data description the federation announced, once a global state arrived."""
+        return None if self.last_global is None else (self.last_global.engine, self.last_global.data)
+
+    # ------------------------------------------------------------------ connection
+    def connected_now(self, now: float) -> list[Action]:
+        """The driver connected and subscribed."""
+        self.connected = True
+        self.connections += 1
+        out: list[Action] = [self._record("connected", n=self.connections)]
+        if self.partitioned:  # the process kept running; only the network came back
+            self.partitioned = False
+            out += self._send(self.core.online(now))
+        else:
+            out += self._effects(self.core.handle(Connected(now=now)))
+        queued, self.offline = self.offline, []
+        for send in queued:
+            out += self._send(send)
+        return out
+
+    def disconnected(self, leave: Leave) -> list[Action]:
+        """The driver ended the connection as ``leave`` said."""
+        self.connected = False
+        return [self._record("disconnected", reason=leave.reason, abrupt=leave.abrupt, back_at=leave.back_at)]
+
+    def partition(self, heals_at: float) -> list[Action]:
+        """A network partition starts: the connection is cut, the process keeps running."""
+        if not self.connected or self.stopped:
+            return []
+        self.partitioned = True
+        return [Leave(abrupt=True, reason="network partition", back_at=heals_at)]
+
+    # ------------------------------------------------------------------ incoming
+    def receive(self, topic: str, payload: bytes, now: float) -> list[Action]:
+        """One delivery from the broker."""
+        try:
+            message = codec.decode(payload, self.limits)
+        except RemoteProtocolError as exc:
+            return [self._record("dropped", topic=topic, reason=str(exc))]
+        if not self.seen.first_time(message.msg_id):
+            return [self._record("duplicate-delivery", id=message.msg_id)]
+        run = self.profile.run
+        if isinstance(message, GlobalState) and message.run == run:
+            self.last_global = message
+            return self.handle(GlobalSeen(now=now, state=message))  # control plane: no link faults
+        if not (isinstance(message, Task) and message.client == self.client and message.run == run):
+            return [self._record("dropped", topic=topic, reason=f"unexpected {type(message).__name__}")]
+        out: list[Action] = [self._record("received", kind="task", round=message.round, id=message.msg_id)]
+        route = self.down.route(TaskSeen(now=now, task=message))
+        if route.lost:
+            out.append(self._record("link-lost", direction="down", id=message.msg_id, round=message.round))
+        elif route.held:
+            out.append(self._record("link-held", direction="down", id=message.msg_id))
+        for item, copies in route.deliveries:
+            out += [FeedLater(delay_s=route.delay_s, event=item)] * copies
+        return out
+
+    # ------------------------------------------------------------------ decisions
+    def handle(self, event: ClientEvent) -> list[Action]:
+        """Feed the core one event (a timer, finished work, a task the link delivered)."""
+        if self.stopped:
+            return []
+        return self._effects(self.core.handle(event))
+
+    def optimized(self, task: Task, outcome: LocalOutcome | None, error: str, error_type: str = "") -> list[Action]:
+        """The optimizer finished (``outcome``) or failed (``error``): what to log now. The driver feeds
+        ``WorkDone`` once the task's latency has passed."""
+        if outcome is not None:
+            self.rounds_done += 1
+            if outcome.step_reasons:
+                return [self._record("local-steps", round=task.round, reasons=list(outcome.step_reasons),
+                                     llm_calls=outcome.llm_calls, tokens=outcome.tokens)]
+            return []
+        return [self._record("local-error", round=task.round, error_type=error_type, reason=error[:300])]
+
+    # ------------------------------------------------------------------ going out
+    def push(self, deliveries: Deliveries) -> list[Action]:
+        """Publish what a link released (at once, or after its delay); queued if the connection is down."""
+        out: list[Action] = []
+        for send, copies in deliveries:
+            out += self._publish(send, copies)
+        return out
+
+    def published(self, publish: Publish) -> list[Action]:
+        """The driver published ``publish``: log it."""
+        m = publish.send.message
+        out: list[Action] = []
+        if publish.copies > 1:
+            out.append(self._record("link-duplicated", direction="up", id=m.msg_id, copies=publish.copies))
+        extra = {"prompt_chars": len(m.prompt)} if isinstance(m, Update) else {}
+        out.append(self._record("sent", kind=type(m).__name__.lower(), id=m.msg_id, round=m.round, **extra))
+        return out
+
+    def publish_failed(self, publish: Publish, reason: str) -> list[Action]:
+        """The connection failed while publishing: keep the message for the next connection."""
+        self.offline.append(publish.send)
+        return [self._record("send-failed", id=publish.send.message.msg_id, reason=reason)]
+
+    def _effects(self, effects: list[ClientEffect]) -> list[Action]:
+        out: list[Action] = []
+        leave: Leave | None = None
+        for effect in effects:
+            if isinstance(effect, Send):
+                out += self._send(effect)
+            elif isinstance(effect, Optimize):
+                out.append(Work(task=effect.task, delay_s=effect.delay_s))
+            elif isinstance(effect, SetAlarm):
+                out.append(WakeAt(at=effect.at))
+            elif isinstance(effect, Disconnect):
+                leave = Leave(abrupt=effect.abrupt, reason=effect.reason)
+            elif isinstance(effect, Reconnect) and leave is not None:
+                leave = Leave(abrupt=leave.abrupt, reason=leave.reason, back_at=effect.at)
+            elif isinstance(effect, Stop):
+                leave = Leave(abrupt=False, reason=effect.reason, stop=True)
+            elif isinstance(effect, Note):
+                out.append(self._record(effect.event, detail=effect.detail, round=effect.round))
+        if leave is not None:
+            out.append(leave)
+        return out
+
+    def _send(self, send: Send) -> list[Action]:
+        """What the core sends: queued while down; updates through the up-link's fault plan."""
+        m = send.message
+        if not self.connected:
+            self.offline.append(send)
+            return [self._record("queued-offline", id=m.msg_id)]
+        if not isinstance(m, Update):  # presence is control plane: the fault plan acts on tasks and updates
+            return self._publish(send, 1)
+        route = self.up.route(send)
+        if route.lost:
+            return [self._record("link-lost", direction="up", kind="update", id=m.msg_id, round=m.round)]
+        if route.held:
+            return [self._record("link-held", direction="up", id=m.msg_id)]
+        if route.delay_s > 0:
+            return [PushLater(delay_s=route.delay_s, deliveries=route.deliveries)]
+        return self.push(route.deliveries)
+
+    def _publish(self, send: Send, copies: int) -> list[Action]:
+        if not self.connected:
+            self.offline.append(send)
+            return []
+        try:
+            payload = codec.encode(send.message, self.limits)
+        except codec.MessageTooLarge as exc:  # the aggregator would drop it as oversized: say so here
+            return [self._record("send-refused", id=send.message.msg_id, round=send.message.round, reason=str(exc))]
+        return [Publish(send=send, payload=payload, copies=copies)]
+
+    def _record(self, event: str, **fields: Any) -> Record:
+        return Record(event, {"client": self.client, **fields})

@@ -1,0 +1,1 @@
+"""What a run leaves behind: events.jsonl, summary.json, the progress table, and comparisons of runs."""

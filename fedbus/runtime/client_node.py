@@ -1,0 +1,249 @@
+"""A client over a real MQTT connection: drives a :class:`~fedbus.client.session.ClientSession`.
+
+The same coroutine runs inside ``fedbus run`` (one asyncio task per client, each with its own MQTT
+connection), in the worker processes of ``fedbus run --workers N``, and alone in ``fedbus client`` on
+another machine. The session decides; this driver connects with a persistent session and the
+session's Last Will, publishes what it is told, schedules what the link delays, runs the local
+optimizer, and reconnects when the session says so. Times in the session are simulated seconds;
+``time_scale`` of them pass per wall-clock second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import secrets
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from fedbus.client.core import Alarm, ClientEvent, ClientProfile, WorkDone
+from fedbus.client.optimizer import LocalOptimizer, LocalOutcome, OptimizerFactory, make_optimizer
+from fedbus.client.session import (
+    Action,
+    ClientSession,
+    Deliveries,
+    FeedLater,
+    Leave,
+    Publish,
+    PushLater,
+    Record,
+    WakeAt,
+    Work,
+)
+from fedbus.errors import EngineError, TransportError, failure_text
+from fedbus.protocol import codec
+from fedbus.protocol.messages import Task
+from fedbus.results.eventlog import EventLog
+from fedbus.runtime.address import BrokerAddress
+from fedbus.runtime.bus import Incoming, LastWill, MqttBus
+from fedbus.scenario.conditions import ClientGroup
+
+log = structlog.get_logger("fedbus.client")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientConfig:
+    """One client: who it is, where the broker is, its shard, and the conditions it runs under."""
+
+    run: str
+    client: str
+    broker: BrokerAddress
+    shard: int | None = None
+    engine: str | None = None  # None: the engine the federation announces
+    max_message_bytes: int = codec.DEFAULT_MAX_BYTES
+    seed: int = 0
+    group: ClientGroup = field(default_factory=lambda: ClientGroup(name="client", count=1))
+    step_delay_s: float = 0.0  # simulated time per local step (scenario clients.step_latency_s)
+    time_scale: float = 1.0
+    started_at: float | None = None  # the run's start on the event loop's clock; None: now
+    boot: str | None = None  # message-id token; None: random (a restarted process never reuses ids)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientReport:
+    """How a client's session ended."""
+
+    client: str
+    rounds_done: int
+    reason: str
+    connections: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Delivery:
+    """A message from the broker, stamped with the time it arrived."""
+
+    topic: str
+    payload: bytes
+    now: float
+
+
+class _Driver:
+    def __init__(self, config: ClientConfig, events: EventLog, make: OptimizerFactory) -> None:
+        self.config = config
+        self.events = events
+        self.make = make
+        self.loop = asyncio.get_running_loop()
+        self.t0 = config.started_at if config.started_at is not None else self.loop.time()
+        profile = ClientProfile(run=config.run, client=config.client, seed=config.seed, group=config.group,
+                                step_latency_s=config.step_delay_s, boot=config.boot or secrets.token_hex(4))
+        self.session = ClientSession(profile, codec.Limits(max_bytes=config.max_message_bytes))
+        # the one consumer of the session: deliveries, timers, finished work and link releases, in order
+        self.queue: asyncio.Queue[ClientEvent | Leave | Deliveries | _Delivery] = asyncio.Queue()
+        self.bus: MqttBus | None = None
+        self.optimizer: LocalOptimizer | None = None
+        self.background: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ time
+    def now(self) -> float:
+        return (self.loop.time() - self.t0) * self.config.time_scale
+
+    def wall(self, simulated_s: float) -> float:
+        return max(0.0, simulated_s) / self.config.time_scale
+
+    def at(self, simulated: float, callback: Callable[[], None]) -> None:
+        self.loop.call_at(self.t0 + simulated / self.config.time_scale, callback)
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = self.loop.create_task(coro, name=f"client[{self.config.client}].{name}")
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    # ------------------------------------------------------------------ life
+    async def run(self) -> ClientReport:
+        for interval in self.config.group.network.partitions:
+            self.at(interval.start_s, functools.partial(self._partition, interval.end_s))
+        reason = "connection closed"
+        try:
+            while True:
+                leave = await self._connection()
+                if leave.stop:
+                    reason = leave.reason
+                    break
+                if leave.back_at is None:
+                    reason = f"gone: {leave.reason}"
+                    break
+                await asyncio.sleep(max(0.0, self.t0 + leave.back_at / self.config.time_scale - self.loop.time()))
+        finally:
+            for task in list(self.background):
+                task.cancel()
+        s = self.session
+        return ClientReport(client=s.client, rounds_done=s.rounds_done, reason=reason, connections=s.connections)
+
+    def _partition(self, heals_at: float) -> None:
+        for action in self.session.partition(heals_at):
+            self.queue.put_nowait(action)  # type: ignore[arg-type]  # partition() returns Leave only
+
+    async def _connection(self) -> Leave:
+        cfg = self.config
+        topic, payload = self.session.will(self.now())
+        async with MqttBus(cfg.broker, identifier=f"{cfg.run}.{cfg.client}",
+                           will=LastWill(topic=topic, payload=payload)) as bus:
+            await bus.subscribe(*self.session.subscriptions())
+            self.bus = bus
+            receiver = self.loop.create_task(self._receive(bus), name=f"client[{cfg.client}].receive")
+            try:
+                leave = await self._carry_out(self.session.connected_now(self.now()))
+                while leave is None:
+                    item = await self.queue.get()
+                    if isinstance(item, Leave):
+                        leave = item
+                    elif isinstance(item, _Delivery):
+                        leave = await self._carry_out(self.session.receive(item.topic, item.payload, item.now))
+                    elif isinstance(item, tuple):
+                        leave = await self._carry_out(self.session.push(item))
+                    else:
+                        leave = await self._carry_out(self.session.handle(item))
+            finally:
+                self.bus = None
+                receiver.cancel()
+            await self._carry_out(self.session.disconnected(leave))
+            if leave.abrupt:
+                await bus.abort()
+        return leave
+
+    # ------------------------------------------------------------------ actions
+    async def _carry_out(self, actions: list[Action]) -> Leave | None:
+        """Carry out the session's actions in order; a ``Leave`` ends the connection after the rest."""
+        leave: Leave | None = None
+        for action in actions:
+            if isinstance(action, Record):
+                self.events.record(action.event, **action.fields)
+            elif isinstance(action, Publish):
+                await self._carry_out(await self._publish(action))
+            elif isinstance(action, PushLater):
+                self.loop.call_later(self.wall(action.delay_s), self.queue.put_nowait, action.deliveries)
+            elif isinstance(action, FeedLater):
+                if action.delay_s > 0:
+                    self.loop.call_later(self.wall(action.delay_s), self.queue.put_nowait, action.event)
+                else:
+                    self.queue.put_nowait(action.event)
+            elif isinstance(action, WakeAt):
+                self.at(action.at, lambda: self.queue.put_nowait(Alarm(now=self.now())))
+            elif isinstance(action, Work):
+                self.spawn(self._optimize(action.task, action.delay_s), f"optimize-{action.task.round}")
+            elif isinstance(action, Leave):
+                leave = action
+        return leave
+
+    async def _publish(self, action: Publish) -> list[Action]:
+        bus = self.bus
+        if bus is None:
+            return self.session.push(((action.send, action.copies),))  # queued offline
+        try:
+            for _ in range(action.copies):
+                await bus.publish(action.send.topic, action.payload, retain=action.send.retain)
+        except TransportError as exc:
+            return self.session.publish_failed(action, str(exc))
+        return self.session.published(action)
+
+    async def _optimize(self, task: Task, delay_s: float) -> None:
+        started = self.loop.time()
+        outcome: LocalOutcome | None = None
+        error = error_type = ""
+        try:
+            if self.optimizer is None:
+                announced = self.session.data()
+                if announced is None:
+                    raise EngineError("no global state yet: the data description is unknown")
+                engine = self.config.engine or announced[0]
+                self.optimizer = self.make(engine, announced[1], self.config.client, self.config.shard)
+            outcome = await self.optimizer.optimize(task.prompt, round=task.round, steps=task.local_steps,
+                                                    batch_size=task.batch_size)
+        except Exception as exc:  # any failure fails this round only: the client takes the next task
+            error, error_type = failure_text(exc, 300), type(exc).__name__
+            log.warning("local optimization failed", client=self.config.client, round=task.round,
+                        error_type=error_type, reason=error, exc_info=not isinstance(exc, EngineError))
+        await self._carry_out(self.session.optimized(task, outcome, error, error_type))
+        await asyncio.sleep(max(0.0, self.wall(delay_s) - (self.loop.time() - started)))
+        self.queue.put_nowait(WorkDone(now=self.now(), task=task, outcome=outcome, error=error))
+
+    # ------------------------------------------------------------------ incoming
+    async def _receive(self, bus: MqttBus) -> None:
+        try:
+            async for incoming in bus.messages():
+                await self._incoming(incoming)
+        except TransportError as exc:
+            if self.bus is bus:
+                self.events.record("connection-lost", client=self.config.client, reason=str(exc))
+                self.queue.put_nowait(Leave(abrupt=True, reason="connection lost", back_at=self.now() + 1.0))
+
+    async def _incoming(self, incoming: Incoming) -> None:
+        self.queue.put_nowait(_Delivery(incoming.topic, incoming.payload, self.now()))
+
+
+async def run_client(
+    config: ClientConfig,
+    events: EventLog | None = None,
+    make: OptimizerFactory = make_optimizer,
+) -> ClientReport:
+    """Take part in run ``config.run`` until it finishes (or the client is gone); return how it ended."""
+    with structlog.contextvars.bound_contextvars(client=config.client, run=config.run):
+        started = time.monotonic()
+        report = await _Driver(config, events or EventLog(None), make).run()
+        log.debug("client finished", reason=report.reason, seconds=round(time.monotonic() - started, 3))
+        return report
