@@ -13,12 +13,9 @@ from typing import Any
 
 import yaml
 
-from fedbus.aggregator.config import MODES
 from fedbus.aggregator.staleness import WEIGHTINGS, StalenessWeighting
-from fedbus.aggregator.strategies import LLM_STRATEGIES, get_strategy
-from fedbus.client.optimizer import get_optimizer
+from fedbus.aggregator.strategies import LLM_STRATEGIES
 from fedbus.errors import ScenarioError
-from fedbus.plugins import PluginError
 from fedbus.protocol.messages import DataSpec
 from fedbus.scenario.conditions import ClientGroup
 from fedbus.scenario.engine import engine_to_mapping, read_engine
@@ -33,41 +30,18 @@ from fedbus.scenario.model import (
     ParticipationSpec,
     Scenario,
 )
-from fedbus.scenario.reader import Reader, at_least, one_of, valid_id, within
+from fedbus.scenario.reader import Reader, at_least, one_of, settings_of, valid_id, within
 
 _TOP = {"name", "seed", "engine", "rounds", "initial_prompt", "task", "clients", "participation",
         "aggregation", "max_message_bytes", "time_scale"}
 _TASK = {"name", "train_size", "val_size", "test_size", "partition", "alpha"}
-_CLIENTS = {"count", "local_steps", "batch_size", "id_prefix", "step_latency_s", "groups", "strict", "optimizer"}
-_PARTICIPATION = {"fraction", "min_clients", "min_updates", "round_deadline_s", "join_timeout_s", "overcommit",
-                  "adaptive_deadline"}
+_CLIENTS = {f.name for f in settings_of(ClientsSpec)} | {"count", "groups"}
+_PARTICIPATION = {f.name for f in settings_of(ParticipationSpec)} | {"adaptive_deadline"}
 _ADAPTIVE = {"k", "window"}
-_AGGREGATION = {"strategy", "max_prompt_chars", "mode", "buffer_size", "max_staleness", "weighting"}
+_AGGREGATION = {f.name for f in settings_of(AggregationSpec)} | {"buffer_size", "weighting"}
 _WEIGHTING = {"kind", "a", "b"}
 
 DEFAULT_PROMPT = "You will answer a reasoning question. The last line of your answer should be 'Answer: $VALUE'."
-
-
-def known_strategy(name: object) -> str | None:
-    """A registered strategy, an LLM merge, or an importable ``package.module:function``."""
-    if not isinstance(name, str):
-        return f"must be a strategy name, got {name!r}"
-    if name in LLM_STRATEGIES:
-        return None
-    try:
-        get_strategy(name)
-    except PluginError as exc:
-        return str(exc)
-    return None
-
-
-def known_optimizer(name: object) -> str | None:
-    """A registered optimizer or an importable ``package.module:function``."""
-    try:
-        get_optimizer(str(name))
-    except PluginError as exc:
-        return str(exc)
-    return None
 
 
 def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None) -> Scenario:
@@ -127,22 +101,11 @@ def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None) -
                       " or be left out")
     else:
         count = r.get(c, "count", "clients", int, check=at_least(1))
-    local_steps = r.get(c, "local_steps", "clients", int, default=3, check=at_least(1))
-    batch_size = r.get(c, "batch_size", "clients", int, default=3, check=at_least(1))
-    prefix = r.get(c, "id_prefix", "clients", str, default="client", check=valid_id)
-    latency = r.get(c, "step_latency_s", "clients", float, default=0.0, check=at_least(0.0))
-    strict = r.get(c, "strict", "clients", bool, default=False)
-    optimizer = r.get(c, "optimizer", "clients", str, default=None, check=known_optimizer)
+    client_settings = r.read_settings(c, "clients", ClientsSpec)
 
     p = r.section(doc, "participation", "", _PARTICIPATION)
-    fraction = r.get(p, "fraction", "participation", float, default=1.0, check=within(0.0, 1.0))
-    if fraction is not None and fraction == 0.0:
-        r.problem("participation.fraction", "must be > 0")
-    min_clients = r.get(p, "min_clients", "participation", int, default=1, check=at_least(1))
-    min_updates = r.get(p, "min_updates", "participation", int, default=1, check=at_least(1))
-    deadline = r.get(p, "round_deadline_s", "participation", float, default=60.0, check=at_least(0.001))
-    join_timeout = r.get(p, "join_timeout_s", "participation", float, default=30.0, check=at_least(0.0))
-    overcommit = r.get(p, "overcommit", "participation", float, default=0.0, check=within(0.0, 10.0))
+    participation = r.read_settings(p, "participation", ParticipationSpec)
+    min_clients, min_updates = participation["min_clients"], participation["min_updates"]
     ad = r.section(p, "adaptive_deadline", "participation", _ADAPTIVE)
     adaptive_k = r.get(ad, "k", "participation.adaptive_deadline", float, default=None, check=at_least(0.0))
     if ad and adaptive_k is None and "k" not in ad:
@@ -150,12 +113,10 @@ def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None) -
     adaptive_window = r.get(ad, "window", "participation.adaptive_deadline", int, default=20, check=at_least(3))
 
     a = r.section(doc, "aggregation", "", _AGGREGATION)
-    strategy = r.get(a, "strategy", "aggregation", str, default="concat", check=known_strategy)
-    max_chars = r.get(a, "max_prompt_chars", "aggregation", int, default=20_000, check=at_least(100))
-    mode = r.get(a, "mode", "aggregation", str, default="sync", check=one_of(MODES))
+    aggregation = r.read_settings(a, "aggregation", AggregationSpec)
+    strategy, mode, max_chars = aggregation["strategy"], aggregation["mode"], aggregation["max_prompt_chars"]
     buffer_size = r.get(a, "buffer_size", "aggregation", int, default=1 if mode != "buffered" else 2,
                         check=at_least(1))
-    max_staleness = r.get(a, "max_staleness", "aggregation", int, default=10, check=at_least(0))
     w = r.section(a, "weighting", "aggregation", _WEIGHTING)
     weighting_kind = r.get(w, "kind", "aggregation.weighting", str, default="polynomial", check=one_of(WEIGHTINGS))
     weighting_a = r.get(w, "a", "aggregation.weighting", float, default=0.5, check=at_least(0.0))
@@ -167,7 +128,7 @@ def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None) -
             r.problem("aggregation.strategy", f"{strategy} needs an LLM engine (openai or local), not the surrogate")
         if mode != "sync":
             r.problem("aggregation.strategy", f"{strategy} runs in sync mode; buffered and async merge with weights")
-    if mode != "sync" and overcommit:
+    if mode != "sync" and participation["overcommit"]:
         r.problem("participation.overcommit", "applies to sync mode only")
 
     if isinstance(count, int) and isinstance(min_clients, int) and min_clients > count:
@@ -191,15 +152,12 @@ def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None) -
         initial_prompt=prompt,
         data=DataSpec(task=task_name, seed=chosen_seed, num_shards=count, train_size=train,
                       val_size=val, test_size=test, partition=partition),
-        clients=ClientsSpec(count=count, local_steps=local_steps, batch_size=batch_size, id_prefix=prefix,
-                            step_latency_s=latency, groups=groups, strict=strict, optimizer=optimizer),
-        participation=ParticipationSpec(fraction=fraction, min_clients=min_clients, min_updates=min_updates,
-                                        round_deadline_s=deadline, join_timeout_s=join_timeout,
-                                        overcommit=overcommit, adaptive_deadline_k=adaptive_k,
-                                        adaptive_window=adaptive_window),
-        aggregation=AggregationSpec(strategy=strategy, max_prompt_chars=max_chars, mode=mode,
-                                    buffer_size=1 if mode == "async" else buffer_size, max_staleness=max_staleness,
-                                    weighting=StalenessWeighting(kind=weighting_kind, a=weighting_a, b=weighting_b)),
+        clients=ClientsSpec(count=count, groups=groups, **client_settings),
+        participation=ParticipationSpec(adaptive_deadline_k=adaptive_k, adaptive_window=adaptive_window,
+                                        **participation),
+        aggregation=AggregationSpec(buffer_size=1 if mode == "async" else buffer_size,
+                                    weighting=StalenessWeighting(kind=weighting_kind, a=weighting_a, b=weighting_b),
+                                    **aggregation),
         max_message_bytes=max_bytes,
         time_scale=time_scale,
     )
@@ -251,21 +209,22 @@ def _task_mapping(d: DataSpec) -> dict[str, Any]:
     return out
 
 
+def _settings(spec: Any) -> dict[str, Any]:
+    """The declared settings of a spec, as a scenario file writes them (unset optional ones left out)."""
+    values = {f.name: getattr(spec, f.name) for f in settings_of(type(spec))}
+    return {name: value for name, value in values.items() if value is not None}
+
+
 def scenario_to_mapping(scenario: Scenario) -> dict[str, Any]:
     """The scenario as plain data that ``scenario_from_mapping`` reads back (summary.json, round trips)."""
     d = scenario.data
     c = scenario.clients
     p = scenario.participation
     a = scenario.aggregation
-    clients: dict[str, Any] = {"count": c.count, "local_steps": c.local_steps, "batch_size": c.batch_size,
-                               "id_prefix": c.id_prefix, "step_latency_s": c.step_latency_s, "strict": c.strict}
-    if c.optimizer is not None:
-        clients["optimizer"] = c.optimizer
+    clients: dict[str, Any] = {"count": c.count, **_settings(c)}
     if c.groups:
         clients["groups"] = [_group_mapping(g) for g in c.groups]
-    participation: dict[str, Any] = {
-        "fraction": p.fraction, "min_clients": p.min_clients, "min_updates": p.min_updates,
-        "round_deadline_s": p.round_deadline_s, "join_timeout_s": p.join_timeout_s, "overcommit": p.overcommit}
+    participation: dict[str, Any] = _settings(p)
     if p.adaptive_deadline_k is not None:
         participation["adaptive_deadline"] = {"k": p.adaptive_deadline_k, "window": p.adaptive_window}
     return {
@@ -279,7 +238,5 @@ def scenario_to_mapping(scenario: Scenario) -> dict[str, Any]:
         "task": _task_mapping(d),
         "clients": clients,
         "participation": participation,
-        "aggregation": {"strategy": a.strategy, "max_prompt_chars": a.max_prompt_chars, "mode": a.mode,
-                        "buffer_size": a.buffer_size, "max_staleness": a.max_staleness,
-                        "weighting": dataclasses.asdict(a.weighting)},
+        "aggregation": {**_settings(a), "buffer_size": a.buffer_size, "weighting": dataclasses.asdict(a.weighting)},
     }

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fedbus.aggregator.config import MODES
 from fedbus.aggregator.staleness import StalenessWeighting
+from fedbus.aggregator.strategies import LLM_STRATEGIES, get_strategy
+from fedbus.client.optimizer import get_optimizer
+from fedbus.plugins import PluginError
 from fedbus.protocol.messages import DataSpec
 from fedbus.scenario.conditions import ClientGroup
 from fedbus.scenario.engine import EngineSpec
+from fedbus.scenario.reader import at_least, one_of, setting, valid_id, within
 
 SURROGATE_TASKS = ("surrogate-skills",)
 LLM_TASKS = ("object_counting", "multistep_arithmetic_two")  # generated in BIG-Bench Hard's format
@@ -15,31 +20,61 @@ TASKS = SURROGATE_TASKS + LLM_TASKS
 PARTITIONS = ("iid", "by-skill", "dirichlet", "per-task")
 
 
+def known_strategy(name: object) -> str | None:
+    """A registered strategy, an LLM merge, or an importable ``package.module:function``."""
+    if not isinstance(name, str):
+        return f"must be a strategy name, got {name!r}"
+    if name in LLM_STRATEGIES:
+        return None
+    try:
+        get_strategy(name)
+    except PluginError as exc:
+        return str(exc)
+    return None
+
+
+def known_optimizer(name: object) -> str | None:
+    """A registered optimizer or an importable ``package.module:function``."""
+    try:
+        get_optimizer(str(name))
+    except PluginError as exc:
+        return str(exc)
+    return None
+
+
+# Each field a scenario file can set is declared once, here: its type, its default and its check (a
+# `setting`). The loader reads every declared field of a section from these declarations; the fields
+# without one (nested or derived: groups, adaptive_deadline, weighting) it reads by hand.
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClientsSpec:
     """The client population and its local work."""
 
-    count: int
-    local_steps: int = 3
-    batch_size: int = 3
-    id_prefix: str = "client"
-    step_latency_s: float = 0.0  # simulated time of one local step (the surrogate answers at once)
+    count: int  # read by hand: it may be the sum of the groups' counts
+    local_steps: int = setting(3, check=at_least(1))
+    batch_size: int = setting(3, check=at_least(1))
+    id_prefix: str = setting("client", check=valid_id)
+    # simulated time of one local step (the surrogate answers at once)
+    step_latency_s: float = setting(0.0, check=at_least(0.0))
     groups: tuple[ClientGroup, ...] = ()  # empty: one honest group of `count` clients named id_prefix
-    strict: bool = False  # TextGrad clients: keep a step only if batch accuracy rose (or is perfect)
-    optimizer: str | None = None  # a registered optimizer or package.module:function; None: the engine's
+    # TextGrad clients: keep a step only if batch accuracy rose (or is perfect)
+    strict: bool = setting(False)
+    # a registered optimizer or package.module:function; None: the engine's
+    optimizer: str | None = setting(None, check=known_optimizer)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ParticipationSpec:
     """Who takes part in a synchronous round, and for how long the aggregator waits."""
 
-    fraction: float = 1.0
-    min_clients: int = 1
-    min_updates: int = 1
-    round_deadline_s: float = 60.0
-    join_timeout_s: float = 30.0
-    overcommit: float = 0.0
-    adaptive_deadline_k: float | None = None
+    fraction: float = setting(1.0, check=lambda v: within(0.0, 1.0)(v) or (None if v > 0 else "must be > 0"))
+    min_clients: int = setting(1, check=at_least(1))
+    min_updates: int = setting(1, check=at_least(1))
+    round_deadline_s: float = setting(60.0, check=at_least(0.001))  # sync: per round; buffered/async: per task
+    join_timeout_s: float = setting(30.0, check=at_least(0.0))
+    overcommit: float = setting(0.0, check=within(0.0, 10.0))  # sync: select this much more, close at target
+    adaptive_deadline_k: float | None = None  # read by hand from adaptive_deadline: {k, window}
     adaptive_window: int = 20
 
 
@@ -47,12 +82,12 @@ class ParticipationSpec:
 class AggregationSpec:
     """How uploaded prompts become the next global prompt."""
 
-    strategy: str = "concat"
-    max_prompt_chars: int = 20_000
-    mode: str = "sync"
-    buffer_size: int = 1
-    max_staleness: int = 10
-    weighting: StalenessWeighting = field(default_factory=StalenessWeighting)
+    strategy: str = setting("concat", check=known_strategy)
+    max_prompt_chars: int = setting(20_000, check=at_least(100))
+    mode: str = setting("sync", check=one_of(MODES))
+    buffer_size: int = 1  # read by hand: its default depends on the mode
+    max_staleness: int = setting(10, check=at_least(0))
+    weighting: StalenessWeighting = field(default_factory=StalenessWeighting)  # read by hand: a nested mapping
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from fedbus.protocol.ids import is_valid_id
 
 MISSING = object()
+
+
+def setting(default: Any, *, check: Callable[[Any], str | None] | None = None) -> Any:
+    """A field a scenario file sets: its default and its check, declared once on the frozen spec."""
+    return dataclasses.field(default=default, metadata={"setting": True, "check": check})
+
+
+def settings_of(spec: type) -> list[dataclasses.Field[Any]]:
+    """The fields of ``spec`` declared with :func:`setting`."""
+    return [f for f in dataclasses.fields(spec) if f.metadata.get("setting")]
 
 
 class Reader:
@@ -29,6 +41,16 @@ class Reader:
             return {}
         self.unknown_keys(value, where, allowed)
         return value
+
+    def read_settings(self, doc: Mapping[str, Any], path: str, spec: type) -> dict[str, Any]:
+        """Every field ``spec`` declares with :func:`setting`, read from ``doc`` with its type, default and
+        check; problems are recorded under ``path``."""
+        hints = typing.get_type_hints(spec)
+        out: dict[str, Any] = {}
+        for f in settings_of(spec):
+            kinds = [k for k in typing.get_args(hints[f.name]) if k is not type(None)] or [hints[f.name]]
+            out[f.name] = self.get(doc, f.name, path, kinds[0], default=f.default, check=f.metadata["check"])
+        return out
 
     def unknown_keys(self, doc: Mapping[str, Any], path: str, allowed: set[str]) -> None:
         for key in doc:

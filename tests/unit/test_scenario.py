@@ -106,3 +106,27 @@ def test_engine_and_task_must_fit_together() -> None:
     lines = problems(minimal(engine="local", task={"name": ["object_counting", "sudoku"], "alpha": 2}))
     assert any(line.startswith("task.name[1]:") for line in lines), lines
     assert any(line.startswith("task.alpha:") for line in lines), lines
+
+
+@pytest.mark.parametrize(("section", "spec"), [("clients", "ClientsSpec"), ("participation", "ParticipationSpec"),
+                                                ("aggregation", "AggregationSpec")])
+def test_every_declared_setting_is_read_with_its_default_type_and_path(section: str, spec: str) -> None:
+    """Each field declared with `setting` is read from YAML by its declaration: absent, it takes the declared
+    default; of the wrong type, the error names `section.field`."""
+    import dataclasses
+
+    from fedbus.scenario import model
+    from fedbus.scenario.reader import settings_of
+
+    base = {"name": "decl", "rounds": 1, "task": {"name": "surrogate-skills"}, "clients": {"count": 2}}
+    scenario = scenario_from_mapping(base)
+    declared = settings_of(getattr(model, spec))
+    assert declared, "nothing declared"
+    values = getattr(scenario, section)
+    for f in declared:
+        assert getattr(values, f.name) == f.default, f.name
+        doc = {**base, section: {**base.get(section, {}), f.name: ["not", "a", "value"]}}
+        with pytest.raises(ScenarioError) as caught:
+            scenario_from_mapping(doc)
+        assert f"{section}.{f.name}" in [path for path, _ in caught.value.problems]
+    assert {f.name for f in dataclasses.fields(getattr(model, spec))} >= {f.name for f in declared}
