@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -87,12 +88,16 @@ def simulate(scenario: Scenario | str | Path, out_dir: str | Path | None = None,
 
 async def run(scenario: Scenario | str | Path, out_dir: str | Path, *, broker_url: str | None = None,
               run_id: str | None = None, workers: int | None = None, progress: bool = False,
-              engine: EngineOverrides | None = None) -> dict[str, Any]:
+              engine: EngineOverrides | None = None, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Run ``scenario`` over a real MQTT broker (``broker_url``, or an embedded rumqttd) to its end and
-    return summary.json's content (also written to ``out_dir`` with events.jsonl)."""
+    return summary.json's content (also written to ``out_dir`` with events.jsonl).
+
+    ``environ``: what an LLM run may read from the environment (the API key its engine names,
+    ``FEDBUS_ENGINE_URL``, ``FEDBUS_CACHE``); pass ``os.environ`` to behave like the CLI. Nothing else
+    in fedbus reads environment variables."""
     from fedbus.runtime.engines import EngineOverrides
     from fedbus.runtime.run import RunOptions, run_scenario
 
     options = RunOptions(out_dir=Path(out_dir), broker_url=broker_url, run_id=run_id, workers=workers,
-                         progress=progress, engine=engine or EngineOverrides())
+                         progress=progress, engine=engine or EngineOverrides(), environ=dict(environ or {}))
     return await run_scenario(_scenario(scenario), options)

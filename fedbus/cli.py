@@ -153,7 +153,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / run_id
     options = RunOptions(out_dir=out, broker_url=args.broker, run_id=run_id, progress=not args.quiet,
                          scenario_file=str(args.scenario), workers=args.workers,
-                         engine=EngineOverrides(base_url=args.engine_url, cache=False if args.no_cache else None))
+                         engine=EngineOverrides(base_url=args.engine_url, cache=False if args.no_cache else None),
+                         environ=dict(os.environ), log_level=args.log_level)
     summary = asyncio.run(run_scenario(scenario, options))
     return EXIT_OK if summary["status"] == "completed" else EXIT_ABORTED
 
@@ -222,7 +223,7 @@ async def _client_session(config: ClientConfig, args: argparse.Namespace) -> Cli
                       threads=args.threads, cache=not args.no_cache)
     args.log_dir.mkdir(parents=True, exist_ok=True)
     await load_optimizer_library(args.log_dir / "textgrad")
-    async with open_engine(spec, log_dir=args.log_dir) as engine:
+    async with open_engine(spec, environ=dict(os.environ), log_dir=args.log_dir) as engine:
         make = optimizer_factory(engine, args.log_dir / "textgrad", strict=args.strict)
         return await run_client(config, EventLog(None), make)
 

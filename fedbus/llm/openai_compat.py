@@ -19,10 +19,9 @@ import asyncio
 import json
 import logging
 import math
-import os
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -114,7 +113,10 @@ class _Counters:
 class OpenAIEngine:
     """A ``ChatEngine`` over HTTP. Use as ``async with OpenAIEngine(config) as engine``."""
 
-    def __init__(self, config: OpenAIConfig, *, sleep: Sleep = asyncio.sleep, rng: random.Random | None = None) -> None:
+    def __init__(self, config: OpenAIConfig, *, environ: Mapping[str, str] | None = None, sleep: Sleep = asyncio.sleep,
+                 rng: random.Random | None = None) -> None:
+        """``environ``: where the key named by ``config.api_key_env`` is looked up (the CLI passes the process's
+        environment; nothing else reads it)."""
         self._config = config
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
@@ -125,7 +127,7 @@ class OpenAIEngine:
         self._secret = ""
         self._no_tokenizer = False
         if config.api_key_env is not None:
-            key = os.environ.get(config.api_key_env, "")
+            key = (environ or {}).get(config.api_key_env, "")
             if not key:
                 raise EngineError(f"{config.name} engine: environment variable {config.api_key_env} is not set")
             self._secret = key

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -59,8 +58,10 @@ def _sampling(spec: EngineSpec) -> Sampling:
 
 
 @contextlib.asynccontextmanager
-async def open_engine(spec: EngineSpec, *, log_dir: Path | None = None) -> AsyncIterator[ChatEngine]:
-    """The engine ``spec`` describes, open for the duration of the ``async with``."""
+async def open_engine(spec: EngineSpec, *, environ: Mapping[str, str],
+                      log_dir: Path | None = None) -> AsyncIterator[ChatEngine]:
+    """The engine ``spec`` describes, open for the duration of the ``async with``. ``environ``: the
+    environment the CLI read (the API key, ``FEDBUS_CACHE``)."""
     from fedbus.llm.cache import CachedEngine, ResponseCache
     from fedbus.llm.openai_compat import OpenAIConfig, OpenAIEngine
 
@@ -73,20 +74,20 @@ async def open_engine(spec: EngineSpec, *, log_dir: Path | None = None) -> Async
                                   timeout_s=spec.timeout_s, max_retries=spec.max_retries,
                                   concurrency=spec.concurrency, sampling=_sampling(spec))
         elif spec.name == "local":
-            server = await stack.enter_async_context(await _local_server(spec, log_dir))
+            server = await stack.enter_async_context(await _local_server(spec, log_dir, environ))
             config = OpenAIConfig(base_url=server.base_url, model=server.model, timeout_s=spec.timeout_s,
                                   max_retries=spec.max_retries, concurrency=spec.concurrency,
                                   sampling=_sampling(spec), name="local", identity=f"local:{server.model}")
         else:
             raise EngineError(f"engine {spec.name!r} is not an LLM engine")
-        engine: ChatEngine = await stack.enter_async_context(OpenAIEngine(config))
+        engine: ChatEngine = await stack.enter_async_context(OpenAIEngine(config, environ=environ))
         if spec.cache:
-            cache = stack.enter_context(ResponseCache(response_cache_dir(os.environ)))
+            cache = stack.enter_context(ResponseCache(response_cache_dir(environ)))
             engine = CachedEngine(engine, cache)
         yield engine
 
 
-async def _local_server(spec: EngineSpec, log_dir: Path | None) -> LocalServer:
+async def _local_server(spec: EngineSpec, log_dir: Path | None, environ: Mapping[str, str]) -> LocalServer:
     from fedbus.llm.local_model import ensure_model, verify_gguf
     from fedbus.llm.local_server import LocalServer, LocalServerConfig
 
@@ -94,7 +95,7 @@ async def _local_server(spec: EngineSpec, log_dir: Path | None) -> LocalServer:
         path = verify_gguf(Path(spec.gguf))
         alias = spec.model or path.stem
     else:
-        path = await asyncio.to_thread(ensure_model, default_cache_dir(os.environ))
+        path = await asyncio.to_thread(ensure_model, default_cache_dir(environ))
         alias = spec.model
     log_path = None if log_dir is None else log_dir / "llama.log"
     return LocalServer(LocalServerConfig(model_path=path, alias=alias, threads=spec.threads, ctx_size=spec.ctx_size,

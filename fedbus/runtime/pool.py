@@ -67,6 +67,7 @@ class WorkerSpec:
     log_t0: float  # events.jsonl's zero on time.monotonic()
     events_path: str
     parent_pid: int
+    log_level: str = "WARNING"
 
     def dump(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self)), encoding="utf-8")
@@ -93,7 +94,7 @@ class WorkerPool:
         stack.callback(self.kill)
 
     def start(self, *, run_id: str, broker_url: str, scenario: Scenario, members: Sequence[tuple[str, int, str]],
-              workers: int, loop_t0: float, log_t0: float) -> None:
+              workers: int, loop_t0: float, log_t0: float, log_level: str = "WARNING") -> None:
         from fedbus.scenario.loader import scenario_to_mapping
 
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -102,7 +103,7 @@ class WorkerPool:
             part = self.workdir / f"events-{k}.jsonl"
             WorkerSpec(run_id=run_id, broker_url=broker_url, scenario=scenario_to_mapping(scenario),
                        members=chunk, loop_t0=loop_t0, log_t0=log_t0, events_path=str(part),
-                       parent_pid=os.getpid()).dump(spec_path)
+                       parent_pid=os.getpid(), log_level=log_level).dump(spec_path)
             self.parts.append(part)
             command = [sys.executable, "-m", "fedbus.runtime.worker_process", str(spec_path)]
             self.processes.append(subprocess.Popen(command, stdin=subprocess.DEVNULL))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import time
+from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,6 +57,9 @@ class RunOptions:
     scenario_file: str = ""
     workers: int | None = None  # client processes; None: auto_workers(clients), 0: clients run in this process
     engine: EngineOverrides = field(default_factory=EngineOverrides)
+    # the environment the CLI read (FEDBUS_ENGINE_URL and friends, API keys, FEDBUS_CACHE); nothing else reads it
+    environ: Mapping[str, str] = field(default_factory=dict)
+    log_level: str = "WARNING"  # worker processes log at this level
 
 
 def new_run_id(scenario: Scenario) -> str:
@@ -68,12 +71,12 @@ async def run_scenario(scenario: Scenario, options: RunOptions) -> dict[str, Any
     if not scenario.engine_spec.is_llm:
         return await _run(scenario, options, None, scenario.engine_spec)
     require_libraries(scenario.engine_spec.name)  # before anything starts: one clear line, not failed rounds
-    spec = effective_spec(scenario.engine_spec, options.engine, os.environ)
+    spec = effective_spec(scenario.engine_spec, options.engine, options.environ)
     options.out_dir.mkdir(parents=True, exist_ok=True)
     Progress(options.progress).note(f"starting engine {spec.name} ({spec.model or 'default model'}"
                                     f"{', ' + spec.base_url if spec.base_url else ''}) ...")
     await load_optimizer_library(options.out_dir / "textgrad")
-    async with open_engine(spec, log_dir=options.out_dir) as engine:
+    async with open_engine(spec, environ=options.environ, log_dir=options.out_dir) as engine:
         return await _run(scenario, options, engine, spec)
 
 
@@ -155,7 +158,8 @@ async def _run(scenario: Scenario, options: RunOptions, engine: ChatEngine | Non
                 ]
             else:
                 pool.start(run_id=run_id, broker_url=address.url(redact=False), scenario=scenario,
-                           members=members, workers=workers, loop_t0=t0, log_t0=events.started)
+                           members=members, workers=workers, loop_t0=t0, log_t0=events.started,
+                           log_level=options.log_level)
                 events.record("workers-started", workers=len(pool.processes), clients=len(members))
             outcome = await node_task
             if client_tasks:

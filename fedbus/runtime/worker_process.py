@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     spec = WorkerSpec.load(path)
     path.unlink()  # it may hold the broker password
-    configure(os.environ.get("FEDBUS_LOG_LEVEL", "WARNING"), json_lines=True)
+    configure(spec.log_level, json_lines=True)
     asyncio.run(run_slice(spec))
     return 0
 

@@ -95,10 +95,10 @@ async def test_a_normal_reply_carries_text_usage_and_the_request_fields(
         await asyncio.sleep(0.05)  # so the measured latency has a floor to check against
         return web.json_response(ok_body("the answer", {"prompt_tokens": 17, "completion_tokens": 3}))
 
-    monkeypatch.setenv("FEDBUS_TEST_KEY", SECRET)
     url = await serve(handler)
     cfg = config(url, api_key_env="FEDBUS_TEST_KEY", sampling=Sampling(max_tokens=64, temperature=0.3, seed=11))
-    async with OpenAIEngine(cfg) as engine:
+    environ = {"FEDBUS_TEST_KEY": SECRET}
+    async with OpenAIEngine(cfg, environ=environ) as engine:
         assert isinstance(engine, ChatEngine)
         completion = await engine.complete("What is 2+2?", system="Answer briefly.")
         stats = engine.statistics()
@@ -301,9 +301,9 @@ async def test_h_the_api_key_never_shows(
         status = 503 if len(received) == 1 else 401
         return web.Response(status=status, text=f"bad credentials: {auth}")
 
-    monkeypatch.setenv("FEDBUS_TEST_KEY", SECRET)
     caplog.set_level(logging.DEBUG)
-    engine = OpenAIEngine(config(await serve(handler), api_key_env="FEDBUS_TEST_KEY"), sleep=FakeSleep())
+    engine = OpenAIEngine(config(await serve(handler), api_key_env="FEDBUS_TEST_KEY"),
+                          environ={"FEDBUS_TEST_KEY": SECRET}, sleep=FakeSleep())
     async with engine:
         with pytest.raises(EngineError) as caught:
             await engine.complete("q")

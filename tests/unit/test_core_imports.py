@@ -50,3 +50,20 @@ def test_the_runtime_does_not_import_the_simulator() -> None:
             "print(json.dumps(sorted(m for m in sys.modules if m.startswith('fedbus.sim'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
+
+
+def test_environment_variables_are_read_in_the_cli_only() -> None:
+    """Configuration flows one way: only fedbus/cli.py touches os.environ, besides textgrad_engine.py, which sets
+    what textgrad reads at import (to contain it)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "fedbus"
+
+    def touches_environ(path: Path) -> bool:
+        return any(isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv")
+                   and isinstance(node.value, ast.Name) and node.value.id == "os"
+                   for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))))
+
+    readers = sorted(str(p.relative_to(root)) for p in root.rglob("*.py") if touches_environ(p))
+    assert readers == ["cli.py", "llm/textgrad_engine.py"], readers
