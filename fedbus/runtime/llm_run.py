@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, cast
 
@@ -24,6 +25,7 @@ from fedbus.llm.engine import ChatEngine
 from fedbus.llm.textgrad_engine import load_textgrad
 from fedbus.protocol.messages import DataSpec
 from fedbus.results.eventlog import EventLog
+from fedbus.scenario.engine import EngineSpec
 
 
 class LLMReducer:
@@ -86,3 +88,11 @@ async def count_tokens(engine: ChatEngine | None, text: str) -> int | None:
     """``text``'s length in the engine's own tokens, where the engine has a tokenizer endpoint."""
     count = getattr(engine, "count_tokens", None)
     return None if count is None else cast("int | None", await count(text))
+
+
+def llm_summary(spec: EngineSpec, engine: ChatEngine, events_path: Path) -> dict[str, Any]:
+    """What summary.json adds for a run on an LLM: the clients' local steps, the engine and what it cost."""
+    return {"local_steps": local_step_totals(events_path),
+            "llm": {"engine": spec.name, "model": engine.model, "base_url": spec.base_url or None,
+                    "sampling": {"max_tokens": spec.max_tokens, "temperature": spec.temperature, "seed": spec.seed},
+                    "cache": spec.cache, **asdict(engine.statistics())}}

@@ -8,17 +8,17 @@ import secrets
 import time
 from collections.abc import Mapping
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from fedbus.aggregator.effects import RoundResult
-from fedbus.client.optimizer import make_optimizer, user_optimizer
+from fedbus.client.optimizer import OptimizerFactory, make_optimizer, user_optimizer
 from fedbus.llm.engine import ChatEngine
 from fedbus.llm.extras import require_libraries
-from fedbus.plan import make_core
+from fedbus.plan import client_plans, make_core
 from fedbus.plugins import is_reference
 from fedbus.results.eventlog import EventLog
 from fedbus.results.progress import Progress
@@ -29,18 +29,11 @@ from fedbus.runtime.broker import EmbeddedBroker, EmbeddedBrokerConfig
 from fedbus.runtime.client_node import ClientConfig
 from fedbus.runtime.engines import EngineOverrides, effective_spec, open_engine
 from fedbus.runtime.limits import ensure_open_files
-from fedbus.runtime.llm_evaluation import LLMEvaluator
-from fedbus.runtime.llm_run import (
-    LLMReducer,
-    count_tokens,
-    load_optimizer_library,
-    local_step_totals,
-    optimizer_factory,
-)
+from fedbus.runtime.llm_run import LLMReducer, llm_summary, load_optimizer_library, optimizer_factory
 from fedbus.runtime.pool import WorkerPool, auto_workers, run_guarded
+from fedbus.runtime.scoring import LLMScoring, Scoring, SurrogateScoring
 from fedbus.scenario import Scenario
 from fedbus.scenario.engine import EngineSpec
-from fedbus.surrogate.evaluation import make_evaluator
 
 log = structlog.get_logger("fedbus.run")
 CLIENT_EXIT_GRACE_S = 10.0
@@ -89,112 +82,126 @@ async def _run(scenario: Scenario, options: RunOptions, engine: ChatEngine | Non
     ensure_open_files(2 * scenario.clients.count + 256)
     events = EventLog(out / "events.jsonl")
     progress = Progress(options.progress)
-    evaluator = LLMEvaluator(engine, scenario.data) if engine else make_evaluator(scenario.engine, scenario.data)
     reducer = LLMReducer(engine, events)
-    if scenario.clients.optimizer is not None:  # the user's optimizer, whatever the engine
-        make = user_optimizer(scenario.clients.optimizer)
-    elif engine is None:
-        make = make_optimizer
-    else:
-        make = optimizer_factory(engine, out / "textgrad", strict=scenario.clients.strict)
+    scoring: Scoring = (LLMScoring(engine, scenario.data, reducer) if engine is not None
+                        else SurrogateScoring(scenario.engine, scenario.data))
+
+    async def on_round(result: RoundResult) -> dict[str, Any]:
+        extra: dict[str, Any] = {**prompt_record(result), **await scoring.round_extra(result)}
+        progress.round(round_record(result, extra))
+        log.info("round closed", round=result.round, status=result.status, accepted=len(result.accepted),
+                 rejected=len(result.rejected), prompt_chars=len(result.prompt), val_accuracy=extra["val_accuracy"])
+        return extra
+
     with ExitStack() as stack, structlog.contextvars.bound_contextvars(run=run_id):
-        if options.broker_url:
-            address: BrokerAddress = parse_broker_url(options.broker_url)
-            broker_info = {"kind": "external", "url": address.url()}
-        else:
-            config = EmbeddedBrokerConfig(max_connections=scenario.clients.count + 10_010,
-                                          max_payload_bytes=max(scenario.max_message_bytes + 4096, 64 * 1024))
-            embedded = stack.enter_context(EmbeddedBroker(config, workdir=out / "broker"))
-            address = embedded.address
-            broker_info = {"kind": "embedded-rumqttd", "url": address.url(), "config": str(embedded.config_path)}
+        address, broker_info = _open_broker(stack, scenario, options.broker_url, out)
         stack.callback(events.close)
         events.record("run-started", run=run_id, scenario=scenario.name, seed=scenario.seed, engine=scenario.engine,
                       broker=broker_info["url"])
         progress.header(run_id, scenario.engine, broker_info["url"], scenario.clients.count, scenario.rounds)
         log.info("run started", scenario=scenario.name, engine=scenario.engine, broker=broker_info["url"])
-
-        async def on_round(result: RoundResult) -> dict[str, Any]:
-            extra: dict[str, Any] = prompt_record(result)
-            if isinstance(evaluator, LLMEvaluator):
-                evaluation = await evaluator.evaluate(result.prompt, "val")
-                extra |= {"val_accuracy": evaluation.accuracy, "val": evaluation.record()}
-                counted = await count_tokens(engine, result.prompt)
-                if counted is not None:
-                    extra["global_prompt_tokens"] = counted  # by the engine's own tokenizer
-            else:
-                extra["val_accuracy"] = await evaluator.accuracy(result.prompt, "val", result.round)
-            if result.round in reducer.by_round:
-                extra["aggregation"] = reducer.by_round.pop(result.round)
-            progress.round(round_record(result, extra))
-            log.info("round closed", round=result.round, status=result.status, accepted=len(result.accepted),
-                     rejected=len(result.rejected), prompt_chars=len(result.prompt),
-                     val_accuracy=extra["val_accuracy"])
-            return extra
-
         core = make_core(scenario, run_id)
         t0 = asyncio.get_running_loop().time()
+        clients = _Clients(stack, scenario, options, run_id=run_id, address=address, events=events, t0=t0,
+                           make=_optimizer_factory(scenario, engine, out))
         async with asyncio.TaskGroup() as group:
             node = AggregatorNode(core, broker=address, events=events, on_round=on_round,
                                   max_message_bytes=scenario.max_message_bytes, time_scale=scenario.time_scale,
                                   started_at=t0, reducer=reducer)
             node_task = group.create_task(node.run(), name=f"aggregator[{run_id}]")
-            members = [(cid, i, grp.name) for i, (cid, grp) in enumerate(scenario.members())]
-            workers = auto_workers(len(members)) if options.workers is None else options.workers
-            if engine is not None or (scenario.clients.optimizer and not is_reference(scenario.clients.optimizer)):
-                workers = 0  # LLM clients share the run's engine (and its concurrency limit) in this process
-            pool = WorkerPool(stack, out / "workers") if workers else None
-            client_tasks = []
-            if pool is None:
-                groups = {grp.name: grp for grp in scenario.groups()}
-                client_tasks = [
-                    group.create_task(
-                        run_guarded(ClientConfig(run=run_id, client=cid, broker=address, shard=i,
-                                                 max_message_bytes=scenario.max_message_bytes, seed=scenario.seed,
-                                                 group=groups[name], step_delay_s=scenario.clients.step_latency_s,
-                                                 time_scale=scenario.time_scale, started_at=t0, boot="0"),
-                                    events, make),
-                        name=f"client[{run_id}].{cid}")
-                    for cid, i, name in members
-                ]
-            else:
-                pool.start(run_id=run_id, broker_url=address.url(redact=False), scenario=scenario,
-                           members=members, workers=workers, loop_t0=t0, log_t0=events.started,
-                           log_level=options.log_level)
-                events.record("workers-started", workers=len(pool.processes), clients=len(members))
+            clients.start(group, in_process=engine is not None or not _reaches_workers(scenario))
             outcome = await node_task
-            if client_tasks:
-                _done, pending = await asyncio.wait(client_tasks, timeout=CLIENT_EXIT_GRACE_S)
-                for task in pending:
-                    task.cancel()
-        if pool is not None:
-            await asyncio.to_thread(pool.finish, CLIENT_EXIT_GRACE_S)
-            for part in pool.parts:
-                events.absorb(part)
-                part.unlink(missing_ok=True)
-            events.sort_by_time()
-        final_extra: dict[str, Any] = {}
-        if isinstance(evaluator, LLMEvaluator):
-            initial_eval = await evaluator.evaluate(scenario.initial_prompt, "test")
-            final_eval = await evaluator.evaluate(core.prompt, "test")
-            initial_acc, final_acc = initial_eval.accuracy, final_eval.accuracy
-            final_extra = {"test": final_eval.record(), "initial_test": initial_eval.record()}
-        else:
-            initial_acc = await evaluator.accuracy(scenario.initial_prompt, "test", 0)
-            final_acc = await evaluator.accuracy(core.prompt, "test", scenario.rounds + 1)
+            await clients.wait_in_process()
+        await clients.finish_workers()
+        final = await scoring.final(scenario.initial_prompt, core.prompt, scenario.rounds)
     summary = build_summary(
         run_id=run_id, scenario=scenario, scenario_file=options.scenario_file, broker=broker_info, outcome=outcome,
         events=events, final={"version": core.version, "prompt": core.prompt, "prompt_chars": len(core.prompt),
-                              "test_accuracy": final_acc, "initial_test_accuracy": initial_acc, **final_extra},
+                              **final},
         wall_s=time.monotonic() - started)
-    summary["client_processes"] = len(pool.processes) if pool is not None else 0
+    summary["client_processes"] = clients.processes
     if engine is not None:
-        summary["local_steps"] = local_step_totals(out / "events.jsonl")
-        summary["llm"] = {"engine": spec.name, "model": engine.model, "base_url": spec.base_url or None,
-                          "sampling": {"max_tokens": spec.max_tokens, "temperature": spec.temperature,
-                                       "seed": spec.seed},
-                          "cache": spec.cache, **asdict(engine.statistics())}
+        summary |= llm_summary(spec, engine, out / "events.jsonl")
         summary["totals"]["tokens_all_uses"] = summary["llm"]["prompt_tokens"] + summary["llm"]["completion_tokens"]
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     progress.footer(summary, str(out))
     log.info("run finished", status=summary["status"], reason=summary["reason"], wall_s=summary["totals"]["wall_s"])
     return summary
+
+
+def _open_broker(stack: ExitStack, scenario: Scenario, broker_url: str | None,
+                 out: Path) -> tuple[BrokerAddress, dict[str, str]]:
+    """The broker the run uses: the one ``broker_url`` names, or an embedded rumqttd sized for the scenario."""
+    if broker_url:
+        address = parse_broker_url(broker_url)
+        return address, {"kind": "external", "url": address.url()}
+    config = EmbeddedBrokerConfig(max_connections=scenario.clients.count + 10_010,
+                                  max_payload_bytes=max(scenario.max_message_bytes + 4096, 64 * 1024))
+    embedded = stack.enter_context(EmbeddedBroker(config, workdir=out / "broker"))
+    return embedded.address, {"kind": "embedded-rumqttd", "url": embedded.address.url(),
+                              "config": str(embedded.config_path)}
+
+
+def _optimizer_factory(scenario: Scenario, engine: ChatEngine | None, out: Path) -> OptimizerFactory:
+    if scenario.clients.optimizer is not None:  # the user's optimizer, whatever the engine
+        return user_optimizer(scenario.clients.optimizer)
+    if engine is None:
+        return make_optimizer
+    return optimizer_factory(engine, out / "textgrad", strict=scenario.clients.strict)
+
+
+def _reaches_workers(scenario: Scenario) -> bool:
+    """Whether worker processes can build this scenario's clients (a registered optimizer lives in this process)."""
+    return scenario.clients.optimizer is None or is_reference(scenario.clients.optimizer)
+
+
+class _Clients:
+    """The scenario's own clients: asyncio tasks in this process, or worker processes above 100 clients."""
+
+    def __init__(self, stack: ExitStack, scenario: Scenario, options: RunOptions, *, run_id: str,
+                 address: BrokerAddress, events: EventLog, t0: float, make: OptimizerFactory) -> None:
+        self.stack, self.scenario, self.options, self.run_id = stack, scenario, options, run_id
+        self.address, self.events, self.t0, self.make = address, events, t0, make
+        self.tasks: list[asyncio.Task[None]] = []
+        self.pool: WorkerPool | None = None
+
+    @property
+    def processes(self) -> int:
+        return len(self.pool.processes) if self.pool is not None else 0
+
+    def start(self, group: asyncio.TaskGroup, *, in_process: bool) -> None:
+        """``in_process``: LLM clients share the run's engine (and its concurrency limit) in this process."""
+        s, options = self.scenario, self.options
+        members = [(p.client, p.shard, p.group.name) for p in client_plans(s)]
+        workers = auto_workers(len(members)) if options.workers is None else options.workers
+        if workers and not in_process:
+            self.pool = WorkerPool(self.stack, options.out_dir / "workers")
+            self.pool.start(run_id=self.run_id, broker_url=self.address.url(redact=False), scenario=s,
+                            members=members, workers=workers, loop_t0=self.t0, log_t0=self.events.started,
+                            log_level=options.log_level)
+            self.events.record("workers-started", workers=len(self.pool.processes), clients=len(members))
+            return
+        for plan in client_plans(s):
+            config = ClientConfig(run=self.run_id, client=plan.client, broker=self.address, shard=plan.shard,
+                                  max_message_bytes=plan.max_message_bytes, seed=plan.seed, group=plan.group,
+                                  step_delay_s=plan.step_delay_s, time_scale=s.time_scale, started_at=self.t0,
+                                  boot="0")
+            self.tasks.append(group.create_task(run_guarded(config, self.events, self.make),
+                                                name=f"client[{self.run_id}].{plan.client}"))
+
+    async def wait_in_process(self) -> None:
+        """After the run finished: give in-process clients a grace period to leave, then stop them."""
+        if self.tasks:
+            _done, pending = await asyncio.wait(self.tasks, timeout=CLIENT_EXIT_GRACE_S)
+            for task in pending:
+                task.cancel()
+
+    async def finish_workers(self) -> None:
+        """Wait for the worker processes and merge their event-log parts into events.jsonl, in time order."""
+        if self.pool is None:
+            return
+        await asyncio.to_thread(self.pool.finish, CLIENT_EXIT_GRACE_S)
+        for part in self.pool.parts:
+            self.events.absorb(part)
+            part.unlink(missing_ok=True)
+        self.events.sort_by_time()

@@ -1,0 +1,67 @@
+"""How a run scores its global prompt: the surrogate's seeded accuracy, or a real LLM on each task's splits.
+
+One object per run, chosen once, so the run itself does not branch on the engine: after every round it
+adds the validation accuracy (and, on an LLM, the evaluation record, the engine's own token count and
+what the LLM merge cost) to the round's record; at the end it scores the initial and the final prompt
+on the test split.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from fedbus.aggregator.effects import RoundResult
+from fedbus.llm.engine import ChatEngine
+from fedbus.protocol.messages import DataSpec
+from fedbus.runtime.llm_evaluation import LLMEvaluator
+from fedbus.runtime.llm_run import LLMReducer, count_tokens
+from fedbus.surrogate.evaluation import make_evaluator
+
+
+class Scoring(Protocol):
+    async def round_extra(self, result: RoundResult) -> dict[str, Any]:
+        """What the round's record gains: at least ``val_accuracy``."""
+        ...
+
+    async def final(self, initial_prompt: str, prompt: str, rounds: int) -> dict[str, Any]:
+        """``test_accuracy`` and ``initial_test_accuracy`` (and any detail) for summary.json's ``final``."""
+        ...
+
+
+class SurrogateScoring:
+    """The surrogate's accuracy: one seeded draw per (seed, split, round), so runs replay."""
+
+    def __init__(self, engine: str, data: DataSpec) -> None:
+        self._evaluator = make_evaluator(engine, data)
+
+    async def round_extra(self, result: RoundResult) -> dict[str, Any]:
+        return {"val_accuracy": await self._evaluator.accuracy(result.prompt, "val", result.round)}
+
+    async def final(self, initial_prompt: str, prompt: str, rounds: int) -> dict[str, Any]:
+        return {"test_accuracy": await self._evaluator.accuracy(prompt, "test", rounds + 1),
+                "initial_test_accuracy": await self._evaluator.accuracy(initial_prompt, "test", 0)}
+
+
+class LLMScoring:
+    """A real LLM answers each task's questions under the global prompt."""
+
+    def __init__(self, engine: ChatEngine, data: DataSpec, reducer: LLMReducer) -> None:
+        self._engine = engine
+        self._evaluator = LLMEvaluator(engine, data)
+        self._reducer = reducer
+
+    async def round_extra(self, result: RoundResult) -> dict[str, Any]:
+        evaluation = await self._evaluator.evaluate(result.prompt, "val")
+        extra: dict[str, Any] = {"val_accuracy": evaluation.accuracy, "val": evaluation.record()}
+        counted = await count_tokens(self._engine, result.prompt)
+        if counted is not None:
+            extra["global_prompt_tokens"] = counted  # by the engine's own tokenizer
+        if result.round in self._reducer.by_round:
+            extra["aggregation"] = self._reducer.by_round.pop(result.round)
+        return extra
+
+    async def final(self, initial_prompt: str, prompt: str, rounds: int) -> dict[str, Any]:
+        initial = await self._evaluator.evaluate(initial_prompt, "test")
+        final = await self._evaluator.evaluate(prompt, "test")
+        return {"test_accuracy": final.accuracy, "initial_test_accuracy": initial.accuracy,
+                "test": final.record(), "initial_test": initial.record()}
