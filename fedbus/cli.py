@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import re
+import signal
 import socket
 import sys
 import time
@@ -164,6 +165,10 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 
     config = EmbeddedBrokerConfig(host=args.host, port=args.port, max_payload_bytes=args.max_payload_bytes)
     broker = EmbeddedBroker(config)
+    # Ctrl+C (and SIGTERM) stop it even when started in the background of a script, where SIGINT is ignored
+    # from birth and Python would not install its KeyboardInterrupt handler
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         broker.start()
         print(f"fedbus broker (embedded rumqttd) listening on {args.host}:{broker.port}; "

@@ -44,8 +44,8 @@ def lookup(name: str, registry: dict[str, Any], what: str) -> Callable[..., Any]
     module_name, attribute = name.split(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise PluginError(f"{what} {name!r}: cannot import {module_name!r} ({exc})") from None
+    except Exception as exc:  # a user's module may fail to import in any way: say so at the scenario's path
+        raise PluginError(f"{what} {name!r}: cannot import {module_name!r} ({type(exc).__name__}: {exc})") from None
     target: Callable[..., Any] | None = getattr(module, attribute, None)
     if not callable(target):
         raise PluginError(f"{what} {name!r}: module {module_name!r} has no callable {attribute!r}")

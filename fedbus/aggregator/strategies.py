@@ -73,6 +73,7 @@ def merge_weighted(current: str, updates: Sequence[tuple[str, str, float]], max_
 
 STRATEGIES: dict[str, Strategy] = {"concat": concat}
 LLM_STRATEGIES = ("summarize", "uid_summarize")  # FedTextGrad's LLM merges, carried out by the run's engine
+BUILT_IN_STRATEGIES = ("concat", *LLM_STRATEGIES)  # known to every process, unlike names registered at run time
 
 
 def register_strategy(name: str, strategy: Strategy) -> None:

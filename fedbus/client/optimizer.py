@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from fedbus.errors import EngineError
 from fedbus.plugins import check_name, lookup
-from fedbus.protocol.messages import DataSpec
+from fedbus.protocol.messages import DataSpec, UpdateStats
 from fedbus.surrogate import model, task
 
 
@@ -31,6 +31,21 @@ class LocalOutcome:
     llm_calls: int
     tokens: int
     step_reasons: tuple[str, ...] = ()  # per step, why the prompt changed or not (TextGrad optimizer)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prompt, str):
+            raise TypeError(f"LocalOutcome.prompt must be a string, got {type(self.prompt).__name__}")
+        # the same checks an update's stats get on the wire: fail here, inside the optimizer's round
+        UpdateStats(steps=self.steps, accepted_steps=self.accepted_steps, batch_acc_before=self.batch_acc_before,
+                    batch_acc_after=self.batch_acc_after, llm_calls=self.llm_calls, tokens=self.tokens,
+                    duration_s=0.0)
+
+
+def checked_outcome(result: object) -> LocalOutcome:
+    """An optimizer's result, if it is a ``LocalOutcome``; else an ``EngineError`` that fails the round."""
+    if not isinstance(result, LocalOutcome):
+        raise EngineError(f"the optimizer returned {type(result).__name__}, not a LocalOutcome")
+    return result
 
 
 class LocalOptimizer(Protocol):
@@ -127,7 +142,6 @@ def run_now(outcome: Coroutine[Any, Any, LocalOutcome]) -> LocalOutcome:
     try:
         outcome.send(None)
     except StopIteration as done:
-        result: LocalOutcome = done.value
-        return result
+        return checked_outcome(done.value)
     outcome.close()
     raise EngineError("the optimizer waited for I/O: the simulator can only step optimizers that never wait")

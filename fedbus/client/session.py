@@ -117,6 +117,7 @@ class ClientSession:
         self.seen = SeenIds(10_000)
         self.connected = False
         self.partitioned = False  # cut by a network partition: the process (and its core) kept running
+        self._pending_cut: float | None = None  # a partition that began while the connection was down
         self.offline: list[Send] = []
         self.last_global: GlobalState | None = None
         self.connections = 0
@@ -156,6 +157,9 @@ class ClientSession:
         queued, self.offline = self.offline, []
         for send in queued:
             out += self._send(send)
+        heals_at, self._pending_cut = self._pending_cut, None
+        if heals_at is not None and now < heals_at and not self.stopped:
+            out += self.partition(heals_at)
         return out
 
     def disconnected(self, leave: Leave) -> list[Action]:
@@ -164,8 +168,12 @@ class ClientSession:
         return [self._record("disconnected", reason=leave.reason, abrupt=leave.abrupt, back_at=leave.back_at)]
 
     def partition(self, heals_at: float) -> list[Action]:
-        """A network partition starts: the connection is cut, the process keeps running."""
-        if not self.connected or self.stopped:
+        """A network partition starts: the connection is cut, the process keeps running. If the connection is
+        down (still connecting, or between connections), the cut waits for the next connect."""
+        if self.stopped:
+            return []
+        if not self.connected:
+            self._pending_cut = heals_at
             return []
         self.partitioned = True
         return [Leave(abrupt=True, reason="network partition", back_at=heals_at)]

@@ -15,7 +15,7 @@ from fedbus.scenario import Scenario, scenario_to_mapping
 # Event-log entries that show the injected conditions at work, summed into summary.json.
 CONDITION_EVENTS = ("dropout", "hang", "hang-ignored", "task-lost", "work-discarded", "gone", "connected",
                     "disconnected", "link-lost", "link-duplicated", "link-held", "queued-offline",
-                    "duplicate-delivery", "received-malformed", "received-forged", "local-failed")
+                    "duplicate-delivery", "received-malformed", "received-forged", "local-failed", "send-refused")
 
 SURROGATE_NOTE = ("surrogate optimizer: a seeded model of textual-gradient updates, not an LLM; "
                   "its accuracies are not benchmark results")

@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 
 from fedbus.client.core import Alarm, ClientEvent, ClientProfile, WorkDone
-from fedbus.client.optimizer import LocalOptimizer, LocalOutcome, OptimizerFactory, make_optimizer
+from fedbus.client.optimizer import LocalOptimizer, LocalOutcome, OptimizerFactory, checked_outcome, make_optimizer
 from fedbus.client.session import (
     Action,
     ClientSession,
@@ -82,6 +82,13 @@ class _Delivery:
     now: float
 
 
+@dataclass(frozen=True, slots=True)
+class _Cut:
+    """A network partition begins; the network comes back at ``heals_at``."""
+
+    heals_at: float
+
+
 class _Driver:
     def __init__(self, config: ClientConfig, events: EventLog, make: OptimizerFactory) -> None:
         self.config = config
@@ -93,7 +100,7 @@ class _Driver:
                                 step_latency_s=config.step_delay_s, boot=config.boot or secrets.token_hex(4))
         self.session = ClientSession(profile, codec.Limits(max_bytes=config.max_message_bytes))
         # the one consumer of the session: deliveries, timers, finished work and link releases, in order
-        self.queue: asyncio.Queue[ClientEvent | Leave | Deliveries | _Delivery] = asyncio.Queue()
+        self.queue: asyncio.Queue[ClientEvent | Leave | Deliveries | _Delivery | _Cut] = asyncio.Queue()
         self.bus: MqttBus | None = None
         self.optimizer: LocalOptimizer | None = None
         self.background: set[asyncio.Task[None]] = set()
@@ -135,8 +142,7 @@ class _Driver:
         return ClientReport(client=s.client, rounds_done=s.rounds_done, reason=reason, connections=s.connections)
 
     def _partition(self, heals_at: float) -> None:
-        for action in self.session.partition(heals_at):
-            self.queue.put_nowait(action)  # type: ignore[arg-type]  # partition() returns Leave only
+        self.queue.put_nowait(_Cut(heals_at))  # the session decides in order, in the consumer
 
     async def _connection(self) -> Leave:
         cfg = self.config
@@ -152,6 +158,8 @@ class _Driver:
                     item = await self.queue.get()
                     if isinstance(item, Leave):
                         leave = item
+                    elif isinstance(item, _Cut):
+                        leave = await self._carry_out(self.session.partition(item.heals_at))
                     elif isinstance(item, _Delivery):
                         leave = await self._carry_out(self.session.receive(item.topic, item.payload, item.now))
                     elif isinstance(item, tuple):
@@ -180,8 +188,8 @@ class _Driver:
             elif isinstance(action, FeedLater):
                 if action.delay_s > 0:
                     self.loop.call_later(self.wall(action.delay_s), self.queue.put_nowait, action.event)
-                else:
-                    self.queue.put_nowait(action.event)
+                else:  # at once, before anything queued since the delivery
+                    leave = await self._carry_out(self.session.handle(action.event)) or leave
             elif isinstance(action, WakeAt):
                 self.at(action.at, lambda: self.queue.put_nowait(Alarm(now=self.now())))
             elif isinstance(action, Work):
@@ -212,8 +220,8 @@ class _Driver:
                     raise EngineError("no global state yet: the data description is unknown")
                 engine = self.config.engine or announced[0]
                 self.optimizer = self.make(engine, announced[1], self.config.client, self.config.shard)
-            outcome = await self.optimizer.optimize(task.prompt, round=task.round, steps=task.local_steps,
-                                                    batch_size=task.batch_size)
+            outcome = checked_outcome(await self.optimizer.optimize(
+                task.prompt, round=task.round, steps=task.local_steps, batch_size=task.batch_size))
         except Exception as exc:  # any failure fails this round only: the client takes the next task
             error, error_type = failure_text(exc, 300), type(exc).__name__
             log.warning("local optimization failed", client=self.config.client, round=task.round,

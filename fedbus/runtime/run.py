@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 
 from fedbus.aggregator.effects import RoundResult
+from fedbus.aggregator.strategies import BUILT_IN_STRATEGIES
 from fedbus.client.optimizer import OptimizerFactory, make_optimizer, user_optimizer
 from fedbus.llm.engine import ChatEngine
 from fedbus.llm.extras import require_libraries
@@ -151,8 +152,10 @@ def _optimizer_factory(scenario: Scenario, engine: ChatEngine | None, out: Path)
 
 
 def _reaches_workers(scenario: Scenario) -> bool:
-    """Whether worker processes can build this scenario's clients (a registered optimizer lives in this process)."""
-    return scenario.clients.optimizer is None or is_reference(scenario.clients.optimizer)
+    """Whether worker processes can load this scenario: a plugin registered by name lives in this process only."""
+    optimizer, strategy = scenario.clients.optimizer, scenario.aggregation.strategy
+    return ((optimizer is None or is_reference(optimizer))
+            and (strategy in BUILT_IN_STRATEGIES or is_reference(strategy)))
 
 
 class _Clients:

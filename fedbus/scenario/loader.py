@@ -131,6 +131,8 @@ def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None) -
     if mode != "sync" and participation["overcommit"]:
         r.problem("participation.overcommit", "applies to sync mode only")
 
+    if isinstance(prompt, str) and isinstance(max_chars, int) and len(prompt) > max_chars:
+        r.problem("initial_prompt", f"{len(prompt)} characters > aggregation.max_prompt_chars ({max_chars})")
     if isinstance(count, int) and isinstance(min_clients, int) and min_clients > count:
         r.problem("participation.min_clients", f"must be <= clients.count ({count})")
     if isinstance(min_updates, int) and isinstance(min_clients, int) and min_updates > min_clients:

@@ -106,3 +106,39 @@ def test_simulate_loads_no_network_library() -> None:
     out = subprocess.run([sys.executable, "-c", code, str(QUICKSTART)], capture_output=True, text=True, check=True,
                          cwd=ROOT, timeout=120)
     assert json.loads(out.stdout) == []
+
+
+
+
+class Careless:
+    """A user's optimizer with a bug: it returns a dict, not a LocalOutcome."""
+
+    engine = "careless"
+
+    async def optimize(self, prompt: str, *, round: int, steps: int, batch_size: int) -> object:
+        return {"prompt": prompt + " More."}
+
+
+def careless(client: str, data: DataSpec, shard: int) -> Careless:
+    return Careless()
+
+
+def test_an_optimizer_that_returns_garbage_fails_its_rounds_not_the_run() -> None:
+    """A result that is not a LocalOutcome is a local failure, recorded; the run completes without it."""
+    doc = {"name": "careless", "seed": 3, "rounds": 2, "task": {"name": "surrogate-skills"},
+           "clients": {"count": 2, "optimizer": "tests.unit.test_library:careless"},
+           "participation": {"round_deadline_s": 5, "join_timeout_s": 30}}
+    summary = fedbus.simulate(fedbus.scenario_from_mapping(doc))
+    assert summary["status"] == "completed"
+    assert all(r["status"] == "no-quorum" and r["missing"] == ["client-0", "client-1"] for r in summary["rounds"])
+    assert summary["conditions"]["local-failed"] == 4
+
+
+def test_a_local_outcome_is_checked_at_the_door() -> None:
+    """A LocalOutcome with a non-text prompt or impossible numbers cannot be built."""
+    good = {"prompt": "p", "steps": 1, "accepted_steps": 1, "batch_acc_before": 0.0, "batch_acc_after": 1.0,
+            "llm_calls": 0, "tokens": 0}
+    fedbus.LocalOutcome(**good)  # type: ignore[arg-type]
+    for bad in ({"prompt": None}, {"batch_acc_after": 1.5}, {"tokens": -1}):
+        with pytest.raises((TypeError, ValueError)):
+            fedbus.LocalOutcome(**{**good, **bad})  # type: ignore[arg-type]

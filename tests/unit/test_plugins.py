@@ -91,3 +91,24 @@ def test_the_scenario_refuses_an_unknown_strategy_at_its_yaml_path() -> None:
         scenario_from_mapping({**DOC, "aggregation": {"strategy": "tests.unit.test_plugins:missing"}})
     [(path, message)] = caught.value.problems
     assert path == "aggregation.strategy" and "has no callable 'missing'" in message
+
+
+def test_a_module_that_fails_to_import_is_refused_at_its_yaml_path() -> None:
+    """Any exception while importing a plugin's module is a ScenarioError at aggregation.strategy, not a crash."""
+    with pytest.raises(ScenarioError) as caught:
+        scenario_from_mapping({**DOC, "aggregation": {"strategy": "tests.unit.plugin_that_fails:merge"}})
+    [(path, message)] = caught.value.problems
+    assert path == "aggregation.strategy" and "RuntimeError: this module is broken" in message
+
+
+def test_worker_processes_get_only_plugins_they_can_import(registered: None) -> None:
+    """A plugin registered by name lives in this process: such a run keeps its clients in-process."""
+    from fedbus.runtime.run import _reaches_workers
+
+    def scenario(strategy: str, optimizer: str | None = None) -> object:
+        clients = {"count": 2, **({"optimizer": optimizer} if optimizer else {})}
+        return scenario_from_mapping({**DOC, "clients": clients, "aggregation": {"strategy": strategy}})
+
+    assert _reaches_workers(scenario("concat"))  # type: ignore[arg-type]
+    assert _reaches_workers(scenario("tests.unit.test_plugins:longest"))  # type: ignore[arg-type]
+    assert not _reaches_workers(scenario("longest"))  # type: ignore[arg-type]

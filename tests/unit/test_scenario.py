@@ -130,3 +130,12 @@ def test_every_declared_setting_is_read_with_its_default_type_and_path(section: 
             scenario_from_mapping(doc)
         assert f"{section}.{f.name}" in [path for path, _ in caught.value.problems]
     assert {f.name for f in dataclasses.fields(getattr(model, spec))} >= {f.name for f in declared}
+
+
+def test_an_initial_prompt_over_the_prompt_budget_is_refused() -> None:
+    """initial_prompt longer than aggregation.max_prompt_chars is an error at initial_prompt, before any run."""
+    doc = {"name": "long", "rounds": 1, "task": {"name": "surrogate-skills"}, "clients": {"count": 1},
+           "initial_prompt": "x" * 201, "aggregation": {"max_prompt_chars": 200}}
+    with pytest.raises(ScenarioError) as caught:
+        scenario_from_mapping(doc)
+    assert caught.value.problems == (("initial_prompt", "201 characters > aggregation.max_prompt_chars (200)"),)
