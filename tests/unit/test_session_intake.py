@@ -297,3 +297,10 @@ def test_an_update_after_the_last_round_is_kept_as_a_late_rejection() -> None:
     assert (late.client, late.msg_id, late.reason, late.at) == ("c-0", "c-0-late", "run-finished", 3.0)
     assert session.handle(TimerFired(now=100.0)) == []
     assert session.handle(Reduced(round=reduce.round, prompt="a stale result", now=100.0)) == []
+
+
+def test_the_aggregator_never_publishes_past_the_size_limit() -> None:
+    """What the aggregator sends is encoded against the run's limit: a global state larger than max_bytes is
+    refused before it reaches the broker (which would reset the connection), naming both sizes."""
+    with pytest.raises(codec.MessageTooLarge, match=r"global of \d+ bytes exceeds the run's max_message_bytes"):
+        make_session(codec.Limits(max_bytes=200))
