@@ -137,6 +137,11 @@ def user_optimizer(name: str) -> OptimizerFactory:
     return make
 
 
+def scenario_optimizer(name: str | None) -> OptimizerFactory:
+    """The factory for a scenario's ``clients.optimizer``: the engine's own (surrogate) when unset."""
+    return make_optimizer if name is None else user_optimizer(name)
+
+
 def run_now(outcome: Coroutine[Any, Any, LocalOutcome]) -> LocalOutcome:
     """Step a coroutine that never waits for I/O to its result, without an event loop (the simulator)."""
     try:

@@ -35,6 +35,7 @@ from fedbus.client.session import (
     Work,
 )
 from fedbus.errors import EngineError, TransportError, failure_text
+from fedbus.plan import ClientPlan
 from fedbus.protocol import codec
 from fedbus.protocol.messages import Task
 from fedbus.results.eventlog import EventLog
@@ -61,6 +62,14 @@ class ClientConfig:
     time_scale: float = 1.0
     started_at: float | None = None  # the run's start on the event loop's clock; None: now
     boot: str | None = None  # message-id token; None: random (a restarted process never reuses ids)
+
+    @classmethod
+    def for_plan(cls, plan: ClientPlan, *, run: str, broker: BrokerAddress, time_scale: float,
+                 started_at: float) -> ClientConfig:
+        """One of the scenario's own clients, inside ``fedbus run`` (message ids with boot '0', as simulated)."""
+        return cls(run=run, client=plan.client, broker=broker, shard=plan.shard,
+                   max_message_bytes=plan.max_message_bytes, seed=plan.seed, group=plan.group,
+                   step_delay_s=plan.step_delay_s, time_scale=time_scale, started_at=started_at, boot="0")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

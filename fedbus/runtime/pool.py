@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from fedbus.client.optimizer import OptimizerFactory, make_optimizer, user_optimizer
+from fedbus.client.optimizer import OptimizerFactory, make_optimizer, scenario_optimizer
 from fedbus.errors import FedbusError
+from fedbus.plan import client_plans
 from fedbus.results.eventlog import EventLog
 from fedbus.runtime.address import parse_broker_url
 from fedbus.runtime.client_node import ClientConfig, run_client
@@ -131,18 +132,16 @@ async def run_slice(spec: WorkerSpec) -> None:
     from fedbus.scenario.loader import scenario_from_mapping
 
     scenario = scenario_from_mapping(spec.scenario)
-    make = make_optimizer if scenario.clients.optimizer is None else user_optimizer(scenario.clients.optimizer)
-    groups = {group.name: group for group in scenario.groups()}
+    make = scenario_optimizer(scenario.clients.optimizer)
+    plans = {plan.client: plan for plan in client_plans(scenario)}
     broker = parse_broker_url(spec.broker_url)
     events = EventLog(Path(spec.events_path), clock=lambda: time.monotonic() - spec.log_t0)
     ensure_open_files(len(spec.members) + 256)
     try:
         async with asyncio.TaskGroup() as group:
-            for cid, shard, group_name in spec.members:
-                config = ClientConfig(run=spec.run_id, client=cid, broker=broker, shard=shard,
-                                      max_message_bytes=scenario.max_message_bytes, seed=scenario.seed,
-                                      group=groups[group_name], step_delay_s=scenario.clients.step_latency_s,
-                                      time_scale=scenario.time_scale, started_at=spec.loop_t0, boot="0")
+            for cid, _shard, _group in spec.members:
+                config = ClientConfig.for_plan(plans[cid], run=spec.run_id, broker=broker,
+                                               time_scale=scenario.time_scale, started_at=spec.loop_t0)
                 group.create_task(run_guarded(config, events, make), name=f"client[{spec.run_id}].{cid}")
     finally:
         events.close()

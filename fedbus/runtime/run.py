@@ -16,7 +16,7 @@ import structlog
 
 from fedbus.aggregator.effects import RoundResult
 from fedbus.aggregator.strategies import BUILT_IN_STRATEGIES
-from fedbus.client.optimizer import OptimizerFactory, make_optimizer, user_optimizer
+from fedbus.client.optimizer import OptimizerFactory, scenario_optimizer
 from fedbus.llm.engine import ChatEngine
 from fedbus.llm.extras import require_libraries
 from fedbus.plan import client_plans, make_core
@@ -144,10 +144,8 @@ def _open_broker(stack: ExitStack, scenario: Scenario, broker_url: str | None,
 
 
 def _optimizer_factory(scenario: Scenario, engine: ChatEngine | None, out: Path) -> OptimizerFactory:
-    if scenario.clients.optimizer is not None:  # the user's optimizer, whatever the engine
-        return user_optimizer(scenario.clients.optimizer)
-    if engine is None:
-        return make_optimizer
+    if scenario.clients.optimizer is not None or engine is None:  # the user's optimizer wins over the engine's
+        return scenario_optimizer(scenario.clients.optimizer)
     return optimizer_factory(engine, out / "textgrad", strict=scenario.clients.strict)
 
 
@@ -185,10 +183,8 @@ class _Clients:
             self.events.record("workers-started", workers=len(self.pool.processes), clients=len(members))
             return
         for plan in client_plans(s):
-            config = ClientConfig(run=self.run_id, client=plan.client, broker=self.address, shard=plan.shard,
-                                  max_message_bytes=plan.max_message_bytes, seed=plan.seed, group=plan.group,
-                                  step_delay_s=plan.step_delay_s, time_scale=s.time_scale, started_at=self.t0,
-                                  boot="0")
+            config = ClientConfig.for_plan(plan, run=self.run_id, broker=self.address, time_scale=s.time_scale,
+                                           started_at=self.t0)
             self.tasks.append(group.create_task(run_guarded(config, self.events, self.make),
                                                 name=f"client[{self.run_id}].{plan.client}"))
 

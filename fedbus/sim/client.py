@@ -15,9 +15,8 @@ from fedbus.client.optimizer import (
     LocalOptimizer,
     LocalOutcome,
     SurrogateOptimizer,
-    make_optimizer,
     run_now,
-    user_optimizer,
+    scenario_optimizer,
 )
 from fedbus.client.session import (
     Action,
@@ -59,8 +58,6 @@ class SimClient:
                                 step_latency_s=plan.step_delay_s, boot="0")
         self.session = ClientSession(profile, codec.Limits(max_bytes=plan.max_message_bytes))
         self.ident = f"{config.run}.{plan.client}"
-        self.connected = False
-        self.stopped = False
         self.optimizer: LocalOptimizer | None = None
 
     def start(self) -> None:
@@ -70,22 +67,18 @@ class SimClient:
 
     # ------------------------------------------------------------------ connection
     def _connect(self) -> None:
-        if self.stopped or self.connected:
+        if self.session.stopped or self.session.connected:
             return
         self.broker.connect(self.ident, self._incoming, will=self.session.will(self.timeline.now))
         self.broker.subscribe(self.ident, *self.session.subscriptions())
-        self.connected = True
         self._carry_out(self.session.connected_now(self.timeline.now))
 
     def _leave(self, leave: Leave) -> None:
-        if not self.connected:
+        if not self.session.connected:
             return
-        self.connected = False
         self.broker.disconnect(self.ident, abrupt=leave.abrupt)
         self._carry_out(self.session.disconnected(leave))
-        if leave.stop:
-            self.stopped = True
-        elif leave.back_at is not None:
+        if not leave.stop and leave.back_at is not None:
             self.timeline.at(leave.back_at, self._connect)
 
     def _partition(self, heals_at: float) -> None:
@@ -93,8 +86,7 @@ class SimClient:
 
     # ------------------------------------------------------------------ actions
     def _feed(self, event: ClientEvent) -> None:
-        if not self.stopped:
-            self._carry_out(self.session.handle(event))
+        self._carry_out(self.session.handle(event))  # nothing, once the client stopped
 
     def _push(self, deliveries: Deliveries) -> None:
         self._carry_out(self.session.push(deliveries))
@@ -129,7 +121,7 @@ class SimClient:
                 announced = self.session.data()
                 if announced is None:
                     raise EngineError("no global state yet: the data description is unknown")
-                make = make_optimizer if self.plan.optimizer is None else user_optimizer(self.plan.optimizer)
+                make = scenario_optimizer(self.plan.optimizer)
                 self.optimizer = make(announced[0], announced[1], self.plan.client, self.plan.shard)
             if isinstance(self.optimizer, SurrogateOptimizer):
                 outcome = self.optimizer.optimize_now(task.prompt, round=task.round, steps=task.local_steps,
@@ -145,5 +137,5 @@ class SimClient:
 
     # ------------------------------------------------------------------ incoming
     def _incoming(self, topic: str, payload: bytes, retained: bool) -> None:
-        if not self.stopped:
+        if not self.session.stopped:
             self._carry_out(self.session.receive(topic, payload, self.timeline.now))

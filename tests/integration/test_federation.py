@@ -95,7 +95,7 @@ def hold_round_one(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
     def make(engine: str, spec: DataSpec, client: str, shard: int | None) -> LocalOptimizer:
         return HeldInRoundOne(make_optimizer(engine, spec, client, shard), gate)
 
-    monkeypatch.setattr("fedbus.runtime.run.make_optimizer", make)
+    monkeypatch.setattr("fedbus.client.optimizer.make_optimizer", make)
     return gate
 
 
@@ -173,7 +173,7 @@ async def test_an_optimizer_that_raises_fails_only_that_round(
         optimizer = make_optimizer(engine, spec, client, shard)
         return BrokenInRoundOne(optimizer) if client == "client-0" else optimizer
 
-    monkeypatch.setattr("fedbus.runtime.run.make_optimizer", make)
+    monkeypatch.setattr("fedbus.client.optimizer.make_optimizer", make)
     doc = scenario(rounds=2, clients={"count": 2, "local_steps": 1},
                    participation={"round_deadline_s": 5})  # round 1 waits this long for client-0's update
     summary = await asyncio.wait_for(run_scenario(scenario_from_mapping(doc), RunOptions(

@@ -46,7 +46,7 @@ def test_the_simulator_fails_the_round_and_goes_on(tmp_path: Path, monkeypatch: 
             return optimizer
         return BrokenInRoundOne(spec, 0 if shard is None else shard, client)
 
-    monkeypatch.setattr("fedbus.sim.client.make_optimizer", make)
+    monkeypatch.setattr("fedbus.client.optimizer.make_optimizer", make)
     scenario = scenario_from_mapping({
         "name": "broken-optimizer", "seed": 3, "rounds": 2,
         "task": {"train_size": 40, "val_size": 10, "test_size": 10},
