@@ -3,7 +3,9 @@
 It takes part in a fedbus federation by following docs/PROTOCOL.md (the wire protocol, version 1)
 and nothing else, so it doubles as the reference for writing a client in another language. Its
 "local optimization" is a deterministic edit: it appends one sentence naming itself and the round
-to the prompt of each task. Section references (§) are to headings of docs/PROTOCOL.md.
+to the prompt of each task, within the run's prompt budget. It logs the aggregator's receipt for
+each update and the aggregator's presence. Section references (§) are to headings of
+docs/PROTOCOL.md.
 
 Usage (fedbus need not be installed; paho-mqtt 2.x must be)::
 
@@ -16,6 +18,7 @@ Exit status: 0 the run finished (or --max-rounds updates were sent); 1 the broke
 connection or a subscription; 2 nothing happened for --timeout-s seconds; 64 a bad command line;
 128 + N on signal N (SIGINT, SIGTERM). In every case but 1 the client first tries to publish its
 'offline' presence and disconnects cleanly. Diagnostics go to stderr, one line each.
+--max-prompt-chars is the budget used until the aggregator announces the run's (in `global` and `task`).
 """
 
 from __future__ import annotations
@@ -43,12 +46,12 @@ from paho.mqtt.reasoncodes import ReasonCode
 # ------------------------------------------------------------------ protocol constants
 
 SCHEMA_VERSION = 1  # § The envelope: `v`; § Versioning
-KINDS = ("presence", "global", "task", "update", "metrics")  # § Message kinds
+KINDS = ("presence", "global", "task", "update", "metrics", "receipt", "failure")  # § Message kinds
 AGGREGATOR = "aggregator"  # § Identifiers: reserved, the sender of `global`
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # § Identifiers: must match the *whole* id
 QOS = 1  # § Transport: QoS 1 for every publish and subscription
 KEEPALIVE_S = 30  # § Transport
-MAX_MESSAGE_BYTES = 256 * 1024  # § Transport, Size: the default max_message_bytes
+MAX_MESSAGE_BYTES = 256 * 1024  # § Transport, Size: the default max_message_bytes (and what this client decodes)
 MAX_DEPTH = 8  # § Decoding, check 3
 SEEN_IDS = 10_000  # § Deduplication: how many ids the reference client remembers
 DEFAULT_MAX_PROMPT_CHARS = 20_000  # § What the aggregator does: prompt-too-long (the run's default)
@@ -120,6 +123,12 @@ def _check_envelope(doc: dict[str, Any]) -> None:
     _require(_is_number(doc.get("sent")), "sent must be a finite number")
 
 
+def _check_limits(body: dict[str, Any]) -> None:
+    """§ Message kinds, `global` and `task`: the run's limits, optional (the defaults when absent)."""
+    for name in ("max_prompt_chars", "max_message_bytes"):
+        _require(name not in body or _is_int(body[name], 1), f"{name} must be an integer >= 1")
+
+
 def _check_global(doc: dict[str, Any], body: dict[str, Any]) -> None:
     """§ Message kinds, `global`."""
     _require(doc["client"] == AGGREGATOR, f"a global must come from {AGGREGATOR!r}")
@@ -136,6 +145,7 @@ def _check_global(doc: dict[str, Any], body: dict[str, Any]) -> None:
     _require(_is_int(data.get("seed")), "data.seed must be an integer >= 0")
     for name in ("num_shards", "train_size", "val_size", "test_size"):
         _require(_is_int(data.get(name), 1), f"data.{name} must be an integer >= 1")
+    _check_limits(body)
 
 
 def _check_task(body: dict[str, Any]) -> None:
@@ -145,13 +155,25 @@ def _check_task(body: dict[str, Any]) -> None:
     _require(_is_int(body.get("local_steps"), 1), "local_steps must be an integer >= 1")
     _require(_is_int(body.get("batch_size"), 1), "batch_size must be an integer >= 1")
     _require(_is_number(body.get("deadline_s"), 0.0), "deadline_s must be a number >= 0")
+    _check_limits(body)
+
+
+def _check_receipt(body: dict[str, Any]) -> None:
+    """§ Message kinds, `receipt`."""
+    update_id, outcome, reason = body.get("update_id"), body.get("outcome"), body.get("reason")
+    _require(isinstance(update_id, str) and 0 < len(update_id) <= 128, "update_id must be 1-128 characters")
+    _require(outcome in ("accepted", "rejected"), "outcome must be accepted or rejected")
+    _require(isinstance(reason, str) and len(reason) <= 64, "reason must be a string of at most 64 characters")
+    _require((outcome == "accepted") == (reason == ""), "reason is empty exactly when the update was accepted")
+    detail = body.get("detail")
+    _require(isinstance(detail, str) and len(detail) <= 300, "detail must be a string of at most 300 characters")
 
 
 def decode(payload: bytes) -> dict[str, Any]:
     """Parse and check one payload, in the order of § Decoding; raise ``Rejected`` with its reason.
 
-    This client acts on `global` and `task` only, so it checks the bodies of those two kinds; the
-    other kinds pass with a checked envelope and are dropped by the caller as unexpected.
+    This client acts on `global`, `task`, `receipt` and the aggregator's `presence`, so it checks the
+    bodies of those kinds; the others pass with a checked envelope and are dropped by the caller.
     """
     if len(payload) > MAX_MESSAGE_BYTES:  # 1
         raise Rejected("oversized", f"{len(payload)} bytes > {MAX_MESSAGE_BYTES}")
@@ -179,6 +201,10 @@ def decode(payload: bytes) -> dict[str, Any]:
         _check_global(doc, body)
     elif kind == "task":
         _check_task(body)
+    elif kind == "receipt":
+        _check_receipt(body)
+    elif kind == "presence":
+        _require(body.get("status") in ("online", "offline"), "status must be online or offline")
     return doc
 
 
@@ -249,6 +275,10 @@ class PahoClient:
         self.pending_task: dict[str, Any] | None = None  # a task that came before any global
         self.done_rounds: set[int] = set()
         self.updates_sent = 0
+        # § Message kinds, `global` and `task`: the run's limits as the aggregator announces them
+        self.max_prompt_chars = opts.max_prompt_chars
+        self.max_message_bytes = MAX_MESSAGE_BYTES
+        self.aggregator_online: bool | None = None  # § Topics: the aggregator's retained presence
         self.last_heard = self.started  # when a message of this run last arrived (for --timeout-s)
         self.leaving = False
 
@@ -299,9 +329,11 @@ class PahoClient:
         if reason_code.is_failure:
             self.inbox.put(Refused(f"broker refused the connection: {reason_code}"))
             return
-        # § Topics: a client subscribes to the global state and its own task topic, QoS 1. After a
-        # reconnect it subscribes again (§ Client behaviour); the persistent session kept them anyway.
-        client.subscribe([(topic(self.run_id, "global"), QOS), (topic(self.run_id, "task", self.me), QOS)])
+        # § Topics: a client subscribes to the global state, its own task and receipt topics and the
+        # aggregator's presence, QoS 1. After a reconnect it subscribes again (§ Client behaviour); the
+        # persistent session kept them anyway.
+        client.subscribe([(topic(self.run_id, "global"), QOS), (topic(self.run_id, "task", self.me), QOS),
+                          (topic(self.run_id, "receipt", self.me), QOS), (topic(self.run_id, "aggregator"), QOS)])
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         log(self.me, f"cannot reach the broker at {self.opts.host}:{self.opts.port}; retrying")
@@ -387,12 +419,36 @@ class PahoClient:
                 log(self.me, f"dropped a task for {doc['client']!r} on my task topic")
                 return None
             return self._on_task(doc)
+        if where == topic(self.run_id, "receipt", self.me) and doc["kind"] == "receipt" and doc["client"] == self.me:
+            self._on_receipt(doc)
+            return None
+        if where == topic(self.run_id, "aggregator") and doc["kind"] == "presence" and doc["client"] == AGGREGATOR:
+            online = doc["body"]["status"] == "online"
+            if online is not self.aggregator_online:  # § Client behaviour: the aggregator's presence
+                log(self.me, f"the aggregator is {doc['body']['status']}")
+            self.aggregator_online = online
+            return None
         log(self.me, f"dropped an unexpected {doc['kind']} on {where}")
         return None
+
+    def _on_receipt(self, doc: dict[str, Any]) -> None:
+        """§ Message kinds, `receipt`: what became of one of this client's updates."""
+        body = doc["body"]
+        if body["outcome"] == "accepted":
+            log(self.me, f"update {body['update_id']} (round {doc['round']}) accepted")
+        else:
+            log(self.me, f"update {body['update_id']} (round {doc['round']}) rejected: {body['reason']}"
+                         + (f" ({body['detail']})" if body["detail"] else ""))
+
+    def _adopt_limits(self, body: dict[str, Any]) -> None:
+        """§ Message kinds, `global` and `task`: keep the run's limits (absent from an older aggregator)."""
+        self.max_prompt_chars = body.get("max_prompt_chars", self.max_prompt_chars)
+        self.max_message_bytes = body.get("max_message_bytes", self.max_message_bytes)
 
     def _on_global(self, doc: dict[str, Any]) -> str | None:
         self.state = doc
         body = doc["body"]
+        self._adopt_limits(body)
         if body["status"] == "finished":  # § Client behaviour: on `finished`, offline then DISCONNECT
             return f"run finished at version {body['version']}"
         if self.pending_task is not None:  # a task arrived before the first global
@@ -408,6 +464,7 @@ class PahoClient:
             self.pending_task = task
             return None
         self.done_rounds.add(task["round"])
+        self._adopt_limits(task["body"])
         self._answer(task)
         if self.opts.max_rounds is not None and self.updates_sent >= self.opts.max_rounds:
             return f"sent {self.updates_sent} updates (--max-rounds)"
@@ -416,13 +473,14 @@ class PahoClient:
     def edit(self, prompt: str, round_: int) -> str:
         """The 'local optimization': append one sentence naming this client and the round.
 
-        The result stays within the run's max_prompt_chars (§ What the aggregator does:
-        prompt-too-long); if it would not, the task's prompt is cut at its end to make room.
+        The result stays within the run's max_prompt_chars as the task announced it (§ What the
+        aggregator does: prompt-too-long); if it would not, the task's prompt is cut at its end to make room.
         """
+        budget = self.max_prompt_chars
         sentence = f"Client {self.me} reviewed this prompt in round {round_}."
-        room = self.opts.max_prompt_chars - len(sentence) - 1
+        room = budget - len(sentence) - 1
         if room <= 0:
-            return sentence[: self.opts.max_prompt_chars]
+            return sentence[:budget]
         base = prompt.strip()[:room].rstrip()
         return f"{base} {sentence}" if base else sentence
 
@@ -435,6 +493,10 @@ class PahoClient:
                  "llm_calls": 0, "tokens": 0, "duration_s": round(time.monotonic() - began, 6)}
         payload = self.envelope("update", task["round"],
                                 {"base_version": body["version"], "prompt": prompt, "stats": stats})
+        if len(payload) > self.max_message_bytes:  # § Transport, Size: the aggregator would drop it as oversized
+            log(self.me, f"not sending the update for round {task['round']}: {len(payload)} bytes exceed the run's "
+                         f"max_message_bytes ({self.max_message_bytes})")
+            return
         # Not connected right now? paho keeps the QoS 1 message and sends it after reconnecting.
         self.mqtt.publish(topic(self.run_id, "update", self.me), payload, qos=QOS, retain=False)
         self.updates_sent += 1
@@ -473,7 +535,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument("--max-rounds", type=int, help="leave after sending this many updates")
     parser.add_argument("--timeout-s", type=float, help="give up (exit 2) after this long without a message of the run")
     parser.add_argument("--max-prompt-chars", type=int, default=DEFAULT_MAX_PROMPT_CHARS,
-                        help="the run's aggregation.max_prompt_chars (default %(default)s)")
+                        help="the prompt budget until the aggregator announces the run's (default %(default)s)")
     args = parser.parse_args(argv)
     for value, what in ((args.run, "run id"), (args.id, "client id")):
         if not is_valid_id(value):  # § Identifiers

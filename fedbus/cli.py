@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import ipaddress
 import os
 import re
 import signal
 import socket
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
+from urllib.parse import urlsplit
 
 import structlog
 
@@ -20,37 +25,115 @@ from fedbus.errors import EngineError, FedbusError, ScenarioError, TransportErro
 
 if TYPE_CHECKING:
     from fedbus.runtime.client_node import ClientConfig, ClientReport
+    from fedbus.runtime.run import RunOptions
+    from fedbus.scenario import Scenario
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_ABORTED = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 log = structlog.get_logger("fedbus.cli")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake told in one line (exit code 2) instead of the usage block and the line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_INVALID, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+# argparse `type=` checks: a bad value is refused before anything starts, as "argument --seed: must be ..."
+
+
+def _int_within(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    def check(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"must be {f'within [{lo}, {hi}]' if hi is not None else f'>= {lo}'}"
+                                             f", got {value}")
+        return value
+    return check
+
+
+def _an_id(what: str) -> Callable[[str], str]:
+    def check(text: str) -> str:
+        from fedbus.protocol.ids import check_id
+
+        try:
+            return check_id(text, what)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return check
+
+
+def _broker_url(text: str) -> str:
+    from fedbus.runtime.address import parse_broker_url
+
+    try:
+        parse_broker_url(text)
+    except TransportError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _http_url(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise argparse.ArgumentTypeError(f"must be an http:// or https:// URL, got {text!r}")
+    return text
+
+
+def _log_level(text: str) -> str:
+    level = text.upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"unknown level {text!r} (DEBUG, INFO, WARNING, ERROR or CRITICAL; "
+                                         "the default comes from $FEDBUS_LOG_LEVEL)")
+    return level
+
+
+def _ipv4(text: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an IPv4 address such as 127.0.0.1 or 0.0.0.0, got {text!r}") \
+            from None
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fedbus", description="Federated textual-gradient prompt optimization over MQTT."
     )
     parser.add_argument("--version", action="version", version=f"fedbus {__version__}")
-    parser.add_argument("--log-level", default=os.environ.get("FEDBUS_LOG_LEVEL", "WARNING"),
+    parser.add_argument("--log-level", type=_log_level, default=os.environ.get("FEDBUS_LOG_LEVEL", "WARNING"),
                         help="log level for stderr (default WARNING, or $FEDBUS_LOG_LEVEL)")
     parser.add_argument("--log-json", action=argparse.BooleanOptionalAction, default=None,
                         help="JSON log lines (default: only when stderr is not a terminal)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a scenario: broker, aggregator and clients")
-    run.add_argument("scenario", type=Path)
-    run.add_argument("--out", type=Path, help="output directory (default runs/RUN_ID)")
-    run.add_argument("--seed", type=int, help="override the scenario's seed")
-    run.add_argument("--broker", help="external broker mqtt://[user:pass@]host:port (default: embedded rumqttd)")
-    run.add_argument("--run-id", help="run id (default: NAME-SEED-RANDOM); clients on other machines need it")
+    run.add_argument("scenario", type=Path, nargs="?", help="the scenario YAML (not with --resume)")
+    run.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                     help="continue an interrupted or killed run from its folder (journal.jsonl, checkpoint.json): "
+                          "same run id, same scenario; give --broker again if it needs a password")
+    run.add_argument("--out", type=Path, help="output directory (default runs/RUN_ID); refused if it holds a "
+                                              "finished run (a summary.json) unless --force")
+    run.add_argument("--force", action="store_true", help="overwrite the finished run --out holds")
+    run.add_argument("--seed", type=_int_within(0), help="override the scenario's seed")
+    run.add_argument("--broker", type=_broker_url,
+                     help="external broker mqtt://[user:pass@]host:port (default: embedded rumqttd)")
+    run.add_argument("--run-id", type=_an_id("run id"),
+                     help="run id (default: NAME-SEED-RANDOM); clients on other machines need it")
     run.add_argument("--quiet", action="store_true", help="no progress display")
-    run.add_argument("--engine-url", metavar="URL",
+    run.add_argument("--engine-url", metavar="URL", type=_http_url,
                      help="OpenAI-compatible server for engine openai, e.g. http://127.0.0.1:8000/v1 (vLLM), "
                           "http://127.0.0.1:11434/v1 (Ollama); default: the scenario's engine.base_url or "
                           "$FEDBUS_ENGINE_URL")
     run.add_argument("--no-cache", action="store_true", help="do not reuse cached LLM responses")
     run.add_argument("--strategy", help="override aggregation.strategy (concat, summarize, uid_summarize) "
                                         "to compare aggregators on one scenario")
-    run.add_argument("--workers", type=int, metavar="N",
+    run.add_argument("--workers", type=_int_within(0), metavar="N",
                      help="client processes (default: one per 100 clients, at most one per CPU; 0: all clients "
                           "in the aggregator's process)")
     run.add_argument("--simulate", action="store_true",
@@ -65,25 +148,32 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("scenarios", type=Path, nargs="+")
 
     broker = sub.add_parser("broker", help="run the embedded broker (rumqttd) in the foreground")
-    broker.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for other machines)")
-    broker.add_argument("--port", type=int, default=1883)
-    broker.add_argument("--max-payload-bytes", type=int, default=1024 * 1024)
+    broker.add_argument("--host", type=_ipv4, default="127.0.0.1",
+                        help="address to listen on (0.0.0.0 for other machines)")
+    broker.add_argument("--port", type=_int_within(0, 65535), default=1883, help="0: any free port")
+    broker.add_argument("--max-payload-bytes", type=_int_within(1), default=1024 * 1024)
 
     client = sub.add_parser("client", help="join a running federation as one client")
-    client.add_argument("--broker", required=True, help="mqtt://[user:pass@]host:port")
-    client.add_argument("--run", required=True, help="the run id printed by `fedbus run`")
-    client.add_argument("--id", help="client id (default: HOSTNAME-PID)")
-    client.add_argument("--shard", type=int, help="data shard index (default: a hash of the client id)")
+    client.add_argument("--broker", type=_broker_url, required=True, help="mqtt://[user:pass@]host:port")
+    client.add_argument("--run", type=_an_id("run id"), required=True, help="the run id printed by `fedbus run`")
+    client.add_argument("--id", type=_an_id("client id"), help="client id (default: HOSTNAME-PID)")
+    client.add_argument("--shard", type=_int_within(0), help="data shard index (default: a hash of the client id)")
     client.add_argument("--engine", choices=("surrogate", "openai", "local"),
                         help="surrogate (default), or the LLM this client runs TextGrad on: openai (give "
                              "--engine-url and --model) or local (the embedded model, started by this client)")
-    client.add_argument("--engine-url", help="openai: the OpenAI-compatible server, e.g. http://127.0.0.1:11434/v1")
+    client.add_argument("--engine-url", type=_http_url,
+                        help="openai: the OpenAI-compatible server, e.g. http://127.0.0.1:11434/v1")
     client.add_argument("--model", help="openai: the server's model name; local: a label")
     client.add_argument("--api-key-env", help="openai: the NAME of the environment variable holding the key")
-    client.add_argument("--max-tokens", type=int, default=512, help="LLM: cap on each reply (default 512)")
-    client.add_argument("--threads", type=int, default=1, help="local: llama.cpp threads (default 1)")
+    client.add_argument("--max-tokens", type=_int_within(1, 32_768), default=512,
+                        help="LLM: cap on each reply (default 512)")
+    client.add_argument("--threads", type=_int_within(1, 256), default=1, help="local: llama.cpp threads (default 1)")
     client.add_argument("--no-cache", action="store_true", help="LLM: do not reuse cached responses")
     client.add_argument("--strict", action="store_true", help="LLM: keep a step only on a strict improvement")
+    client.add_argument("--aggregator-timeout", type=float, default=120.0, metavar="SECONDS",
+                        help="give up (exit 1) when nothing came from the aggregator for this long; it sends a "
+                             "heartbeat every 5 s (default 120)")
+    client.add_argument("--quiet", action="store_true", help="print only the last line")
     client.add_argument("--log-dir", type=Path, default=Path("fedbus-client"),
                         help="LLM: where TextGrad's and llama.cpp's logs go (default ./fedbus-client)")
     return parser
@@ -119,11 +209,52 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return status
 
 
+def _folder_problem(folder: Path) -> str | None:
+    """Why ``folder`` cannot take a run's files, found by trying (None: it can). Folders made to try are
+    removed again, so that a run refused later leaves nothing behind."""
+    if folder.exists() and not folder.is_dir():
+        return "exists and is not a folder"
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        return f"cannot write there: {exc.strerror or exc}"
+    finally:
+        for made in missing:
+            with contextlib.suppress(OSError):
+                made.rmdir()
+    return None
+
+
+def _out_problem(out: Path, force: bool) -> str | None:
+    """Why ``fedbus run`` must not write into ``out`` (None: it may)."""
+    if out.is_dir() and (out / "summary.json").exists() and not force:
+        return "holds a finished run; pass --force to overwrite, or choose another --out"
+    return _folder_problem(out)
+
+
+async def _check_broker(url: str, identifier: str) -> None:
+    """Connect once and leave: an unreachable broker or a refused login is one TransportError before anything
+    starts (not a failure per client and then the aggregator's)."""
+    from fedbus.runtime.address import parse_broker_url
+    from fedbus.runtime.bus import MqttBus
+
+    async with MqttBus(parse_broker_url(url), identifier, clean_session=True):
+        pass
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from fedbus.runtime.engines import EngineOverrides
-    from fedbus.runtime.run import RunOptions, new_run_id, run_scenario
+    from fedbus.runtime.run import RunOptions, new_run_id
     from fedbus.scenario import load_scenario
 
+    if args.resume is not None:
+        return _cmd_resume(args)
+    if args.scenario is None:
+        print("fedbus run: give a scenario file (or --resume RUN_DIR)", file=sys.stderr)
+        return EXIT_INVALID
     try:
         scenario = load_scenario(args.scenario, seed=args.seed)
         if args.strategy:
@@ -136,35 +267,100 @@ def _cmd_run(args: argparse.Namespace) -> int:
         for line in exc.lines():
             print(f"{args.scenario}: {line}", file=sys.stderr)
         return EXIT_INVALID
+    if args.simulate and args.broker:
+        print("fedbus run: --simulate uses an in-memory broker in virtual time; drop --broker", file=sys.stderr)
+        return EXIT_INVALID
     if args.simulate:
-        if args.broker:
-            print("fedbus run: --simulate uses an in-memory broker in virtual time; drop --broker", file=sys.stderr)
-            return EXIT_INVALID
-        from fedbus.sim.run import sim_run_id, simulate
+        from fedbus.sim.run import sim_run_id
 
         run_id = args.run_id or sim_run_id(scenario)
+    else:
+        run_id = args.run_id or new_run_id(scenario)
+    out = args.out or Path("runs") / run_id
+    problem = _out_problem(out, args.force)
+    if problem is not None:
+        print(f"fedbus run: --out {out}: {problem}", file=sys.stderr)
+        return EXIT_INVALID
+    if args.simulate:
+        from fedbus.sim.run import simulate
+
         try:
-            summary = simulate(scenario, args.out or Path("runs") / run_id, run_id=run_id, progress=not args.quiet,
+            summary = simulate(scenario, out, run_id=run_id, progress=not args.quiet,
                                scenario_file=str(args.scenario))
         except EngineError as exc:
             print(f"fedbus run --simulate: {exc}", file=sys.stderr)
             return EXIT_INVALID
         return EXIT_OK if summary["status"] == "completed" else EXIT_ABORTED
-    run_id = args.run_id or new_run_id(scenario)
-    out = args.out or Path("runs") / run_id
+    if args.broker:
+        asyncio.run(_check_broker(args.broker, f"{run_id}.check"))
     options = RunOptions(out_dir=out, broker_url=args.broker, run_id=run_id, progress=not args.quiet,
                          scenario_file=str(args.scenario), workers=args.workers,
                          engine=EngineOverrides(base_url=args.engine_url, cache=False if args.no_cache else None),
                          environ=dict(os.environ), log_level=args.log_level)
-    summary = asyncio.run(run_scenario(scenario, options))
+    return _run_to_end(scenario, options)
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    """``fedbus run --resume RUN_DIR``: the same run, rebuilt from its journal, carried on to the end."""
+    from fedbus.runtime.checkpoint import Checkpoint
+    from fedbus.runtime.engines import EngineOverrides
+    from fedbus.runtime.run import RunOptions
+
+    if args.scenario is not None or args.simulate or args.run_id or args.seed is not None or args.strategy:
+        print("fedbus run --resume: the scenario, seed, run id and strategy come from RUN_DIR/checkpoint.json; "
+              "drop SCENARIO, --seed, --run-id, --strategy and --simulate", file=sys.stderr)
+        return EXIT_INVALID
+    checkpoint = Checkpoint.open(args.resume)
+    scenario = checkpoint.scenario()
+    broker_url = args.broker
+    if broker_url is None and checkpoint.broker.get("kind") == "external":
+        broker_url = str(checkpoint.broker["url"])
+        if "***" in broker_url:
+            print(f"fedbus run --resume: the run used {broker_url}; give --broker with its password again",
+                  file=sys.stderr)
+            return EXIT_INVALID
+    if broker_url:
+        asyncio.run(_check_broker(broker_url, f"{checkpoint.run_id}.check"))
+    options = RunOptions(out_dir=args.resume, broker_url=broker_url, run_id=checkpoint.run_id,
+                         progress=not args.quiet, scenario_file=str(checkpoint.content.get("scenario_file", "")),
+                         workers=args.workers, resume=True,
+                         engine=EngineOverrides(base_url=args.engine_url, cache=False if args.no_cache else None),
+                         environ=dict(os.environ), log_level=args.log_level)
+    return _run_to_end(scenario, options)
+
+
+def _run_to_end(scenario: Scenario, options: RunOptions) -> int:
+    """Run; Ctrl-C or SIGTERM leave summary.json with status 'interrupted' and say how to go on."""
+    from fedbus.runtime.run import run_scenario
+
+    try:
+        summary = asyncio.run(run_scenario(scenario, options))
+    except BaseException as exc:
+        if not _interrupted(exc):
+            raise
+        print(f"fedbus run: interrupted; the rounds so far are in {options.out_dir / 'summary.json'}; "
+              f"continue with: fedbus run --resume {options.out_dir}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return EXIT_OK if summary["status"] == "completed" else EXIT_ABORTED
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Ctrl-C or SIGTERM, possibly wrapped by task groups."""
+    if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_interrupted(inner) for inner in exc.exceptions)
+    return False
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
     from fedbus.runtime.broker import EmbeddedBroker, EmbeddedBrokerConfig
 
     config = EmbeddedBrokerConfig(host=args.host, port=args.port, max_payload_bytes=args.max_payload_bytes)
-    broker = EmbeddedBroker(config)
+    try:
+        broker = EmbeddedBroker(config)
+    except OSError as exc:  # --port 0 on an address of no interface here: picking a free port fails
+        raise TransportError(f"cannot listen on {args.host}: {exc.strerror or exc}") from exc
     # Ctrl+C (and SIGTERM) stop it even when started in the background of a script, where SIGINT is ignored
     # from birth and Python would not install its KeyboardInterrupt handler
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -196,27 +392,45 @@ def _cmd_client(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"fedbus client: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    if not args.aggregator_timeout > 0:
+        print("fedbus client: --aggregator-timeout must be > 0 seconds", file=sys.stderr)
+        return EXIT_INVALID
     config = ClientConfig(run=args.run, client=client_id, broker=parse_broker_url(args.broker), shard=args.shard,
-                          engine=args.engine)
+                          engine=args.engine, retry_first_connect=False, silence_timeout_s=args.aggregator_timeout)
     if args.engine is not None:
         from fedbus.llm.extras import require_libraries
 
         require_libraries(args.engine)  # before joining: one clear line instead of a failed round each round
+    if args.engine not in (None, "surrogate"):
+        problem = _folder_problem(args.log_dir)
+        if problem is not None:
+            print(f"fedbus client: --log-dir {args.log_dir}: {problem}", file=sys.stderr)
+            return EXIT_INVALID
+    asyncio.run(_check_broker(args.broker, f"{args.run}.{client_id}.check"))
+    from fedbus.runtime.identity import refuse_live_client
+
+    asyncio.run(refuse_live_client(config.broker, args.run, client_id))
     started = time.monotonic()
     print(f"fedbus client {client_id} joining run {args.run} on {config.broker.url()}", flush=True)
     report = asyncio.run(_client_session(config, args))
-    print(f"fedbus client {client_id}: {report.rounds_done} rounds done in {time.monotonic() - started:.1f} s; "
-          f"{report.reason}", flush=True)
+    line = (f"fedbus client {client_id}: {report.rounds_done} rounds done in {time.monotonic() - started:.1f} s; "
+            f"{report.reason}")
+    if not report.ok:
+        print(line, file=sys.stderr, flush=True)
+        return EXIT_FAILED
+    print(line, flush=True)
     return EXIT_OK
 
 
 async def _client_session(config: ClientConfig, args: argparse.Namespace) -> ClientReport:
     """One client, on the surrogate or on its own LLM engine (opened here, closed when the run ends)."""
+    from fedbus.results.eventlog import EventLog
+    from fedbus.results.narration import Narrator
     from fedbus.runtime.client_node import run_client
 
+    events: EventLog = EventLog(None) if args.quiet else Narrator(prefix="")
     if args.engine in (None, "surrogate"):
-        return await run_client(config)
-    from fedbus.results.eventlog import EventLog
+        return await run_client(config, events)
     from fedbus.runtime.engines import open_engine
     from fedbus.runtime.llm_run import load_optimizer_library, optimizer_factory
     from fedbus.scenario.engine import DEFAULT_LOCAL_MODEL, EngineSpec
@@ -230,7 +444,7 @@ async def _client_session(config: ClientConfig, args: argparse.Namespace) -> Cli
     await load_optimizer_library(args.log_dir / "textgrad")
     async with open_engine(spec, environ=dict(os.environ), log_dir=args.log_dir) as engine:
         make = optimizer_factory(engine, args.log_dir / "textgrad", strict=args.strict)
-        return await run_client(config, EventLog(None), make)
+        return await run_client(config, events, make)
 
 
 def _first_fedbus_error(group: ExceptionGroup[Exception]) -> Exception:
@@ -256,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
             raise _first_fedbus_error(group) from None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except TransportError as exc:
         print(f"fedbus {args.command}: broker problem: {exc}", file=sys.stderr)
         return EXIT_FAILED

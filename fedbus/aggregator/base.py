@@ -9,7 +9,15 @@ from fedbus.aggregator.config import AggregatorConfig
 from fedbus.aggregator.effects import Effect, Publish, Rejection, RoundResult, RunFinished, UpdateRejected
 from fedbus.protocol import topics
 from fedbus.protocol.ids import AGGREGATOR
-from fedbus.protocol.messages import GlobalState, GlobalStatus, Update
+from fedbus.protocol.messages import MAX_DETAIL_CHARS, Failure, GlobalState, GlobalStatus, Task, Update
+
+
+def failure_detail(failure: Failure) -> str:
+    """What a failure report says, for its 'client-failed' rejection: the error's type (unless the reason already
+    begins with it), then the client's reason."""
+    kind, reason = failure.error_type, failure.reason
+    text = f"{kind}: {reason}" if kind and not reason.startswith(kind) else reason
+    return text[:MAX_DETAIL_CHARS]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,16 +78,26 @@ class AggregatorBase:
             rounds_closed=len(self._results),
         )
 
-    def _next_id(self) -> str:
+    def next_id(self) -> str:
+        """A fresh id for a message of the aggregator: aggregator-{run}-1, -2, ... (the session draws from it too)."""
         self._seq += 1
         return f"{AGGREGATOR}-{self.config.run}-{self._seq}"
 
     def _global(self, status: GlobalStatus, now: float) -> Publish:
         cfg = self.config
-        message = GlobalState(run=cfg.run, round=self._round, client=AGGREGATOR, msg_id=self._next_id(),
+        message = GlobalState(run=cfg.run, round=self._round, client=AGGREGATOR, msg_id=self.next_id(),
                               sent=now, version=self._version, prompt=self._prompt, status=status,
-                              engine=cfg.engine, data=cfg.data, rounds=cfg.rounds)
+                              engine=cfg.engine, data=cfg.data, rounds=cfg.rounds,
+                              max_prompt_chars=cfg.max_prompt_chars)
         return Publish(topic=topics.global_topic(cfg.run), message=message, retain=True)
+
+    def _task(self, client: str, round_: int, now: float, deadline_s: float) -> Publish:
+        """A task for ``client``: the current prompt and version, the run's local settings and prompt budget."""
+        cfg = self.config
+        task = Task(run=cfg.run, round=round_, client=client, msg_id=self.next_id(), sent=now, version=self._version,
+                    prompt=self._prompt, local_steps=cfg.local_steps, batch_size=cfg.batch_size, deadline_s=deadline_s,
+                    max_prompt_chars=cfg.max_prompt_chars)
+        return Publish(topic=topics.task_topic(cfg.run, client), message=task)
 
     def _record_rejection(self, rejection: Rejection) -> None:
         """Where a rejection is kept until a result carries it; subclasses may keep it in the open round."""
@@ -94,13 +112,18 @@ class AggregatorBase:
         self._reject(Rejection(client=update.client, msg_id=update.msg_id, round=update.round, reason=reason,
                                detail=detail, at=now), out)
 
-    def _common_refusal(self, update: Update) -> tuple[str, str] | None:
-        """The checks every mode makes before its own."""
-        if update.run != self.config.run:
-            return "wrong-run", f"run {update.run!r}"
-        if update.msg_id in self._seen_ids:
-            return "duplicate", f"message {update.msg_id} already accepted"
-        if update.client not in self._known:
+    def _reject_failure(self, failure: Failure, reason: str, detail: str, now: float, out: list[Effect]) -> None:
+        """Record a failure report: 'client-failed' when it answers the client's task, else the check it failed."""
+        self._reject(Rejection(client=failure.client, msg_id=failure.msg_id, round=failure.round, reason=reason,
+                               detail=detail, at=now, kind="failure"), out)
+
+    def _common_refusal(self, answer: Update | Failure) -> tuple[str, str] | None:
+        """The checks every mode makes of an answer (an update or a failure report) before its own."""
+        if answer.run != self.config.run:
+            return "wrong-run", f"run {answer.run!r}"
+        if answer.msg_id in self._seen_ids:
+            return "duplicate", f"message {answer.msg_id} already accepted"
+        if answer.client not in self._known:
             return "unknown-client", "never announced itself"
         if self._phase == "finished":
             return "run-finished", "arrived after the last round"

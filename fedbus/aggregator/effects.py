@@ -9,7 +9,10 @@ from fedbus.protocol.messages import Message, UpdateStats
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Rejection:
-    """An update (or something on an update topic) that did not enter an aggregate, and why."""
+    """An update (or something on an update topic) that did not enter an aggregate, and why.
+
+    ``kind`` is 'failure' for a client's failure report (recorded as 'client-failed' when it answered the
+    client's task, else refused by a sender check), 'update' for everything else."""
 
     client: str | None
     msg_id: str | None
@@ -17,6 +20,7 @@ class Rejection:
     reason: str
     detail: str = ""
     at: float = 0.0
+    kind: str = "update"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,7 +54,7 @@ class RoundResult:
     opened_at: float
     closed_at: float
     prompt: str
-    close_reason: str  # 'all-answered' | 'deadline' | 'all-gone'
+    close_reason: str  # 'all-answered' | 'target-reached' | 'deadline' | 'all-gone' (nobody answered, all left)
 
     @property
     def duration_s(self) -> float:

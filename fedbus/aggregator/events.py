@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedbus.protocol.messages import Update
+from fedbus.protocol.messages import Failure, Update
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,6 +36,14 @@ class UpdateReceived:
     """A decoded update arrived."""
 
     update: Update
+    now: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FailureReceived:
+    """A decoded failure report arrived: the client could not do its task, and says so instead of updating."""
+
+    failure: Failure
     now: float
 
 
@@ -74,4 +82,5 @@ class ReduceFailed:
     now: float
 
 
-Event = Started | ClientOnline | ClientOffline | UpdateReceived | UpdateMalformed | TimerFired | Reduced | ReduceFailed
+Event = (Started | ClientOnline | ClientOffline | UpdateReceived | FailureReceived | UpdateMalformed | TimerFired
+         | Reduced | ReduceFailed)

@@ -11,7 +11,8 @@ client that is still online has answered, the target number has arrived (over-co
 deadline passes (fixed, or adaptive: median + k MAD of recent arrival times), then reduce if at
 least ``min_updates`` arrived. Every update that does not enter an aggregate is rejected with a
 reason that ends up in a round result (or, after the last round, in
-``RunFinished.leftover_rejections``).
+``RunFinished.leftover_rejections``). A participant whose local step failed answers with a failure
+report instead: it counts as answered and is recorded as 'client-failed', never aggregated.
 """
 
 from __future__ import annotations
@@ -22,13 +23,12 @@ import statistics
 from collections import deque
 from dataclasses import dataclass, field
 
-from fedbus.aggregator.base import AggregatorBase, AggregatorStatistics
+from fedbus.aggregator.base import AggregatorBase, AggregatorStatistics, failure_detail
 from fedbus.aggregator.config import AggregatorConfig
 from fedbus.aggregator.effects import (
     Accepted,
     ArmTimer,
     Effect,
-    Publish,
     Reduce,
     Rejection,
     RoundClosed,
@@ -40,6 +40,7 @@ from fedbus.aggregator.events import (
     ClientOffline,
     ClientOnline,
     Event,
+    FailureReceived,
     Reduced,
     ReduceFailed,
     Started,
@@ -48,8 +49,7 @@ from fedbus.aggregator.events import (
     UpdateReceived,
 )
 from fedbus.errors import LocalProtocolError
-from fedbus.protocol import topics
-from fedbus.protocol.messages import Task, Update
+from fedbus.protocol.messages import Failure, Update
 
 __all__ = ["AggregatorConfig", "AggregatorStatistics", "RoundAggregator"]
 
@@ -68,7 +68,7 @@ class _OpenRound:
     accepted: dict[str, Accepted] = field(default_factory=dict)
     rejected: list[Rejection] = field(default_factory=list)
     dropped: set[str] = field(default_factory=set)
-    refused: set[str] = field(default_factory=set)  # selected, answered, but the answer was rejected
+    refused: set[str] = field(default_factory=set)  # selected, answered, but the answer was rejected or a failure
     outstanding: set[str] = field(default_factory=set)  # selected, not yet answered, still online
     close_reason: str = ""
 
@@ -95,6 +95,8 @@ class RoundAggregator(AggregatorBase):
             self._offline(event, out)
         elif isinstance(event, UpdateReceived):
             self._update(event.update, event.now, out)
+        elif isinstance(event, FailureReceived):
+            self._failure(event.failure, event.now, out)
         elif isinstance(event, UpdateMalformed):
             self._reject(Rejection(client=event.client, msg_id=None, round=None,
                                    reason=f"malformed:{event.reason}", detail=event.detail, at=event.now), out)
@@ -163,11 +165,7 @@ class RoundAggregator(AggregatorBase):
         out.append(RoundOpened(round=self._round, version=self._version, selected=tuple(selected),
                                live=len(live), opened_at=now, deadline=deadline))
         out.append(self._global("running", now))
-        for client in selected:
-            task = Task(run=cfg.run, round=self._round, client=client, msg_id=self._next_id(), sent=now,
-                        version=self._version, prompt=self._prompt, local_steps=cfg.local_steps,
-                        batch_size=cfg.batch_size, deadline_s=deadline - now)
-            out.append(Publish(topic=topics.task_topic(cfg.run, client), message=task))
+        out += [self._task(client, self._round, now, deadline - now) for client in selected]
         out.append(ArmTimer(at=deadline))
 
     def _update(self, update: Update, now: float, out: list[Effect]) -> None:
@@ -192,21 +190,44 @@ class RoundAggregator(AggregatorBase):
         out.append(UpdateAccepted(accepted=accepted))
         self._maybe_close(now, out)
 
-    def _why_not(self, update: Update) -> tuple[str, str] | None:
-        common = self._common_refusal(update)
+    def _failure(self, failure: Failure, now: float, out: list[Effect]) -> None:
+        """A participant says its local step failed: its answer for the round, recorded, never aggregated."""
+        refusal = self._sender_refusal(failure)
+        if refusal is not None:
+            self._reject_failure(failure, refusal[0], refusal[1], now, out)
+            return
+        current = self._current
+        assert current is not None
+        self._reject_failure(failure, "client-failed", failure_detail(failure), now, out)
+        current.refused.add(failure.client)
+        current.outstanding.discard(failure.client)
+        self._maybe_close(now, out)
+
+    def _sender_refusal(self, answer: Update | Failure) -> tuple[str, str] | None:
+        """Whether ``answer`` may answer the open round at all: right run, known sender, this round, collecting,
+        a participant that has no accepted update yet."""
+        common = self._common_refusal(answer)
         if common is not None:
             return common
         current = self._current
-        if update.round > self._round:
-            return "future-round", f"round {update.round} has not started (current {self._round})"
-        if update.round < self._round or self._round == 0:
-            return "stale-round", f"round {update.round} is over (current {self._round})"
+        if answer.round > self._round:
+            return "future-round", f"round {answer.round} has not started (current {self._round})"
+        if answer.round < self._round or self._round == 0:
+            return "stale-round", f"round {answer.round} is over (current {self._round})"
         if current is None or self._phase != "collecting":
-            return "late", f"round {update.round} stopped collecting"
-        if update.client not in current.selected:
-            return "not-selected", f"not a participant of round {update.round}"
-        if update.client in current.accepted:
-            return "second-update", f"already sent {current.accepted[update.client].msg_id} for this round"
+            return "late", f"round {answer.round} stopped collecting"
+        if answer.client not in current.selected:
+            return "not-selected", f"not a participant of round {answer.round}"
+        if answer.client in current.accepted:
+            return "second-update", f"already sent {current.accepted[answer.client].msg_id} for this round"
+        return None
+
+    def _why_not(self, update: Update) -> tuple[str, str] | None:
+        sender = self._sender_refusal(update)
+        if sender is not None:
+            return sender
+        current = self._current
+        assert current is not None
         if update.base_version != current.version:
             return "wrong-base-version", f"started from version {update.base_version}, task said {current.version}"
         return self._content_refusal(update)
@@ -216,7 +237,8 @@ class RoundAggregator(AggregatorBase):
         if current is None or self._phase != "collecting":
             return
         if not current.outstanding:
-            self._close_collection(now, "all-answered" if current.accepted else "all-gone", out)
+            answered = current.accepted or current.refused  # else every participant went offline
+            self._close_collection(now, "all-answered" if answered else "all-gone", out)
         elif self.config.overcommit > 0 and len(current.accepted) >= current.target:
             self._close_collection(now, "target-reached", out)
 

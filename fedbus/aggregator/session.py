@@ -7,11 +7,16 @@ the core publishes, keeps the outcome for summary.json, and returns the events.j
 :class:`Record` values. A driver only carries the actions out: publish bytes, arm a timer, reduce
 prompts, evaluate a closed round, write records, and wait out the grace period after the end. It
 never reads a clock or the network, so both drivers make the same decisions from the same inputs.
+
+Beyond the core's own messages the session sends what belongs to the wire: a ``receipt`` to a client for
+each of its updates the core accepted or rejected, the aggregator's retained presence (:meth:`presence`,
+:meth:`heartbeat`, and :meth:`will` for the Last Will), and the run's ``max_message_bytes`` (its
+``limits``) stamped on every task and global state it publishes, next to the core's ``max_prompt_chars``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fedbus.aggregator.effects import (
@@ -31,6 +36,7 @@ from fedbus.aggregator.events import (
     ClientOffline,
     ClientOnline,
     Event,
+    FailureReceived,
     Reduced,
     ReduceFailed,
     TimerFired,
@@ -43,7 +49,18 @@ from fedbus.errors import RemoteProtocolError
 from fedbus.protocol import codec, topics
 from fedbus.protocol.dedup import SeenIds
 from fedbus.protocol.ids import AGGREGATOR
-from fedbus.protocol.messages import Metrics, Presence, Update
+from fedbus.protocol.messages import (
+    MAX_DETAIL_CHARS,
+    Failure,
+    GlobalState,
+    Message,
+    Metrics,
+    Presence,
+    PresenceStatus,
+    Receipt,
+    Task,
+    Update,
+)
 
 FINISH_GRACE_S = 0.3  # wall seconds to collect messages already in flight when the run finishes
 Core = RoundAggregator | StreamAggregator
@@ -86,12 +103,16 @@ class NodeOutcome:
 class AggregatorSession:
     """The aggregator core between bytes on topics and the actions a driver carries out."""
 
-    def __init__(self, core: Core, limits: codec.Limits) -> None:
+    def __init__(self, core: Core, limits: codec.Limits, boot: str = "0") -> None:
         self.core = core
         self.run_id = core.config.run
         self.limits = limits
         self.outcome = NodeOutcome()
         self._seen = SeenIds()
+        # The aggregator's presences are no input of the core (a replayed session does not repeat them), so
+        # they take ids of their own, unique across restarts by the driver's ``boot`` token.
+        self._boot = boot
+        self._presences = 0
 
     @property
     def finished(self) -> bool:
@@ -120,6 +141,26 @@ class AggregatorSession:
             self._effect(effect, out)
         return out
 
+    # ------------------------------------------------------------------ the aggregator's presence
+    def _presence(self, now: float, status: PresenceStatus) -> Presence:
+        self._presences += 1
+        msg_id = f"{AGGREGATOR}-{self.run_id}-presence-{self._boot}-{self._presences}"
+        return Presence(run=self.run_id, round=0, client=AGGREGATOR, msg_id=msg_id, sent=now, status=status)
+
+    def presence(self, now: float, status: PresenceStatus) -> Send:
+        """The aggregator's retained presence: publish 'online' at start, 'offline' on a clean finish."""
+        self.outcome.messages_sent += 1
+        return Send(topic=topics.aggregator_topic(self.run_id),
+                    payload=codec.encode(self._presence(now, status), self.limits), retain=True)
+
+    def heartbeat(self, now: float) -> Send:
+        """A fresh 'online' presence, for a driver to publish every few seconds: clients see the aggregator alive."""
+        return self.presence(now, "online")
+
+    def will(self, now: float) -> tuple[str, bytes]:
+        """The Last Will to register before (each) connect: topic and payload of a retained 'offline' presence."""
+        return topics.aggregator_topic(self.run_id), codec.encode(self._presence(now, "offline"), self.limits)
+
     def round_evaluated(self, result: RoundResult, extra: dict[str, object]) -> list[Action]:
         """A driver evaluated a closed round (``extra``: accuracy, prompt measures); keep it and log it."""
         self.outcome.rounds.append((result, extra))
@@ -131,6 +172,8 @@ class AggregatorSession:
         ref = topics.parse(topic)
         if ref is None or ref.run != self.run_id:
             out.append(Record("dropped", {"topic": topic, "reason": "not a topic of this run"}))
+            return None
+        if ref.channel == "aggregator":  # its own presence, echoed back: nothing to act on
             return None
         try:
             message = codec.decode(payload, self.limits)
@@ -168,6 +211,8 @@ class AggregatorSession:
         if ref.channel == "update":
             if isinstance(message, Update):
                 return UpdateReceived(update=message, now=now)
+            if isinstance(message, Failure):
+                return FailureReceived(failure=message, now=now)
             return UpdateMalformed(client=ref.client, reason="wrong-kind",
                                    detail=f"{type(message).__name__} on an update topic", now=now)
         if ref.channel == "metrics" and isinstance(message, Metrics):
@@ -176,13 +221,26 @@ class AggregatorSession:
         return None
 
     # ------------------------------------------------------------------ effects
+    def _publish(self, topic: str, m: Message, retain: bool, out: list[Action]) -> None:
+        if isinstance(m, Task | GlobalState):  # the wire's limit is the session's: announce it with the core's
+            m = replace(m, max_message_bytes=self.limits.max_bytes)
+        out.append(Record("sent", {"kind": type(m).__name__.lower(), "topic": topic, "id": m.msg_id,
+                                   "client": m.client, "round": m.round, "retain": retain}))
+        out.append(Send(topic=topic, payload=codec.encode(m, self.limits), retain=retain))
+        self.outcome.messages_sent += 1
+
+    def _receipt(self, client: str, update_id: str, round_: int, *, at: float, rejection: Rejection | None,
+                 out: list[Action]) -> None:
+        """Tell ``client`` what became of its update ``update_id``: accepted, or ``rejection``."""
+        receipt = Receipt(run=self.run_id, round=round_, client=client, msg_id=self.core.next_id(), sent=at,
+                          update_id=update_id, outcome="accepted" if rejection is None else "rejected",
+                          reason="" if rejection is None else rejection.reason,
+                          detail="" if rejection is None else rejection.detail[:MAX_DETAIL_CHARS])
+        self._publish(topics.receipt_topic(self.run_id, client), receipt, False, out)
+
     def _effect(self, effect: Effect, out: list[Action]) -> None:
         if isinstance(effect, Publish):
-            m = effect.message
-            out.append(Record("sent", {"kind": type(m).__name__.lower(), "topic": effect.topic, "id": m.msg_id,
-                                       "client": m.client, "round": m.round, "retain": effect.retain}))
-            out.append(Send(topic=effect.topic, payload=codec.encode(m, self.limits), retain=effect.retain))
-            self.outcome.messages_sent += 1
+            self._publish(effect.topic, effect.message, effect.retain, out)
         elif isinstance(effect, RoundOpened):
             out.append(Record("round-opened", {"round": effect.round, "version": effect.version,
                                                "selected": list(effect.selected), "live": effect.live,
@@ -193,12 +251,17 @@ class AggregatorSession:
             a = effect.accepted
             out.append(Record("accepted", {"client": a.client, "id": a.msg_id, "round": a.round,
                                            "prompt_chars": len(a.prompt)}))
+            self._receipt(a.client, a.msg_id, a.round, at=a.at, rejection=None, out=out)
         elif isinstance(effect, UpdateRejected):
             r = effect.rejection
             out.append(Record("rejected", {"client": r.client, "id": r.msg_id, "round": r.round, "reason": r.reason,
-                                           "detail": r.detail}, log="info", message="update rejected"))
+                                           "detail": r.detail, "kind": r.kind}, log="info",
+                              message="update rejected" if r.kind == "update" else "failure report recorded"))
             if self.finished:  # after RunFinished: not in any round result, nor in the leftovers
                 self.outcome.late_rejections.append(r)
+            # a receipt answers an update from its sender; not garbage (no id) nor a failure report
+            if r.kind == "update" and r.client is not None and r.msg_id is not None:
+                self._receipt(r.client, r.msg_id, r.round or 0, at=r.at, rejection=r, out=out)
         elif isinstance(effect, RunFinished):
             out.append(Record("run-finished", {"status": effect.status, "reason": effect.reason,
                                                "rounds": effect.rounds_closed, "version": effect.version}))

@@ -17,7 +17,10 @@ weight decides how many of the update's new sentences enter the global prompt.
 Each aggregation is reported as a ``RoundResult`` whose ``round`` numbers the aggregations
 (1, 2, ..., a failed one included) and whose ``version_after`` is the new global version; its
 ``selected`` lists the clients handed a task since the previous aggregation. A task not answered
-within ``round_deadline_s`` counts as missing and the client gets a fresh one.
+within ``round_deadline_s`` counts as missing and the client gets a fresh one. A client whose local
+step failed answers with a failure report: recorded as 'client-failed', it frees the task's slot for
+another idle client at once, and the client itself gets a new task no earlier than the failed task's
+deadline (so a client whose engine is down does not spin through tasks).
 """
 
 from __future__ import annotations
@@ -26,13 +29,12 @@ import math
 import random
 from dataclasses import dataclass
 
-from fedbus.aggregator.base import AggregatorBase
+from fedbus.aggregator.base import AggregatorBase, failure_detail
 from fedbus.aggregator.config import AggregatorConfig
 from fedbus.aggregator.effects import (
     Accepted,
     ArmTimer,
     Effect,
-    Publish,
     Reduce,
     Rejection,
     RoundClosed,
@@ -44,6 +46,7 @@ from fedbus.aggregator.events import (
     ClientOffline,
     ClientOnline,
     Event,
+    FailureReceived,
     Reduced,
     ReduceFailed,
     Started,
@@ -52,8 +55,7 @@ from fedbus.aggregator.events import (
     UpdateReceived,
 )
 from fedbus.errors import LocalProtocolError
-from fedbus.protocol import topics
-from fedbus.protocol.messages import Task, Update
+from fedbus.protocol.messages import Failure, Update
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,7 @@ class StreamAggregator(AggregatorBase):
         super().__init__(config, rng)
         self._k = 1 if config.mode == "async" else max(1, config.buffer_size)
         self._assigned: dict[str, _Assignment] = {}
+        self._resting: dict[str, float] = {}  # client -> when it may have a task again (it reported a failure)
         self._buffer: list[Accepted] = []
         self._reducing: tuple[Accepted, ...] = ()
         self._dispatches = 0
@@ -112,6 +115,8 @@ class StreamAggregator(AggregatorBase):
                 self._pause_if_empty(event.now, out)
         elif isinstance(event, UpdateReceived):
             self._update(event.update, event.now, out)
+        elif isinstance(event, FailureReceived):
+            self._failure(event.failure, event.now, out)
         elif isinstance(event, UpdateMalformed):
             self._reject(Rejection(client=event.client, msg_id=None, round=None,
                                    reason=f"malformed:{event.reason}", detail=event.detail, at=event.now), out)
@@ -151,8 +156,8 @@ class StreamAggregator(AggregatorBase):
             self._maybe_reduce(now, out)  # a buffer that filled up while paused
 
     def _fill(self, now: float, out: list[Effect]) -> None:
-        """Hand tasks to idle live clients until ``concurrency`` clients are working."""
-        idle = sorted(self._live - self._assigned.keys())
+        """Hand tasks to idle live clients (not resting after a failure) until ``concurrency`` clients are working."""
+        idle = sorted(c for c in self._live - self._assigned.keys() if self._resting.get(c, now) <= now)
         free = self._concurrency() - len(self._assigned)
         if free <= 0 or not idle:
             return
@@ -168,10 +173,7 @@ class StreamAggregator(AggregatorBase):
         due = now + cfg.round_deadline_s
         self._assigned[client] = _Assignment(task_round=self._dispatches, version=self._version, due=due)
         self._since_selected.add(client)
-        task = Task(run=cfg.run, round=self._dispatches, client=client, msg_id=self._next_id(), sent=now,
-                    version=self._version, prompt=self._prompt, local_steps=cfg.local_steps,
-                    batch_size=cfg.batch_size, deadline_s=cfg.round_deadline_s)
-        out.append(Publish(topic=topics.task_topic(cfg.run, client), message=task))
+        out.append(self._task(client, self._dispatches, now, cfg.round_deadline_s))
         out.append(ArmTimer(at=due))
 
     # ------------------------------------------------------------------ updates
@@ -208,6 +210,21 @@ class StreamAggregator(AggregatorBase):
         self._maybe_reduce(now, out)
         if self._phase == "running":
             self._fill(now, out)
+
+    def _failure(self, failure: Failure, now: float, out: list[Effect]) -> None:
+        """A client says its local step failed: its answer to its open task, recorded, never aggregated."""
+        refusal = self._common_refusal(failure)
+        assignment = self._assigned.get(failure.client)
+        if refusal is None and (assignment is None or failure.round != assignment.task_round):
+            refusal = ("not-assigned", f"no open task {failure.round} for {failure.client}")
+        if refusal is not None:
+            self._reject_failure(failure, refusal[0], refusal[1], now, out)
+            return
+        assert assignment is not None
+        self._reject_failure(failure, "client-failed", failure_detail(failure), now, out)
+        del self._assigned[failure.client]
+        self._resting[failure.client] = assignment.due  # the task's timer wakes it: see _timer
+        self._fill(now, out)
 
     def _maybe_reduce(self, now: float, out: list[Effect]) -> None:
         if self._reducing or len(self._buffer) < self._k or self._phase != "running":
@@ -274,7 +291,10 @@ class StreamAggregator(AggregatorBase):
         for client in overdue:
             del self._assigned[client]
             self._since_missing.add(client)
-        if overdue:
+        rested = [c for c, until in self._resting.items() if until <= now]
+        for client in rested:
+            del self._resting[client]
+        if overdue or rested:
             self._fill(now, out)
         self._pause_if_empty(now, out)
 

@@ -17,7 +17,17 @@ from dataclasses import dataclass, field
 from fedbus.client.optimizer import LocalOutcome
 from fedbus.faults import behaviour
 from fedbus.protocol import topics
-from fedbus.protocol.messages import GlobalState, Message, Presence, Task, Update, UpdateStats
+from fedbus.protocol.messages import (
+    MAX_DETAIL_CHARS,
+    MAX_REASON_CHARS,
+    Failure,
+    GlobalState,
+    Message,
+    Presence,
+    Task,
+    Update,
+    UpdateStats,
+)
 from fedbus.scenario.conditions import ClientGroup, ScheduledEvent
 
 # ---------------------------------------------------------------- events
@@ -44,12 +54,14 @@ class TaskSeen:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkDone:
-    """The optimizer finished a task (``outcome``) or failed (``error``), and its latency has passed."""
+    """The optimizer finished a task (``outcome``) or failed (``error``, an exception of type ``error_type``),
+    and its latency has passed."""
 
     now: float
     task: Task
     outcome: LocalOutcome | None
     error: str = ""
+    error_type: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -257,17 +269,25 @@ class ClientCore:
         if event.now < self._hang_until:
             out.append(Note(event="work-discarded", detail="hanging", round=task.round))
             return
-        if event.outcome is None:
+        if event.outcome is None:  # say so at once, or the round waits for this client until its deadline
             out.append(Note(event="local-failed", detail=event.error, round=task.round))
+            out.append(Send(topic=topics.update_topic(self.profile.run, self.profile.client),
+                            message=self._failure_for(task, event, event.now)))
         else:
-            update = self._update_for(task, event.outcome, event.now)
+            update = self._update_for(task, event.outcome, event.now, out)
             self._last_update = update
             out.append(Send(topic=topics.update_topic(self.profile.run, self.profile.client), message=update))
         if self._next_task is not None:
             queued, self._next_task = self._next_task, None
             self._start(queued, event.now, out)
 
-    def _update_for(self, task: Task, outcome: LocalOutcome, now: float) -> Update:
+    def _failure_for(self, task: Task, event: WorkDone, now: float) -> Failure:
+        p = self.profile
+        return Failure(run=p.run, round=task.round, client=p.client, msg_id=self._next_id(), sent=now,
+                       base_version=task.version, reason=event.error[:MAX_DETAIL_CHARS],
+                       error_type=event.error_type[:MAX_REASON_CHARS])
+
+    def _update_for(self, task: Task, outcome: LocalOutcome, now: float, out: list[ClientEffect]) -> Update:
         p = self.profile
         prompt = outcome.prompt
         rnd, base = task.round, task.version
@@ -279,6 +299,11 @@ class ClientCore:
         elif kind == "stale" and self._last_update is not None:
             old = self._last_update  # replay its first update (round, base, prompt) under a new id
             prompt, rnd, base = old.prompt, old.round, old.base_version
+        budget = task.max_prompt_chars
+        if len(prompt) > budget:  # the aggregator would reject it as prompt-too-long: keep what fits
+            out.append(Note(event="prompt-cut", detail=f"{len(prompt)} > {budget} characters: kept the first {budget}",
+                            round=task.round))
+            prompt = prompt[:budget]
         stats = UpdateStats(steps=outcome.steps, accepted_steps=outcome.accepted_steps,
                             batch_acc_before=outcome.batch_acc_before, batch_acc_after=outcome.batch_acc_after,
                             llm_calls=outcome.llm_calls, tokens=outcome.tokens,

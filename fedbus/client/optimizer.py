@@ -3,10 +3,17 @@
 A ``LocalOptimizer`` runs ``steps`` local steps from a prompt on the client's own data and says
 what it did. The surrogate is a seeded model (see :mod:`fedbus.surrogate.model`); the TextGrad
 optimizer on real LLMs implements the same interface.
+
+The run's prompt budget (``max_prompt_chars``, announced in each task) reaches an optimizer whose
+``optimize`` takes a keyword ``max_chars``: drivers call :func:`optimize_task` (or, in virtual time,
+:func:`optimize_task_now`), which passes it only to optimizers that take it, so optimizers written
+without it keep working. Whatever an optimizer returns, the client cuts a prompt over the budget
+before sending it (:class:`fedbus.client.core.ClientCore`).
 """
 
 from __future__ import annotations
 
+import inspect
 import random
 import zlib
 from collections.abc import Callable, Coroutine
@@ -15,7 +22,7 @@ from typing import Any, Protocol
 
 from fedbus.errors import EngineError
 from fedbus.plugins import check_name, lookup
-from fedbus.protocol.messages import DataSpec, UpdateStats
+from fedbus.protocol.messages import DataSpec, Task, UpdateStats
 from fedbus.surrogate import model, task
 
 
@@ -55,7 +62,8 @@ class LocalOptimizer(Protocol):
 
     async def optimize(self, prompt: str, *, round: int, steps: int, batch_size: int) -> LocalOutcome:
         """Run ``steps`` local steps from ``prompt``; raise ``EngineError`` on failure (anything else it raises
-        is a bug, yet it too fails only this round)."""
+        is a bug, yet it too fails only this round). It may also take ``max_chars: int | None``, the run's prompt
+        budget: then it should return a prompt of at most that many characters."""
         ...
 
 
@@ -80,13 +88,15 @@ class SurrogateOptimizer:
         self._client = client
         self._shard = task.shard(spec, task.generate(spec), shard_index)
 
-    async def optimize(self, prompt: str, *, round: int, steps: int, batch_size: int) -> LocalOutcome:
-        return self.optimize_now(prompt, round=round, steps=steps, batch_size=batch_size)
+    async def optimize(self, prompt: str, *, round: int, steps: int, batch_size: int,
+                       max_chars: int | None = None) -> LocalOutcome:
+        return self.optimize_now(prompt, round=round, steps=steps, batch_size=batch_size, max_chars=max_chars)
 
-    def optimize_now(self, prompt: str, *, round: int, steps: int, batch_size: int) -> LocalOutcome:
+    def optimize_now(self, prompt: str, *, round: int, steps: int, batch_size: int,
+                     max_chars: int | None = None) -> LocalOutcome:
         """The same, synchronously: the surrogate waits for nothing (the simulator calls this)."""
         rng = random.Random(f"surrogate/{self._spec.seed}/{self._client}/{round}")
-        result = model.optimize(prompt, self._shard, steps, batch_size, rng)
+        result = model.optimize(prompt, self._shard, steps, batch_size, rng, max_chars=max_chars)
         return LocalOutcome(prompt=result.prompt, steps=result.steps, accepted_steps=result.accepted_steps,
                             batch_acc_before=result.batch_acc_before, batch_acc_after=result.batch_acc_after,
                             llm_calls=result.cost.llm_calls, tokens=result.cost.tokens)
@@ -140,6 +150,37 @@ def user_optimizer(name: str) -> OptimizerFactory:
 def scenario_optimizer(name: str | None) -> OptimizerFactory:
     """The factory for a scenario's ``clients.optimizer``: the engine's own (surrogate) when unset."""
     return make_optimizer if name is None else user_optimizer(name)
+
+
+def takes_budget(method: Callable[..., object]) -> bool:
+    """True if an optimizer's ``optimize`` (or ``optimize_now``) accepts the keyword ``max_chars``."""
+    try:
+        parameters = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (a builtin): do not guess
+        return False
+    return any(p.name == "max_chars" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def _task_arguments(method: Callable[..., object], task: Task) -> dict[str, Any]:
+    arguments: dict[str, Any] = {"round": task.round, "steps": task.local_steps, "batch_size": task.batch_size}
+    if takes_budget(method):
+        arguments["max_chars"] = task.max_prompt_chars
+    return arguments
+
+
+async def optimize_task(optimizer: LocalOptimizer, task: Task) -> LocalOutcome:
+    """Run ``optimizer`` on ``task``: its prompt, round, steps and batch size, and its prompt budget for an
+    optimizer that takes one. Raises what the optimizer raises; a result that is no ``LocalOutcome`` is an
+    ``EngineError``."""
+    return checked_outcome(await optimizer.optimize(task.prompt, **_task_arguments(optimizer.optimize, task)))
+
+
+def optimize_task_now(optimizer: LocalOptimizer, task: Task) -> LocalOutcome:
+    """The same without an event loop (the simulator): the surrogate synchronously, any other optimizer stepped
+    to its result with :func:`run_now`."""
+    if isinstance(optimizer, SurrogateOptimizer):
+        return optimizer.optimize_now(task.prompt, **_task_arguments(optimizer.optimize_now, task))
+    return run_now(optimizer.optimize(task.prompt, **_task_arguments(optimizer.optimize, task)))
 
 
 def run_now(outcome: Coroutine[Any, Any, LocalOutcome]) -> LocalOutcome:

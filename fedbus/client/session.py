@@ -8,11 +8,17 @@ sends while the connection is down, handles partitions (the network goes, the pr
 returns the events.jsonl lines as records. A driver (``fedbus.runtime.client_node`` over MQTT,
 ``fedbus.sim.client`` on the timeline) only connects, publishes bytes, schedules what the session
 asks for and runs the optimizer, so both make the same decisions from the same inputs.
+
+It also keeps what the aggregator announces: the run's limits (``max_message_bytes`` for what the client
+sends; ``max_prompt_chars`` travels in each task to the optimizer and the core), the receipts for the
+client's updates (recorded as ``update-accepted`` / ``update-rejected``), and whether the aggregator is
+online and when it was last heard from (:attr:`ClientSession.aggregator_online`,
+:attr:`ClientSession.last_heard`), for a driver that leaves when the aggregator falls silent.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fedbus.client.core import (
@@ -30,13 +36,18 @@ from fedbus.client.core import (
     SetAlarm,
     Stop,
     TaskSeen,
+    WorkDone,
 )
 from fedbus.client.optimizer import LocalOutcome
 from fedbus.errors import RemoteProtocolError
 from fedbus.faults.link import LinkFaults, LinkQueue
 from fedbus.protocol import codec, topics
 from fedbus.protocol.dedup import SeenIds
-from fedbus.protocol.messages import DataSpec, GlobalState, Task, Update
+from fedbus.protocol.ids import AGGREGATOR
+from fedbus.protocol.messages import DataSpec, Failure, GlobalState, Presence, Receipt, Task, Update
+
+# an update without a receipt is sent again at the second aggregator presence after it (heartbeats: ~5 s)
+RESEND_AFTER_PRESENCES = 2
 
 Deliveries = tuple[tuple[Send, int], ...]
 
@@ -113,7 +124,13 @@ class ClientSession:
         net = profile.group.network
         self.up: LinkQueue[Send] = LinkQueue(LinkFaults(net, profile.seed, profile.client, "up"))
         self.down: LinkQueue[ClientEvent] = LinkQueue(LinkFaults(net, profile.seed, profile.client, "down"))
-        self.limits = limits
+        self.limits = limits  # the driver's: what it decodes until the aggregator announces the run's
+        self._announced_bytes: int | None = None  # the run's max_message_bytes, once a global or task said it
+        self._error_types: dict[str, str] = {}  # task id -> type of the exception its optimizer raised
+        self._aggregator_online: bool | None = None
+        self._unreceipted: Send | None = None  # the last update sent, until its receipt comes
+        self._presences_since = 0  # aggregator presences seen since it was sent
+        self._last_heard: float | None = None
         self.seen = SeenIds(10_000)
         self.connected = False
         self.partitioned = False  # cut by a network partition: the process (and its core) kept running
@@ -131,8 +148,27 @@ class ClientSession:
     def stopped(self) -> bool:
         return self.core.state == "stopped"
 
+    @property
+    def aggregator_online(self) -> bool | None:
+        """What the aggregator's latest presence said: True online, False offline, None none seen yet."""
+        return self._aggregator_online
+
+    @property
+    def last_heard(self) -> float | None:
+        """When a message from the aggregator (global, task, receipt, presence) last arrived; None: never."""
+        return self._last_heard
+
+    @property
+    def send_limits(self) -> codec.Limits:
+        """The size limit for what this client sends: the run's as announced, else the driver's."""
+        if self._announced_bytes is None:
+            return self.limits
+        return codec.Limits(max_bytes=self._announced_bytes, max_depth=self.limits.max_depth)
+
     def subscriptions(self) -> tuple[str, ...]:
-        return topics.global_topic(self.profile.run), topics.task_topic(self.profile.run, self.profile.client)
+        run, me = self.profile.run, self.profile.client
+        return (topics.global_topic(run), topics.task_topic(run, me), topics.receipt_topic(run, me),
+                topics.aggregator_topic(run))
 
     def will(self, now: float) -> tuple[str, bytes]:
         """The Last Will to register before connecting: topic and payload of a retained 'offline' presence."""
@@ -178,21 +214,42 @@ class ClientSession:
         self.partitioned = True
         return [Leave(abrupt=True, reason="network partition", back_at=heals_at)]
 
+    def connection_lost(self, now: float) -> list[Action]:
+        """The broker or the network dropped the connection (not a modelled crash): the process keeps
+        running and its work goes on; reconnect at once (the driver spaces its attempts)."""
+        if self.stopped or not self.connected:
+            return []
+        self.partitioned = True
+        return [Leave(abrupt=True, reason="connection lost", back_at=now)]
+
     # ------------------------------------------------------------------ incoming
     def receive(self, topic: str, payload: bytes, now: float) -> list[Action]:
         """One delivery from the broker."""
         try:
-            message = codec.decode(payload, self.limits)
+            message = codec.decode(payload, self._decode_limits())
         except RemoteProtocolError as exc:
             return [self._record("dropped", topic=topic, reason=str(exc))]
         if not self.seen.first_time(message.msg_id):
             return [self._record("duplicate-delivery", id=message.msg_id)]
-        run = self.profile.run
+        run, me = self.profile.run, self.client
         if isinstance(message, GlobalState) and message.run == run:
+            self._last_heard = now
             self.last_global = message
+            self._adopt(message)
             return self.handle(GlobalSeen(now=now, state=message))  # control plane: no link faults
-        if not (isinstance(message, Task) and message.client == self.client and message.run == run):
+        if isinstance(message, Presence) and message.client == AGGREGATOR and message.run == run:
+            self._last_heard = now
+            return self._aggregator_presence(message)
+        if isinstance(message, Receipt) and message.client == me and message.run == run:
+            self._last_heard = now
+            if self._unreceipted is not None and self._unreceipted.message.msg_id == message.update_id:
+                self._unreceipted = None
+            return [self._record(f"update-{message.outcome}", id=message.update_id, round=message.round,
+                                 reason=message.reason, detail=message.detail)]
+        if not (isinstance(message, Task) and message.client == me and message.run == run):
             return [self._record("dropped", topic=topic, reason=f"unexpected {type(message).__name__}")]
+        self._last_heard = now
+        self._adopt(message)
         out: list[Action] = [self._record("received", kind="task", round=message.round, id=message.msg_id)]
         route = self.down.route(TaskSeen(now=now, task=message))
         if route.lost:
@@ -203,16 +260,52 @@ class ClientSession:
             out += [FeedLater(delay_s=route.delay_s, event=item)] * copies
         return out
 
+    def _decode_limits(self) -> codec.Limits:
+        announced = self._announced_bytes
+        if announced is None or announced <= self.limits.max_bytes:
+            return self.limits
+        return codec.Limits(max_bytes=announced, max_depth=self.limits.max_depth)
+
+    def _adopt(self, message: GlobalState | Task) -> None:
+        """Keep the run's size limit as the aggregator announced it (the prompt budget rides on each task)."""
+        self._announced_bytes = message.max_message_bytes
+
+    def _aggregator_presence(self, message: Presence) -> list[Action]:
+        online = message.status == "online"
+        changed = self._aggregator_online is not online
+        self._aggregator_online = online
+        out: list[Action] = [self._record(f"aggregator-{message.status}", id=message.msg_id)] if changed else []
+        return out + self._resend_unreceipted() if online else out
+
+    def _resend_unreceipted(self) -> list[Action]:
+        """The aggregator is online (a heartbeat, or it came back), and the last update still has no receipt
+        one presence later: send it again, same id (the aggregator keeps one copy). After a broker restart
+        that lost it, or an aggregator resumed from its journal without it, this is what recovers it."""
+        send = self._unreceipted
+        if send is None or not self.connected:
+            return []
+        self._presences_since += 1
+        if self._presences_since < RESEND_AFTER_PRESENCES:
+            return []
+        self._presences_since = 0
+        return [self._record("resent", id=send.message.msg_id, round=send.message.round), *self._publish(send, 1)]
+
     # ------------------------------------------------------------------ decisions
     def handle(self, event: ClientEvent) -> list[Action]:
         """Feed the core one event (a timer, finished work, a task the link delivered)."""
         if self.stopped:
             return []
+        if isinstance(event, WorkDone):
+            error_type = self._error_types.pop(event.task.msg_id, "")
+            if event.outcome is None and not event.error_type:  # a driver that does not pass it on
+                event = replace(event, error_type=error_type)
         return self._effects(self.core.handle(event))
 
     def optimized(self, task: Task, outcome: LocalOutcome | None, error: str, error_type: str = "") -> list[Action]:
         """The optimizer finished (``outcome``) or failed (``error``): what to log now. The driver feeds
-        ``WorkDone`` once the task's latency has passed."""
+        ``WorkDone`` once the task's latency has passed; a failure then goes to the aggregator."""
+        if outcome is None:
+            self._error_types[task.msg_id] = error_type
         if outcome is not None:
             self.rounds_done += 1
             if outcome.step_reasons:
@@ -237,6 +330,8 @@ class ClientSession:
             out.append(self._record("link-duplicated", direction="up", id=m.msg_id, copies=publish.copies))
         extra = {"prompt_chars": len(m.prompt)} if isinstance(m, Update) else {}
         out.append(self._record("sent", kind=type(m).__name__.lower(), id=m.msg_id, round=m.round, **extra))
+        if isinstance(m, Update):
+            self._unreceipted, self._presences_since = publish.send, 0
         return out
 
     def publish_failed(self, publish: Publish, reason: str) -> list[Action]:
@@ -272,11 +367,12 @@ class ClientSession:
         if not self.connected:
             self.offline.append(send)
             return [self._record("queued-offline", id=m.msg_id)]
-        if not isinstance(m, Update):  # presence is control plane: the fault plan acts on tasks and updates
+        if not isinstance(m, Update | Failure):  # presence is control plane: the fault plan acts on tasks and answers
             return self._publish(send, 1)
         route = self.up.route(send)
         if route.lost:
-            return [self._record("link-lost", direction="up", kind="update", id=m.msg_id, round=m.round)]
+            return [self._record("link-lost", direction="up", kind=type(m).__name__.lower(), id=m.msg_id,
+                                 round=m.round)]
         if route.held:
             return [self._record("link-held", direction="up", id=m.msg_id)]
         if route.delay_s > 0:
@@ -288,7 +384,7 @@ class ClientSession:
             self.offline.append(send)
             return []
         try:
-            payload = codec.encode(send.message, self.limits)
+            payload = codec.encode(send.message, self.send_limits)
         except codec.MessageTooLarge as exc:  # the aggregator would drop it as oversized: say so here
             return [self._record("send-refused", id=send.message.msg_id, round=send.message.round, reason=str(exc))]
         return [Publish(send=send, payload=payload, copies=copies)]

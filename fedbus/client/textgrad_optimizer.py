@@ -7,9 +7,10 @@ calls to the async engine on the event loop. Several clients in one process ther
 concurrently, bounded by the engine's own concurrency limit.
 
 A step that fails on the engine (timeouts, 5xx after retries, a malformed body) fails the round for
-this client: ``optimize`` raises ``EngineError``, the worker records ``local-error`` and sends no
-update, and the aggregator sees the client as missing. A reply that ignores the optimizer's tags only
-costs the step (the prompt stays as it was) and is reported in ``step_reasons``.
+this client: ``optimize`` raises ``EngineError``, the worker records ``local-error`` and reports the
+failure to the aggregator instead of an update. A reply that ignores the optimizer's tags only
+costs the step (the prompt stays as it was) and is reported in ``step_reasons``; so does a step whose
+prompt would exceed the run's budget (``max_chars``): it is reverted as ``reverted-over-budget``.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ class TextGradOptimizer:
         if not self._train:
             raise EngineError(f"client {client} has no training examples (shard {shard})")
 
-    async def optimize(self, prompt: str, *, round: int, steps: int, batch_size: int) -> LocalOutcome:
+    async def optimize(self, prompt: str, *, round: int, steps: int, batch_size: int,
+                       max_chars: int | None = None) -> LocalOutcome:
         rng = random.Random(f"textgrad/{self._spec.seed}/{self._client}/{round}")
         bridge = _Bridge(self._chat_engine, asyncio.get_running_loop())
         calls = accepted = 0
@@ -76,10 +78,14 @@ class TextGradOptimizer:
             outcome = await asyncio.to_thread(local_step, prompt, [(e.input, e.target) for e in batch], bridge,
                                               is_correct, strict=self._strict, log_dir=self._log_dir)
             calls += outcome.llm_calls
-            reasons.append(outcome.reason)
             if outcome.reason.startswith("engine-error"):
-                raise EngineError(f"local step {len(reasons)} of round {round}: {outcome.reason}")
+                raise EngineError(f"local step {len(reasons) + 1} of round {round}: {outcome.reason}")
             first_before = outcome.acc_before if first_before is None else first_before
+            if max_chars is not None and len(outcome.prompt) > max_chars and outcome.prompt != prompt:
+                reasons.append(f"reverted-over-budget: {len(outcome.prompt)} > {max_chars} characters")
+                last_after = outcome.acc_before
+                continue
+            reasons.append(outcome.reason)
             last_after = outcome.acc_after
             accepted += outcome.accepted
             prompt = outcome.prompt

@@ -13,6 +13,7 @@ from typing import Any
 
 from fedbus.errors import LocalProtocolError, RemoteProtocolError
 from fedbus.protocol.messages import (
+    DEFAULT_MAX_MESSAGE_BYTES,
     KIND_OF,
     KINDS,
     SCHEMA_VERSION,
@@ -24,7 +25,7 @@ from fedbus.protocol.messages import (
     UpdateStats,
 )
 
-DEFAULT_MAX_BYTES = 256 * 1024
+DEFAULT_MAX_BYTES = DEFAULT_MAX_MESSAGE_BYTES
 MAX_DEPTH = 8
 _ENVELOPE = ("run", "round", "client", "sent")
 
@@ -63,6 +64,8 @@ def _body(message: Message) -> dict[str, Any]:
             "engine": message.engine,
             "rounds": message.rounds,
             "data": {name: getattr(data, name) for name in DataSpec.__dataclass_fields__},
+            "max_prompt_chars": message.max_prompt_chars,
+            "max_message_bytes": message.max_message_bytes,
         }
     if isinstance(message, Metrics):
         return {"values": dict(message.values)}

@@ -14,8 +14,15 @@ from fedbus.protocol.ids import AGGREGATOR, check_id
 SCHEMA_VERSION = 1
 PresenceStatus = Literal["online", "offline"]
 GlobalStatus = Literal["waiting", "running", "finished"]
+ReceiptOutcome = Literal["accepted", "rejected"]
 PRESENCE_STATUSES = ("online", "offline")
 GLOBAL_STATUSES = ("waiting", "running", "finished")
+RECEIPT_OUTCOMES = ("accepted", "rejected")
+# The run's limits when a message does not announce them (an aggregator older than these fields).
+DEFAULT_MAX_PROMPT_CHARS = 20_000
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
+MAX_REASON_CHARS = 64  # receipt.reason, failure.error_type
+MAX_DETAIL_CHARS = 300  # receipt.detail, failure.reason
 
 
 # These run for every decoded message: exact type checks (``type(x) is int`` also excludes bool).
@@ -32,9 +39,16 @@ def _check_number(value: object, what: str, lo: float | None = None, hi: float |
         raise ValueError(f"{what} must be within [{lo}, {hi}], got {value!r}")
 
 
-def _check_str(value: object, what: str) -> None:
+def _check_str(value: object, what: str, max_chars: int | None = None) -> None:
     if type(value) is not str:
         raise ValueError(f"{what} must be a string, got {type(value).__name__}")
+    if max_chars is not None and len(value) > max_chars:
+        raise ValueError(f"{what} must have at most {max_chars} characters, got {len(value)}")
+
+
+def _check_limits(max_prompt_chars: object, max_message_bytes: object) -> None:
+    _check_int(max_prompt_chars, "max_prompt_chars", 1)
+    _check_int(max_message_bytes, "max_message_bytes", 1)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -95,7 +109,10 @@ class Presence(Envelope):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GlobalState(Envelope):
-    """The federation's current prompt and round. Retained, so a late joiner sees it at once."""
+    """The federation's current prompt and round. Retained, so a late joiner sees it at once.
+
+    ``max_prompt_chars`` and ``max_message_bytes`` announce the run's limits (the protocol's defaults when
+    a sender does not say)."""
 
     version: int
     prompt: str
@@ -103,6 +120,8 @@ class GlobalState(Envelope):
     engine: str
     data: DataSpec
     rounds: int
+    max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
     def __post_init__(self) -> None:
         self._check_envelope()
@@ -116,17 +135,21 @@ class GlobalState(Envelope):
         _check_int(self.rounds, "rounds")
         if not isinstance(self.data, DataSpec):
             raise ValueError("data must be a DataSpec")
+        _check_limits(self.max_prompt_chars, self.max_message_bytes)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Task(Envelope):
-    """The aggregator asks one client (``client``) to optimize from ``prompt`` for ``round``."""
+    """The aggregator asks one client (``client``) to optimize from ``prompt`` for ``round``, answering with
+    an update of at most ``max_prompt_chars`` characters in a message of at most ``max_message_bytes``."""
 
     version: int
     prompt: str
     local_steps: int
     batch_size: int
     deadline_s: float
+    max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
     def __post_init__(self) -> None:
         self._check_envelope()
@@ -135,6 +158,7 @@ class Task(Envelope):
         _check_int(self.local_steps, "local_steps", 1)
         _check_int(self.batch_size, "batch_size", 1)
         _check_number(self.deadline_s, "deadline_s", 0.0)
+        _check_limits(self.max_prompt_chars, self.max_message_bytes)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -176,6 +200,46 @@ class Update(Envelope):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Failure(Envelope):
+    """A client could not do the task of ``round`` (its optimizer failed): its answer instead of an update.
+
+    Sent on the client's update topic; never enters an aggregate. ``base_version`` is the task's version."""
+
+    base_version: int
+    reason: str
+    error_type: str
+
+    def __post_init__(self) -> None:
+        self._check_envelope()
+        _check_int(self.base_version, "base_version")
+        _check_str(self.reason, "reason", MAX_DETAIL_CHARS)
+        _check_str(self.error_type, "error_type", MAX_REASON_CHARS)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Receipt(Envelope):
+    """The aggregator tells one client (``client``) what became of its update ``update_id`` of ``round``:
+    ``accepted`` (``reason`` empty) or ``rejected`` for ``reason`` (a rejection code), ``detail`` saying more."""
+
+    update_id: str
+    outcome: ReceiptOutcome
+    reason: str
+    detail: str
+
+    def __post_init__(self) -> None:
+        self._check_envelope()
+        _check_str(self.update_id, "update_id")
+        if not 0 < len(self.update_id) <= 128:
+            raise ValueError("update_id must have 1-128 characters")
+        if self.outcome not in RECEIPT_OUTCOMES:
+            raise ValueError(f"outcome must be one of {RECEIPT_OUTCOMES}, got {self.outcome!r}")
+        _check_str(self.reason, "reason", MAX_REASON_CHARS)
+        _check_str(self.detail, "detail", MAX_DETAIL_CHARS)
+        if (self.outcome == "accepted") != (self.reason == ""):
+            raise ValueError("reason must be empty for an accepted update and name the rejection otherwise")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Metrics(Envelope):
     """Named numbers a client or the aggregator reports (accuracy, tokens, ...)."""
 
@@ -194,7 +258,7 @@ class Metrics(Envelope):
             raise ValueError("metric names must be unique")
 
 
-Message = Presence | GlobalState | Task | Update | Metrics
+Message = Presence | GlobalState | Task | Update | Metrics | Receipt | Failure
 
 KINDS: dict[str, type[Message]] = {
     "presence": Presence,
@@ -202,5 +266,7 @@ KINDS: dict[str, type[Message]] = {
     "task": Task,
     "update": Update,
     "metrics": Metrics,
+    "receipt": Receipt,
+    "failure": Failure,
 }
 KIND_OF: dict[type, str] = {cls: kind for kind, cls in KINDS.items()}

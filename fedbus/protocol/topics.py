@@ -1,8 +1,10 @@
 """Every MQTT topic fedbus uses is built and parsed here, and nowhere else.
 
     fedbus/v1/{run}/global              retained GlobalState (aggregator -> all)
+    fedbus/v1/{run}/aggregator          retained Presence of the aggregator; its Last Will says offline
     fedbus/v1/{run}/task/{client}       Task (aggregator -> one client)
-    fedbus/v1/{run}/update/{client}     Update (client -> aggregator), never retained
+    fedbus/v1/{run}/receipt/{client}    Receipt (aggregator -> one client): what became of its update
+    fedbus/v1/{run}/update/{client}     Update or Failure (client -> aggregator), never retained
     fedbus/v1/{run}/presence/{client}   retained Presence; the Last Will says offline
     fedbus/v1/{run}/metrics/{sender}    Metrics
 """
@@ -15,8 +17,9 @@ from typing import Literal
 from fedbus.protocol.ids import check_id, is_valid_id
 
 ROOT = "fedbus/v1"
-Channel = Literal["global", "task", "update", "presence", "metrics"]
-PER_CLIENT: tuple[Channel, ...] = ("task", "update", "presence", "metrics")
+Channel = Literal["global", "aggregator", "task", "receipt", "update", "presence", "metrics"]
+PER_RUN: tuple[Channel, ...] = ("global", "aggregator")
+PER_CLIENT: tuple[Channel, ...] = ("task", "receipt", "update", "presence", "metrics")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -32,6 +35,11 @@ def global_topic(run: str) -> str:
     return f"{ROOT}/{check_id(run, 'run id')}/global"
 
 
+def aggregator_topic(run: str) -> str:
+    """Where the aggregator's retained presence (and its Last Will) lives."""
+    return f"{ROOT}/{check_id(run, 'run id')}/aggregator"
+
+
 def client_topic(run: str, channel: Channel, client: str) -> str:
     if channel not in PER_CLIENT:
         raise ValueError(f"channel {channel!r} is not per-client")
@@ -40,6 +48,10 @@ def client_topic(run: str, channel: Channel, client: str) -> str:
 
 def task_topic(run: str, client: str) -> str:
     return client_topic(run, "task", client)
+
+
+def receipt_topic(run: str, client: str) -> str:
+    return client_topic(run, "receipt", client)
 
 
 def update_topic(run: str, client: str) -> str:
@@ -67,8 +79,8 @@ def parse(topic: str) -> TopicRef | None:
     if len(parts) < 4 or f"{parts[0]}/{parts[1]}" != ROOT or not is_valid_id(parts[2]):
         return None
     run, channel = parts[2], parts[3]
-    if len(parts) == 4 and channel == "global":
-        return TopicRef(run=run, channel="global")
+    if len(parts) == 4 and channel in PER_RUN:
+        return TopicRef(run=run, channel=channel)
     if len(parts) == 5 and channel in PER_CLIENT and is_valid_id(parts[4]):
         return TopicRef(run=run, channel=channel, client=parts[4])
     return None

@@ -15,15 +15,71 @@ COLUMNS = ("run", "scenario", "engine", "strategy", "mode", "status", "rounds", 
            "prompt_chars", "accepted", "rejected", "tokens", "wall_s")
 
 
+_NUMBER = (int, float)
+# what row() and rounds_table() read, with the JSON type each needs
+_FIELDS: tuple[tuple[str, type | tuple[type, ...]], ...] = (
+    ("run_id", str), ("mode", str), ("status", str), ("scenario.name", str), ("scenario.aggregation.strategy", str),
+    ("engine.name", str), ("final.test_accuracy", _NUMBER), ("final.initial_test_accuracy", _NUMBER),
+    ("final.prompt_chars", int), ("totals.rounds_closed", int), ("totals.updates_accepted", int),
+    ("totals.updates_rejected", int), ("totals.tokens", int), ("totals.wall_s", _NUMBER), ("rounds", list))
+_ROUND_FIELDS: tuple[tuple[str, type | tuple[type, ...]], ...] = (
+    ("round", int), ("status", str), ("global_prompt_chars", int), ("accepted", list), ("rejected", list),
+    ("duration_s", _NUMBER))
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
+               bool: "a boolean", type(None): "null"}
+
+
+def _json_type(value: Any) -> str:
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def _field_problem(doc: dict[str, Any], path: str, kind: type | tuple[type, ...], prefix: str = "") -> str | None:
+    value: Any = doc
+    for key in path.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return f"no {prefix}{path}"
+        value = value[key]
+    if isinstance(value, bool) or not isinstance(value, kind):
+        expected = "an integer" if kind is int else _JSON_TYPES[kind] if isinstance(kind, type) else "a number"
+        return f"{prefix}{path} is {_json_type(value)}, not {expected}"
+    return None
+
+
+def summary_problem(summary: Any) -> str | None:
+    """Why ``summary`` (parsed JSON) is not a run summary that compare can read; None when it is one."""
+    if not isinstance(summary, dict):
+        return f"the file holds {_json_type(summary)}, not an object"
+    for path, kind in _FIELDS:
+        problem = _field_problem(summary, path, kind)
+        if problem is not None:
+            return problem
+    for i, record in enumerate(summary["rounds"]):
+        if not isinstance(record, dict):
+            return f"rounds[{i}] is {_json_type(record)}, not an object"
+        for path, kind in _ROUND_FIELDS:
+            problem = _field_problem(record, path, kind, prefix=f"rounds[{i}].")
+            if problem is not None:
+                return problem
+    return None
+
+
 def load_summaries(paths: Sequence[Path]) -> list[dict[str, Any]]:
-    """summary.json files (or run directories holding one)."""
+    """summary.json files (or run directories holding one), each checked to hold what compare reads; a file
+    that cannot be read or is not a run summary is a ``FedbusError`` naming it."""
     out = []
     for path in paths:
         file = path / "summary.json" if path.is_dir() else path
         try:
-            out.append(json.loads(file.read_text(encoding="utf-8")))
-        except (OSError, ValueError) as exc:
-            raise FedbusError(f"{file}: not a readable summary.json ({exc})") from exc
+            summary = json.loads(file.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise FedbusError(f"{file}: not a readable summary.json ({exc.strerror or exc})") from exc
+        except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, or nested past Python's stack
+            raise FedbusError(f"{file}: not a readable summary.json ({type(exc).__name__}: "
+                              f"{str(exc)[:200]})") from exc
+        problem = summary_problem(summary)
+        if problem is not None:
+            raise FedbusError(f"{file}: not a run summary ({problem})")
+        out.append(summary)
     return out
 
 

@@ -14,8 +14,10 @@ class EventLog:
     """Appends events to a JSONL file; ``t`` is seconds since the log was opened, or ``clock()`` if given
     (the simulator passes its virtual clock, which makes the log a pure function of scenario and seed)."""
 
-    def __init__(self, path: Path | None, clock: Callable[[], float] | None = None) -> None:
-        self.started = time.monotonic()  # t = 0 on time.monotonic(), which other processes share
+    def __init__(self, path: Path | None, clock: Callable[[], float] | None = None, *, append: bool = False) -> None:
+        # append: a resumed run goes on with the log it had, its ``t`` carrying on from the last line's
+        offset = _last_t(path) if append and path is not None else 0.0
+        self.started = time.monotonic() - offset  # t = 0 on time.monotonic(), which other processes share
         self._clock = clock or (lambda: time.monotonic() - self.started)
         self._path = path
         self._file: IO[str] | None = None
@@ -23,38 +25,100 @@ class EventLog:
         self.counts: Counter[str] = Counter()
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = path.open("w", encoding="utf-8", buffering=1)  # line-buffered: tail -f works
+            if append:
+                self._count_existing(path)
+            self._file = path.open("a" if append else "w", encoding="utf-8", buffering=1)  # line-buffered
+            if append and self._file.tell() > 0 and not path.read_bytes().endswith(b"\n"):
+                self._file.write("\n")  # end the line a kill cut short; readers skip it
 
-    def record(self, event: str, **fields: Any) -> None:
+    def now(self) -> float:
+        """The ``t`` an event recorded at this moment gets."""
+        return self._clock()
+
+    def record(self, event: str, /, **fields: Any) -> None:
+        self._write(None, event, fields)
+
+    def record_at(self, t: float, event: str, /, **fields: Any) -> None:
+        """Record an event that happened at ``t`` (an earlier :meth:`now`): a message is ``sent`` when it was
+        handed to the connection, not when the broker's acknowledgement came back, which a busy process may
+        read only after the receiver has logged it. One clock for every process then orders each send before
+        its receipt."""
+        self._write(t, event, fields)
+
+    def _write(self, t: float | None, event: str, fields: dict[str, Any]) -> None:
         self.count += 1
         self.counts[event] += 1
         if self._file is None:
             return
-        line = {"t": round(self._clock(), 6), "event": event, **fields}
+        line = {"t": round(self._clock() if t is None else t, 6), "event": event, **fields}
         self._file.write(json.dumps(line, ensure_ascii=False, default=str) + "\n")
 
+    def _count_existing(self, path: Path) -> None:
+        if not path.exists():
+            return
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                try:
+                    event = json.loads(line).get("event", "")
+                except json.JSONDecodeError:
+                    continue  # a line torn by a kill
+                self.count += 1
+                self.counts[event] += 1
+
     def absorb(self, part: Path) -> int:
-        """Append the events of another process's log (a worker's part) and count them; return how many."""
+        """Append the events of another process's log (a worker's part) and count them; return how many.
+        A line a killed worker left torn is skipped."""
         if not part.exists():
             return 0
-        lines = part.read_text(encoding="utf-8").splitlines()
-        for line in lines:
+        lines = []
+        for line in part.read_text(encoding="utf-8", errors="replace").splitlines():
+            event = _parsed(line)
+            if event is None:
+                continue
+            lines.append(line)
             self.count += 1
-            self.counts[json.loads(line).get("event", "")] += 1
+            self.counts[event.get("event", "")] += 1
         if self._file is not None and lines:
             self._file.write("\n".join(lines) + "\n")
         return len(lines)
 
     def sort_by_time(self) -> None:
-        """Order the written log by ``t`` (stable), after parts from other processes were absorbed."""
+        """Order the written log by ``t`` (stable), after parts from other processes were absorbed; torn lines go."""
         if self._path is None:
             return
         self.close()
-        lines = self._path.read_text(encoding="utf-8").splitlines()
-        lines.sort(key=lambda line: float(json.loads(line)["t"]))
-        self._path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+        timed = []
+        for line in self._path.read_text(encoding="utf-8", errors="replace").splitlines():
+            event = _parsed(line)
+            if event is not None and isinstance(event.get("t"), int | float):
+                timed.append((float(event["t"]), line))
+        timed.sort(key=lambda pair: pair[0])
+        self._path.write_text("".join(f"{line}\n" for _t, line in timed), encoding="utf-8")
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _parsed(line: str) -> dict[str, Any] | None:
+    """One line of a log as an event, or None for a line a kill cut short."""
+    try:
+        event = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return event if isinstance(event, dict) else None
+
+
+def _last_t(path: Path) -> float:
+    """The largest ``t`` in an existing log (0 if none)."""
+    if not path.exists():
+        return 0.0
+    last = 0.0
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            try:
+                last = max(last, float(json.loads(line)["t"]))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue
+    return last

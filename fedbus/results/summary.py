@@ -1,4 +1,11 @@
-"""summary.json: the run as plain data, built from the aggregator's round results."""
+"""summary.json: the run as plain data, built from the aggregator's round results.
+
+Updates and failure reports are counted apart. A round's ``rejected`` lists the updates (and garbage on
+update topics) that entered no aggregate; its ``failed`` lists the failure reports, each with reason
+'client-failed' when it answered the client's task, or the check that refused it. So every update a client
+sent is in exactly one aggregate or in one ``rejected`` list (``rejected_after_last_round`` after the end),
+and every failure report in one ``failed`` list (``failed_after_last_round``).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +22,8 @@ from fedbus.scenario import Scenario, scenario_to_mapping
 # Event-log entries that show the injected conditions at work, summed into summary.json.
 CONDITION_EVENTS = ("dropout", "hang", "hang-ignored", "task-lost", "work-discarded", "gone", "connected",
                     "disconnected", "link-lost", "link-duplicated", "link-held", "queued-offline",
-                    "duplicate-delivery", "received-malformed", "received-forged", "local-failed", "send-refused")
+                    "duplicate-delivery", "received-malformed", "received-forged", "local-failed", "send-refused",
+                    "prompt-cut")
 
 SURROGATE_NOTE = ("surrogate optimizer: a seeded model of textual-gradient updates, not an LLM; "
                   "its accuracies are not benchmark results")
@@ -32,7 +40,16 @@ def rejection_record(r: Rejection) -> dict[str, Any]:
             "at_s": round(r.at, 4)}
 
 
+def updates_only(rejections: tuple[Rejection, ...] | list[Rejection]) -> list[Rejection]:
+    return [r for r in rejections if r.kind != "failure"]
+
+
+def failures_only(rejections: tuple[Rejection, ...] | list[Rejection]) -> list[Rejection]:
+    return [r for r in rejections if r.kind == "failure"]
+
+
 def round_record(result: RoundResult, extra: dict[str, Any]) -> dict[str, Any]:
+    rejected = updates_only(result.rejected)
     return {
         "round": result.round,
         "status": result.status,
@@ -48,10 +65,11 @@ def round_record(result: RoundResult, extra: dict[str, Any]) -> dict[str, Any]:
              "arrived_s": round(a.at - result.opened_at, 4), "staleness": a.staleness, "weight": round(a.weight, 4)}
             for a in result.accepted
         ],
-        "rejected": [rejection_record(r) for r in result.rejected],
+        "rejected": [rejection_record(r) for r in rejected],
+        "failed": [rejection_record(r) for r in failures_only(result.rejected)],
         "dropped": list(result.dropped),
         "missing": list(result.missing),
-        "late": sorted({r.client for r in result.rejected
+        "late": sorted({r.client for r in rejected
                         if r.client and r.reason in ("late", "stale-round", "too-stale", "not-assigned")}),
         "global_prompt_chars": len(result.prompt),
         "duration_s": round(result.duration_s, 4),
@@ -60,17 +78,22 @@ def round_record(result: RoundResult, extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def client_records(rounds: list[tuple[RoundResult, dict[str, Any]]], known: list[str]) -> dict[str, Any]:
-    """Per client: how often selected, how often its update was accepted, participation rate."""
+    """Per client: how often selected, how often its update was accepted or rejected, how often it reported a
+    failure, participation rate."""
     closed = len(rounds)
-    out: dict[str, dict[str, Any]] = {c: {"selected": 0, "accepted": 0, "rejected": 0} for c in known}
+
+    def blank() -> dict[str, Any]:
+        return {"selected": 0, "accepted": 0, "rejected": 0, "failed": 0}
+
+    out: dict[str, dict[str, Any]] = {c: blank() for c in known}
     for result, _ in rounds:
         for c in result.selected:
-            out.setdefault(c, {"selected": 0, "accepted": 0, "rejected": 0})["selected"] += 1
+            out.setdefault(c, blank())["selected"] += 1
         for a in result.accepted:
-            out.setdefault(a.client, {"selected": 0, "accepted": 0, "rejected": 0})["accepted"] += 1
+            out.setdefault(a.client, blank())["accepted"] += 1
         for r in result.rejected:
             if r.client is not None:
-                out.setdefault(r.client, {"selected": 0, "accepted": 0, "rejected": 0})["rejected"] += 1
+                out.setdefault(r.client, blank())["failed" if r.kind == "failure" else "rejected"] += 1
     for record in out.values():
         record["participation_rate"] = round(record["accepted"] / closed, 4) if closed else 0.0
     return dict(sorted(out.items()))
@@ -81,6 +104,7 @@ def build_summary(*, run_id: str, scenario: Scenario, scenario_file: str, broker
     """summary.json's content, the same for a run over a broker and a simulated one."""
     finished = outcome.finished
     rounds = [round_record(result, extra) for result, extra in outcome.rounds]
+    after = [*(finished.leftover_rejections if finished else ()), *outcome.late_rejections]
     return {
         "fedbus_version": __version__,
         "run_id": run_id,
@@ -95,9 +119,8 @@ def build_summary(*, run_id: str, scenario: Scenario, scenario_file: str, broker
         "status": finished.status if finished else "failed",
         "reason": finished.reason if finished else "the aggregator stopped before the run finished",
         "rounds": rounds,
-        "rejected_after_last_round": [rejection_record(r) for r in
-                                      (finished.leftover_rejections if finished else ())]
-                                     + [rejection_record(r) for r in outcome.late_rejections],
+        "rejected_after_last_round": [rejection_record(r) for r in updates_only(after)],
+        "failed_after_last_round": [rejection_record(r) for r in failures_only(after)],
         "clients": client_records(outcome.rounds, list(scenario.client_ids())),
         "final": final,
         "totals": {
@@ -105,6 +128,7 @@ def build_summary(*, run_id: str, scenario: Scenario, scenario_file: str, broker
             "rounds_aggregated": sum(1 for r in rounds if r["status"] == "aggregated"),
             "updates_accepted": sum(len(r["accepted"]) for r in rounds),
             "updates_rejected": sum(len(r["rejected"]) for r in rounds),
+            "failures_reported": sum(len(r["failed"]) for r in rounds),
             "duplicates_dropped": outcome.duplicates_dropped,
             "llm_calls": sum(a["llm_calls"] for r in rounds for a in r["accepted"]),
             "tokens": sum(a["tokens"] for r in rounds for a in r["accepted"]),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -19,14 +20,17 @@ from fedbus.aggregator.rounds import RoundAggregator
 from fedbus.aggregator.session import FINISH_GRACE_S, Action, AggregatorSession, NodeOutcome, Record, Send
 from fedbus.aggregator.strategies import carry_out
 from fedbus.aggregator.stream import StreamAggregator
-from fedbus.errors import failure_text
-from fedbus.protocol import codec
+from fedbus.errors import TransportError, failure_text
+from fedbus.protocol import codec, topics
 from fedbus.protocol.ids import AGGREGATOR
 from fedbus.results.eventlog import EventLog
 from fedbus.runtime.address import BrokerAddress
-from fedbus.runtime.bus import MqttBus
+from fedbus.runtime.bus import Backoff, LastWill, MqttBus, connect_retrying
+from fedbus.runtime.journal import Journal, Replayed, Resendable, delivery_line, event_line, replay
 
 log = structlog.get_logger("fedbus.aggregator")
+DEFAULT_BACKOFF = Backoff()
+HEARTBEAT_S = 5.0  # wall seconds between the aggregator's 'online' heartbeats
 RoundHook = Callable[[RoundResult], Awaitable[dict[str, object]]]
 
 
@@ -46,7 +50,13 @@ class _Delivery:
 
 
 class AggregatorNode:
-    """Connects the core to the bus, the clock, the event log and the progress display."""
+    """Connects the core to the bus, the clock, the event log and the progress display.
+
+    The connection is kept up: when it drops (a broker restart), the node reconnects with backoff,
+    subscribes again, and sends again the retained global and the open tasks (receivers deduplicate
+    them by id); what the session publishes meanwhile waits in order in an outbox. With a journal,
+    every input is written before the session sees it, so ``--resume`` can rebuild the session.
+    """
 
     def __init__(
         self,
@@ -59,6 +69,11 @@ class AggregatorNode:
         reducer: Callable[[Reduce], Awaitable[str]] = reduce_with_strategy,
         time_scale: float = 1.0,
         started_at: float | None = None,
+        journal: Journal | None = None,
+        backoff: Backoff = DEFAULT_BACKOFF,
+        clock_offset: float = 0.0,
+        boot: str = "0",
+        heartbeat_s: float = HEARTBEAT_S,
     ) -> None:
         self.core = core
         self.run_id = core.config.run
@@ -66,72 +81,212 @@ class AggregatorNode:
         self.events = events
         self.on_round = on_round
         self.reducer = reducer
-        self.session = AggregatorSession(core, codec.Limits(max_bytes=max_message_bytes))
+        self.journal = journal
+        self.backoff = backoff
+        self.session = AggregatorSession(core, codec.Limits(max_bytes=max_message_bytes), boot=boot)
+        self.heartbeat_s = heartbeat_s
+        self.resend = Resendable(sync=isinstance(core, RoundAggregator))
         self._queue: asyncio.Queue[Event | _Delivery] = asyncio.Queue()
         self._loop = asyncio.get_running_loop()
         self._t0 = self._loop.time() if started_at is None else started_at
         self._scale = time_scale
+        self._offset = clock_offset
         self._timers: list[asyncio.TimerHandle] = []
+        self._bus: MqttBus | None = None
+        self._outbox: list[Send] = []
+        self._resumed: Replayed | None = None
+        self.reconnections = 0
+        self._own_topic = topics.aggregator_topic(self.run_id)
+        self._echo_due: float | None = None  # when the last heartbeat's echo is overdue
+        self.replayed_lines = 0
 
     @property
     def outcome(self) -> NodeOutcome:
         return self.session.outcome
 
     def now(self) -> float:
-        """Simulated seconds since the run started."""
-        return (self._loop.time() - self._t0) * self._scale
+        """Simulated seconds since the run started (a resumed run goes on from where its journal ends)."""
+        return self._offset + (self._loop.time() - self._t0) * self._scale
+
+    def resume(self, lines: list[dict[str, Any]]) -> Replayed:
+        """Rebuild the session from a journal before :meth:`run`; the clock goes on from its last entry."""
+        state = replay(self.session, lines, self.resend)
+        self._offset = state.last_now
+        self._t0 = self._loop.time()
+        self._resumed = state
+        self.replayed_lines = state.lines
+        return state
 
     async def run(self) -> NodeOutcome:
         """Run the federation to its end; return what happened."""
         run = self.run_id
         with structlog.contextvars.bound_contextvars(run=run):
-            async with MqttBus(self.broker, identifier=f"{run}.{AGGREGATOR}", clean_session=True) as bus:
-                await bus.subscribe(*self.session.subscriptions())
+            self._bus = await self._make_bus(fresh=self._resumed is None).__aenter__()  # the first fails at once
+            try:
                 async with asyncio.TaskGroup() as group:
-                    receiver = group.create_task(self._receive(bus), name=f"aggregator[{run}].receive")
-                    self._queue.put_nowait(Started(now=self.now()))
-                    await self._consume(bus, group)
-                    receiver.cancel()
+                    link = group.create_task(self._link(group), name=f"aggregator[{run}].link")
+                    beat = group.create_task(self._heartbeat(), name=f"aggregator[{run}].heartbeat")
+                    await self._subscribed()
+                    if self._resumed is None:
+                        self._queue.put_nowait(Started(now=self.now()))
+                    else:
+                        await self._carry_on(self._resumed, group)
+                    await self._consume(group)
+                    beat.cancel()
+                    await self._publish(self.session.presence(self.now(), "offline"))
+                    link.cancel()
+            finally:
                 for timer in self._timers:
                     timer.cancel()
+                if self._bus is not None:
+                    await self._bus.close()
+                if self.journal is not None:
+                    self.journal.close()
         return self.outcome
 
-    async def _receive(self, bus: MqttBus) -> None:
-        async for incoming in bus.messages():
-            self._queue.put_nowait(_Delivery(incoming.topic, incoming.payload, incoming.retained, self.now()))
+    # ------------------------------------------------------------------ the connection
+    def _make_bus(self, *, fresh: bool = False) -> MqttBus:
+        # a persistent session: what clients publish while the aggregator reconnects is queued for it;
+        # the Last Will tells clients at once when the aggregator dies
+        topic, payload = self.session.will(self.now())
+        return MqttBus(self.broker, identifier=f"{self.run_id}.{AGGREGATOR}", clean_session=fresh,
+                       will=LastWill(topic=topic, payload=payload))
 
-    async def _consume(self, bus: MqttBus, group: asyncio.TaskGroup) -> None:
+    async def _subscribed(self) -> None:
+        bus = self._bus
+        assert bus is not None
+        try:
+            await bus.subscribe(*self.session.subscriptions(), self._own_topic, verify=self.reconnections > 0)
+        except TransportError as exc:
+            log.warning("subscribe failed; reconnecting", error=str(exc))
+            await bus.abort()
+            return
+        # online (retained): clients that lost touch send again the updates that got no receipt
+        await self._publish(self.session.presence(self.now(), "online"))
+
+    async def _heartbeat(self) -> None:
+        """A fresh 'online' presence every ``heartbeat_s`` wall seconds: remote clients see the aggregator alive
+        through long rounds, and leave with a clear message when it stays silent."""
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            bus = self._bus
+            if bus is None or self._outbox:
+                continue
+            if self._echo_due is not None and self._loop.time() > self._echo_due:
+                # the last heartbeat never came back: a connection that looks up but moves nothing
+                self._echo_due = None
+                self.events.record("connection-stalled", client=AGGREGATOR)
+                log.warning("the connection moves no messages; reconnecting")
+                await bus.abort()
+                continue
+            await self._publish(self.session.heartbeat(self.now()))
+            if self._echo_due is None:
+                self._echo_due = self._loop.time() + 2 * self.heartbeat_s
+
+    async def _link(self, group: asyncio.TaskGroup) -> None:
+        """Receive until the connection drops; then reconnect, subscribe, and send again what may be lost."""
+        while True:
+            bus = self._bus
+            assert bus is not None
+            try:
+                async for incoming in bus.messages():
+                    if incoming.topic == self._own_topic:
+                        self._echo_due = None  # our heartbeat came back: the connection works both ways
+                        continue
+                    self._deliver(incoming.topic, incoming.payload, incoming.retained)
+            except TransportError as exc:
+                reason = str(exc)
+            else:
+                reason = "message stream ended"
+            self._bus = None
+            await bus.close()
+            self.events.record("connection-lost", client=AGGREGATOR, reason=reason)
+            log.warning("connection to the broker lost; reconnecting", reason=reason)
+            self._bus = await connect_retrying(self._make_bus, self.backoff, on_retry=self._retrying)
+            self.reconnections += 1
+            await self._subscribed()
+            again = self.resend.sends()
+            self.events.record("reconnected", client=AGGREGATOR, resent=len(again), queued=len(self._outbox))
+            log.warning("reconnected to the broker", resent=len(again), queued=len(self._outbox))
+            pending, self._outbox = self._outbox, []
+            for send in again + pending:
+                await self._publish(send)
+
+    def _retrying(self, attempt: int, delay_s: float, reason: str) -> None:
+        self.events.record("reconnect-wait", client=AGGREGATOR, attempt=attempt, delay_s=round(delay_s, 3),
+                           reason=reason)
+
+    async def _publish(self, send: Send) -> None:
+        """Publish, or keep it in order for the next connection."""
+        bus = self._bus
+        if bus is None or self._outbox:
+            self._outbox.append(send)
+            return
+        try:
+            await bus.publish(send.topic, send.payload, retain=send.retain)
+        except TransportError:
+            self._outbox.append(send)
+
+    def _deliver(self, topic: str, payload: bytes, retained: bool) -> None:
+        self._queue.put_nowait(_Delivery(topic, payload, retained, self.now()))
+
+    # ------------------------------------------------------------------ resume
+    async def _carry_on(self, state: Replayed, group: asyncio.TaskGroup) -> None:
+        """After a replay: send the global and open tasks again, re-arm timers, redo unfinished work."""
+        for send in self.resend.sends():
+            await self._publish(send)
+        for at in sorted(set(state.timers)):
+            await self._carry_out(ArmTimer(at=at), group)
+        for effect in state.pending_reduces.values():
+            await self._carry_out(effect, group)
+        for result in state.unevaluated:
+            await self._carry_out(RoundClosed(result=result), group)
+        if state.finished is not None:
+            await self._carry_out(state.finished, group)
+
+    # ------------------------------------------------------------------ the session
+    async def _consume(self, group: asyncio.TaskGroup) -> None:
         while not self.session.finished:
-            await self._step(await self._queue.get(), bus, group)
+            await self._step(await self._queue.get(), group)
         # After the run finished: what is still queued or in flight goes through the session, which
         # rejects late updates as 'run-finished', so none is dropped without a record.
         await asyncio.sleep(FINISH_GRACE_S)
         while not self._queue.empty():
-            await self._step(self._queue.get_nowait(), bus, group)
+            await self._step(self._queue.get_nowait(), group)
 
-    async def _step(self, item: Event | _Delivery, bus: MqttBus, group: asyncio.TaskGroup) -> None:
+    async def _step(self, item: Event | _Delivery, group: asyncio.TaskGroup) -> None:
         if isinstance(item, _Delivery):
+            if self.journal is not None:
+                self.journal.write(delivery_line(item.topic, item.payload, item.retained, item.now))
             actions = self.session.receive(item.topic, item.payload, item.retained, item.now)
+            if (self.reconnections or self._resumed) and (task := self.resend.task_for(item.topic)) is not None:
+                actions.append(task)  # after a broker restart: the client may never have got it
         else:
+            if self.journal is not None:
+                self.journal.write(event_line(item))
             actions = self.session.handle(item)
         for action in actions:
-            await self._carry_out(action, bus, group)
+            await self._carry_out(action, group)
 
-    async def _carry_out(self, action: Action, bus: MqttBus, group: asyncio.TaskGroup) -> None:
+    async def _carry_out(self, action: Action, group: asyncio.TaskGroup) -> None:
+        self.resend.note(action)
         if isinstance(action, Record):
             self.events.record(action.event, **action.fields)
             if action.log is not None:
                 getattr(log, action.log)(action.message, **action.fields)
         elif isinstance(action, Send):
-            await bus.publish(action.topic, action.payload, retain=action.retain)
+            await self._publish(action)
         elif isinstance(action, ArmTimer):
-            handle = self._loop.call_at(self._t0 + action.at / self._scale, self._fire_timer)
+            handle = self._loop.call_at(self._t0 + (action.at - self._offset) / self._scale, self._fire_timer)
             self._timers = [t for t in self._timers if not t.cancelled()] + [handle]
         elif isinstance(action, Reduce):
             group.create_task(self._reduce(action), name=f"aggregator[{self.run_id}].reduce-{action.round}")
         elif isinstance(action, RoundClosed):
-            for record in self.session.round_evaluated(action.result, await self.on_round(action.result)):
-                await self._carry_out(record, bus, group)
+            extra = await self.on_round(action.result)
+            if self.journal is not None:
+                self.journal.write({"k": "x", "round": action.result.round, "extra": extra})
+            for record in self.session.round_evaluated(action.result, extra):
+                await self._carry_out(record, group)
         elif isinstance(action, RunFinished):
             pass  # the session is finished: _consume turns to the grace period
 

@@ -8,6 +8,7 @@ closes), so a SIGKILLed ``fedbus run`` leaves no broker behind.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import tempfile
 from dataclasses import dataclass
@@ -103,6 +104,21 @@ class EmbeddedBroker:
             raise TransportError(f"embedded broker on {self.config.host}:{self.port} did not start: {exc}") from exc
         self._broker = broker
         return self
+
+    def alive(self) -> bool:
+        """Whether the broker process still runs."""
+        process = getattr(self._broker, "_process", None)
+        return process is not None and process.poll() is None
+
+    def restart(self) -> None:
+        """Start rumqttd again on the same port (after it died): it comes back empty, without retained
+        messages or sessions; fedbus's clients and aggregator reconnect and publish their state again."""
+        broker = self._broker
+        self._broker = None
+        if broker is not None:
+            with contextlib.suppress(Exception):
+                broker.stop()  # type: ignore[attr-defined]
+        self.start()
 
     def wait(self) -> int:
         """Block until the broker process exits; return its exit code."""

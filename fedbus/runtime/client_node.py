@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 
 from fedbus.client.core import Alarm, ClientEvent, ClientProfile, WorkDone
-from fedbus.client.optimizer import LocalOptimizer, LocalOutcome, OptimizerFactory, checked_outcome, make_optimizer
+from fedbus.client.optimizer import LocalOptimizer, LocalOutcome, OptimizerFactory, make_optimizer, optimize_task
 from fedbus.client.session import (
     Action,
     ClientSession,
@@ -40,10 +40,11 @@ from fedbus.protocol import codec
 from fedbus.protocol.messages import Task
 from fedbus.results.eventlog import EventLog
 from fedbus.runtime.address import BrokerAddress
-from fedbus.runtime.bus import Incoming, LastWill, MqttBus
+from fedbus.runtime.bus import Backoff, Incoming, LastWill, MqttBus, connect_retrying
 from fedbus.scenario.conditions import ClientGroup
 
 log = structlog.get_logger("fedbus.client")
+STALL_S = 20.0  # wall seconds without a message from an online aggregator (heartbeats every 5 s): reconnect
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,14 +63,19 @@ class ClientConfig:
     time_scale: float = 1.0
     started_at: float | None = None  # the run's start on the event loop's clock; None: now
     boot: str | None = None  # message-id token; None: random (a restarted process never reuses ids)
+    backoff: Backoff = field(default_factory=lambda: Backoff(give_up_s=None))  # reconnection attempts
+    retry_first_connect: bool = True  # False: the first connection fails at once (a remote `fedbus client`)
+    # leave (not ok) when nothing came from the aggregator for this many wall seconds; None: wait for ever
+    silence_timeout_s: float | None = None
 
     @classmethod
     def for_plan(cls, plan: ClientPlan, *, run: str, broker: BrokerAddress, time_scale: float,
-                 started_at: float) -> ClientConfig:
-        """One of the scenario's own clients, inside ``fedbus run`` (message ids with boot '0', as simulated)."""
+                 started_at: float, boot: str = "0") -> ClientConfig:
+        """One of the scenario's own clients, inside ``fedbus run`` (message ids with boot '0', as simulated;
+        a resumed run's clients use 'r1', 'r2', ... so no id of an earlier incarnation comes back)."""
         return cls(run=run, client=plan.client, broker=broker, shard=plan.shard,
                    max_message_bytes=plan.max_message_bytes, seed=plan.seed, group=plan.group,
-                   step_delay_s=plan.step_delay_s, time_scale=time_scale, started_at=started_at, boot="0")
+                   step_delay_s=plan.step_delay_s, time_scale=time_scale, started_at=started_at, boot=boot)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,6 +86,7 @@ class ClientReport:
     rounds_done: int
     reason: str
     connections: int
+    ok: bool = True  # False: the client gave up (the aggregator fell silent), the run did not end
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +96,14 @@ class _Delivery:
     topic: str
     payload: bytes
     now: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Lost:
+    """Connection number ``n`` dropped at ``now`` (the broker restarted, the network failed)."""
+
+    now: float
+    n: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,10 +124,13 @@ class _Driver:
                                 step_latency_s=config.step_delay_s, boot=config.boot or secrets.token_hex(4))
         self.session = ClientSession(profile, codec.Limits(max_bytes=config.max_message_bytes))
         # the one consumer of the session: deliveries, timers, finished work and link releases, in order
-        self.queue: asyncio.Queue[ClientEvent | Leave | Deliveries | _Delivery | _Cut] = asyncio.Queue()
+        self.queue: asyncio.Queue[ClientEvent | Leave | Deliveries | _Delivery | _Cut | _Lost] = asyncio.Queue()
         self.bus: MqttBus | None = None
         self.optimizer: LocalOptimizer | None = None
         self.background: set[asyncio.Task[None]] = set()
+        self.silent: str | None = None  # why the client gave up waiting for the aggregator
+        self.connected_at = 0.0
+        self.main: asyncio.Task[Any] | None = None
 
     # ------------------------------------------------------------------ time
     def now(self) -> float:
@@ -134,6 +152,10 @@ class _Driver:
         for interval in self.config.group.network.partitions:
             self.at(interval.start_s, functools.partial(self._partition, interval.end_s))
         reason = "connection closed"
+        self.main = asyncio.current_task()
+        if self.config.silence_timeout_s is not None:
+            self.spawn(self._watch_silence(self.config.silence_timeout_s), "watch-silence")
+        self.spawn(self._watch_stall(), "watch-stall")
         try:
             while True:
                 leave = await self._connection()
@@ -144,43 +166,114 @@ class _Driver:
                     reason = f"gone: {leave.reason}"
                     break
                 await asyncio.sleep(max(0.0, self.t0 + leave.back_at / self.config.time_scale - self.loop.time()))
+        except asyncio.CancelledError:
+            if self.silent is None:
+                raise
+            reason = self.silent  # gave up while (re)connecting
         finally:
             for task in list(self.background):
                 task.cancel()
         s = self.session
-        return ClientReport(client=s.client, rounds_done=s.rounds_done, reason=reason, connections=s.connections)
+        if self.silent is not None:
+            reason = self.silent
+        return ClientReport(client=s.client, rounds_done=s.rounds_done, reason=reason, connections=s.connections,
+                            ok=self.silent is None)
+
+    async def _watch_stall(self) -> None:
+        """Reconnect when a connection that looks up has carried nothing from the aggregator (which sends a
+        heartbeat every few seconds) for ``STALL_S``: half-open connections after a broker restart."""
+        while True:
+            await asyncio.sleep(STALL_S / 3)
+            bus, heard = self.bus, self.session.last_heard
+            if bus is None or heard is None or not self.session.aggregator_online:
+                continue
+            since = max(self.t0 + heard / self.config.time_scale, self.connected_at)
+            if self.loop.time() - since > STALL_S:
+                self.events.record("connection-stalled", client=self.config.client)
+                await bus.abort()  # the receive loop sees the connection end and the driver reconnects
+
+    async def _watch_silence(self, timeout_s: float) -> None:
+        """Give up when the aggregator has not been heard from (global, task, receipt, heartbeat) for too long."""
+        started = self.loop.time()
+        while True:
+            await asyncio.sleep(min(1.0, timeout_s / 4))
+            heard = self.session.last_heard
+            last_wall = started if heard is None else self.t0 + heard / self.config.time_scale
+            silent_for = self.loop.time() - max(last_wall, started)
+            if silent_for < timeout_s:
+                continue
+            state = {None: "never heard from", True: "online but silent", False: "offline"}[
+                self.session.aggregator_online]
+            self.silent = (f"gave up: the aggregator of run {self.config.run} was silent for {silent_for:.0f} s "
+                           f"(it is {state}); is the run still going?")
+            self.events.record("aggregator-silent", client=self.config.client, seconds=round(silent_for, 1))
+            if self.bus is not None:  # leave abruptly: the Last Will tells the aggregator, should it come back
+                self.queue.put_nowait(Leave(abrupt=True, reason=self.silent, stop=True))
+            elif self.main is not None:
+                self.main.cancel()
+            return
 
     def _partition(self, heals_at: float) -> None:
         self.queue.put_nowait(_Cut(heals_at))  # the session decides in order, in the consumer
 
-    async def _connection(self) -> Leave:
+    async def _connect(self) -> MqttBus:
+        """A connection with the session's Last Will; after the first, retried with backoff until it works."""
         cfg = self.config
-        topic, payload = self.session.will(self.now())
-        async with MqttBus(cfg.broker, identifier=f"{cfg.run}.{cfg.client}",
-                           will=LastWill(topic=topic, payload=payload)) as bus:
-            await bus.subscribe(*self.session.subscriptions())
-            self.bus = bus
-            receiver = self.loop.create_task(self._receive(bus), name=f"client[{cfg.client}].receive")
-            try:
-                leave = await self._carry_out(self.session.connected_now(self.now()))
-                while leave is None:
-                    item = await self.queue.get()
-                    if isinstance(item, Leave):
-                        leave = item
-                    elif isinstance(item, _Cut):
-                        leave = await self._carry_out(self.session.partition(item.heals_at))
-                    elif isinstance(item, _Delivery):
-                        leave = await self._carry_out(self.session.receive(item.topic, item.payload, item.now))
-                    elif isinstance(item, tuple):
-                        leave = await self._carry_out(self.session.push(item))
-                    else:
-                        leave = await self._carry_out(self.session.handle(item))
-            finally:
-                self.bus = None
-                receiver.cancel()
-            await self._carry_out(self.session.disconnected(leave))
-            if leave.abrupt:
-                await bus.abort()
+
+        def make() -> MqttBus:
+            topic, payload = self.session.will(self.now())  # a fresh Will id for every attempt
+            will = LastWill(topic=topic, payload=payload)
+            return MqttBus(cfg.broker, identifier=f"{cfg.run}.{cfg.client}", will=will)
+
+        def retrying(attempt: int, delay_s: float, reason: str) -> None:
+            self.events.record("reconnect-wait", client=cfg.client, attempt=attempt, delay_s=round(delay_s, 3),
+                               reason=reason)
+            if attempt == 1 or attempt % 10 == 0:
+                log.warning("broker unreachable, retrying", client=cfg.client, attempt=attempt, reason=reason)
+
+        if self.session.connections == 0 and not cfg.retry_first_connect:
+            return await make().__aenter__()
+        return await connect_retrying(make, cfg.backoff, on_retry=retrying)
+
+    async def _connection(self) -> Leave:
+        bus = await self._connect()
+        try:
+            return await self._connected(bus)
+        finally:
+            await bus.close()
+
+    async def _connected(self, bus: MqttBus) -> Leave:
+        try:
+            await bus.subscribe(*self.session.subscriptions(), verify=self.session.connections > 0)
+        except TransportError as exc:  # lost before the session knew it was connected: just try again
+            self.events.record("connection-lost", client=self.config.client, reason=str(exc))
+            return Leave(abrupt=True, reason="connection lost", back_at=self.now())
+        self.bus = bus
+        self.connected_at = self.loop.time()
+        receiver = self.loop.create_task(self._receive(bus), name=f"client[{self.config.client}].receive")
+        try:
+            leave = await self._carry_out(self.session.connected_now(self.now()))
+            while leave is None:
+                item = await self.queue.get()
+                if isinstance(item, Leave):
+                    leave = item
+                elif isinstance(item, _Cut):
+                    leave = await self._carry_out(self.session.partition(item.heals_at))
+                elif isinstance(item, _Lost):
+                    if item.n == self.session.connections:  # not news from an earlier connection
+                        leave = await self._carry_out(self.session.connection_lost(item.now))
+                elif isinstance(item, _Delivery):
+                    leave = await self._carry_out(self.session.receive(item.topic, item.payload, item.now))
+                elif isinstance(item, tuple):
+                    leave = await self._carry_out(self.session.push(item))
+                else:
+                    leave = await self._carry_out(self.session.handle(item))
+        finally:
+            self.bus = None
+            receiver.cancel()
+        await self._carry_out(self.session.disconnected(leave))
+        if leave.abrupt:
+            await bus.abort()
         return leave
 
     # ------------------------------------------------------------------ actions
@@ -211,12 +304,19 @@ class _Driver:
         bus = self.bus
         if bus is None:
             return self.session.push(((action.send, action.copies),))  # queued offline
+        handed_over = self.events.now()  # `sent` is when it left, not when the broker's ack was read
         try:
             for _ in range(action.copies):
                 await bus.publish(action.send.topic, action.payload, retain=action.send.retain)
         except TransportError as exc:
             return self.session.publish_failed(action, str(exc))
-        return self.session.published(action)
+        rest: list[Action] = []
+        for done in self.session.published(action):
+            if isinstance(done, Record):
+                self.events.record_at(handed_over, done.event, **done.fields)
+            else:
+                rest.append(done)
+        return rest
 
     async def _optimize(self, task: Task, delay_s: float) -> None:
         started = self.loop.time()
@@ -229,15 +329,15 @@ class _Driver:
                     raise EngineError("no global state yet: the data description is unknown")
                 engine = self.config.engine or announced[0]
                 self.optimizer = self.make(engine, announced[1], self.config.client, self.config.shard)
-            outcome = checked_outcome(await self.optimizer.optimize(
-                task.prompt, round=task.round, steps=task.local_steps, batch_size=task.batch_size))
+            outcome = await optimize_task(self.optimizer, task)  # with the run's prompt budget
         except Exception as exc:  # any failure fails this round only: the client takes the next task
             error, error_type = failure_text(exc, 300), type(exc).__name__
             log.warning("local optimization failed", client=self.config.client, round=task.round,
                         error_type=error_type, reason=error, exc_info=not isinstance(exc, EngineError))
         await self._carry_out(self.session.optimized(task, outcome, error, error_type))
         await asyncio.sleep(max(0.0, self.wall(delay_s) - (self.loop.time() - started)))
-        self.queue.put_nowait(WorkDone(now=self.now(), task=task, outcome=outcome, error=error))
+        self.queue.put_nowait(WorkDone(now=self.now(), task=task, outcome=outcome, error=error,
+                                       error_type=error_type))
 
     # ------------------------------------------------------------------ incoming
     async def _receive(self, bus: MqttBus) -> None:
@@ -247,7 +347,8 @@ class _Driver:
         except TransportError as exc:
             if self.bus is bus:
                 self.events.record("connection-lost", client=self.config.client, reason=str(exc))
-                self.queue.put_nowait(Leave(abrupt=True, reason="connection lost", back_at=self.now() + 1.0))
+                # the session decides, in order, in the consumer
+                self.queue.put_nowait(_Lost(self.now(), self.session.connections))
 
     async def _incoming(self, incoming: Incoming) -> None:
         self.queue.put_nowait(_Delivery(incoming.topic, incoming.payload, self.now()))

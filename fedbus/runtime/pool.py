@@ -5,8 +5,15 @@ on a small machine: every client is an asyncio task with its own MQTT connection
 aggregator shares the event loop. ``fedbus run --workers N`` (by default one worker per 100
 clients, at most one per CPU) starts N processes of ``python -m fedbus.runtime.worker_process SPEC.json``, each
 running a slice of the clients against the same broker. Each writes its events to its own JSONL
-part, which ``fedbus run`` merges into events.jsonl at the end (every process stamps ``t`` on
-the same monotonic clock). A worker dies with its parent (see :mod:`fedbus.runtime.worker_process`).
+part, which ``fedbus run`` merges into events.jsonl at the end. Every process stamps ``t`` on one
+clock: ``time.monotonic()`` (asyncio's clock too) is the machine's CLOCK_MONOTONIC, the same in
+every process, and the spec carries the run's zero for events.jsonl (``log_t0``) and for simulated
+time (``loop_t0``). A worker dies with its parent (see :mod:`fedbus.runtime.worker_process`).
+
+Simulated time runs on the wall clock (``time_scale`` simulated seconds per second) in every
+process, so a worker's event loop must never stall: the aggregator's process keeps time while a
+stalled worker reads its tasks late, and its clients miss deadlines they would meet in-process
+(where a stall holds up the aggregator's timers as well).
 """
 
 from __future__ import annotations
@@ -69,6 +76,7 @@ class WorkerSpec:
     events_path: str
     parent_pid: int
     log_level: str = "WARNING"
+    boot: str = "0"  # message-id token of the run's clients: '0', or 'r1', 'r2', ... in a resumed run
 
     def dump(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self)), encoding="utf-8")
@@ -95,7 +103,9 @@ class WorkerPool:
         stack.callback(self.kill)
 
     def start(self, *, run_id: str, broker_url: str, scenario: Scenario, members: Sequence[tuple[str, int, str]],
-              workers: int, loop_t0: float, log_t0: float, log_level: str = "WARNING") -> None:
+              workers: int, loop_t0: float, log_t0: float, log_level: str = "WARNING", boot: str = "0") -> None:
+        """Start the workers. Call it from the run's main thread: Linux sends the parent-death signal when the
+        thread that forked a worker ends, not only when the whole process does."""
         from fedbus.scenario.loader import scenario_to_mapping
 
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -104,7 +114,7 @@ class WorkerPool:
             part = self.workdir / f"events-{k}.jsonl"
             WorkerSpec(run_id=run_id, broker_url=broker_url, scenario=scenario_to_mapping(scenario),
                        members=chunk, loop_t0=loop_t0, log_t0=log_t0, events_path=str(part),
-                       parent_pid=os.getpid(), log_level=log_level).dump(spec_path)
+                       parent_pid=os.getpid(), log_level=log_level, boot=boot).dump(spec_path)
             self.parts.append(part)
             command = [sys.executable, "-m", "fedbus.runtime.worker_process", str(spec_path)]
             self.processes.append(subprocess.Popen(command, stdin=subprocess.DEVNULL))
@@ -141,7 +151,8 @@ async def run_slice(spec: WorkerSpec) -> None:
         async with asyncio.TaskGroup() as group:
             for cid, _shard, _group in spec.members:
                 config = ClientConfig.for_plan(plans[cid], run=spec.run_id, broker=broker,
-                                               time_scale=scenario.time_scale, started_at=spec.loop_t0)
+                                               time_scale=scenario.time_scale, started_at=spec.loop_t0,
+                                               boot=spec.boot)
                 group.create_task(run_guarded(config, events, make), name=f"client[{spec.run_id}].{cid}")
     finally:
         events.close()

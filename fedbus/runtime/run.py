@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import secrets
+import signal
 import time
 from collections.abc import Mapping
 from contextlib import ExitStack
@@ -15,8 +16,10 @@ from typing import Any
 import structlog
 
 from fedbus.aggregator.effects import RoundResult
+from fedbus.aggregator.session import NodeOutcome
 from fedbus.aggregator.strategies import BUILT_IN_STRATEGIES
 from fedbus.client.optimizer import OptimizerFactory, scenario_optimizer
+from fedbus.errors import FedbusError
 from fedbus.llm.engine import ChatEngine
 from fedbus.llm.extras import require_libraries
 from fedbus.plan import client_plans, make_core
@@ -27,8 +30,11 @@ from fedbus.results.summary import build_summary, prompt_record, round_record
 from fedbus.runtime.address import BrokerAddress, parse_broker_url
 from fedbus.runtime.aggregator_node import AggregatorNode
 from fedbus.runtime.broker import EmbeddedBroker, EmbeddedBrokerConfig
+from fedbus.runtime.checkpoint import Checkpoint, core_known
 from fedbus.runtime.client_node import ClientConfig
 from fedbus.runtime.engines import EngineOverrides, effective_spec, open_engine
+from fedbus.runtime.identity import clear_retained, refuse_used_run_id
+from fedbus.runtime.journal import JOURNAL, Journal, ResumeError, read_journal, write_atomically
 from fedbus.runtime.limits import ensure_open_files
 from fedbus.runtime.llm_run import LLMReducer, llm_summary, load_optimizer_library, optimizer_factory
 from fedbus.runtime.pool import WorkerPool, auto_workers, run_guarded
@@ -38,6 +44,7 @@ from fedbus.scenario.engine import EngineSpec
 
 log = structlog.get_logger("fedbus.run")
 CLIENT_EXIT_GRACE_S = 10.0
+BROKER_CHECK_S = 0.5  # how often fedbus run checks that its embedded broker still runs
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -54,6 +61,7 @@ class RunOptions:
     # the environment the CLI read (FEDBUS_ENGINE_URL and friends, API keys, FEDBUS_CACHE); nothing else reads it
     environ: Mapping[str, str] = field(default_factory=dict)
     log_level: str = "WARNING"  # worker processes log at this level
+    resume: bool = False  # out_dir is an earlier run's folder: rebuild its aggregator from journal.jsonl
 
 
 def new_run_id(scenario: Scenario) -> str:
@@ -61,7 +69,22 @@ def new_run_id(scenario: Scenario) -> str:
 
 
 async def run_scenario(scenario: Scenario, options: RunOptions) -> dict[str, Any]:
-    """Run ``scenario`` to the end; write and return summary.json's content."""
+    """Run ``scenario`` to the end; write and return summary.json's content.
+
+    SIGTERM (like Ctrl-C) stops the run with an ``interrupted`` summary.json that ``--resume`` continues.
+    """
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    if task is not None:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
+            loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await _run_scenario(scenario, options)
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(signal.SIGTERM)
+
+
+async def _run_scenario(scenario: Scenario, options: RunOptions) -> dict[str, Any]:
     if not scenario.engine_spec.is_llm:
         return await _run(scenario, options, None, scenario.engine_spec)
     require_libraries(scenario.engine_spec.name)  # before anything starts: one clear line, not failed rounds
@@ -77,70 +100,149 @@ async def run_scenario(scenario: Scenario, options: RunOptions) -> dict[str, Any
 async def _run(scenario: Scenario, options: RunOptions, engine: ChatEngine | None,
                spec: EngineSpec) -> dict[str, Any]:
     started = time.monotonic()
-    run_id = options.run_id or new_run_id(scenario)
     out = options.out_dir
+    checkpoint = Checkpoint.open(out) if options.resume else None
+    run_id = checkpoint.run_id if checkpoint else (options.run_id or new_run_id(scenario))
     out.mkdir(parents=True, exist_ok=True)
     ensure_open_files(2 * scenario.clients.count + 256)
-    events = EventLog(out / "events.jsonl")
+    events = EventLog(out / "events.jsonl", append=checkpoint is not None)
     progress = Progress(options.progress)
     reducer = LLMReducer(engine, events)
     scoring: Scoring = (LLMScoring(engine, scenario.data, reducer) if engine is not None
                         else SurrogateScoring(scenario.engine, scenario.data))
 
-    async def on_round(result: RoundResult) -> dict[str, Any]:
-        extra: dict[str, Any] = {**prompt_record(result), **await scoring.round_extra(result)}
-        progress.round(round_record(result, extra))
-        log.info("round closed", round=result.round, status=result.status, accepted=len(result.accepted),
-                 rejected=len(result.rejected), prompt_chars=len(result.prompt), val_accuracy=extra["val_accuracy"])
-        return extra
-
     with ExitStack() as stack, structlog.contextvars.bound_contextvars(run=run_id):
-        address, broker_info = _open_broker(stack, scenario, options.broker_url, out)
+        address, broker_info, embedded = _open_broker(stack, scenario, options.broker_url, out)
+        if embedded is None and checkpoint is None:
+            await refuse_used_run_id(address, run_id)
         stack.callback(events.close)
-        events.record("run-started", run=run_id, scenario=scenario.name, seed=scenario.seed, engine=scenario.engine,
-                      broker=broker_info["url"])
+        if checkpoint is None:
+            checkpoint = Checkpoint.new(out, run_id=run_id, scenario=scenario, scenario_file=options.scenario_file,
+                                        broker=broker_info)
+            events.record("run-started", run=run_id, scenario=scenario.name, seed=scenario.seed,
+                          engine=scenario.engine, broker=broker_info["url"])
+        else:
+            checkpoint.resumed(broker_info)
+            events.record("run-resumed", run=run_id, resume=len(checkpoint.resumes), broker=broker_info["url"])
         progress.header(run_id, scenario.engine, broker_info["url"], scenario.clients.count, scenario.rounds)
-        log.info("run started", scenario=scenario.name, engine=scenario.engine, broker=broker_info["url"])
+        log.info("run started", scenario=scenario.name, engine=scenario.engine, broker=broker_info["url"],
+                 resume=len(checkpoint.resumes))
         core = make_core(scenario, run_id)
         t0 = asyncio.get_running_loop().time()
+        journal = Journal(out / JOURNAL)
+        node: AggregatorNode | None = None
+
+        async def on_round(result: RoundResult) -> dict[str, Any]:
+            extra: dict[str, Any] = {**prompt_record(result), **await scoring.round_extra(result)}
+            progress.round(round_record(result, extra))
+            log.info("round closed", round=result.round, status=result.status, accepted=len(result.accepted),
+                     rejected=len(result.rejected), prompt_chars=len(result.prompt),
+                     val_accuracy=extra["val_accuracy"])
+            checkpoint.round_closed(result, journal_lines=journal.lines + (node.replayed_lines if node else 0))
+            return extra
+
+        node = AggregatorNode(core, broker=address, events=events, on_round=on_round,
+                              max_message_bytes=scenario.max_message_bytes, time_scale=scenario.time_scale,
+                              started_at=t0, reducer=reducer, journal=journal,
+                              boot=f"r{len(checkpoint.resumes)}" if checkpoint.resumes else "0")
+        if checkpoint.resumes:
+            replayed = node.resume(read_journal(out / JOURNAL))
+            if replayed.finished is not None and not replayed.unevaluated:
+                raise ResumeError(f"{out}: run {run_id} already finished ({replayed.finished.status}); "
+                                  "nothing to resume")
+            progress.note(f"resumed {run_id} from {replayed.lines} journal entries: "
+                          f"{len(node.outcome.rounds)} rounds closed, global version {core.version}")
+
+        def summarize(outcome: NodeOutcome, final: dict[str, Any]) -> dict[str, Any]:
+            summary = build_summary(
+                run_id=run_id, scenario=scenario, scenario_file=options.scenario_file, broker=broker_info,
+                outcome=outcome, events=events, wall_s=time.monotonic() - started,
+                final={"version": core.version, "prompt": core.prompt, "prompt_chars": len(core.prompt), **final})
+            summary["client_processes"] = clients.processes
+            summary["resumes"] = checkpoint.resumes
+            if engine is not None:
+                summary |= llm_summary(spec, engine, out / "events.jsonl")
+                summary["totals"]["tokens_all_uses"] = (summary["llm"]["prompt_tokens"]
+                                                        + summary["llm"]["completion_tokens"])
+            return summary
+
         clients = _Clients(stack, scenario, options, run_id=run_id, address=address, events=events, t0=t0,
-                           make=_optimizer_factory(scenario, engine, out))
-        async with asyncio.TaskGroup() as group:
-            node = AggregatorNode(core, broker=address, events=events, on_round=on_round,
-                                  max_message_bytes=scenario.max_message_bytes, time_scale=scenario.time_scale,
-                                  started_at=t0, reducer=reducer)
-            node_task = group.create_task(node.run(), name=f"aggregator[{run_id}]")
-            clients.start(group, in_process=engine is not None or not _reaches_workers(scenario))
-            outcome = await node_task
-            await clients.wait_in_process()
+                           make=_optimizer_factory(scenario, engine, out),
+                           boot=f"r{len(checkpoint.resumes)}" if checkpoint.resumes else "0")
+        try:
+            async with asyncio.TaskGroup() as group:
+                if embedded is not None:
+                    group.create_task(_supervise(embedded, events), name=f"broker[{run_id}]")
+                node_task = group.create_task(node.run(), name=f"aggregator[{run_id}]")
+                clients.start(group, in_process=engine is not None or not _reaches_workers(scenario))
+                outcome = await node_task
+                await clients.wait_in_process()
+                raise _Done()
+        except* _Done:
+            pass
+        except* asyncio.CancelledError:  # SIGINT / SIGTERM: keep what the rounds so far showed
+            _write_partial(summarize(node.outcome, {}), "interrupted", "interrupted", out=out,
+                           checkpoint=checkpoint, progress=progress)
+            raise
+        except* FedbusError as group:  # e.g. the broker stayed away past the reconnection limit
+            _write_partial(summarize(node.outcome, {}), "failed", str(group.exceptions[0]), out=out,
+                           checkpoint=checkpoint, progress=progress)
+            raise
         await clients.finish_workers()
         final = await scoring.final(scenario.initial_prompt, core.prompt, scenario.rounds)
-    summary = build_summary(
-        run_id=run_id, scenario=scenario, scenario_file=options.scenario_file, broker=broker_info, outcome=outcome,
-        events=events, final={"version": core.version, "prompt": core.prompt, "prompt_chars": len(core.prompt),
-                              **final},
-        wall_s=time.monotonic() - started)
-    summary["client_processes"] = clients.processes
-    if engine is not None:
-        summary |= llm_summary(spec, engine, out / "events.jsonl")
-        summary["totals"]["tokens_all_uses"] = summary["llm"]["prompt_tokens"] + summary["llm"]["completion_tokens"]
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        if embedded is None:
+            await clear_retained(address, run_id, list(core_known(core)))
+        summary = summarize(outcome, final)
+        _write_summary(out, summary)
+        checkpoint.ended(summary["status"])
     progress.footer(summary, str(out))
     log.info("run finished", status=summary["status"], reason=summary["reason"], wall_s=summary["totals"]["wall_s"])
     return summary
 
 
+class _Done(Exception):
+    """Leaves the task group once the aggregator finished (the broker's supervisor runs until then)."""
+
+
+def _write_summary(out: Path, summary: dict[str, Any]) -> None:
+    write_atomically(out / "summary.json", summary)
+
+
+def _write_partial(summary: dict[str, Any], status: str, why: str, *, out: Path, checkpoint: Checkpoint,
+                   progress: Progress) -> None:
+    """summary.json for a run that stopped early: the rounds so far, and how to go on."""
+    summary["status"] = status
+    summary["reason"] = (f"{why} after {summary['totals']['rounds_closed']} closed rounds; "
+                         f"continue with: fedbus run --resume {out}")
+    _write_summary(out, summary)
+    checkpoint.ended(status)
+    progress.footer(summary, str(out))
+
+
+async def _supervise(broker: EmbeddedBroker, events: EventLog) -> None:
+    """Restart the embedded broker on the same port if it dies; the clients and the aggregator reconnect."""
+    events.record("broker-started", pid=broker.pid, port=broker.port)
+    while True:
+        await asyncio.sleep(BROKER_CHECK_S)
+        if broker.alive():
+            continue
+        log.warning("the embedded broker died; restarting it on the same port", port=broker.port)
+        events.record("broker-died", pid=broker.pid)
+        await asyncio.to_thread(broker.restart)
+        events.record("broker-started", pid=broker.pid, port=broker.port)
+
+
 def _open_broker(stack: ExitStack, scenario: Scenario, broker_url: str | None,
-                 out: Path) -> tuple[BrokerAddress, dict[str, str]]:
+                 out: Path) -> tuple[BrokerAddress, dict[str, str], EmbeddedBroker | None]:
     """The broker the run uses: the one ``broker_url`` names, or an embedded rumqttd sized for the scenario."""
     if broker_url:
         address = parse_broker_url(broker_url)
-        return address, {"kind": "external", "url": address.url()}
+        return address, {"kind": "external", "url": address.url()}, None
     config = EmbeddedBrokerConfig(max_connections=scenario.clients.count + 10_010,
                                   max_payload_bytes=max(scenario.max_message_bytes + 4096, 64 * 1024))
     embedded = stack.enter_context(EmbeddedBroker(config, workdir=out / "broker"))
     return embedded.address, {"kind": "embedded-rumqttd", "url": embedded.address.url(),
-                              "config": str(embedded.config_path)}
+                              "config": str(embedded.config_path)}, embedded
 
 
 def _optimizer_factory(scenario: Scenario, engine: ChatEngine | None, out: Path) -> OptimizerFactory:
@@ -160,9 +262,10 @@ class _Clients:
     """The scenario's own clients: asyncio tasks in this process, or worker processes above 100 clients."""
 
     def __init__(self, stack: ExitStack, scenario: Scenario, options: RunOptions, *, run_id: str,
-                 address: BrokerAddress, events: EventLog, t0: float, make: OptimizerFactory) -> None:
+                 address: BrokerAddress, events: EventLog, t0: float, make: OptimizerFactory,
+                 boot: str = "0") -> None:
         self.stack, self.scenario, self.options, self.run_id = stack, scenario, options, run_id
-        self.address, self.events, self.t0, self.make = address, events, t0, make
+        self.address, self.events, self.t0, self.make, self.boot = address, events, t0, make, boot
         self.tasks: list[asyncio.Task[None]] = []
         self.pool: WorkerPool | None = None
 
@@ -179,12 +282,12 @@ class _Clients:
             self.pool = WorkerPool(self.stack, options.out_dir / "workers")
             self.pool.start(run_id=self.run_id, broker_url=self.address.url(redact=False), scenario=s,
                             members=members, workers=workers, loop_t0=self.t0, log_t0=self.events.started,
-                            log_level=options.log_level)
+                            log_level=options.log_level, boot=self.boot)
             self.events.record("workers-started", workers=len(self.pool.processes), clients=len(members))
             return
         for plan in client_plans(s):
             config = ClientConfig.for_plan(plan, run=self.run_id, broker=self.address, time_scale=s.time_scale,
-                                           started_at=self.t0)
+                                           started_at=self.t0, boot=self.boot)
             self.tasks.append(group.create_task(run_guarded(config, self.events, self.make),
                                                 name=f"client[{self.run_id}].{plan.client}"))
 

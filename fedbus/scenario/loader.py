@@ -30,7 +30,7 @@ from fedbus.scenario.model import (
     ParticipationSpec,
     Scenario,
 )
-from fedbus.scenario.reader import Reader, at_least, one_of, settings_of, valid_id, within
+from fedbus.scenario.reader import Reader, at_least, one_of, settings_of, shown, valid_id, within
 
 _TOP = {"name", "seed", "engine", "rounds", "initial_prompt", "task", "clients", "participation",
         "aggregation", "max_message_bytes", "time_scale"}
@@ -52,8 +52,14 @@ def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None) -
     r.unknown_keys(doc, "", _TOP)
     name = r.get(doc, "name", "", str, check=valid_id)
     file_seed = r.get(doc, "seed", "", int, default=0, check=at_least(0))
+    if seed is not None and (type(seed) is not int or seed < 0):
+        r.problem("seed", f"the seed given instead of the file's must be an integer >= 0, got {shown(seed)}")
     engine_spec = read_engine(r, doc.get("engine"))
     engine = engine_spec.name
+    if engine_spec.base_url and not engine_spec.base_url.startswith(("http://", "https://")):
+        r.problem("engine.base_url", f"must be an http:// or https:// URL, got {shown(engine_spec.base_url)}")
+    if engine_spec.api_key_env is not None and not engine_spec.api_key_env:
+        r.problem("engine.api_key_env", "must name an environment variable (leave it out for a server without a key)")
     rounds = r.get(doc, "rounds", "", int, check=at_least(1))
     prompt = r.get(doc, "initial_prompt", "", str, default=DEFAULT_PROMPT)
     max_bytes = r.get(doc, "max_message_bytes", "", int, default=256 * 1024,
@@ -165,20 +171,129 @@ def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None) -
     )
 
 
-def load_scenario(path: str | Path, seed: int | None = None) -> Scenario:
-    """Read and check a scenario file. Raises ``ScenarioError`` (with YAML paths)."""
+MAX_FILE_BYTES = 16 * 1024 * 1024  # far above any scenario (a prompt fits in max_message_bytes / 4)
+MAX_ALIAS_EXPANSION = 100_000  # values and characters that YAML aliases may add to a document, all together
+MAX_DEPTH = 50  # nesting levels of a document (a scenario uses about 6)
+
+
+class _Refused(Exception):
+    """A YAML document the scenario loader will not build: (path, message), turned into a ScenarioError."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(path, message)
+        self.path, self.message = path, message
+
+
+def _yaml_path(segments: list[str | int | None]) -> str:
+    """``clients.groups[0].name`` from the keys and indexes leading to a node (long keys and paths cut)."""
+    out = ""
+    for segment in segments:
+        if isinstance(segment, int):
+            out += f"[{segment}]"
+        else:
+            key = "?" if segment is None else " ".join(segment.split())
+            key = key if len(key) <= 40 else key[:37] + "..."
+            out += f".{key}" if out else key
+    return out if len(out) <= 120 else "..." + out[-117:]
+
+
+class _ScenarioYamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, bounded: refuses a duplicate key, aliases that expand past
+    ``MAX_ALIAS_EXPANSION`` (an alias bomb: a few hundred bytes that expand to billions of values), a recursive
+    alias and nesting past ``MAX_DEPTH``, each with its YAML path and line."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._path: list[str | int | None] = []  # the keys and indexes leading to the node being composed
+        self._sizes: dict[int, int] = {}  # id(node) -> its size once expanded (values + scalar characters)
+        self._expanded = 0  # what aliases added so far
+
+    def _refuse(self, segments: list[str | int | None], message: str, mark: yaml.Mark) -> _Refused:
+        return _Refused(_yaml_path(segments), f"{message} (line {mark.line + 1}, column {mark.column + 1})")
+
+    def _next_mark(self) -> yaml.Mark:
+        mark: yaml.Mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]  # untyped in the stubs
+        return mark
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        segment = index.value if isinstance(index, yaml.ScalarNode) else index if isinstance(index, int) else None
+        here = [*self._path[1:], segment] if self._path else []
+        if self.check_event(yaml.AliasEvent):
+            mark = self._next_mark()
+            target = super().compose_node(parent, index)
+            size = self._sizes.get(id(target))
+            if size is None:  # the anchored value is still being composed: it would contain itself
+                raise self._refuse(here, "a YAML alias inside the value it refers to (a recursive alias)", mark)
+            self._expanded += size
+            if self._expanded > MAX_ALIAS_EXPANSION:
+                raise self._refuse(here, f"YAML aliases expand this document past {MAX_ALIAS_EXPANSION} values "
+                                   "and characters (an alias bomb?); write the values out", mark)
+            return target
+        if len(self._path) > MAX_DEPTH:
+            raise self._refuse(here, f"nested deeper than {MAX_DEPTH} levels", self._next_mark())
+        self._path.append(segment)
+        try:
+            node = super().compose_node(parent, index)
+            if isinstance(node, yaml.MappingNode):
+                self._check_duplicates(node, here)
+        finally:
+            self._path.pop()
+        if isinstance(node, yaml.ScalarNode):
+            self._sizes[id(node)] = 1 + len(node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            self._sizes[id(node)] = 1 + sum(self._sizes[id(item)] for item in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            self._sizes[id(node)] = 1 + sum(self._sizes[id(k)] + self._sizes[id(v)] for k, v in node.value)
+        return node
+
+    def _check_duplicates(self, node: yaml.MappingNode, here: list[str | int | None]) -> None:
+        seen: set[tuple[str, str]] = set()
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                if (key.tag, key.value) in seen:
+                    raise self._refuse([*here, key.value], "duplicate key", key.start_mark)
+                seen.add((key.tag, key.value))
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
+    """One line saying where and what is wrong with the YAML."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        line = text[:exc.position].count("\n") + 1
+        return f"not valid YAML on line {line}: unacceptable character #x{exc.character:04x}"
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return " ".join(f"not valid YAML {where}: {getattr(exc, 'problem', None) or exc}".split())
+
+
+def read_yaml(path: str | Path) -> Any:
+    """The parsed content of a scenario file, read through the bounded loader. Raises ``ScenarioError``
+    naming the file: unreadable, too big, not UTF-8, not YAML, or refused (duplicate key, alias bomb)."""
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with Path(path).open("rb") as file:
+            data = file.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ScenarioError([("", f"cannot read file: {exc.strerror or exc}")], source) from exc
+    if len(data) > MAX_FILE_BYTES:
+        raise ScenarioError([("", f"larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB: not a scenario file")],
+                            source)
     try:
-        doc = yaml.safe_load(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ScenarioError([("", f"not UTF-8 text: byte 0x{data[exc.start]:02x} on line {line}; "
+                                  "save the file as UTF-8")], source) from exc
+    try:
+        return yaml.load(text, Loader=_ScenarioYamlLoader)
+    except _Refused as refused:
+        raise ScenarioError([(refused.path, refused.message)], source) from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ScenarioError([("", f"not valid YAML {where}: {getattr(exc, 'problem', exc)}")], source) from exc
-    return scenario_from_mapping(doc, source, seed)
+        raise ScenarioError([("", _yaml_problem(exc, text))], source) from exc
+
+
+def load_scenario(path: str | Path, seed: int | None = None) -> Scenario:
+    """Read and check a scenario file. Raises ``ScenarioError`` (with YAML paths)."""
+    return scenario_from_mapping(read_yaml(path), str(path), seed)
 
 
 def _group_mapping(g: ClientGroup) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -10,6 +11,23 @@ from typing import Any
 from fedbus.protocol.ids import is_valid_id
 
 MISSING = object()
+MAX_MESSAGE_CHARS = 300  # a problem's text, whatever value it quotes
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlevel = 60, 60, 2
+_SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = _SHOWN.maxset = 4
+
+
+def _cut(text: str) -> str:
+    """``text`` on one line of at most ``MAX_MESSAGE_CHARS``."""
+    text = text.replace("\r", " ").replace("\n", " ")
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[:MAX_MESSAGE_CHARS - 3] + "..."
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` cut to a few dozen characters, in time and memory bounded whatever the value's size
+    (a YAML alias can make a small file hold a huge nested list: it is never rendered whole)."""
+    return _SHOWN.repr(value)
 
 
 def setting(default: Any, *, check: Callable[[Any], str | None] | None = None) -> Any:
@@ -29,7 +47,9 @@ class Reader:
         self.problems: list[tuple[str, str]] = []
 
     def problem(self, path: str, message: str) -> None:
-        self.problems.append((path, message))
+        """Record a problem, its path and message each cut to one line of at most ``MAX_MESSAGE_CHARS`` (a huge
+        or multi-line key or value may be quoted), so that every problem prints as one short line."""
+        self.problems.append((_cut(path), _cut(message)))
 
     def section(self, doc: Mapping[str, Any], key: str, path: str, allowed: set[str]) -> Mapping[str, Any]:
         value = doc.get(key, {})
@@ -81,7 +101,7 @@ class Reader:
         if not ok:
             names = " or ".join(k.__name__ for k in kinds if not (k is int and float in kinds))
             names = names.replace("float", "a number").replace("int", "an integer").replace("str", "a string")
-            self.problem(where, f"must be {names}, got {type(value).__name__} {value!r}"[:200])
+            self.problem(where, f"must be {names}, got {type(value).__name__} {shown(value)}")
             return None if default is MISSING else default
         if float in kinds and isinstance(value, int):
             value = float(value)
@@ -101,7 +121,7 @@ def within(lo: float, hi: float) -> Callable[[Any], str | None]:
 
 
 def one_of(options: tuple[str, ...]) -> Callable[[Any], str | None]:
-    return lambda v: None if v in options else f"must be one of {', '.join(options)}; got {v!r}"
+    return lambda v: None if v in options else f"must be one of {', '.join(options)}; got {shown(v)}"
 
 
 def valid_id(v: Any) -> str | None:

@@ -11,13 +11,7 @@ import functools
 from dataclasses import dataclass
 
 from fedbus.client.core import Alarm, ClientEvent, ClientProfile, WorkDone
-from fedbus.client.optimizer import (
-    LocalOptimizer,
-    LocalOutcome,
-    SurrogateOptimizer,
-    run_now,
-    scenario_optimizer,
-)
+from fedbus.client.optimizer import LocalOptimizer, LocalOutcome, optimize_task_now, scenario_optimizer
 from fedbus.client.session import (
     Action,
     ClientSession,
@@ -123,17 +117,12 @@ class SimClient:
                     raise EngineError("no global state yet: the data description is unknown")
                 make = scenario_optimizer(self.plan.optimizer)
                 self.optimizer = make(announced[0], announced[1], self.plan.client, self.plan.shard)
-            if isinstance(self.optimizer, SurrogateOptimizer):
-                outcome = self.optimizer.optimize_now(task.prompt, round=task.round, steps=task.local_steps,
-                                                      batch_size=task.batch_size)
-            else:  # a user's optimizer: stepped to its result at once, in virtual time
-                outcome = run_now(self.optimizer.optimize(task.prompt, round=task.round, steps=task.local_steps,
-                                                          batch_size=task.batch_size))
-        except Exception as exc:  # as over MQTT: the round fails for this client, the run goes on
+            outcome = optimize_task_now(self.optimizer, task)  # a user's optimizer: stepped to its result at once
+        except Exception as exc:  # as over MQTT: the round fails for this client, which tells the aggregator
             error, error_type = failure_text(exc, 300), type(exc).__name__
         self._carry_out(self.session.optimized(task, outcome, error, error_type))
-        self.timeline.after(delay_s, lambda: self._feed(WorkDone(now=self.timeline.now, task=task,
-                                                                 outcome=outcome, error=error)))
+        self.timeline.after(delay_s, lambda: self._feed(WorkDone(now=self.timeline.now, task=task, outcome=outcome,
+                                                                 error=error, error_type=error_type)))
 
     # ------------------------------------------------------------------ incoming
     def _incoming(self, topic: str, payload: bytes, retained: bool) -> None:

@@ -3,7 +3,8 @@
 The aggregator side drives the same :class:`~fedbus.aggregator.session.AggregatorSession` as the MQTT
 node: the same decisions and the same records go to events.jsonl (with ``t`` in virtual seconds), and
 after the run finishes, messages still in flight for a grace period go through the session, which
-rejects late updates with a reason.
+rejects late updates with a reason. The aggregator's retained presence says 'online' from the start
+and 'offline' once the grace period is over (virtual time has no silence to fill with heartbeats).
 """
 
 from __future__ import annotations
@@ -65,9 +66,13 @@ class SimAggregator:
 
     def start(self) -> None:
         ident = f"{self.run_id}.{AGGREGATOR}"
-        self.broker.connect(ident, self._incoming, clean=True)
+        self.broker.connect(ident, self._incoming, will=self.session.will(self.timeline.now), clean=True)
         self.broker.subscribe(ident, *self.session.subscriptions())
-        self.timeline.at(0.0, lambda: self._carry_out(self.session.handle(Started(now=self.timeline.now))))
+        self.timeline.at(0.0, self._begin)
+
+    def _begin(self) -> None:
+        self._carry_out([self.session.presence(self.timeline.now, "online")])
+        self._carry_out(self.session.handle(Started(now=self.timeline.now)))
 
     def _incoming(self, topic: str, payload: bytes, retained: bool) -> None:
         if not self.done:
@@ -107,6 +112,7 @@ class SimAggregator:
         self._feed(Reduced(round=effect.round, prompt=prompt, now=self.timeline.now))
 
     def _close(self) -> None:
+        self._carry_out([self.session.presence(self.timeline.now, "offline")])
         self.done = True
 
 

@@ -12,7 +12,8 @@ The model, in full:
   one skill the example needs and the prompt lacks (with probability ``MISLEAD`` a random skill
   instead: critiques are sometimes wrong); the 'optimizer' appends one sentence for the most
   named skill in one of its wordings; the batch is answered again and the edit is kept only if
-  batch accuracy did not drop.
+  batch accuracy did not drop. With a prompt budget (``max_chars``, the run's ``max_prompt_chars``)
+  an edit that would make the prompt longer is dropped unevaluated: the step keeps the prompt.
 - **Cost.** Each answer, each evaluation, the backward pass and the step count as one LLM call;
   tokens are estimated as characters / 4 of what each call would send and receive.
 
@@ -120,8 +121,10 @@ def _critique(prompt: str, batch: Sequence[Example], correct: Sequence[bool], rn
     return rng.choice(sorted(n for n, c in named.items() if c == top))
 
 
-def local_step(prompt: str, batch: Sequence[Example], rng: random.Random) -> tuple[str, bool, float, float, StepCost]:
-    """One FedTextGrad step on ``batch``: (prompt after, kept?, acc before, acc after, cost)."""
+def local_step(prompt: str, batch: Sequence[Example], rng: random.Random, *,
+               max_chars: int | None = None) -> tuple[str, bool, float, float, StepCost]:
+    """One FedTextGrad step on ``batch``: (prompt after, kept?, acc before, acc after, cost). An edit that would
+    make the prompt longer than ``max_chars`` is not kept (nor evaluated: only the step's call is paid)."""
     n = len(batch)
     before = _answer(prompt, batch, rng)
     cost = _cost(prompt, 2 * n + 1)  # answers, evaluations, backward
@@ -131,6 +134,8 @@ def local_step(prompt: str, batch: Sequence[Example], rng: random.Random) -> tup
         return prompt, False, acc_before, acc_before, cost
     wording = rng.choice(next(s for s in SKILLS if s.name == skill).wordings)
     candidate = f"{prompt.rstrip()} {wording}"
+    if max_chars is not None and len(candidate) > max_chars:
+        return prompt, False, acc_before, acc_before, cost + _cost(candidate, 1)
     after = _answer(candidate, batch, rng)
     cost = cost + _cost(candidate, 1 + 2 * n)  # step, then answers and evaluations again
     acc_after = sum(after) / n
@@ -139,8 +144,9 @@ def local_step(prompt: str, batch: Sequence[Example], rng: random.Random) -> tup
     return prompt, False, acc_before, acc_before, cost
 
 
-def optimize(prompt: str, shard: Sequence[Example], steps: int, batch_size: int, rng: random.Random) -> LocalResult:
-    """``steps`` local steps on batches drawn from ``shard``."""
+def optimize(prompt: str, shard: Sequence[Example], steps: int, batch_size: int, rng: random.Random, *,
+             max_chars: int | None = None) -> LocalResult:
+    """``steps`` local steps on batches drawn from ``shard``, keeping no edit past ``max_chars`` characters."""
     if not shard:
         raise ValueError("empty shard")
     current = prompt
@@ -150,7 +156,7 @@ def optimize(prompt: str, shard: Sequence[Example], steps: int, batch_size: int,
     total = StepCost()
     for _ in range(steps):
         batch = rng.sample(list(shard), min(batch_size, len(shard)))
-        current, kept, acc_before, acc_after, cost = local_step(current, batch, rng)
+        current, kept, acc_before, acc_after, cost = local_step(current, batch, rng, max_chars=max_chars)
         accepted += kept
         total = total + cost
         first_acc = acc_before if first_acc is None else first_acc

@@ -8,6 +8,7 @@ a seeded model used by the surrogate optimizer, not a benchmark.
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 
@@ -89,8 +90,11 @@ def _example(rng: random.Random, uid: str, weights: list[float]) -> Example:
     return Example(uid=uid, question=question, skills=frozenset(names))
 
 
+@functools.lru_cache(maxsize=4)
 def generate(spec: DataSpec) -> Dataset:
-    """The whole data set a scenario describes, the same for every caller with the same spec."""
+    """The whole data set a scenario describes, the same for every caller with the same spec: built once per
+    process and shared (it is frozen), not once per client; each build costs ~50 ms of CPU, and a worker
+    process's clients building theirs on their first task stalled its event loop past round deadlines."""
     rng = random.Random(f"surrogate-skills/{spec.seed}")
     uniform = [1.0] * len(SKILLS)
     train = tuple(_example(rng, f"train-{i}", uniform) for i in range(spec.train_size))

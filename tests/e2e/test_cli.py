@@ -79,6 +79,12 @@ def test_clients_spread_over_worker_processes(tmp_path: Path) -> None:
     assert summary["totals"]["updates_accepted"] == 4 * len(summary["rounds"])
     lines = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert [e["t"] for e in lines] == sorted(e["t"] for e in lines)
+    first_sent: dict[str, float] = {}
+    for e in lines:
+        if e["event"] == "sent":
+            first_sent.setdefault(e["id"], e["t"])
+    early = [e["id"] for e in lines if e["event"] == "received" and e["t"] < first_sent.get(e["id"], e["t"])]
+    assert not early, f"received before sent: one clock, and `sent` when a message leaves, order them: {early}"
     sent = {e["id"] for e in lines if e["event"] == "sent" and e.get("kind") == "update"}
     assert sent == {a["id"] for r in summary["rounds"] for a in r["accepted"]}, "a worker's events are missing"
     assert summary["conditions"]["connected"] == 4

@@ -1,5 +1,6 @@
-"""The client worker over a real broker (clients/worker.py): receiver-side deduplication of redelivered
-messages. The test plays the aggregator on the bus."""
+"""The client over a real broker (fedbus/runtime/client_node.py), as worker processes run it: receiver-side
+deduplication of redelivered messages (the test plays the aggregator on the bus), and the merge of the workers'
+event-log parts into events.jsonl."""
 
 from __future__ import annotations
 
@@ -86,3 +87,28 @@ async def test_a_redelivered_task_is_dropped_and_answered_once(embedded_broker: 
     assert [e["id"] for e in lines if e["event"] == "received" and e.get("kind") == "task"] == ["task-1", "task-2"]
     sent_updates = [e for e in lines if e["event"] == "sent" and e.get("kind") == "update"]
     assert [e["round"] for e in sent_updates] == [1, 2]
+
+
+def test_worker_parts_merge_in_time_order_without_torn_lines(tmp_path: Path) -> None:
+    """events.jsonl after the merge: every process's events ordered by ``t`` on the one clock, an event recorded at
+    an earlier ``now()`` (a message sent before its acknowledgement came back) in its place, and the torn last
+    line of a worker killed mid-write dropped rather than failing the run."""
+    clock = [0.0]  # the clock the run and its workers share (time.monotonic() less the run's zero)
+    run_log = EventLog(tmp_path / "events.jsonl", clock=lambda: clock[0])
+    part_path = tmp_path / "events-0.jsonl"
+    part = EventLog(part_path, clock=lambda: clock[0])
+    part.record("received", kind="task", id="task-1")
+    clock[0] = 1.0
+    handed_over = part.now()  # the worker publishes its update ...
+    clock[0] = 2.0
+    run_log.record("received", kind="update", id="u-1")  # ... the aggregator receives it ...
+    clock[0] = 3.0
+    part.record_at(handed_over, "sent", kind="update", id="u-1")  # ... before the worker reads the broker's ack
+    part.close()
+    with part_path.open("a", encoding="utf-8") as torn:
+        torn.write('{"t": 3.5, "event": "sen')
+    assert run_log.absorb(part_path) == 2
+    run_log.sort_by_time()
+    lines = logged(tmp_path / "events.jsonl")
+    assert [(e["t"], e["event"]) for e in lines] == [(0.0, "received"), (1.0, "sent"), (2.0, "received")]
+    assert run_log.counts == {"received": 2, "sent": 1}

@@ -175,7 +175,7 @@ async def test_an_optimizer_that_raises_fails_only_that_round(
 
     monkeypatch.setattr("fedbus.client.optimizer.make_optimizer", make)
     doc = scenario(rounds=2, clients={"count": 2, "local_steps": 1},
-                   participation={"round_deadline_s": 5})  # round 1 waits this long for client-0's update
+                   participation={"round_deadline_s": 60})  # round 1 must not wait this long for client-0
     summary = await asyncio.wait_for(run_scenario(scenario_from_mapping(doc), RunOptions(
         out_dir=tmp_path, broker_url=embedded_broker.url(), run_id=run_id, progress=False, workers=0)), 120)
     assert summary["status"] == "completed"
@@ -183,5 +183,8 @@ async def test_an_optimizer_that_raises_fails_only_that_round(
     assert [(e["client"], e["round"], e["error_type"], e["reason"]) for e in failed] == [
         ("client-0", 1, "RuntimeError", "RuntimeError: a bug in the optimizer")]
     first, second = summary["rounds"]
-    assert [a["client"] for a in first["accepted"]] == ["client-1"] and first["missing"] == ["client-0"]
+    assert [a["client"] for a in first["accepted"]] == ["client-1"] and first["missing"] == []
+    # the client told the aggregator at once: an answer, recorded, and the round did not wait out its deadline
+    assert [(f["client"], f["reason"]) for f in first["failed"]] == [("client-0", "client-failed")]
+    assert "RuntimeError" in first["failed"][0]["detail"] and first["close_reason"] == "all-answered"
     assert sorted(a["client"] for a in second["accepted"]) == ["client-0", "client-1"]  # not stuck 'working'

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from fedbus.protocol import codec, topics
-from fedbus.protocol.messages import DataSpec, GlobalState, Message, Presence, Task, Update
+from fedbus.protocol.messages import DataSpec, GlobalState, Message, Presence, Receipt, Task, Update
 from fedbus.runtime.address import BrokerAddress
 from fedbus.runtime.bus import MqttBus
 from fedbus.runtime.run import RunOptions, run_scenario
@@ -76,6 +76,8 @@ class Watch:
 
     async def pump(self) -> None:
         async for incoming in self.bus.messages():
+            if incoming.retained is False and incoming.payload == b"":
+                continue  # a finished run deleting retained presence (MQTT's zero-length retained publish)
             try:
                 self.messages.append(codec.decode(incoming.payload))
             except codec.MessageRejected as exc:
@@ -154,6 +156,8 @@ async def test_the_paho_client_takes_part_in_a_federation(broker: BrokerAddress,
     assert accepted_ids <= {u.msg_id for u in watch.updates()}
     assert watch.undecodable == []
     assert "left: run finished" in client_log(log)
+    for update_id in accepted_ids:  # the aggregator told it, one receipt per update
+        assert f"update {update_id} (round " in client_log(log) and ") accepted" in client_log(log)
 
 
 async def test_malformed_duplicate_and_foreign_messages_are_dropped(broker: BrokerAddress, run_id: str,
@@ -208,6 +212,48 @@ async def test_malformed_duplicate_and_foreign_messages_are_dropped(broker: Brok
         assert len([line for line in text.splitlines() if reason in line]) == 1, (reason, text)
     # The replayed id is dropped silently; the new id for round 1 is dropped as a handled round.
     assert text.count("ignored a second task for round 1") == 1, text
+
+
+async def test_it_keeps_the_announced_budget_and_logs_receipts_and_the_aggregators_presence(
+        embedded_broker: BrokerAddress, run_id: str, tmp_path: Path) -> None:
+    """Against a scripted aggregator: the task's max_prompt_chars bounds the update (whatever --max-prompt-chars
+    said), a receipt for each update is logged with its outcome, and the aggregator's presence changes are logged."""
+    log = tmp_path / "paho.log"
+    data = DataSpec(task="surrogate-skills", seed=1, num_shards=2, train_size=10, val_size=10, test_size=10)
+    budget = len(sentence(1)) + 6
+
+    def aggregator(msg_id: str, status: str) -> bytes:
+        return codec.encode(Presence(run=run_id, round=0, client="aggregator", msg_id=msg_id, sent=0.0,
+                                     status=status))  # type: ignore[arg-type]
+
+    with paho_client(embedded_broker, run_id, log, "--timeout-s", str(WAIT_S), "--max-prompt-chars", "5000") as proc:
+        async with watching(embedded_broker, run_id, "aggregator", topics.presence_topic(run_id, NAME),
+                            topics.update_topic(run_id, NAME)) as watch:
+            bus = watch.bus
+            await watch.wait_for("online presence", presence_is("online"), log)
+            await bus.publish(topics.aggregator_topic(run_id), aggregator("agg-p1", "online"), retain=True)
+            await bus.publish(topics.global_topic(run_id), codec.encode(GlobalState(
+                run=run_id, round=1, client="aggregator", msg_id="agg-g1", sent=0.0, version=0, prompt="Be brief.",
+                status="running", engine="surrogate", data=data, rounds=1, max_prompt_chars=budget)), retain=True)
+            await bus.publish(topics.task_topic(run_id, NAME), codec.encode(Task(
+                run=run_id, round=1, client=NAME, msg_id="agg-t1", sent=0.0, version=0, prompt="Be brief. " * 50,
+                local_steps=1, batch_size=1, deadline_s=30.0, max_prompt_chars=budget)))
+            update = await watch.wait_for("update", lambda m: isinstance(m, Update), log)
+            assert isinstance(update, Update) and len(update.prompt) <= budget and sentence(1) in update.prompt
+            for outcome, reason in (("accepted", ""), ("rejected", "late")):
+                await bus.publish(topics.receipt_topic(run_id, NAME), codec.encode(Receipt(
+                    run=run_id, round=1, client=NAME, msg_id=f"agg-r-{outcome}", sent=0.0, update_id=update.msg_id,
+                    outcome=outcome, reason=reason, detail="round 1 stopped collecting" if reason else "")))  # type: ignore[arg-type]
+            await bus.publish(topics.aggregator_topic(run_id), aggregator("agg-p2", "offline"), retain=True)
+            await bus.publish(topics.global_topic(run_id), codec.encode(GlobalState(
+                run=run_id, round=1, client="aggregator", msg_id="agg-g2", sent=0.0, version=1, prompt="Be brief.",
+                status="finished", engine="surrogate", data=data, rounds=1)), retain=True)
+            assert await exit_code(proc, log) == 0, client_log(log)
+    text = client_log(log)
+    assert f"update {update.msg_id} (round 1) accepted" in text, text
+    assert f"update {update.msg_id} (round 1) rejected: late (round 1 stopped collecting)" in text, text
+    assert "the aggregator is online" in text and "the aggregator is offline" in text, text
+    assert "dropped" not in text, text
 
 
 async def test_it_gives_up_after_timeout_and_says_offline(embedded_broker: BrokerAddress, run_id: str,

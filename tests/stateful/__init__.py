@@ -2,9 +2,11 @@
 
 A machine owns one core, a monotonic clock and a model of what it fed in and what came out. Every
 update is judged by the model before delivery (the set of reasons it may be refused for; none means it
-must be accepted), every effect is checked as it appears (``observe``), the model is compared with the
-core after every step (``@invariant``), and at teardown the recorded events are replayed into a fresh
-core with the same seed. The runtime's part is played by the rules: clients come and go, updates and
+must be accepted), and so is every failure report (the sender check it may be refused for, or
+'client-failed' when it answers the client's task: a failure is never accepted); every effect is
+checked as it appears (``observe``), the model is compared with the core after every step
+(``@invariant``), and at teardown the recorded events are replayed into a fresh core with the same
+seed. The runtime's part is played by the rules: clients come and go, updates, failure reports and
 garbage arrive, timers fire, and ``Reduce`` effects are carried out with ``fedbus.aggregator.strategies``.
 """
 
@@ -37,6 +39,7 @@ from fedbus.aggregator.events import (
     ClientOffline,
     ClientOnline,
     Event,
+    FailureReceived,
     Reduced,
     ReduceFailed,
     Started,
@@ -47,7 +50,7 @@ from fedbus.aggregator.events import (
 from fedbus.aggregator.rounds import RoundAggregator
 from fedbus.aggregator.strategies import carry_out, sentences
 from fedbus.aggregator.stream import StreamAggregator
-from fedbus.protocol.messages import DataSpec, GlobalState, Task, Update, UpdateStats
+from fedbus.protocol.messages import DataSpec, Failure, GlobalState, Task, Update, UpdateStats
 
 RUN = "run-s"
 OTHER_RUN = "run-x"
@@ -62,6 +65,8 @@ DATA = DataSpec(task="surrogate-skills", seed=1, num_shards=4, train_size=8, val
 STATS = UpdateStats(steps=1, accepted_steps=1, batch_acc_before=0.25, batch_acc_after=0.5, llm_calls=2,
                     tokens=10, duration_s=0.5)
 INITIAL_CLIENTS = st.lists(st.sampled_from(POOL), unique=True, max_size=len(POOL))
+ERRORS = (("EngineError", "HTTP 500 after 2 attempts"), ("", "the engine is down"),
+          ("RuntimeError", "RuntimeError: a bug"))
 SETTINGS_KW: dict[str, Any] = {"max_examples": 200, "stateful_step_count": 30, "deadline": None}
 Core = RoundAggregator | StreamAggregator
 
@@ -108,6 +113,12 @@ def reduce_and_check(reduce: Reduce) -> str:
 def make_update(*, client: str, rnd: int, base: int, prompt: str, msg_id: str, run: str = RUN) -> Update:
     return Update(run=run, round=rnd, client=client, msg_id=msg_id, sent=0.0, base_version=base, prompt=prompt,
                   stats=STATS)
+
+
+def make_failure(*, client: str, rnd: int, base: int, msg_id: str, error: tuple[str, str] = ERRORS[0],
+                 run: str = RUN) -> Failure:
+    return Failure(run=run, round=rnd, client=client, msg_id=msg_id, sent=0.0, base_version=base, reason=error[1],
+                   error_type=error[0])
 
 
 def decision(effects: list[Effect], msg_id: str) -> str | None:
@@ -158,6 +169,7 @@ class AggregatorMachine(RuleBasedStateMachine):
         self.msg_seq = 0
         # updates: what went in, and what became of each msg_id
         self.updates: dict[str, Update] = {}
+        self.failures: dict[str, Failure] = {}  # failure reports: answers that are recorded, never aggregated
         self.deliveries: Counter[str] = Counter()
         self.accepted_ids: Counter[str] = Counter()
         self.rejected_ids: Counter[str] = Counter()
@@ -188,6 +200,10 @@ class AggregatorMachine(RuleBasedStateMachine):
 
     def judge(self, update: Update) -> set[str]:
         """The reasons ``update`` may be refused for right now; empty: it must be accepted."""
+        raise NotImplementedError
+
+    def judge_failure(self, failure: Failure) -> set[str]:
+        """The reasons ``failure`` may be refused for right now; {'client-failed'}: it answers the client's task."""
         raise NotImplementedError
 
     def answerable(self) -> list[Task]:
@@ -320,6 +336,27 @@ class AggregatorMachine(RuleBasedStateMachine):
             assert reason is None, f"{update} refused as {reason!r}, but nothing is wrong with it"
         return reason
 
+    def deliver_failure(self, failure: Failure) -> str:
+        """Feed a failure report; check it is recorded once, as the model judged, and never accepted."""
+        allowed = {"wrong-run"} if failure.run != RUN else self.judge_failure(failure)
+        self.deliveries[failure.msg_id] += 1
+        self.failures.setdefault(failure.msg_id, failure)
+        effects = self.feed(FailureReceived(failure=failure, now=self.now))
+        reason = decision(effects, failure.msg_id)
+        assert reason is not None, f"{failure} was accepted like an update"
+        assert reason in allowed, f"{failure} recorded as {reason!r}, expected one of {sorted(allowed)}"
+        [rejection] = [e.rejection for e in effects
+                       if isinstance(e, UpdateRejected) and e.rejection.msg_id == failure.msg_id]
+        assert (rejection.kind, rejection.client, rejection.round) == ("failure", failure.client, failure.round)
+        if reason == "client-failed":
+            assert failure.reason in rejection.detail and failure.error_type in rejection.detail
+        return reason
+
+    def fail(self, task: Task, error: tuple[str, str], **changes: Any) -> Failure:
+        fields: dict[str, Any] = {"client": task.client, "rnd": task.round, "base": task.version, "error": error}
+        fields.update(changes)
+        return make_failure(msg_id=self.fresh_id(str(fields["client"])), **fields)
+
     def reply(self, task: Task, prompt: str, **changes: Any) -> Update:
         fields: dict[str, Any] = {"client": task.client, "rnd": task.round, "base": task.version, "prompt": prompt}
         fields.update(changes)
@@ -403,6 +440,36 @@ class AggregatorMachine(RuleBasedStateMachine):
     def update_delivered_again(self, index: int) -> None:
         """The bus delivers an update a second time (same msg_id)."""
         self.deliver(self.updates[sorted(self.updates)[index % len(self.updates)]])
+
+    # ------------------------------------------------------------------ rules: failure reports
+    @precondition(lambda self: self.answerable())
+    @rule(index=st.integers(0, 7), error=st.sampled_from(ERRORS))
+    def client_reports_a_failure(self, index: int, error: tuple[str, str]) -> None:
+        """A working client's optimizer failed: it says so instead of sending an update."""
+        self.deliver_failure(self.fail(self.pick(self.answerable(), index), error))
+
+    @precondition(lambda self: self.tasks)
+    @rule(index=st.integers(0, 15), offset=st.sampled_from([-2, -1, 0, 1, 3]), base=st.sampled_from([0, 1, 5]))
+    def client_reports_a_failure_for_another_task(self, index: int, offset: int, base: int) -> None:
+        """A failure for an old task (offset 0), a round past or to come, from any base version."""
+        task = self.pick(self.tasks, index)
+        self.deliver_failure(self.fail(task, ERRORS[1], rnd=max(0, task.round + offset), base=base))
+
+    @precondition(lambda self: self.tasks)
+    @rule(index=st.integers(0, 15), client=st.sampled_from((*STRANGERS, None)))
+    def failure_from_a_stranger_or_another_run(self, index: int, client: str | None) -> None:
+        """A stranger's failure is unknown-client; one naming another run is wrong-run."""
+        task = self.pick(self.answerable() or self.tasks, index)
+        if client is None:
+            assert self.deliver_failure(self.fail(task, ERRORS[0], run=OTHER_RUN)) == "wrong-run"
+        else:
+            assert self.deliver_failure(self.fail(task, ERRORS[0], client=client)) == "unknown-client"
+
+    @precondition(lambda self: self.failures)
+    @rule(index=st.integers(0, 31))
+    def failure_delivered_again(self, index: int) -> None:
+        """The bus delivers a failure report a second time (same msg_id): recorded again, never aggregated."""
+        self.deliver_failure(self.failures[sorted(self.failures)[index % len(self.failures)]])
 
     @precondition(lambda self: self.tasks or self.finished is not None)
     @rule(client=st.sampled_from((*POOL, None)), reason=st.sampled_from(["not-json", "too-big", "wrong-kind"]))

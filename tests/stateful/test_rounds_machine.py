@@ -21,7 +21,7 @@ from fedbus.aggregator.effects import (
     UpdateRejected,
 )
 from fedbus.aggregator.events import ClientOffline, Event, TimerFired
-from fedbus.protocol.messages import Task, Update
+from fedbus.protocol.messages import Failure, Task, Update
 from tests.stateful import (
     DATA,
     INITIAL_CLIENTS,
@@ -79,31 +79,41 @@ class RoundMachine(AggregatorMachine):
         self.start(config, seed, clients, prompt)
 
     # ------------------------------------------------------------------ model
-    def judge(self, update: Update) -> set[str]:
-        out = content_refusals(update.prompt)
-        if update.client not in self.announced:
+    def judge_sender(self, client: str, rnd: int) -> set[str]:
+        """Why an answer (update or failure report) from ``client`` for round ``rnd`` may not answer the round."""
+        out = set()
+        if client not in self.announced:
             out.add("unknown-client")
         if self.finished is not None:
             out.add("run-finished")
         current = self.opened.get(self.round_no)
-        if update.round > self.round_no:
+        if rnd > self.round_no:
             out.add("future-round")
             return out
         if current is None:  # no round opened yet: round numbers start at 1
             out.add("stale-round")
             return out
-        if update.round < self.round_no:
+        if rnd < self.round_no:
             out.add("stale-round")
         elif not self.collecting:
             out |= {"late", "stale-round"}
         else:
-            if update.client not in current.selected:
+            if client not in current.selected:
                 out.add("not-selected")
-            if update.client in self.answered[self.round_no]:
+            if client in self.answered[self.round_no]:
                 out.add("second-update")
-            if update.base_version != current.version:
-                out.add("wrong-base-version")
         return out
+
+    def judge(self, update: Update) -> set[str]:
+        out = content_refusals(update.prompt) | self.judge_sender(update.client, update.round)
+        current = self.opened.get(self.round_no)
+        answering = update.round == self.round_no and self.collecting and current is not None
+        if answering and current is not None and update.base_version != current.version:
+            out.add("wrong-base-version")
+        return out
+
+    def judge_failure(self, failure: Failure) -> set[str]:
+        return self.judge_sender(failure.client, failure.round) or {"client-failed"}
 
     def answerable(self) -> list[Task]:
         answered = self.answered.get(self.round_no, set())
@@ -149,6 +159,12 @@ class RoundMachine(AggregatorMachine):
             assert a.base_version == current.version and a.client not in self.answered[a.round]
             self.answered[a.round].add(a.client)
             self.arrivals.append(event.now - self.opened_at[a.round])
+        elif isinstance(effect, UpdateRejected) and effect.rejection.reason == "client-failed":
+            r = effect.rejection
+            current = self.opened[self.round_no]
+            assert self.collecting and r.round == self.round_no and r.client in current.selected
+            assert r.client not in self.answered[self.round_no], "a failure recorded for a client already answered"
+            self.refused[self.round_no].add(r.client or "")
         elif isinstance(effect, UpdateRejected) and self.refused_participant(effect):
             self.refused[self.round_no].add(effect.rejection.client or "")
         elif isinstance(effect, Reduce):

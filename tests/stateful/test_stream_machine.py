@@ -10,11 +10,19 @@ from hypothesis import strategies as st
 from hypothesis.stateful import initialize, invariant, run_state_machine_as_test
 
 from fedbus.aggregator.config import AggregatorConfig
-from fedbus.aggregator.effects import Effect, Publish, Reduce, RoundClosed, RunFinished, UpdateAccepted
-from fedbus.aggregator.events import ClientOffline, Event, TimerFired, UpdateReceived
+from fedbus.aggregator.effects import (
+    Effect,
+    Publish,
+    Reduce,
+    RoundClosed,
+    RunFinished,
+    UpdateAccepted,
+    UpdateRejected,
+)
+from fedbus.aggregator.events import ClientOffline, Event, FailureReceived, TimerFired, UpdateReceived
 from fedbus.aggregator.staleness import StalenessWeighting
 from fedbus.aggregator.stream import StreamAggregator
-from fedbus.protocol.messages import Task, Update
+from fedbus.protocol.messages import Failure, Task, Update
 from tests.stateful import (
     DATA,
     INITIAL_CLIENTS,
@@ -51,6 +59,7 @@ class StreamMachine(AggregatorMachine):
         self.open_task: dict[str, Task] = {}
         self.in_flight: set[str] = set()  # msg_ids of the batch being reduced
         self.answered: set[tuple[str, int]] = set()  # (client, task round) accepted
+        self.resting: dict[str, float] = {}  # client -> its failed task's deadline: no new task before it
 
     @initialize(config=st.data(), seed=st.integers(0, 2**16), clients=INITIAL_CLIENTS, prompt=st.booleans())
     def begin(self, config: st.DataObject, seed: int, clients: list[str], prompt: bool) -> None:
@@ -82,6 +91,17 @@ class StreamMachine(AggregatorMachine):
             out.add("too-stale")
         return out
 
+    def judge_failure(self, failure: Failure) -> set[str]:
+        out = set()
+        if failure.client not in self.announced:
+            out.add("unknown-client")
+        if self.finished is not None:
+            out.add("run-finished")
+        task = self.open_task.get(failure.client)
+        if task is None or task.round != failure.round:
+            out.add("not-assigned")
+        return out or {"client-failed"}
+
     def answerable(self) -> list[Task]:
         return [self.open_task[c] for c in sorted(self.open_task)]
 
@@ -98,6 +118,13 @@ class StreamMachine(AggregatorMachine):
             if task is not None and task.round == u.round and u.run == RUN and not self.accepted_ids[u.msg_id] \
                     and u.client in self.announced and self.finished is None:
                 del self.open_task[u.client]  # answered: whatever the verdict, the task is done
+        elif isinstance(event, FailureReceived):
+            f = event.failure
+            task = self.open_task.get(f.client)
+            if task is not None and task.round == f.round and f.run == RUN and f.client in self.announced \
+                    and self.finished is None:
+                del self.open_task[f.client]  # answered with a failure: the slot is free, the client rests
+                self.resting[f.client] = task.sent + task.deadline_s
         elif isinstance(event, TimerFired):
             for client, task in list(self.open_task.items()):
                 if task.sent + task.deadline_s <= event.now:
@@ -108,6 +135,8 @@ class StreamMachine(AggregatorMachine):
         if isinstance(effect, Publish) and isinstance(effect.message, Task):
             task = effect.message
             assert task.client not in self.open_task, f"{task.client} handed a task while it holds one"
+            assert self.resting.get(task.client, event.now) <= event.now, \
+                f"{task.client} handed a task at {event.now} while resting after a failure until {self.resting}"
             assert task.version == core.version and task.deadline_s == cfg.round_deadline_s
             self.open_task[task.client] = task
         elif isinstance(effect, UpdateAccepted):
@@ -128,6 +157,9 @@ class StreamMachine(AggregatorMachine):
             assert {a.msg_id for a in result.accepted} == self.in_flight, "a result that is not the reduced batch"
             assert result.round == len(self.results), "aggregations are numbered 1, 2, ... in order"
             self.in_flight = set()
+        elif isinstance(effect, UpdateRejected) and effect.rejection.reason == "client-failed":
+            r = effect.rejection
+            assert r.kind == "failure" and r.client not in self.open_task, "a failure that left its task open"
         elif isinstance(effect, RunFinished):
             self.open_task.clear()
 

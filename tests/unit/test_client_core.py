@@ -20,7 +20,8 @@ from fedbus.client.core import (
 )
 from fedbus.client.optimizer import LocalOutcome
 from fedbus.faults.behaviour import is_hijack
-from fedbus.protocol.messages import DataSpec, GlobalState, Presence, Task, Update
+from fedbus.protocol import topics
+from fedbus.protocol.messages import DataSpec, Failure, GlobalState, Presence, Task, Update
 from fedbus.scenario.conditions import Availability, ClientGroup, Latency, ScheduledEvent, Stragglers
 
 DATA = DataSpec(task="surrogate-skills", seed=1, num_shards=1, train_size=10, val_size=5, test_size=5)
@@ -28,9 +29,9 @@ OUTCOME = LocalOutcome(prompt="Base. Learned.", steps=2, accepted_steps=1, batch
                        batch_acc_after=0.6, llm_calls=9, tokens=100)
 
 
-def task(rnd: int, version: int = 0) -> Task:
+def task(rnd: int, version: int = 0, budget: int = 20_000) -> Task:
     return Task(run="r", round=rnd, client="c", msg_id=f"t{rnd}", sent=0.0, version=version, prompt="Base.",
-                local_steps=2, batch_size=3, deadline_s=60.0)
+                local_steps=2, batch_size=3, deadline_s=60.0, max_prompt_chars=budget)
 
 
 def core(**group: object) -> ClientCore:
@@ -190,3 +191,54 @@ def test_same_profile_same_decisions() -> None:
                     out += c.handle(WorkDone(now=r + 0.5, task=e.task, outcome=OUTCOME))
         return out
     assert play() == play()
+
+
+def test_a_failed_local_step_is_reported_to_the_aggregator_at_once() -> None:
+    """The optimizer failed: the client notes local-failed and sends a failure report on its update topic (round
+    and base version of the task, the error and its type), then starts the task that waited."""
+    c = core(latency=Latency(kind="constant", value_s=5))
+    c.handle(Connected(now=0.0))
+    work = next(e for e in c.handle(TaskSeen(now=0.0, task=task(1, version=3))) if isinstance(e, Optimize))
+    c.handle(TaskSeen(now=1.0, task=task(2, version=3)))
+    effects = c.handle(WorkDone(now=5.0, task=work.task, outcome=None, error="HTTP 500", error_type="EngineError"))
+    assert [(e.event, e.detail, e.round) for e in effects if isinstance(e, Note)] == [("local-failed", "HTTP 500", 1)]
+    [send] = [e for e in effects if isinstance(e, Send)]
+    assert send.topic == topics.update_topic("r", "c") and not send.retain
+    failure = send.message
+    assert isinstance(failure, Failure)
+    assert (failure.round, failure.base_version, failure.reason, failure.error_type, failure.sent) == (
+        1, 3, "HTTP 500", "EngineError", 5.0)
+    assert [e.task.round for e in effects if isinstance(e, Optimize)] == [2]
+    assert updates(effects) == []
+
+
+def test_a_failure_reports_text_is_cut_to_the_protocols_bounds() -> None:
+    """A long error and type are cut (300 and 64 characters), so the report is always a valid message."""
+    c = core()
+    c.handle(Connected(now=0.0))
+    work = next(e for e in c.handle(TaskSeen(now=0.0, task=task(1))) if isinstance(e, Optimize))
+    effects = c.handle(WorkDone(now=1.0, task=work.task, outcome=None, error="e" * 999, error_type="T" * 99))
+    [failure] = [e.message for e in effects if isinstance(e, Send)]
+    assert isinstance(failure, Failure) and (len(failure.reason), len(failure.error_type)) == (300, 64)
+
+
+def test_an_outcome_over_the_tasks_budget_is_cut_before_sending_and_noted() -> None:
+    """The task says max_prompt_chars: an outcome longer than it is cut to its first max_prompt_chars characters
+    (so the aggregator will not reject it as prompt-too-long), and the cut is noted."""
+    c = core()
+    c.handle(Connected(now=0.0))
+    work = next(e for e in c.handle(TaskSeen(now=0.0, task=task(1, budget=8))) if isinstance(e, Optimize))
+    effects = c.handle(WorkDone(now=1.0, task=work.task, outcome=OUTCOME))
+    assert [u.prompt for u in updates(effects)] == ["Base. Le"]
+    assert [(e.event, e.detail, e.round) for e in effects if isinstance(e, Note)] == [
+        ("prompt-cut", "14 > 8 characters: kept the first 8", 1)]
+
+
+def test_an_outcome_at_the_budget_goes_out_whole() -> None:
+    """max_prompt_chars is the longest prompt allowed: one of exactly that length is not cut."""
+    c = core()
+    c.handle(Connected(now=0.0))
+    work = next(e for e in c.handle(TaskSeen(now=0.0, task=task(1, budget=14))) if isinstance(e, Optimize))
+    effects = c.handle(WorkDone(now=1.0, task=work.task, outcome=OUTCOME))
+    assert [u.prompt for u in updates(effects)] == ["Base. Learned."]
+    assert [e for e in effects if isinstance(e, Note)] == []

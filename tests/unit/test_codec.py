@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -12,12 +14,18 @@ from fedbus.errors import LocalProtocolError, RemoteProtocolError
 from fedbus.protocol.codec import Limits, MessageRejected, MessageTooLarge, decode, encode
 from fedbus.protocol.ids import AGGREGATOR
 from fedbus.protocol.messages import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_MAX_PROMPT_CHARS,
     KINDS,
+    MAX_DETAIL_CHARS,
+    MAX_REASON_CHARS,
     DataSpec,
+    Failure,
     GlobalState,
     Message,
     Metrics,
     Presence,
+    Receipt,
     Task,
     Update,
     UpdateStats,
@@ -38,18 +46,28 @@ def envelope(client: st.SearchStrategy[str] = ids) -> dict[str, st.SearchStrateg
 data_specs = st.builds(DataSpec, task=text, seed=counts, num_shards=st.integers(1, 1000),
                        train_size=st.integers(1, 10**6), val_size=st.integers(1, 10**6),
                        test_size=st.integers(1, 10**6), partition=text)
+limits = {"max_prompt_chars": st.integers(1, 10**7), "max_message_bytes": st.integers(1, 10**9)}
+receipts = st.one_of(
+    st.builds(Receipt, update_id=st.text(min_size=1, max_size=128), outcome=st.just("accepted"), reason=st.just(""),
+              detail=st.text(max_size=MAX_DETAIL_CHARS), **envelope()),
+    st.builds(Receipt, update_id=st.text(min_size=1, max_size=128), outcome=st.just("rejected"),
+              reason=st.text(min_size=1, max_size=MAX_REASON_CHARS), detail=st.text(max_size=MAX_DETAIL_CHARS),
+              **envelope()))
 stats = st.builds(UpdateStats, steps=counts, accepted_steps=counts, batch_acc_before=st.floats(0, 1),
                   batch_acc_after=st.floats(0, 1), llm_calls=counts, tokens=counts, duration_s=nonneg)
 BY_KIND: dict[str, st.SearchStrategy[Message]] = {
     "presence": st.builds(Presence, status=st.sampled_from(["online", "offline"]), engine=text, **envelope()),
     "global": st.builds(GlobalState, version=counts, prompt=text,
                         status=st.sampled_from(["waiting", "running", "finished"]), engine=text, data=data_specs,
-                        rounds=counts, **envelope(st.just(AGGREGATOR))),
+                        rounds=counts, **limits, **envelope(st.just(AGGREGATOR))),
     "task": st.builds(Task, version=counts, prompt=text, local_steps=st.integers(1, 100),
-                      batch_size=st.integers(1, 100), deadline_s=nonneg, **envelope()),
+                      batch_size=st.integers(1, 100), deadline_s=nonneg, **limits, **envelope()),
     "update": st.builds(Update, base_version=counts, prompt=text, stats=stats, **envelope()),
     "metrics": st.builds(Metrics, values=st.dictionaries(text, finite, max_size=5).map(lambda d: tuple(d.items())),
                          **envelope()),
+    "receipt": receipts,
+    "failure": st.builds(Failure, base_version=counts, reason=st.text(max_size=MAX_DETAIL_CHARS),
+                         error_type=st.text(max_size=MAX_REASON_CHARS), **envelope()),
 }
 messages: st.SearchStrategy[Message] = st.one_of(*BY_KIND.values())
 
@@ -217,3 +235,105 @@ def test_encode_refuses_a_message_over_the_size_limit() -> None:
     with pytest.raises(MessageTooLarge, match=f"update of {size} bytes exceeds the run's max_message_bytes "
                                               f"\\({size - 1}\\)"):
         encode(message, Limits(max_bytes=size - 1))
+
+
+def sample_task() -> dict[str, object]:
+    document: dict[str, object] = json.loads(encode(Task(
+        run="r1", round=1, client="c1", msg_id="a-2", sent=0.0, version=0, prompt="p", local_steps=1, batch_size=1,
+        deadline_s=5.0, max_prompt_chars=1200, max_message_bytes=9000)))
+    return document
+
+
+def test_tasks_and_globals_carry_the_runs_limits() -> None:
+    """A task says the run's max_prompt_chars and max_message_bytes in its body, and they decode back."""
+    document = sample_task()
+    assert document["body"]["max_prompt_chars"] == 1200 and document["body"]["max_message_bytes"] == 9000  # type: ignore[index]
+    task = decode(raw(document))
+    assert isinstance(task, Task) and (task.max_prompt_chars, task.max_message_bytes) == (1200, 9000)
+
+
+def test_a_task_or_global_without_limits_gets_the_protocols_defaults() -> None:
+    """An aggregator older than the limit fields: its task decodes with the defaults (20,000 chars, 256 KiB)."""
+    document = sample_task()
+    body = document["body"]
+    assert isinstance(body, dict)
+    del body["max_prompt_chars"], body["max_message_bytes"]
+    task = decode(raw(document))
+    assert isinstance(task, Task)
+    assert (task.max_prompt_chars, task.max_message_bytes) == (DEFAULT_MAX_PROMPT_CHARS, DEFAULT_MAX_MESSAGE_BYTES)
+    assert (DEFAULT_MAX_PROMPT_CHARS, DEFAULT_MAX_MESSAGE_BYTES) == (20_000, 262_144)
+    state = json.loads(encode(GlobalState(
+        run="r1", round=0, client=AGGREGATOR, msg_id="a-1", sent=0.0, version=0, prompt="p", status="waiting",
+        engine="surrogate", rounds=3, data=DataSpec(task="t", seed=1, num_shards=1, train_size=1, val_size=1,
+                                                   test_size=1))))
+    del state["body"]["max_prompt_chars"], state["body"]["max_message_bytes"]
+    decoded = decode(raw(state))
+    assert isinstance(decoded, GlobalState) and decoded.max_prompt_chars == DEFAULT_MAX_PROMPT_CHARS
+
+
+@pytest.mark.parametrize(("field", "value"), [("max_prompt_chars", 0), ("max_message_bytes", 0),
+                                              ("max_prompt_chars", 1.5), ("max_message_bytes", True),
+                                              ("max_prompt_chars", "20000")])
+def test_limits_that_are_not_positive_integers_are_bad_fields(field: str, value: object) -> None:
+    document = sample_task()
+    document["body"][field] = value  # type: ignore[index]
+    assert rejected(raw(document)) == "bad-field"
+
+
+def test_a_receipt_round_trips_with_its_body_fields() -> None:
+    """A receipt's body is update_id, outcome, reason and detail."""
+    receipt = Receipt(run="r1", round=2, client="c1", msg_id="a-9", sent=3.0, update_id="c1-0-4", outcome="rejected",
+                      reason="stale-round", detail="round 2 is over (current 3)")
+    document = json.loads(encode(receipt))
+    assert document["kind"] == "receipt" and document["body"] == {
+        "update_id": "c1-0-4", "outcome": "rejected", "reason": "stale-round", "detail": "round 2 is over (current 3)"}
+    assert decode(encode(receipt)) == receipt
+
+
+@pytest.mark.parametrize(("body", "why"), [
+    ({"update_id": "u", "outcome": "accepted", "reason": "late", "detail": ""}, "reason must be empty"),
+    ({"update_id": "u", "outcome": "rejected", "reason": "", "detail": ""}, "reason must be empty"),
+    ({"update_id": "u", "outcome": "maybe", "reason": "", "detail": ""}, "outcome"),
+    ({"update_id": "", "outcome": "accepted", "reason": "", "detail": ""}, "update_id"),
+    ({"update_id": "u", "outcome": "accepted", "reason": "", "detail": "x" * (MAX_DETAIL_CHARS + 1)}, "detail"),
+    ({"update_id": "u", "outcome": "rejected", "reason": "r" * (MAX_REASON_CHARS + 1), "detail": ""}, "reason"),
+    ({"update_id": "u", "outcome": "accepted", "reason": ""}, "detail"),
+])
+def test_a_receipt_that_contradicts_itself_is_a_bad_field(body: dict[str, object], why: str) -> None:
+    """An accepted receipt has no reason, a rejected one has one; outcomes, ids and lengths are checked."""
+    document = {"v": 1, "kind": "receipt", "run": "r1", "round": 1, "client": "c1", "id": "a-1", "sent": 0.0,
+                "body": body}
+    with pytest.raises(MessageRejected, match=why) as info:
+        decode(raw(document))
+    assert info.value.reason == "bad-field"
+
+
+def test_a_failure_round_trips_and_its_texts_are_bounded() -> None:
+    """A failure report carries base_version, reason (at most 300 characters) and error_type (at most 64)."""
+    failure = Failure(run="r1", round=2, client="c1", msg_id="c1-0-5", sent=1.0, base_version=1,
+                      reason="HTTP 500 after 2 attempts", error_type="EngineError")
+    document = json.loads(encode(failure))
+    assert document["kind"] == "failure" and document["body"] == {
+        "base_version": 1, "reason": "HTTP 500 after 2 attempts", "error_type": "EngineError"}
+    assert decode(encode(failure)) == failure
+    for field, size in (("reason", MAX_DETAIL_CHARS), ("error_type", MAX_REASON_CHARS)):
+        document["body"][field] = "x" * (size + 1)
+        assert rejected(raw(document)) == "bad-field"
+        document["body"][field] = "x" * size
+        assert isinstance(decode(raw(document)), Failure)
+
+
+def test_every_example_in_the_protocol_document_is_what_the_codec_writes() -> None:
+    """docs/PROTOCOL.md promises its JSON examples are the exact output of codec.encode: each decodes, and
+    encodes back to the same bytes; every kind has one."""
+    document = Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md"
+    if not document.exists():  # bench/mutation.py runs a copy of tests/ without docs/
+        pytest.skip("docs/PROTOCOL.md is not beside this copy of the tests")
+    text = document.read_text(encoding="utf-8")
+    examples = re.findall(r"```json\n(.*?)\n```", text, flags=re.S)
+    kinds = set()
+    for example in examples:
+        message = decode(example.encode("utf-8"))
+        assert encode(message).decode("utf-8") == example
+        kinds.add(json.loads(example)["kind"])
+    assert kinds == set(KINDS)

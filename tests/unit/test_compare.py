@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from fedbus.errors import FedbusError
-from fedbus.results.compare import COLUMNS, load_summaries, render, rounds_table, row, to_csv
+from fedbus.results.compare import COLUMNS, load_summaries, render, rounds_table, row, summary_problem, to_csv
 from fedbus.scenario import load_scenario
 from fedbus.sim.run import simulate
 from tests.conftest import ROOT
@@ -167,3 +167,49 @@ def test_compare_does_not_change_the_summaries(simulated: list[dict[str, Any]]) 
     render([row(s) for s in simulated])
     to_csv(rounds_table(simulated))
     assert simulated == before
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    ('{"a": 1}', "no run_id"),
+    ("[1, 2]", "the file holds an array, not an object"),
+    ("null", "the file holds null, not an object"),
+])
+def test_json_that_is_not_a_run_summary_is_a_fedbus_error_naming_the_file(tmp_path: Path, content: str,
+                                                                          problem: str) -> None:
+    """Valid JSON that is not a summary.json (another tool's file, a list) fails at load, naming the file and
+    what is missing, instead of a KeyError or TypeError in row()."""
+    file = tmp_path / "other.json"
+    file.write_text(content, encoding="utf-8")
+    with pytest.raises(FedbusError) as info:
+        load_summaries([file])
+    assert str(info.value) == f"{file}: not a run summary ({problem})"
+
+
+def test_every_field_compare_reads_is_checked_with_its_type() -> None:
+    """summary_problem() names the first field row() or rounds_table() would trip on, with its JSON types."""
+    assert summary_problem(summary()) is None
+    broken = summary()
+    broken["final"]["test_accuracy"] = "high"
+    assert summary_problem(broken) == "final.test_accuracy is a string, not a number"
+    broken = summary()
+    del broken["totals"]["wall_s"]
+    assert summary_problem(broken) == "no totals.wall_s"
+    broken = summary()
+    broken["rounds"][1]["accepted"] = 3
+    assert summary_problem(broken) == "rounds[1].accepted is a number, not an array"
+    broken = summary()
+    broken["final"]["prompt_chars"] = True
+    assert summary_problem(broken) == "final.prompt_chars is a boolean, not an integer"
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    (b'{"run_id": "caf\xe9"}', "UnicodeDecodeError"),
+    (b"[" * 100_000, "RecursionError"),
+])
+def test_undecodable_json_is_a_fedbus_error(tmp_path: Path, content: bytes, reason: str) -> None:
+    """Bytes that are not UTF-8, or JSON nested past Python's stack: a FedbusError naming the file, one line."""
+    file = tmp_path / "summary.json"
+    file.write_bytes(content)
+    with pytest.raises(FedbusError, match=rf"summary\.json: not a readable summary\.json \({reason}: ") as info:
+        load_summaries([file])
+    assert "\n" not in str(info.value)

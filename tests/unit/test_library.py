@@ -124,14 +124,19 @@ def careless(client: str, data: DataSpec, shard: int) -> Careless:
 
 
 def test_an_optimizer_that_returns_garbage_fails_its_rounds_not_the_run() -> None:
-    """A result that is not a LocalOutcome is a local failure, recorded; the run completes without it."""
+    """A result that is not a LocalOutcome is a local failure, recorded and reported to the aggregator (no round
+    waits for its deadline); the run completes without it."""
     doc = {"name": "careless", "seed": 3, "rounds": 2, "task": {"name": "surrogate-skills"},
            "clients": {"count": 2, "optimizer": "tests.unit.test_library:careless"},
            "participation": {"round_deadline_s": 5, "join_timeout_s": 30}}
     summary = fedbus.simulate(fedbus.scenario_from_mapping(doc))
     assert summary["status"] == "completed"
-    assert all(r["status"] == "no-quorum" and r["missing"] == ["client-0", "client-1"] for r in summary["rounds"])
-    assert summary["conditions"]["local-failed"] == 4
+    assert all(r["status"] == "no-quorum" and r["missing"] == [] and r["close_reason"] == "all-answered"
+               for r in summary["rounds"])
+    assert all(sorted((f["client"], f["reason"]) for f in r["failed"]) == [("client-0", "client-failed"),
+                                                                           ("client-1", "client-failed")]
+               for r in summary["rounds"])
+    assert summary["conditions"]["local-failed"] == 4 and summary["totals"]["failures_reported"] == 4
 
 
 def test_a_local_outcome_is_checked_at_the_door() -> None:

@@ -38,7 +38,8 @@ class BrokenInRoundOne(SurrogateOptimizer):
 
 
 def test_the_simulator_fails_the_round_and_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """client-0's optimizer raises in round 1: that round goes without it, and it is back in round 2."""
+    """client-0's optimizer raises in round 1: it reports the failure, so round 1 closes at once without it
+    (answered, not missing), and it is back in round 2."""
     def make(engine: str, spec: DataSpec, client: str, shard: int | None) -> SurrogateOptimizer:
         optimizer = make_optimizer(engine, spec, client, shard)
         assert isinstance(optimizer, SurrogateOptimizer)
@@ -56,7 +57,11 @@ def test_the_simulator_fails_the_round_and_goes_on(tmp_path: Path, monkeypatch: 
     summary = simulate(scenario, tmp_path, progress=False)
     assert summary["status"] == "completed"
     first, second = summary["rounds"]
-    assert [a["client"] for a in first["accepted"]] == ["client-1"] and first["missing"] == ["client-0"]
+    assert [a["client"] for a in first["accepted"]] == ["client-1"] and first["missing"] == []
+    assert first["close_reason"] == "all-answered" and first["rejected"] == []
+    assert [(f["client"], f["round"], f["reason"], f["detail"]) for f in first["failed"]] == [
+        ("client-0", 1, "client-failed", "RuntimeError: a bug in the optimizer")]
+    assert summary["clients"]["client-0"]["failed"] == 1 and summary["totals"]["failures_reported"] == 1
     assert sorted(a["client"] for a in second["accepted"]) == ["client-0", "client-1"]
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     failed = [e for e in events if e["event"] == "local-failed"]

@@ -11,6 +11,7 @@ from fedbus.aggregator.effects import (
     Effect,
     Publish,
     Reduce,
+    Rejection,
     RoundClosed,
     RoundOpened,
     RunFinished,
@@ -20,6 +21,7 @@ from fedbus.aggregator.effects import (
 from fedbus.aggregator.events import (
     ClientOffline,
     ClientOnline,
+    FailureReceived,
     Reduced,
     ReduceFailed,
     Started,
@@ -29,7 +31,7 @@ from fedbus.aggregator.events import (
 )
 from fedbus.aggregator.rounds import AggregatorConfig, RoundAggregator
 from fedbus.errors import LocalProtocolError
-from fedbus.protocol.messages import DataSpec, GlobalState, Task, Update, UpdateStats
+from fedbus.protocol.messages import DataSpec, Failure, GlobalState, Task, Update, UpdateStats
 
 RUN = "r1"
 DATA = DataSpec(task="surrogate-skills", seed=1, num_shards=3, train_size=30, val_size=10, test_size=10)
@@ -49,6 +51,12 @@ def update(client: str, rnd: int = 1, *, base: int = 0, prompt: str | None = Non
            run: str = RUN) -> Update:
     return Update(run=run, round=rnd, client=client, msg_id=msg or f"{client}-{rnd}", sent=0.0,
                   base_version=base, prompt=prompt if prompt is not None else f"prompt of {client}", stats=STATS)
+
+
+def failure(client: str, rnd: int = 1, *, msg: str | None = None, run: str = RUN, reason: str = "HTTP 500",
+            error_type: str = "EngineError") -> Failure:
+    return Failure(run=run, round=rnd, client=client, msg_id=msg or f"{client}-f{rnd}", sent=0.0, base_version=0,
+                   reason=reason, error_type=error_type)
 
 
 def of(effects: list[Effect], kind: type) -> list:  # type: ignore[type-arg]
@@ -310,3 +318,119 @@ def test_statistics_snapshot() -> None:
     assert (stats.accepted, stats.rejected, stats.live_clients, stats.phase) == (1, 1, 3, "collecting")
     with pytest.raises(AttributeError):
         stats.accepted = 5  # type: ignore[misc]
+
+
+def test_a_failure_report_answers_the_round_and_is_recorded_not_aggregated() -> None:
+    """A participant whose local step failed says so: recorded as 'client-failed' (kind failure, with the error),
+    counted as answered, so the round closes once the others answered; it is neither accepted nor missing."""
+    agg = make()
+    started(agg)
+    agg.handle(UpdateReceived(update=update("a"), now=1.0))
+    recorded = of(agg.handle(FailureReceived(failure=failure("b"), now=1.5)), UpdateRejected)
+    assert [r.rejection for r in recorded] == [Rejection(client="b", msg_id="b-f1", round=1, reason="client-failed",
+                                                         detail="EngineError: HTTP 500", at=1.5, kind="failure")]
+    effects = agg.handle(UpdateReceived(update=update("c"), now=2.0))
+    assert [c for c, _ in of(effects, Reduce)[0].prompts] == ["a", "c"]
+    result = of(agg.handle(Reduced(round=1, prompt="M", now=2.1)), RoundClosed)[0].result
+    assert result.close_reason == "all-answered" and result.missing == () and result.dropped == ()
+    assert [(r.client, r.reason, r.kind) for r in result.rejected] == [("b", "client-failed", "failure")]
+    assert agg.statistics().rejected == 1 and agg.statistics().accepted == 2
+
+
+def test_a_round_where_every_participant_failed_closes_at_once_without_quorum() -> None:
+    """Everyone answered with a failure: the round closes then (no deadline wait), as no-quorum, 'all-answered'."""
+    agg = make()
+    started(agg)
+    agg.handle(FailureReceived(failure=failure("a"), now=1.0))
+    agg.handle(FailureReceived(failure=failure("b"), now=1.0))
+    assert agg.phase == "collecting"
+    closed = of(agg.handle(FailureReceived(failure=failure("c"), now=1.2)), RoundClosed)
+    assert [(c.result.status, c.result.close_reason, c.result.closed_at) for c in closed] == [
+        ("no-quorum", "all-answered", 1.2)]
+    assert agg.version == 0
+
+
+def test_participants_that_only_left_close_the_round_as_all_gone() -> None:
+    """'all-gone' is kept for a round nobody answered: every participant went offline."""
+    agg = make(expected_clients=2, min_clients=2)
+    started(agg, ("a", "b"))
+    agg.handle(ClientOffline(client="a", now=1.0))
+    closed = of(agg.handle(ClientOffline(client="b", now=1.0)), RoundClosed)
+    assert [c.result.close_reason for c in closed] == ["all-gone"]
+
+
+@pytest.mark.parametrize(("bad", "reason"), [
+    (failure("a", 2), "future-round"),
+    (failure("a", run="other"), "wrong-run"),
+    (failure("ghost"), "unknown-client"),
+])
+def test_a_failure_report_goes_through_the_senders_checks(bad: Failure, reason: str) -> None:
+    """A failure from another run, an unknown client or for a round not yet open is refused like an update, and
+    does not count as an answer."""
+    agg = make()
+    started(agg)
+    recorded = of(agg.handle(FailureReceived(failure=bad, now=1.0)), UpdateRejected)
+    assert [(r.rejection.reason, r.rejection.kind) for r in recorded] == [(reason, "failure")]
+    agg.handle(UpdateReceived(update=update("b"), now=1.0))
+    assert of(agg.handle(UpdateReceived(update=update("c"), now=1.0)), Reduce) == []  # still waits for a
+
+
+def test_a_failure_after_an_accepted_update_is_a_second_answer() -> None:
+    """A client whose update was accepted cannot take it back with a failure: 'second-update'."""
+    agg = make()
+    started(agg)
+    agg.handle(UpdateReceived(update=update("a"), now=1.0))
+    recorded = of(agg.handle(FailureReceived(failure=failure("a"), now=1.1)), UpdateRejected)
+    assert [r.rejection.reason for r in recorded] == ["second-update"]
+    assert "already sent a-1" in recorded[0].rejection.detail
+
+
+def test_a_failure_from_a_client_not_selected_is_refused() -> None:
+    """Only a participant of the open round can answer it, with an update or a failure."""
+    agg = make(fraction=0.3, min_clients=1, expected_clients=3)
+    opened = of(started(agg), RoundOpened)[0]
+    outsider = next(c for c in "abc" if c not in opened.selected)
+    recorded = of(agg.handle(FailureReceived(failure=failure(outsider), now=1.0)), UpdateRejected)
+    assert [r.rejection.reason for r in recorded] == ["not-selected"]
+    assert agg.phase == "collecting"
+
+
+def test_failures_for_old_rounds_late_ones_and_after_the_end() -> None:
+    """A failure during the reduce is late, one for a past round stale, one after the last round run-finished."""
+    agg = make(rounds=2)
+    started(agg)
+    for c in "abc":
+        agg.handle(UpdateReceived(update=update(c), now=1.0))
+    late = of(agg.handle(FailureReceived(failure=failure("a", msg="a-late"), now=1.1)), UpdateRejected)
+    assert [r.rejection.reason for r in late] == ["late"]
+    agg.handle(Reduced(round=1, prompt="M", now=1.2))
+    stale = of(agg.handle(FailureReceived(failure=failure("a", msg="a-old"), now=1.3)), UpdateRejected)
+    assert [r.rejection.reason for r in stale] == ["stale-round"]
+    for c in "abc":
+        agg.handle(FailureReceived(failure=failure(c, 2), now=1.4))
+    assert agg.phase == "finished"
+    after = of(agg.handle(FailureReceived(failure=failure("a", 2, msg="a-after"), now=1.5)), UpdateRejected)
+    assert [r.rejection.reason for r in after] == ["run-finished"]
+
+
+@pytest.mark.parametrize(("error_type", "reason", "detail"), [
+    ("EngineError", "HTTP 500", "EngineError: HTTP 500"),
+    ("RuntimeError", "RuntimeError: a bug", "RuntimeError: a bug"),
+    ("", "the engine is down", "the engine is down"),
+    ("E", "x" * 300, "E: " + "x" * 297),
+])
+def test_a_client_failed_detail_names_the_error_once_and_is_short(error_type: str, reason: str, detail: str) -> None:
+    """The detail is 'type: reason' (not the type twice when the reason begins with it), cut at 300 characters."""
+    agg = make()
+    started(agg)
+    recorded = of(agg.handle(FailureReceived(failure=failure("a", reason=reason, error_type=error_type), now=1.0)),
+                  UpdateRejected)
+    assert recorded[0].rejection.detail == detail
+
+
+def test_tasks_and_global_states_announce_the_prompt_budget() -> None:
+    """Every task and global state carries the run's max_prompt_chars, so clients stay within it."""
+    effects = started(make(max_prompt_chars=345))
+    messages = [e.message for e in of(effects, Publish)]
+    assert {type(m) for m in messages} == {GlobalState, Task}
+    assert all(m.max_prompt_chars == 345 for m in messages if isinstance(m, GlobalState | Task))

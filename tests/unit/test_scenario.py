@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,141 @@ def test_an_initial_prompt_over_the_prompt_budget_is_refused() -> None:
     with pytest.raises(ScenarioError) as caught:
         scenario_from_mapping(doc)
     assert caught.value.problems == (("initial_prompt", "201 characters > aggregation.max_prompt_chars (200)"),)
+
+
+# ------------------------------------------------------------------ bad files: each refused in one line
+
+
+def alias_bomb(levels: int = 10) -> str:
+    """A few hundred bytes of YAML whose aliases expand to 9**levels strings (9**10: 3.5 billion)."""
+    keys = "abcdefghijklmnop"[:levels]
+    lines = [f"a: &a [{','.join(['lol'] * 9)}]"]
+    lines += [f"{key}: &{key} [{','.join([f'*{prev}'] * 9)}]" for prev, key in itertools.pairwise(keys)]
+    return "\n".join([*lines, f"name: *{keys[-1]}", ""])
+
+
+def refused(tmp_path: Path, text: str | bytes) -> ScenarioError:
+    path = tmp_path / "bad.yaml"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(path)
+    assert all("\n" not in line for line in info.value.lines()), "every problem is one line"
+    return info.value
+
+
+def test_an_alias_bomb_is_refused_with_little_memory(tmp_path: Path) -> None:
+    """A 10-level YAML alias bomb (on main: minutes and gigabytes while an error message rendered the value) is
+    refused while the file is read, naming where the aliases went past the limit, in a few MB."""
+    import tracemalloc
+
+    text = alias_bomb()
+    assert len(text.encode()) < 400
+    tracemalloc.start()
+    try:
+        error = refused(tmp_path, text)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 1024 * 1024, f"{peak} bytes at the peak"
+    ((path, message),) = error.problems
+    assert path == "e[2]" and "aliases expand" in message and "(line 5, column " in message
+
+
+def test_aliases_within_the_limit_still_work(tmp_path: Path) -> None:
+    """Anchors, aliases and merge keys of an ordinary size load as before (the bound is on expansion only)."""
+    path = tmp_path / "anchors.yaml"
+    path.write_text("""\
+name: anchors
+rounds: 1
+task: {name: surrogate-skills}
+clients:
+  groups:
+    - &edge {name: edge, count: 2, latency: {kind: lognormal, median_s: 40, sigma: 0.4}}
+    - {<<: *edge, name: edge2}
+""", encoding="utf-8")
+    groups = load_scenario(path).clients.groups
+    assert [g.name for g in groups] == ["edge", "edge2"] and groups[0].latency == groups[1].latency
+
+
+def test_a_recursive_alias_is_refused(tmp_path: Path) -> None:
+    """An alias inside the value it names (a list that contains itself) is refused at its path."""
+    error = refused(tmp_path, "name: &a [1, *a]\n")
+    assert error.problems[0][0] == "name[1]" and "recursive alias" in error.problems[0][1]
+
+
+def test_nesting_past_the_limit_is_refused_not_a_recursion_error(tmp_path: Path) -> None:
+    """100,000 nested brackets: refused past MAX_DEPTH levels, not a RecursionError from the YAML composer."""
+    from fedbus.scenario.loader import MAX_DEPTH
+
+    error = refused(tmp_path, "name: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    assert f"nested deeper than {MAX_DEPTH} levels" in error.problems[0][1]
+
+
+@pytest.mark.parametrize(("text", "path"), [
+    ("name: t\nrounds: 2\ntask: {name: surrogate-skills}\nclients:\n  count: 3\n  count: 4\n", "clients.count"),
+    ("name: t\nrounds: 2\nrounds: 3\ntask: {name: surrogate-skills}\nclients: {count: 3}\n", "rounds"),
+    ("name: t\nrounds: 2\ntask: {name: surrogate-skills}\nclients: {count: 3, groups: [{name: a, count: 1, "
+     "name: b}]}\n", "clients.groups[0].name"),
+])
+def test_a_duplicate_key_is_refused_with_its_path(tmp_path: Path, text: str, path: str) -> None:
+    """A key given twice (YAML would silently keep the last) is refused: 'clients.count: duplicate key'."""
+    error = refused(tmp_path, text)
+    assert error.problems == ((path, error.problems[0][1]),)
+    assert error.problems[0][1].startswith("duplicate key (line ")
+
+
+def test_a_file_that_is_not_utf8_names_the_file_and_line(tmp_path: Path) -> None:
+    """Latin-1 bytes: one problem naming the file, the byte and its line, not a UnicodeDecodeError."""
+    error = refused(tmp_path, b"name: t\nrounds: 2\ninitial_prompt: caf\xe9\n")
+    assert "bad.yaml" in str(error)
+    assert error.lines() == ["not UTF-8 text: byte 0xe9 on line 3; save the file as UTF-8"]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("name: t\x00\n", "not valid YAML on line 1: unacceptable character #x0000"),
+    ("name: t\n---\nname: u\n", "but found another document"),
+    ("name: !!python/object:os.system x\n", "could not determine a constructor"),
+])
+def test_other_unreadable_yaml_is_one_line(tmp_path: Path, text: str, expected: str) -> None:
+    """A control character, two documents, an unsafe tag: each one problem on one line."""
+    assert expected in refused(tmp_path, text).lines()[0]
+
+
+def test_a_huge_file_is_refused_unread(tmp_path: Path) -> None:
+    """A file past MAX_FILE_BYTES (a wrong path, /dev/zero) is refused after reading just past the limit."""
+    from fedbus.scenario.loader import MAX_FILE_BYTES
+
+    path = tmp_path / "big.yaml"
+    with path.open("wb") as file:
+        file.truncate(MAX_FILE_BYTES + 1)
+    with pytest.raises(ScenarioError, match="larger than 16 MiB"):
+        load_scenario(path)
+
+
+def test_a_huge_value_is_never_rendered_whole() -> None:
+    """A wrong-typed value of a million items (or characters) is quoted cut short, so every problem stays short."""
+    lines = problems(minimal(name=list(range(1_000_000)), rounds="x" * 1_000_000))
+    assert len(lines) == 2 and all(len(line) < 300 for line in lines), lines
+    assert lines[0].startswith("name: must be a string, got list [0, 1, 2, 3, ...]")
+
+
+def test_a_negative_seed_given_for_the_file_is_refused() -> None:
+    """The seed a caller passes instead of the file's is checked like the file's: >= 0."""
+    assert problems_with_seed(-5) == ["seed: the seed given instead of the file's must be an integer >= 0, got -5"]
+
+
+def problems_with_seed(seed: int) -> list[str]:
+    with pytest.raises(ScenarioError) as info:
+        scenario_from_mapping(minimal(), seed=seed)
+    return info.value.lines()
+
+
+def test_an_engine_url_and_key_variable_are_checked_before_a_run() -> None:
+    """engine.base_url must be http(s) and engine.api_key_env a name: found by validate, not by the engine later."""
+    lines = problems(minimal(engine={"name": "openai", "model": "m", "base_url": "localhost:8000", "api_key_env": ""},
+                             task={"name": "object_counting"}))
+    assert lines == ["engine.base_url: must be an http:// or https:// URL, got 'localhost:8000'",
+                     "engine.api_key_env: must name an environment variable (leave it out for a server without a key)"]

@@ -11,11 +11,22 @@ import pytest
 
 from fedbus.aggregator.effects import Reduce, RoundClosed, RunFinished
 from fedbus.aggregator.events import Reduced, Started, TimerFired
-from fedbus.aggregator.session import AggregatorSession, Record
+from fedbus.aggregator.session import AggregatorSession, Record, Send
 from fedbus.plan import make_core
 from fedbus.protocol import codec, topics
 from fedbus.protocol.ids import AGGREGATOR
-from fedbus.protocol.messages import DataSpec, GlobalState, Message, Metrics, Presence, Update, UpdateStats
+from fedbus.protocol.messages import (
+    DataSpec,
+    Failure,
+    GlobalState,
+    Message,
+    Metrics,
+    Presence,
+    Receipt,
+    Task,
+    Update,
+    UpdateStats,
+)
 from fedbus.scenario import scenario_from_mapping
 
 RUN = "run-1"
@@ -304,3 +315,177 @@ def test_the_aggregator_never_publishes_past_the_size_limit() -> None:
     refused before it reaches the broker (which would reset the connection), naming both sizes."""
     with pytest.raises(codec.MessageTooLarge, match=r"global of \d+ bytes exceeds the run's max_message_bytes"):
         make_session(codec.Limits(max_bytes=200))
+
+
+def sent(actions: list[Any]) -> list[Message]:
+    """What the session published in ``actions``, decoded."""
+    return [codec.decode(a.payload) for a in actions if isinstance(a, Send)]
+
+
+def receipts(actions: list[Any]) -> list[tuple[str, Receipt]]:
+    return [(a.topic, m) for a in actions if isinstance(a, Send)
+            for m in [codec.decode(a.payload)] if isinstance(m, Receipt)]
+
+
+def failure(client: str, msg_id: str | None = None, round_: int = 1) -> Failure:
+    return Failure(run=RUN, round=round_, client=client, msg_id=msg_id or f"{client}-f-{round_}", sent=0.0,
+                   base_version=0, reason="HTTP 500 after 2 attempts", error_type="EngineError")
+
+
+def test_an_accepted_update_gets_a_receipt_on_the_senders_receipt_topic() -> None:
+    """After 'accepted', the session publishes (not retained) a receipt to the sender: its update's id and round,
+    outcome accepted, no reason; it is a 'sent' record and counts as a message sent."""
+    session = make_session()
+    online(session, "c-0", "c-1")
+    before = session.outcome.messages_sent
+    actions = feed(session, topics.update_topic(RUN, "c-0"), update("c-0"), now=1.5)
+    [(topic, receipt)] = receipts(actions)
+    assert topic == topics.receipt_topic(RUN, "c-0")
+    assert (receipt.run, receipt.client, receipt.round, receipt.sent) == (RUN, "c-0", 1, 1.5)
+    assert (receipt.update_id, receipt.outcome, receipt.reason, receipt.detail) == ("c-0-u-1", "accepted", "", "")
+    assert receipt.msg_id.startswith(f"{AGGREGATOR}-{RUN}-")
+    assert next(a for a in actions if isinstance(a, Send) and a.topic == topic).retain is False
+    [record] = [r for r in records(actions, "sent") if r["kind"] == "receipt"]
+    assert (record["topic"], record["client"], record["id"]) == (topic, "c-0", receipt.msg_id)
+    assert session.outcome.messages_sent == before + 1
+
+
+def test_a_rejected_update_gets_a_receipt_with_the_reason_and_detail() -> None:
+    """A second update from c-0 is rejected: its receipt says rejected, second-update and why."""
+    session = make_session()
+    online(session, "c-0", "c-1")
+    feed(session, topics.update_topic(RUN, "c-0"), update("c-0", "c-0-a"))
+    [(topic, receipt)] = receipts(feed(session, topics.update_topic(RUN, "c-0"), update("c-0", "c-0-b")))
+    assert topic == topics.receipt_topic(RUN, "c-0")
+    assert (receipt.update_id, receipt.outcome, receipt.reason, receipt.round) == (
+        "c-0-b", "rejected", "second-update", 1)
+    assert receipt.detail == "already sent c-0-a for this round"
+
+
+def test_a_late_update_after_the_end_still_gets_a_receipt() -> None:
+    """After the run finished an update is rejected as run-finished, and told so."""
+    session = make_session(rounds=1)
+    online(session, "c-0", "c-1")
+    feed(session, topics.update_topic(RUN, "c-0"), update("c-0"))
+    actions = feed(session, topics.update_topic(RUN, "c-1"), update("c-1"))
+    [reduce] = [a for a in actions if isinstance(a, Reduce)]
+    session.handle(Reduced(round=reduce.round, prompt="merged", now=2.0))
+    [(_, receipt)] = receipts(feed(session, topics.update_topic(RUN, "c-0"), update("c-0", "c-0-late"), now=3.0))
+    assert (receipt.update_id, receipt.outcome, receipt.reason) == ("c-0-late", "rejected", "run-finished")
+
+
+def test_a_receipt_names_the_updates_own_round_even_round_zero() -> None:
+    """An update for round 0 (before any round) is stale; its receipt says round 0, the update's."""
+    session = make_session()
+    online(session, "c-0", "c-1")
+    [(_, receipt)] = receipts(feed(session, topics.update_topic(RUN, "c-0"), update("c-0", "c-0-z", round_=0)))
+    assert (receipt.reason, receipt.round) == ("stale-round", 0)
+
+
+def test_garbage_and_forgeries_on_an_update_topic_get_no_receipt() -> None:
+    """A rejection without an update id (malformed bytes, a forged sender) answers nobody: no receipt."""
+    session = make_session()
+    online(session, "c-0", "c-1")
+    assert receipts(feed(session, topics.update_topic(RUN, "c-0"), b"\x00not json")) == []
+    assert receipts(feed(session, topics.update_topic(RUN, "c-0"), update("c-1"))) == []
+    assert receipts(feed(session, topics.update_topic(RUN, "c-0"), presence("c-0"))) == []
+
+
+def test_a_failure_on_its_own_update_topic_is_recorded_as_client_failed_without_a_receipt() -> None:
+    """A failure report reaches the core: recorded as a 'rejected' of kind failure (client-failed, with the error),
+    logged as a failure report; the sender gets no receipt, and the round closes once c-1 answers."""
+    session = make_session()
+    online(session, "c-0", "c-1")
+    actions = feed(session, topics.update_topic(RUN, "c-0"), failure("c-0"), now=1.0)
+    [received] = records(actions, "received")
+    assert received["kind"] == "failure"
+    assert records(actions, "rejected") == [{
+        "event": "rejected", "client": "c-0", "id": "c-0-f-1", "round": 1, "reason": "client-failed",
+        "detail": "EngineError: HTTP 500 after 2 attempts", "kind": "failure"}]
+    assert [(a.log, a.message) for a in actions if isinstance(a, Record) and a.event == "rejected"] == [
+        ("info", "failure report recorded")]
+    assert receipts(actions) == []
+    closing = feed(session, topics.update_topic(RUN, "c-1"), update("c-1"), now=2.0)
+    assert [a for a in closing if isinstance(a, Reduce)]
+
+
+def test_a_failure_on_another_clients_topic_is_a_client_mismatch() -> None:
+    """Nobody can report a failure for someone else: malformed:client-mismatch under the topic's client."""
+    session = make_session()
+    online(session, "c-0", "c-1")
+    [rejected] = records(feed(session, topics.update_topic(RUN, "c-0"), failure("c-1")), "rejected")
+    assert (rejected["client"], rejected["reason"]) == ("c-0", "malformed:client-mismatch")
+
+
+def test_a_receipt_or_task_on_an_update_topic_is_still_the_wrong_kind() -> None:
+    """Only update and failure are allowed on an update topic."""
+    session = make_session()
+    receipt = Receipt(run=RUN, round=1, client="c-0", msg_id="r-1", sent=0.0, update_id="u", outcome="accepted",
+                      reason="", detail="")
+    [rejected] = records(feed(session, topics.update_topic(RUN, "c-0"), receipt), "rejected")
+    assert rejected["reason"] == "malformed:wrong-kind" and rejected["detail"] == "Receipt on an update topic"
+
+
+def test_tasks_and_globals_carry_the_runs_limits() -> None:
+    """What the session publishes announces max_prompt_chars (the core's) and max_message_bytes (the session's)."""
+    session = make_session(codec.Limits(max_bytes=50_000))
+    published = sent(online(session, "c-0", "c-1"))
+    announcing = [m for m in published if isinstance(m, Task | GlobalState)]
+    assert {type(m) for m in announcing} == {Task, GlobalState}
+    assert all((m.max_prompt_chars, m.max_message_bytes) == (20_000, 50_000) for m in announcing)
+
+
+def test_the_aggregators_presence_and_heartbeat_are_retained_on_its_topic_with_fresh_ids() -> None:
+    """presence() and heartbeat() are retained presences from 'aggregator' on fedbus/v1/{run}/aggregator, each
+    with a new id; each counts as a message sent."""
+    session = make_session()
+    before = session.outcome.messages_sent
+    sends = [session.presence(1.0, "online"), session.heartbeat(2.0), session.presence(3.0, "offline")]
+    assert {(s.topic, s.retain) for s in sends} == {(topics.aggregator_topic(RUN), True)}
+    messages = [codec.decode(s.payload) for s in sends]
+    assert [(m.client, m.status, m.sent, m.round) for m in messages if isinstance(m, Presence)] == [
+        (AGGREGATOR, "online", 1.0, 0), (AGGREGATOR, "online", 2.0, 0), (AGGREGATOR, "offline", 3.0, 0)]
+    assert [m.msg_id for m in messages] == [f"{AGGREGATOR}-{RUN}-presence-0-{n}" for n in (1, 2, 3)]
+    assert session.outcome.messages_sent == before + 3
+
+
+def test_the_aggregators_presences_take_ids_of_their_own_unique_by_boot() -> None:
+    """Presences draw no id from the core (a replayed session would reissue them); a restarted driver's boot token
+    keeps them unique across restarts."""
+    session = make_session()
+    core_before = session.core.statistics()
+    first = AggregatorSession(session.core, codec.Limits(), boot="b1").heartbeat(1.0)
+    again = AggregatorSession(session.core, codec.Limits(), boot="b2").heartbeat(1.0)
+    assert codec.decode(first.payload).msg_id == f"{AGGREGATOR}-{RUN}-presence-b1-1"
+    assert codec.decode(first.payload).msg_id != codec.decode(again.payload).msg_id
+    global_ids = [m.msg_id for m in sent(online(session, "c-0", "c-1")) if isinstance(m, GlobalState)]
+    assert global_ids[0] == f"{AGGREGATOR}-{RUN}-2"  # 1 was the 'waiting' state: presences took none
+    assert session.core.statistics().round == core_before.round + 1
+
+
+def test_the_aggregators_presences_are_encoded_against_the_runs_size_limit() -> None:
+    """Presence, heartbeat and Last Will go through the same size check as everything the aggregator sends."""
+    session = make_session()
+    session.limits = codec.Limits(max_bytes=60)
+    for build in (lambda: session.presence(1.0, "online"), lambda: session.heartbeat(1.0), lambda: session.will(1.0)):
+        with pytest.raises(codec.MessageTooLarge, match="presence of"):
+            build()
+
+
+def test_the_aggregators_last_will_says_offline_on_its_topic() -> None:
+    """will() is the (topic, payload) of an 'offline' presence for the Last Will, with its own id."""
+    session = make_session()
+    topic, payload = session.will(0.5)
+    will = codec.decode(payload)
+    assert topic == topics.aggregator_topic(RUN)
+    assert isinstance(will, Presence) and (will.client, will.status, will.sent) == (AGGREGATOR, "offline", 0.5)
+    assert will.msg_id != codec.decode(session.heartbeat(1.0).payload).msg_id
+
+
+def test_the_aggregators_own_topic_is_ignored() -> None:
+    """A message on fedbus/v1/{run}/aggregator (its own presence echoed back) is neither recorded nor an event."""
+    session = make_session()
+    before = session.core.statistics()
+    assert session.receive(topics.aggregator_topic(RUN), session.heartbeat(1.0).payload, True, 1.0) == []
+    assert feed(session, topics.aggregator_topic(RUN), presence("c-0")) == []
+    assert session.core.statistics() == before and live(session) == 0

@@ -116,7 +116,8 @@ def test_accepted_and_rejected_updates_are_recorded_field_for_field() -> None:
         Record("accepted", {"client": "c-0", "id": "c-0-u", "round": 1, "prompt_chars": len(first.prompt)})]
     assert named(deliver(session, topic, update("c-0", "c-0-again"), now=2.0), "rejected") == [
         Record("rejected", {"client": "c-0", "id": "c-0-again", "round": 1, "reason": "second-update",
-                            "detail": "already sent c-0-u for this round"}, log="info", message="update rejected")]
+                            "detail": "already sent c-0-u for this round", "kind": "update"}, log="info",
+               message="update rejected")]
 
 
 def test_the_end_of_the_run_is_recorded_with_status_reason_rounds_and_version() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 from fedbus.aggregator.session import FINISH_GRACE_S
 from fedbus.plan import make_core
 from fedbus.protocol import codec, topics
-from fedbus.protocol.messages import GlobalState, Presence, Task, Update, UpdateStats
+from fedbus.protocol.messages import Failure, GlobalState, Message, Presence, Receipt, Task, Update, UpdateStats
 from fedbus.results.eventlog import EventLog
 from fedbus.results.progress import Progress
 from fedbus.results.summary import build_summary
@@ -35,9 +35,11 @@ class ScriptedClient:
     last round ``late_s`` after it sees the run finish."""
 
     def __init__(self, name: str, timeline: Timeline, broker: MemoryBroker, *, reply_s: float = 1.0,
-                 late_s: float | None = None) -> None:
+                 late_s: float | None = None, fail: float = 0.0) -> None:
         self.name, self.timeline, self.broker = name, timeline, broker
-        self.reply_s, self.late_s = reply_s, late_s
+        self.reply_s, self.late_s, self.fail = reply_s, late_s, bool(fail)
+        self.aggregator: list[str] = []  # the aggregator's presences, in order
+        self.receipts: list[Receipt] = []
         self.sent = 0
         self.last_task: Task | None = None
         self.late_ids: list[str] = []
@@ -47,10 +49,16 @@ class ScriptedClient:
         ident = f"{RUN}.{self.name}"
         will = Presence(run=RUN, round=0, client=self.name, msg_id=f"{self.name}-will", sent=0.0, status="offline")
         self.broker.connect(ident, self.deliver, will=(topics.presence_topic(RUN, self.name), codec.encode(will)))
-        self.broker.subscribe(ident, topics.global_topic(RUN), topics.task_topic(RUN, self.name))
+        self.broker.subscribe(ident, topics.global_topic(RUN), topics.task_topic(RUN, self.name),
+                              topics.receipt_topic(RUN, self.name), topics.aggregator_topic(RUN))
         online = Presence(run=RUN, round=0, client=self.name, msg_id=f"{self.name}-online", sent=0.0,
                           status="online")
         self.broker.publish(topics.presence_topic(RUN, self.name), codec.encode(online), retain=True)
+
+    def failure_for(self, task: Task) -> Failure:
+        self.sent += 1
+        return Failure(run=RUN, round=task.round, client=self.name, msg_id=f"{self.name}-f{self.sent}",
+                       sent=self.timeline.now, base_version=task.version, reason="engine down", error_type="E")
 
     def update_for(self, task: Task) -> Update:
         self.sent += 1
@@ -58,19 +66,23 @@ class ScriptedClient:
                       sent=self.timeline.now, base_version=task.version,
                       prompt=f"{task.prompt} Count every item ({self.name}, {self.sent}).", stats=STATS)
 
-    def send(self, update: Update) -> None:
+    def send(self, update: Update | Failure) -> None:
         self.sent_ids.append(update.msg_id)
         self.broker.publish(topics.update_topic(RUN, self.name), codec.encode(update))
 
     def deliver(self, topic: str, payload: bytes, retained: bool) -> None:
         message = codec.decode(payload)
-        if isinstance(message, Task):
+        if isinstance(message, Presence):
+            self.aggregator.append(message.status)
+        elif isinstance(message, Receipt):
+            self.receipts.append(message)
+        elif isinstance(message, Task):
             self.last_task = message
             update = self.update_for(message)
             self.timeline.after(self.reply_s, lambda: self.send(update))
         elif isinstance(message, GlobalState) and message.status == "finished" and self.late_s is not None:
             assert self.last_task is not None
-            late = self.update_for(self.last_task)
+            late = self.failure_for(self.last_task) if self.fail else self.update_for(self.last_task)
             self.late_ids.append(late.msg_id)
             self.timeline.after(self.late_s, lambda: self.send(late))
 
@@ -146,3 +158,28 @@ def test_updates_buffered_when_a_buffered_run_ends_are_listed_with_a_reason(tmp_
     assert buffered["id"] not in merged
     sent = sorted(i for c in clients.values() for i in c.sent_ids)
     assert sorted(merged + [r["id"] for r in after]) == sent, "an update is lost or counted twice"
+
+
+def test_a_failure_report_after_the_last_round_is_listed_apart_from_updates(tmp_path: Path) -> None:
+    """A failure report in flight when the run finishes is recorded (run-finished) in failed_after_last_round,
+    not among the rejected updates, so updates and answers are each accounted for once."""
+    summary, clients = simulate_with(scenario(), {"c-0": {}, "c-1": {"late_s": 1.0, "fail": 1.0}}, tmp_path)
+    assert summary["rejected_after_last_round"] == []
+    [late] = summary["failed_after_last_round"]
+    assert (late["client"], late["id"], late["reason"]) == ("c-1", clients["c-1"].late_ids[0], "run-finished")
+    assert summary["totals"]["failures_reported"] == 0  # none within a round
+
+
+def test_the_simulated_aggregator_says_online_then_offline_and_sends_receipts(tmp_path: Path) -> None:
+    """Clients see the aggregator's retained presence 'online' from the start and 'offline' once it is done, and
+    get a receipt for each update."""
+    _, clients = simulate_with(scenario(), {"c-0": {}, "c-1": {}}, tmp_path)
+    for client in clients.values():
+        assert client.aggregator == ["online"]
+        assert [(r.update_id, r.outcome) for r in client.receipts] == [(client.sent_ids[0], "accepted")]
+    late = clients["c-0"]  # the simulation stops with the aggregator done: what is retained now says offline
+    seen: list[Message] = []
+    late.broker.connect("observer", lambda _t, payload, _r: seen.append(codec.decode(payload)), clean=True)
+    late.broker.subscribe("observer", topics.aggregator_topic(RUN))
+    late.timeline.run(stop=lambda: bool(seen), horizon=late.timeline.now + 1.0)
+    assert [(m.client, m.status) for m in seen if isinstance(m, Presence)] == [("aggregator", "offline")]

@@ -28,6 +28,7 @@ from fedbus.aggregator.effects import (
 from fedbus.aggregator.events import (
     ClientOffline,
     ClientOnline,
+    FailureReceived,
     Reduced,
     ReduceFailed,
     Started,
@@ -37,7 +38,7 @@ from fedbus.aggregator.events import (
 )
 from fedbus.aggregator.stream import StreamAggregator
 from fedbus.errors import LocalProtocolError
-from fedbus.protocol.messages import DataSpec, GlobalState, Task, Update, UpdateStats
+from fedbus.protocol.messages import DataSpec, Failure, GlobalState, Task, Update, UpdateStats
 
 RUN = "r1"
 DATA = DataSpec(task="surrogate-skills", seed=1, num_shards=3, train_size=30, val_size=10, test_size=10)
@@ -76,6 +77,14 @@ class Driver:
                         base_version=task.version, prompt=prompt or f"Advice {task.round} of {client}.",
                         stats=STATS)
         return self.feed(UpdateReceived(update=update, now=now))
+
+    def fail(self, client: str, now: float, *, round_: int | None = None) -> list[Effect]:
+        """``client`` reports that its local step failed on its latest task (or on task ``round_``)."""
+        task = self.task[client]
+        failure = Failure(run=RUN, round=task.round if round_ is None else round_, client=client,
+                          msg_id=f"{client}-f{task.round}", sent=now, base_version=task.version,
+                          reason="the engine is down", error_type="EngineError")
+        return self.feed(FailureReceived(failure=failure, now=now))
 
     def reduce(self, effects: list[Effect], now: float) -> list[Effect]:
         """Carry out the Reduce in ``effects``: the merged prompt is the clients' prompts joined."""
@@ -269,3 +278,57 @@ def test_a_too_stale_update_is_refused_with_its_staleness() -> None:
     d.reduce(d.answer("c0", 4.0), 4.5)  # version 3
     (refused,) = [e.rejection for e in d.answer("c1", 5.0) if isinstance(e, UpdateRejected)]
     assert (refused.reason, refused.detail) == ("too-stale", "staleness 2 > max_staleness 1")
+
+
+def test_a_failure_frees_the_slot_for_an_idle_client_at_once() -> None:
+    """One of two clients works at a time: when the worker reports a failure, the idle one gets a task then, the
+    failure is recorded as 'client-failed' (kind failure) and nothing is aggregated."""
+    d = Driver(fraction=0.5)
+    d.start("c0", "c1")
+    (working,) = d.task
+    idle = "c1" if working == "c0" else "c0"
+    effects = d.fail(working, 1.0)
+    (recorded,) = every(effects, UpdateRejected)
+    assert (recorded.rejection.client, recorded.rejection.reason, recorded.rejection.kind, recorded.rejection.at) == (
+        working, "client-failed", "failure", 1.0)
+    assert recorded.rejection.detail == "EngineError: the engine is down"
+    assert [(t.client, t.round) for t in tasks(effects)] == [(idle, 2)]
+    assert every(effects, Reduce) == [] and d.core.statistics().accepted == 0
+
+
+def test_a_client_that_failed_gets_no_new_task_before_its_failed_tasks_deadline() -> None:
+    """The only client reports a failure at t=1: no task at once (it would spin through tasks), none at t=9.9,
+    a fresh one when the failed task's timer fires at t=10."""
+    d = Driver(expected_clients=1)
+    d.start("c0")
+    assert tasks(d.fail("c0", 1.0)) == []
+    assert tasks(d.feed(TimerFired(now=9.9))) == []
+    assert [(t.client, t.round) for t in tasks(d.feed(TimerFired(now=10.0)))] == [("c0", 2)]
+
+
+def test_a_failed_client_is_recorded_in_the_next_result_not_as_missing() -> None:
+    """The failure lands in the next aggregation's result; the client answered, so it is not missing."""
+    d = Driver(expected_clients=1)
+    d.start("c0")
+    d.fail("c0", 1.0)
+    d.feed(TimerFired(now=10.0))
+    closed = result(d.reduce(d.answer("c0", 11.0), 12.0))
+    assert [(r.client, r.reason, r.kind) for r in closed.rejected] == [("c0", "client-failed", "failure")]
+    assert closed.missing == ()
+
+
+def test_a_failure_for_a_task_the_client_does_not_hold_is_not_assigned() -> None:
+    """A failure naming another task round is refused as not-assigned; the open task stays open."""
+    d = Driver(expected_clients=1)
+    d.start("c0")
+    effects = d.fail("c0", 1.0, round_=7)
+    assert [(e.rejection.reason, e.rejection.kind, e.rejection.detail, e.rejection.at)
+            for e in every(effects, UpdateRejected)] == [("not-assigned", "failure", "no open task 7 for c0", 1.0)]
+    assert tasks(effects) == []
+    assert every(d.answer("c0", 2.0), Reduce) != []  # the task was still open: its update is accepted
+
+
+def test_stream_tasks_announce_the_prompt_budget() -> None:
+    """Buffered/async tasks carry max_prompt_chars too."""
+    d = Driver(expected_clients=1)
+    assert [t.max_prompt_chars for t in tasks(d.start("c0"))] == [50]

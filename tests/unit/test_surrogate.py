@@ -232,6 +232,44 @@ def test_optimize_refuses_an_empty_shard() -> None:
         model.optimize(BARE, (), 1, 3, random.Random(0))
 
 
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), room=st.integers(0, 120))
+def test_a_step_keeps_no_edit_past_the_prompt_budget(seed: int, room: int) -> None:
+    """With max_chars, an edit that would make the prompt longer is dropped unevaluated (one more call paid for
+    the step); the prompt never grows past the budget."""
+    batch = task.generate(spec()).train[:4]
+    budget = len(BARE) + room
+    prompt, kept, before, after, cost = model.local_step(BARE, batch, random.Random(seed), max_chars=budget)
+    assert len(prompt) <= budget
+    if not kept:
+        assert (prompt, after) == (BARE, before)
+        assert cost.llm_calls in (2 * len(batch) + 1, 2 * len(batch) + 2, 4 * len(batch) + 2)
+    free = model.local_step(BARE, batch, random.Random(seed))
+    if free[1] and len(free[0]) <= budget:  # an edit within the budget is taken as without one
+        assert (prompt, kept, before, after, cost) == free
+
+
+def test_optimize_stays_within_the_budget_and_replays_unbudgeted_when_it_fits() -> None:
+    """model.optimize with max_chars never returns a longer prompt; with a budget it never reaches, it is the
+    unbudgeted result (same draws)."""
+    shard = task.generate(spec()).train[:40]
+    for seed in range(10):
+        free = model.optimize(BARE, shard, 5, 3, random.Random(seed))
+        assert model.optimize(BARE, shard, 5, 3, random.Random(seed), max_chars=len(free.prompt)) == free
+        tight = model.optimize(BARE, shard, 5, 3, random.Random(seed), max_chars=len(BARE) + 40)
+        assert len(tight.prompt) <= len(BARE) + 40 and tight.steps == 5
+    none = model.optimize(BARE, shard, 5, 3, random.Random(0), max_chars=len(BARE))
+    assert (none.prompt, none.accepted_steps) == (BARE, 0)
+
+
+def test_the_client_optimizer_passes_the_budget_on() -> None:
+    """SurrogateOptimizer.optimize_now(max_chars=...) keeps the outcome within it."""
+    alice = SurrogateOptimizer(spec(shards=2), 0, "alice")
+    assert alice.optimize_now(BARE, round=1, steps=6, batch_size=3, max_chars=len(BARE)).prompt == BARE
+    free = alice.optimize_now(BARE, round=1, steps=6, batch_size=3)
+    assert alice.optimize_now(BARE, round=1, steps=6, batch_size=3, max_chars=None) == free
+
+
 # ------------------------------------------------------------------ seeded per client and round
 
 
@@ -268,3 +306,10 @@ def test_the_evaluator_draws_once_per_seed_split_and_round() -> None:
     assert evaluator.accuracy_now(ALL_SKILLS, "val", 3) != val or evaluator.accuracy_now(ALL_SKILLS, "val", 4) != val
     with pytest.raises(EngineError, match="unknown split"):
         evaluator.accuracy_now(ALL_SKILLS, "train", 1)
+
+
+def test_the_data_set_is_built_once_per_process() -> None:
+    """Every client of a process shares one generated data set (it is frozen): a worker process's 100 clients each
+    building their own (~50 ms of CPU) on their first task stalled its event loop past the round deadline."""
+    assert task.generate(spec(seed=3)) is task.generate(spec(seed=3))
+    assert task.generate(spec(seed=3)) != task.generate(spec(seed=4))

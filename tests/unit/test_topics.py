@@ -18,6 +18,8 @@ def test_the_layout() -> None:
     assert topics.update_topic("r1", "c1") == "fedbus/v1/r1/update/c1"
     assert topics.presence_topic("r1", "c1") == "fedbus/v1/r1/presence/c1"
     assert topics.metrics_topic("r1", "c1") == "fedbus/v1/r1/metrics/c1"
+    assert topics.receipt_topic("r1", "c1") == "fedbus/v1/r1/receipt/c1"
+    assert topics.aggregator_topic("r1") == "fedbus/v1/r1/aggregator"
     assert topics.channel_filter("r1", "update") == "fedbus/v1/r1/update/+"
 
 
@@ -32,6 +34,21 @@ def test_per_client_topics_parse_back(run: str, client: str, channel: topics.Cha
 @given(run=ids)
 def test_the_global_topic_parses_back(run: str) -> None:
     assert topics.parse(topics.global_topic(run)) == topics.TopicRef(run=run, channel="global")
+
+
+@given(run=ids)
+def test_the_aggregators_presence_topic_parses_back(run: str) -> None:
+    """fedbus/v1/{run}/aggregator is a per-run topic: no client level, and the aggregator's filters miss it."""
+    topic = topics.aggregator_topic(run)
+    assert topics.parse(topic) == topics.TopicRef(run=run, channel="aggregator")
+    assert not any(topics.matches(topics.channel_filter(run, c), topic) for c in ("presence", "update", "metrics"))
+
+
+def test_per_run_channels_take_no_client_and_per_client_ones_need_one() -> None:
+    assert topics.parse("fedbus/v1/r1/aggregator/c1") is None
+    assert topics.parse("fedbus/v1/r1/receipt") is None
+    with pytest.raises(ValueError, match="not per-client"):
+        topics.client_topic("r1", "aggregator", "c1")
 
 
 @pytest.mark.parametrize("bad", ["", "a/b", "+", "#", "a+", "-lead", ".hidden", "x" * 65, "c1\n", "sp ace", "é"])

@@ -1,0 +1,194 @@
+"""The aggregator's journal: a run killed at any point and resumed from its journal ends as the
+uninterrupted run did, decision for decision.
+
+A simulated run records what its aggregator session was fed, as journal lines. Hypothesis picks the
+kill point: a fresh session replays the lines before it (what ``fedbus run --resume`` does), then
+goes on with the rest. The rounds, their results and the end must be exactly the uninterrupted ones.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fedbus.aggregator.effects import RoundResult
+from fedbus.aggregator.events import Event
+from fedbus.aggregator.session import AggregatorSession, NodeOutcome
+from fedbus.plan import make_core
+from fedbus.protocol import codec
+from fedbus.runtime.journal import (
+    Journal,
+    Resendable,
+    ResumeError,
+    delivery_line,
+    event_line,
+    read_journal,
+    replay,
+)
+from fedbus.scenario import Scenario, load_scenario
+from fedbus.sim.run import sim_run_id, simulate
+
+ROOT = Path(__file__).resolve().parents[2]
+SCENARIOS = ("quickstart.yaml", "stragglers.yaml", "buffered-async.yaml", "dropouts.yaml")
+
+
+class _Recording:
+    """Patches AggregatorSession so that a simulated run leaves its journal lines here."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.lines: list[dict[str, Any]] = []
+        self.depth = 0
+        receive, handle, evaluated = (AggregatorSession.receive, AggregatorSession.handle,
+                                      AggregatorSession.round_evaluated)
+        recording = self
+
+        def rec_receive(session: AggregatorSession, topic: str, payload: bytes, retained: bool,
+                        now: float) -> list[Any]:
+            if recording.depth == 0:
+                recording.lines.append(delivery_line(topic, payload, retained, now))
+            recording.depth += 1
+            try:
+                return receive(session, topic, payload, retained, now)
+            finally:
+                recording.depth -= 1
+
+        def rec_handle(session: AggregatorSession, event: Event) -> list[Any]:
+            if recording.depth == 0:
+                recording.lines.append(event_line(event))
+            recording.depth += 1
+            try:
+                return handle(session, event)
+            finally:
+                recording.depth -= 1
+
+        def rec_evaluated(session: AggregatorSession, result: RoundResult, extra: dict[str, object]) -> list[Any]:
+            recording.lines.append({"k": "x", "round": result.round, "extra": extra})
+            return evaluated(session, result, extra)
+
+        monkeypatch.setattr(AggregatorSession, "receive", rec_receive)
+        monkeypatch.setattr(AggregatorSession, "handle", rec_handle)
+        monkeypatch.setattr(AggregatorSession, "round_evaluated", rec_evaluated)
+
+
+def _journal_of(name: str, tmp_path: Path) -> tuple[Scenario, list[dict[str, Any]], NodeOutcome]:
+    scenario = load_scenario(ROOT / "scenarios" / name)
+    with pytest.MonkeyPatch.context() as patch:
+        recording = _Recording(patch)
+        outcome_holder: list[NodeOutcome] = []
+        original_init = AggregatorSession.__init__
+
+        def keep(session: AggregatorSession, *args: Any, **kwargs: Any) -> None:
+            original_init(session, *args, **kwargs)
+            outcome_holder.append(session.outcome)
+
+        patch.setattr(AggregatorSession, "__init__", keep)
+        simulate(scenario, tmp_path / name, progress=False)
+    # round-trip through JSON, as the journal file does
+    lines = [json.loads(json.dumps(line, ensure_ascii=False)) for line in recording.lines]
+    return scenario, lines, outcome_holder[0]
+
+
+@pytest.fixture(scope="module")
+def journals(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Scenario, list[dict[str, Any]],
+                                                                          NodeOutcome]]:
+    tmp = tmp_path_factory.mktemp("journals")
+    return {name: _journal_of(name, tmp) for name in SCENARIOS}
+
+
+def _fresh(scenario: Scenario) -> AggregatorSession:
+    core = make_core(scenario, sim_run_id(scenario))
+    return AggregatorSession(core, codec.Limits(max_bytes=scenario.max_message_bytes))
+
+
+def _rounds(outcome: NodeOutcome) -> list[tuple[RoundResult, dict[str, object]]]:
+    return [(result, json.loads(json.dumps(extra))) for result, extra in outcome.rounds]
+
+
+def _resume_in_two(scenario: Scenario, lines: list[dict[str, Any]], kill: int) -> AggregatorSession:
+    """Kill after ``kill`` lines, resume, and go on with the rest as the resumed driver would."""
+    session = _fresh(scenario)
+    resend = Resendable(sync=scenario.aggregation.mode == "sync")
+    first = replay(session, lines[:kill], resend)
+    rest = lines[kill:]
+    # the driver evaluates a round whose evaluation the kill lost again: here, with the journaled one
+    pending = list(first.unevaluated)
+    extras = iter(line for line in rest if line.get("k") == "x")
+    for result in pending:
+        extra = next(extras)
+        assert extra["round"] == result.round
+        session.round_evaluated(result, extra["extra"])
+    later = [line for line in rest if line.get("k") != "x"] + list(extras)
+    replay(session, _in_order(rest, later), resend)
+    return session
+
+
+def _in_order(rest: list[dict[str, Any]], keep: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    wanted = {id(line) for line in keep}
+    return (line for line in rest if id(line) in wanted)
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_replaying_the_whole_journal_rebuilds_the_run(journals: dict[str, Any], name: str) -> None:
+    scenario, lines, outcome = journals[name]
+    session = _fresh(scenario)
+    state = replay(session, lines, Resendable(sync=scenario.aggregation.mode == "sync"))
+    assert _rounds(session.outcome) == _rounds(outcome)
+    assert session.outcome.finished == outcome.finished
+    assert state.finished is not None and not state.unevaluated and not state.pending_reduces
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_a_run_killed_anywhere_and_resumed_ends_as_the_uninterrupted_one(journals: dict[str, Any],
+                                                                         data: st.DataObject) -> None:
+    name = data.draw(st.sampled_from(SCENARIOS), label="scenario")
+    scenario, lines, outcome = journals[name]
+    kill = data.draw(st.integers(min_value=0, max_value=len(lines)), label="kill after line")
+    session = _resume_in_two(scenario, lines, kill)
+    assert _rounds(session.outcome) == _rounds(outcome)
+    assert session.outcome.finished == outcome.finished
+    assert session.core.prompt == outcome.finished.prompt  # type: ignore[union-attr]
+
+
+def test_the_state_after_a_kill_says_what_the_driver_must_redo(journals: dict[str, Any]) -> None:
+    scenario, lines, _ = journals["quickstart.yaml"]
+    closing = max(i for i, line in enumerate(lines) if line.get("k") == "x")  # the last round's evaluation
+    session = _fresh(scenario)
+    state = replay(session, lines[:closing], Resendable(sync=True))
+    assert [r.round for r in state.unevaluated] == [lines[closing]["round"]]
+    reduced = max(i for i, line in enumerate(lines) if line.get("event") == "reduced")
+    state = replay(_fresh(scenario), lines[:reduced], Resendable(sync=True))
+    assert list(state.pending_reduces) == [lines[reduced]["round"]]
+    assert state.last_now == max(float(line["now"]) for line in lines[:reduced] if "now" in line)
+
+
+def test_a_resumed_aggregator_sends_the_global_and_the_open_tasks_again(journals: dict[str, Any]) -> None:
+    scenario, lines, _ = journals["quickstart.yaml"]
+    opened = next(i for i, line in enumerate(lines) if line.get("k") == "x")  # round 1 closed, round 2 open
+    resend = Resendable(sync=True)
+    replay(_fresh(scenario), lines[:opened + 1], resend)
+    sends = resend.sends()
+    assert sends[0].retain and sends[0].topic.endswith("/global")
+    tasks = [codec.decode(s.payload) for s in sends[1:]]
+    assert sorted(t.client for t in tasks) == [f"client-{i}" for i in range(scenario.clients.count)]
+    assert {t.round for t in tasks} == {2}
+
+
+def test_a_line_torn_by_a_kill_is_ignored(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.jsonl")
+    journal.write({"k": "e", "event": "started", "now": 0.0})
+    journal.close()
+    with (tmp_path / "journal.jsonl").open("a", encoding="utf-8") as handle:
+        handle.write('{"k": "d", "topic": "fedbus/v1/r/pres')
+    assert read_journal(tmp_path / "journal.jsonl") == [{"k": "e", "event": "started", "now": 0.0}]
+
+
+def test_a_folder_without_a_journal_cannot_be_resumed(tmp_path: Path) -> None:
+    with pytest.raises(ResumeError, match="not the folder of a fedbus run"):
+        read_journal(tmp_path / "journal.jsonl")
