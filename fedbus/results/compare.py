@@ -16,10 +16,12 @@ COLUMNS = ("run", "scenario", "engine", "strategy", "mode", "status", "rounds", 
 
 
 _NUMBER = (int, float)
+_NUMBER_OR_NULL = (int, float, type(None))  # an interrupted run's test accuracy was not measured
 # what row() and rounds_table() read, with the JSON type each needs
 _FIELDS: tuple[tuple[str, type | tuple[type, ...]], ...] = (
     ("run_id", str), ("mode", str), ("status", str), ("scenario.name", str), ("scenario.aggregation.strategy", str),
-    ("engine.name", str), ("final.test_accuracy", _NUMBER), ("final.initial_test_accuracy", _NUMBER),
+    ("engine.name", str), ("final.test_accuracy", _NUMBER_OR_NULL),
+    ("final.initial_test_accuracy", _NUMBER_OR_NULL),
     ("final.prompt_chars", int), ("totals.rounds_closed", int), ("totals.updates_accepted", int),
     ("totals.updates_rejected", int), ("totals.tokens", int), ("totals.wall_s", _NUMBER), ("rounds", list))
 _ROUND_FIELDS: tuple[tuple[str, type | tuple[type, ...]], ...] = (
@@ -40,7 +42,8 @@ def _field_problem(doc: dict[str, Any], path: str, kind: type | tuple[type, ...]
             return f"no {prefix}{path}"
         value = value[key]
     if isinstance(value, bool) or not isinstance(value, kind):
-        expected = "an integer" if kind is int else _JSON_TYPES[kind] if isinstance(kind, type) else "a number"
+        expected = ("an integer" if kind is int else _JSON_TYPES[kind] if isinstance(kind, type)
+                    else "a number or null" if type(None) in kind else "a number")
         return f"{prefix}{path} is {_json_type(value)}, not {expected}"
     return None
 
@@ -89,11 +92,15 @@ def row(summary: dict[str, Any]) -> dict[str, Any]:
         "run": summary["run_id"], "scenario": summary["scenario"]["name"], "engine": summary["engine"]["name"],
         "strategy": summary["scenario"]["aggregation"]["strategy"], "mode": summary["mode"],
         "status": summary["status"], "rounds": totals["rounds_closed"],
-        "test_acc": round(final["test_accuracy"], 4), "initial_acc": round(final["initial_test_accuracy"], 4),
+        "test_acc": _rounded(final["test_accuracy"]), "initial_acc": _rounded(final["initial_test_accuracy"]),
         "prompt_chars": final["prompt_chars"], "accepted": totals["updates_accepted"],
         "rejected": totals["updates_rejected"], "tokens": totals.get("tokens_all_uses", totals["tokens"]),
         "wall_s": totals["wall_s"],
     }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def rounds_table(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -113,7 +120,7 @@ def render(rows: Sequence[dict[str, Any]]) -> str:
     if not rows:
         return "(no runs)"
     keys = list(rows[0])
-    cells = [[str(r.get(k, "")) for k in keys] for r in rows]
+    cells = [["-" if r.get(k) is None else str(r.get(k, "")) for k in keys] for r in rows]
     widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
     lines = ["  ".join(k.ljust(w) for k, w in zip(keys, widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(cell, widths, strict=True)) for cell in cells]

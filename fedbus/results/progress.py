@@ -37,8 +37,12 @@ class Progress:
 
     def footer(self, summary: dict[str, Any], out_dir: str) -> None:
         final = summary["final"]
-        acc = final.get("test_accuracy")
-        acc_text = f"{acc:.3f}" if isinstance(acc, float) else "-"
-        self._print(f"{summary['status']}: {summary['reason']}; test accuracy {acc_text} "
-                    f"(initial prompt {final.get('initial_test_accuracy', 0.0):.3f}); "
+        acc, initial = final.get("test_accuracy"), final.get("initial_test_accuracy")
+        measured = (f"; test accuracy {_number(acc)} (initial prompt {_number(initial)})"
+                    if acc is not None else "")
+        self._print(f"{summary['status']}: {summary['reason']}{measured}; "
                     f"results in {out_dir}/summary.json and {out_dir}/events.jsonl")
+
+
+def _number(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, int | float) else "-"

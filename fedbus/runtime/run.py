@@ -44,6 +44,9 @@ from fedbus.scenario.engine import EngineSpec
 
 log = structlog.get_logger("fedbus.run")
 CLIENT_EXIT_GRACE_S = 10.0
+# summary.json's final test accuracies when the run stopped early (measuring costs LLM calls)
+UNMEASURED = {"test_accuracy": None, "initial_test_accuracy": None,
+              "note": "not measured: the run stopped early"}
 BROKER_CHECK_S = 0.5  # how often fedbus run checks that its embedded broker still runs
 
 
@@ -181,11 +184,11 @@ async def _run(scenario: Scenario, options: RunOptions, engine: ChatEngine | Non
         except* _Done:
             pass
         except* asyncio.CancelledError:  # SIGINT / SIGTERM: keep what the rounds so far showed
-            _write_partial(summarize(node.outcome, {}), "interrupted", "interrupted", out=out,
+            _write_partial(summarize(node.outcome, UNMEASURED), "interrupted", "interrupted", out=out,
                            checkpoint=checkpoint, progress=progress)
             raise
         except* FedbusError as group:  # e.g. the broker stayed away past the reconnection limit
-            _write_partial(summarize(node.outcome, {}), "failed", str(group.exceptions[0]), out=out,
+            _write_partial(summarize(node.outcome, UNMEASURED), "failed", str(group.exceptions[0]), out=out,
                            checkpoint=checkpoint, progress=progress)
             raise
         await clients.finish_workers()
