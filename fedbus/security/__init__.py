@@ -1,0 +1,53 @@
+"""Trusted federations: keys, signed frames, sealed bodies and join tokens (protocol v2, docs/SECURITY.md).
+
+Modules, one concept each:
+
+- :mod:`~fedbus.security.keys`: public keys, fingerprints, authorized keys (pure, stdlib);
+- :mod:`~fedbus.security.crypto`: private keys and the primitives, the only importer of ``cryptography``;
+- :mod:`~fedbus.security.signing`: :func:`sign` and :func:`verify` of the ``FB2S`` frame;
+- :mod:`~fedbus.security.sealing`: :func:`seal`, :func:`unseal` of the ``FB2E`` box, and message bodies;
+- :mod:`~fedbus.security.token`: join tokens and the enrollment proof (pure, stdlib);
+- :mod:`~fedbus.security.keyfiles`: key files on disk (the I/O edge);
+- :mod:`~fedbus.security.errors`: :class:`WireRejected`, :class:`KeyFileError`, :class:`TokenError`.
+"""
+
+from __future__ import annotations
+
+from fedbus.security.crypto import PrivateKey, generate
+from fedbus.security.errors import KeyFileError, TokenError, WireRejected
+from fedbus.security.keyfiles import Identity, Peer, keygen, load_authorized, load_private, load_public
+from fedbus.security.keys import AuthorizedKeys, KeyLookup, PublicKey, fingerprint, parse_public
+from fedbus.security.sealing import open_body, seal, seal_body, seal_context, unseal
+from fedbus.security.signing import Verified, is_signed, sign, verify
+from fedbus.security.token import JoinToken, decode_token, encode_token
+
+__all__ = [
+    "AuthorizedKeys",
+    "Identity",
+    "JoinToken",
+    "KeyFileError",
+    "KeyLookup",
+    "Peer",
+    "PrivateKey",
+    "PublicKey",
+    "TokenError",
+    "Verified",
+    "WireRejected",
+    "decode_token",
+    "encode_token",
+    "fingerprint",
+    "generate",
+    "is_signed",
+    "keygen",
+    "load_authorized",
+    "load_private",
+    "load_public",
+    "open_body",
+    "parse_public",
+    "seal",
+    "seal_body",
+    "seal_context",
+    "sign",
+    "unseal",
+    "verify",
+]

@@ -1,0 +1,131 @@
+"""The one module that imports the ``cryptography`` library: private keys and the primitives fedbus uses.
+
+Ed25519 (signatures), X25519 (key agreement), HKDF-SHA256 and ChaCha20-Poly1305, each behind a function
+over plain bytes. The library's exceptions end here: a signature that does not verify is ``False``, a
+ciphertext that does not open is ``None``. How the primitives are put together (domain strings, framing)
+is in :mod:`fedbus.security.signing` and :mod:`fedbus.security.sealing`, specified in docs/SECURITY.md.
+
+Randomness: :func:`generate` and :func:`random_bytes` draw from the operating system's CSPRNG. Keys and
+ephemeral secrets must never come from a seeded ``random.Random``; tests pass fixed bytes instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import secrets
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from fedbus.security.keys import KEY_BYTES, PublicKey
+
+SIGNATURE_BYTES = 64
+AEAD_KEY_BYTES = 32
+AEAD_NONCE_BYTES = 12
+AEAD_TAG_BYTES = 16
+
+
+def _raw_public(key: Ed25519PublicKey | X25519PublicKey) -> bytes:
+    return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+@dataclass(frozen=True, slots=True)
+class PrivateKey:
+    """A party's secrets: the 32-byte Ed25519 seed it signs with and the 32-byte X25519 secret that opens
+    what is sealed to it. ``public`` is derived. The secrets never appear in ``repr``."""
+
+    sign_seed: bytes = field(repr=False)
+    seal_secret: bytes = field(repr=False)
+    public: PublicKey = field(init=False)
+    _signer: Ed25519PrivateKey = field(init=False, repr=False, compare=False)
+    _opener: X25519PrivateKey = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if type(self.sign_seed) is not bytes or len(self.sign_seed) != KEY_BYTES:
+            raise ValueError("PrivateKey.sign_seed must be 32 bytes")
+        if type(self.seal_secret) is not bytes or len(self.seal_secret) != KEY_BYTES:
+            raise ValueError("PrivateKey.seal_secret must be 32 bytes")
+        signer = Ed25519PrivateKey.from_private_bytes(self.sign_seed)
+        opener = X25519PrivateKey.from_private_bytes(self.seal_secret)
+        object.__setattr__(self, "_signer", signer)
+        object.__setattr__(self, "_opener", opener)
+        object.__setattr__(self, "public", PublicKey(sign=_raw_public(signer.public_key()),
+                                                     seal=_raw_public(opener.public_key())))
+
+
+def random_bytes(n: int) -> bytes:
+    """``n`` bytes from the operating system's CSPRNG."""
+    return secrets.token_bytes(n)
+
+
+def generate() -> PrivateKey:
+    """A fresh key pair (both halves) from the operating system's CSPRNG."""
+    return PrivateKey(random_bytes(KEY_BYTES), random_bytes(KEY_BYTES))
+
+
+# ---------------------------------------------------------------------------------------------- Ed25519
+def ed25519_sign(key: PrivateKey, data: bytes) -> bytes:
+    """The 64-byte Ed25519 signature of ``data`` (RFC 8032, deterministic)."""
+    return key._signer.sign(data)
+
+
+@functools.lru_cache(maxsize=4096)
+def _verifier(public: bytes) -> Ed25519PublicKey:
+    # Loading a key decompresses a curve point; the same few keys verify every message of a run.
+    return Ed25519PublicKey.from_public_bytes(public)
+
+
+def ed25519_verify(public: bytes, signature: bytes, data: bytes) -> bool:
+    """True if ``signature`` is a valid Ed25519 signature of ``data`` under the 32-byte key ``public``."""
+    if len(public) != KEY_BYTES or len(signature) != SIGNATURE_BYTES:
+        return False
+    try:
+        _verifier(public).verify(signature, data)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------- X25519
+def x25519_public(secret: bytes) -> bytes:
+    """The X25519 public key of a 32-byte secret (any 32 bytes are a valid secret: RFC 7748 clamps them)."""
+    return _raw_public(X25519PrivateKey.from_private_bytes(secret).public_key())
+
+
+def x25519_shared(secret: bytes | PrivateKey, public: bytes) -> bytes | None:
+    """The X25519 shared secret of ``secret`` (32 bytes, or a party's key) and a 32-byte public key; None when
+    ``public`` is not usable (wrong length, or a low-order point that makes the secret all zeros)."""
+    if len(public) != KEY_BYTES:
+        return None
+    own = secret._opener if isinstance(secret, PrivateKey) else X25519PrivateKey.from_private_bytes(secret)
+    try:
+        return own.exchange(X25519PublicKey.from_public_bytes(public))
+    except ValueError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------- HKDF, AEAD
+def hkdf_sha256(ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:
+    """HKDF-SHA256 (RFC 5869), extract and expand, ``length`` bytes of output."""
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
+
+
+def aead_encrypt(key: bytes, nonce: bytes, plaintext: bytes, associated: bytes) -> bytes:
+    """ChaCha20-Poly1305 (RFC 8439): the ciphertext followed by the 16-byte tag."""
+    return ChaCha20Poly1305(key).encrypt(nonce, plaintext, associated)
+
+
+def aead_decrypt(key: bytes, nonce: bytes, ciphertext: bytes, associated: bytes) -> bytes | None:
+    """The plaintext of a ChaCha20-Poly1305 ciphertext-and-tag, or None when it does not authenticate."""
+    if len(ciphertext) < AEAD_TAG_BYTES:
+        return None
+    try:
+        return ChaCha20Poly1305(key).decrypt(nonce, ciphertext, associated)
+    except (InvalidTag, ValueError, OverflowError):
+        return None
