@@ -24,6 +24,8 @@ from fedbus import __version__
 from fedbus.errors import EngineError, FedbusError, ScenarioError, TransportError
 
 if TYPE_CHECKING:
+    from fedbus.runtime.address import BrokerAddress
+    from fedbus.runtime.broker import EmbeddedBrokerConfig
     from fedbus.runtime.client_node import ClientConfig, ClientReport
     from fedbus.runtime.run import RunOptions
     from fedbus.scenario import Scenario
@@ -31,6 +33,9 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_ABORTED = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# the broker password, for clients (with --broker mqtt[s]://USER@...) and for `fedbus broker --user NAME`;
+# --password-file takes precedence. Never on the command line, where `ps` shows it to every user.
+PASSWORD_ENV = "FEDBUS_BROKER_PASSWORD"
 log = structlog.get_logger("fedbus.cli")
 
 
@@ -78,6 +83,38 @@ def _broker_url(text: str) -> str:
     return text
 
 
+def _a_file(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    return path
+
+
+def _add_login_options(parser: argparse.ArgumentParser) -> None:
+    """A client's --ca and --password-file, which go with --broker."""
+    parser.add_argument("--ca", type=_a_file, metavar="FILE",
+                        help="with --broker mqtts://...: the PEM CA bundle that verifies the broker's certificate "
+                             "(default: the system's CAs)")
+    parser.add_argument("--password-file", type=_a_file, metavar="FILE",
+                        help=f"with --broker mqtt[s]://USER@...: the broker password, first line of FILE "
+                             f"(default: ${PASSWORD_ENV}); never put it in the URL, where ps shows it")
+
+
+def _add_broker_security_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """Who may log in to the embedded broker, and its TLS certificate."""
+    parser.add_argument("--users", type=_a_file, metavar="FILE",
+                        help="who may log in: one username:password per line (# comments); keep it chmod 600")
+    parser.add_argument("--user", metavar="NAME",
+                        help=f"one more user, whose password is the first line of --password-file or ${PASSWORD_ENV}")
+    parser.add_argument("--tls-cert", type=_a_file, metavar="FILE",
+                        help="serve TLS (mqtts://) with this PEM certificate (chain); needs --tls-key")
+    parser.add_argument("--tls-key", type=_a_file, metavar="FILE", help="the certificate's unencrypted PEM key")
+    parser.add_argument("--tls-ca", type=_a_file, metavar="FILE",
+                        help="the CA that signed --tls-cert (rumqttd's capath); named in the hint for clients")
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow listening on a non-loopback address without users (anyone may connect)")
+
+
 def _http_url(text: str) -> str:
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -122,7 +159,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="overwrite the finished run --out holds")
     run.add_argument("--seed", type=_int_within(0), help="override the scenario's seed")
     run.add_argument("--broker", type=_broker_url,
-                     help="external broker mqtt://[user:pass@]host:port (default: embedded rumqttd)")
+                     help=f"external broker mqtt://[USER@]HOST:PORT, or mqtts:// for TLS (default: embedded "
+                          f"rumqttd); the password comes from ${PASSWORD_ENV} or --password-file")
+    _add_login_options(run)
+    embedded = run.add_argument_group("the embedded broker (without --broker)")
+    embedded.add_argument("--broker-host", type=_ipv4, default="127.0.0.1",
+                          help="address it listens on (default 127.0.0.1; 0.0.0.0 lets `fedbus client`s on other "
+                               "machines join, and needs --users/--user or --insecure)")
+    embedded.add_argument("--broker-port", type=_int_within(0, 65535), default=0, help="its port (default: any free)")
+    _add_broker_security_options(embedded)
     run.add_argument("--run-id", type=_an_id("run id"),
                      help="run id (default: NAME-SEED-RANDOM); clients on other machines need it")
     run.add_argument("--quiet", action="store_true", help="no progress display")
@@ -152,9 +197,14 @@ def _parser() -> argparse.ArgumentParser:
                         help="address to listen on (0.0.0.0 for other machines)")
     broker.add_argument("--port", type=_int_within(0, 65535), default=1883, help="0: any free port")
     broker.add_argument("--max-payload-bytes", type=_int_within(1), default=1024 * 1024)
+    broker.add_argument("--password-file", type=_a_file, metavar="FILE", help="the password of --user")
+    _add_broker_security_options(broker)
 
     client = sub.add_parser("client", help="join a running federation as one client")
-    client.add_argument("--broker", type=_broker_url, required=True, help="mqtt://[user:pass@]host:port")
+    client.add_argument("--broker", type=_broker_url, required=True,
+                        help=f"mqtt://[USER@]HOST:PORT, or mqtts:// for TLS; the password comes from ${PASSWORD_ENV} "
+                             "or --password-file")
+    _add_login_options(client)
     client.add_argument("--run", type=_an_id("run id"), required=True, help="the run id printed by `fedbus run`")
     client.add_argument("--id", type=_an_id("client id"), help="client id (default: HOSTNAME-PID)")
     client.add_argument("--shard", type=_int_within(0), help="data shard index (default: a hash of the client id)")
@@ -235,14 +285,49 @@ def _out_problem(out: Path, force: bool) -> str | None:
     return _folder_problem(out)
 
 
-async def _check_broker(url: str, identifier: str) -> None:
+async def _check_broker(address: BrokerAddress, identifier: str) -> None:
     """Connect once and leave: an unreachable broker or a refused login is one TransportError before anything
     starts (not a failure per client and then the aggregator's)."""
-    from fedbus.runtime.address import parse_broker_url
     from fedbus.runtime.bus import MqttBus
 
-    async with MqttBus(parse_broker_url(url), identifier, clean_session=True):
+    async with MqttBus(address, identifier, clean_session=True):
         pass
+
+
+class _UsageError(Exception):
+    """A command line that cannot work: one line on stderr, exit code 2."""
+
+
+def _broker_login(url: str, args: argparse.Namespace, environ: dict[str, str]) -> BrokerAddress:
+    """``--broker URL`` with its password (--password-file, else $FEDBUS_BROKER_PASSWORD) and ``--ca``.
+
+    A password in the URL still works, with a warning: every user of the machine sees it in ``ps``. A URL
+    whose password is redacted (checkpoint.json's, for ``--resume``) needs the password from those sources.
+    """
+    from fedbus.runtime.address import REDACTED, parse_broker_url, read_secret
+
+    address = parse_broker_url(url)
+    in_url = address.password is not None and address.password != REDACTED
+    if in_url and args.password_file is not None:
+        raise _UsageError("the password is in --broker and in --password-file: give it once, in the file")
+    if in_url:
+        print(f"fedbus {args.command}: warning: a password in --broker is visible to every user of this machine "
+              f"(ps); use --password-file or ${PASSWORD_ENV}", file=sys.stderr)
+    password = None
+    if not in_url and address.username is not None:
+        try:
+            password = read_secret(args.password_file) if args.password_file else environ.get(PASSWORD_ENV)
+        except TransportError as exc:
+            raise _UsageError(str(exc)) from None
+        if password is None and address.password == REDACTED:
+            raise _UsageError(f"the run used {address.url()}: give its password again with --password-file or "
+                              f"${PASSWORD_ENV}")
+    elif args.password_file is not None:
+        raise _UsageError(f"--password-file needs a user name in --broker: {address.scheme}://USER@HOST:PORT")
+    try:
+        return address.with_login(password=password, ca_file=args.ca or address.ca_file)
+    except TransportError as exc:
+        raise _UsageError(str(exc)) from None
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -270,6 +355,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.simulate and args.broker:
         print("fedbus run: --simulate uses an in-memory broker in virtual time; drop --broker", file=sys.stderr)
         return EXIT_INVALID
+    address, embedded = _run_broker(args, dict(os.environ))
     if args.simulate:
         from fedbus.sim.run import sim_run_id
 
@@ -291,13 +377,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"fedbus run --simulate: {exc}", file=sys.stderr)
             return EXIT_INVALID
         return EXIT_OK if summary["status"] == "completed" else EXIT_ABORTED
-    if args.broker:
-        asyncio.run(_check_broker(args.broker, f"{run_id}.check"))
-    options = RunOptions(out_dir=out, broker_url=args.broker, run_id=run_id, progress=not args.quiet,
+    if address is not None:
+        asyncio.run(_check_broker(address, f"{run_id}.check"))
+    # the password travels inside this process (and to its worker processes); run.py records url() redacted
+    options = RunOptions(out_dir=out, broker_url=address.url(redact=False) if address else None, run_id=run_id,
+                         progress=not args.quiet,
                          scenario_file=str(args.scenario), workers=args.workers,
                          engine=EngineOverrides(base_url=args.engine_url, cache=False if args.no_cache else None),
-                         environ=dict(os.environ), log_level=args.log_level)
+                         environ=dict(os.environ), log_level=args.log_level, embedded_broker=embedded)
     return _run_to_end(scenario, options)
+
+
+def _run_broker(args: argparse.Namespace, environ: dict[str, str]) -> tuple[BrokerAddress | None, EmbeddedBrokerConfig]:
+    """``fedbus run``'s broker: the external one --broker names, logged in; or the embedded one's settings."""
+    from fedbus.runtime.broker import EmbeddedBrokerConfig
+
+    embedded_options = [flag for flag, given in (
+        ("--broker-host", args.broker_host != "127.0.0.1"), ("--broker-port", args.broker_port != 0),
+        ("--users", args.users), ("--user", args.user), ("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key),
+        ("--tls-ca", args.tls_ca), ("--insecure", args.insecure)) if given]
+    if args.broker:
+        if embedded_options:
+            raise _UsageError(f"{', '.join(embedded_options)} configure the embedded broker: drop them with --broker")
+        return _broker_login(args.broker, args, environ), EmbeddedBrokerConfig()
+    if embedded_options and args.simulate:
+        raise _UsageError(f"--simulate uses an in-memory broker: drop {', '.join(embedded_options)}")
+    if args.ca or (args.password_file and not args.user):
+        raise _UsageError("--ca and --password-file go with --broker (or --password-file with --user)")
+    return None, _broker_config(args, environ, host=args.broker_host, port=args.broker_port)
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
@@ -312,20 +419,17 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     checkpoint = Checkpoint.open(args.resume)
     scenario = checkpoint.scenario()
-    broker_url = args.broker
-    if broker_url is None and checkpoint.broker.get("kind") == "external":
-        broker_url = str(checkpoint.broker["url"])
-        if "***" in broker_url:
-            print(f"fedbus run --resume: the run used {broker_url}; give --broker with its password again",
-                  file=sys.stderr)
-            return EXIT_INVALID
-    if broker_url:
-        asyncio.run(_check_broker(broker_url, f"{checkpoint.run_id}.check"))
-    options = RunOptions(out_dir=args.resume, broker_url=broker_url, run_id=checkpoint.run_id,
+    if args.broker is None and checkpoint.broker.get("kind") == "external":
+        args.broker = str(checkpoint.broker["url"])  # its password redacted: from --password-file or the environment
+    address, embedded = _run_broker(args, dict(os.environ))
+    if address is not None:
+        asyncio.run(_check_broker(address, f"{checkpoint.run_id}.check"))
+    options = RunOptions(out_dir=args.resume, broker_url=address.url(redact=False) if address else None,
+                         run_id=checkpoint.run_id,
                          progress=not args.quiet, scenario_file=str(checkpoint.content.get("scenario_file", "")),
                          workers=args.workers, resume=True,
                          engine=EngineOverrides(base_url=args.engine_url, cache=False if args.no_cache else None),
-                         environ=dict(os.environ), log_level=args.log_level)
+                         environ=dict(os.environ), log_level=args.log_level, embedded_broker=embedded)
     return _run_to_end(scenario, options)
 
 
@@ -353,12 +457,70 @@ def _interrupted(exc: BaseException) -> bool:
     return False
 
 
-def _cmd_broker(args: argparse.Namespace) -> int:
-    from fedbus.runtime.broker import EmbeddedBroker, EmbeddedBrokerConfig
+def _broker_config(args: argparse.Namespace, environ: dict[str, str], *, host: str, port: int,
+                   max_payload_bytes: int = 1024 * 1024) -> EmbeddedBrokerConfig:
+    """The embedded broker's listener, users and TLS from the options; ``_UsageError`` for a wrong one, and a
+    refusal to listen beyond loopback with no users unless ``--insecure``."""
+    from fedbus.runtime.address import read_secret
+    from fedbus.runtime.broker import BrokerTls, EmbeddedBrokerConfig, check_login, parse_users
 
-    config = EmbeddedBrokerConfig(host=args.host, port=args.port, max_payload_bytes=args.max_payload_bytes)
+    users: list[tuple[str, str]] = []
     try:
-        broker = EmbeddedBroker(config)
+        if args.users is not None:
+            _warn_if_others_can_read(args.users, args.command)
+            users += parse_users(args.users.read_text(encoding="utf-8"), source=f"--users {args.users}")
+        if args.user is not None:
+            if args.password_file is not None:
+                password = read_secret(args.password_file)
+            elif environ.get(PASSWORD_ENV):
+                password = environ[PASSWORD_ENV]
+            else:
+                raise _UsageError(f"--user {args.user}: its password comes from --password-file or ${PASSWORD_ENV}")
+            check_login(args.user, password)
+            if args.user in dict(users):
+                raise _UsageError(f"--user {args.user}: already in --users")
+            users.append((args.user, password))
+        elif args.password_file is not None:
+            raise _UsageError("--password-file goes with --user NAME")
+        tls = None
+        if (args.tls_cert is None) != (args.tls_key is None):
+            raise _UsageError("TLS needs both --tls-cert and --tls-key")
+        if args.tls_cert is not None:
+            tls = BrokerTls(cert_file=args.tls_cert.resolve(), key_file=args.tls_key.resolve(),
+                            ca_file=args.tls_ca.resolve() if args.tls_ca is not None else None)
+            tls.check()
+        elif args.tls_ca is not None:
+            raise _UsageError("--tls-ca goes with --tls-cert and --tls-key")
+        config = EmbeddedBrokerConfig(host=host, port=port, max_payload_bytes=max_payload_bytes, users=tuple(users),
+                                      tls=tls)
+    except (ValueError, TransportError) as exc:
+        raise _UsageError(str(exc)) from None
+    exposure = config.exposure()
+    if exposure is not None and not args.insecure:
+        raise _UsageError(f"refusing to start: {exposure}; give --users FILE (or --user NAME), or --insecure to "
+                          "run it open anyway")
+    if exposure is not None:
+        print(f"fedbus {args.command}: warning: --insecure: {exposure}", file=sys.stderr)
+    elif users and tls is None and not config.loopback_only:
+        print(f"fedbus {args.command}: warning: listening on {host} without TLS: passwords cross the network in "
+              "clear text (add --tls-cert and --tls-key)", file=sys.stderr)
+    return config
+
+
+def _warn_if_others_can_read(path: Path, command: str) -> None:
+    with contextlib.suppress(OSError):
+        if path.stat().st_mode & 0o077:
+            print(f"fedbus {command}: warning: {path} holds passwords and other users may read it (chmod 600 {path})",
+                  file=sys.stderr)
+
+
+def _cmd_broker(args: argparse.Namespace) -> int:
+    from fedbus.runtime.broker import EmbeddedBroker
+
+    config = _broker_config(args, dict(os.environ), host=args.host, port=args.port,
+                            max_payload_bytes=args.max_payload_bytes)
+    try:
+        broker = EmbeddedBroker(config, own_clients=False)
     except OSError as exc:  # --port 0 on an address of no interface here: picking a free port fails
         raise TransportError(f"cannot listen on {args.host}: {exc.strerror or exc}") from exc
     # Ctrl+C (and SIGTERM) stop it even when started in the background of a script, where SIGINT is ignored
@@ -367,8 +529,14 @@ def _cmd_broker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         broker.start()
-        print(f"fedbus broker (embedded rumqttd) listening on {args.host}:{broker.port}; "
-              f"clients use --broker mqtt://HOST:{broker.port}. Ctrl+C stops it.", flush=True)
+        public = broker.public_address
+        login = "USER@" if config.users else ""
+        ca = f" --ca {public.ca_file}" if public.ca_file else ""
+        users = f"{len(config.users)} user{'s' if len(config.users) > 1 else ''}" if config.users else "anonymous"
+        print(f"fedbus broker (embedded rumqttd) listening on {args.host}:{broker.port} "
+              f"({'TLS' if config.tls else 'no TLS'}, {users}); clients use --broker "
+              f"{public.scheme}://{login}HOST:{broker.port}{ca}"
+              f"{f' with ${PASSWORD_ENV} or --password-file' if config.users else ''}. Ctrl+C stops it.", flush=True)
         code = broker.wait()
         print(f"broker exited with code {code}", file=sys.stderr)
         return EXIT_FAILED if code else EXIT_OK
@@ -380,7 +548,6 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 
 def _cmd_client(args: argparse.Namespace) -> int:
     from fedbus.protocol.ids import AGGREGATOR, check_id
-    from fedbus.runtime.address import parse_broker_url
     from fedbus.runtime.client_node import ClientConfig
 
     client_id = args.id or _default_client_id()
@@ -395,7 +562,8 @@ def _cmd_client(args: argparse.Namespace) -> int:
     if not args.aggregator_timeout > 0:
         print("fedbus client: --aggregator-timeout must be > 0 seconds", file=sys.stderr)
         return EXIT_INVALID
-    config = ClientConfig(run=args.run, client=client_id, broker=parse_broker_url(args.broker), shard=args.shard,
+    address = _broker_login(args.broker, args, dict(os.environ))
+    config = ClientConfig(run=args.run, client=client_id, broker=address, shard=args.shard,
                           engine=args.engine, retry_first_connect=False, silence_timeout_s=args.aggregator_timeout)
     if args.engine is not None:
         from fedbus.llm.extras import require_libraries
@@ -406,7 +574,7 @@ def _cmd_client(args: argparse.Namespace) -> int:
         if problem is not None:
             print(f"fedbus client: --log-dir {args.log_dir}: {problem}", file=sys.stderr)
             return EXIT_INVALID
-    asyncio.run(_check_broker(args.broker, f"{args.run}.{client_id}.check"))
+    asyncio.run(_check_broker(address, f"{args.run}.{client_id}.check"))
     from fedbus.runtime.identity import refuse_live_client
 
     asyncio.run(refuse_live_client(config.broker, args.run, client_id))
@@ -468,6 +636,9 @@ def main(argv: list[str] | None = None) -> int:
             return commands[args.command](args)
         except ExceptionGroup as group:  # a TaskGroup wraps what its tasks raised: report the first of ours
             raise _first_fedbus_error(group) from None
+    except _UsageError as exc:
+        print(f"fedbus {args.command}: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

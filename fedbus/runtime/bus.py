@@ -14,6 +14,7 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 import aiomqtt
 
@@ -24,6 +25,8 @@ QOS = 1
 PROBE_ROOT = "fedbus/probe"  # fedbus/probe/{identifier}: a reconnected connection's message to itself
 PROBE_TIMEOUT_S = 3.0
 CONNECT_TIMEOUT_S = 20  # CONNECT to CONNACK, and each SUBSCRIBE/PUBLISH acknowledgement
+REFUSED = ("the broker closed the connection before accepting it (a wrong user name or password, no login "
+           "where the broker requires one, or a broker going down)")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -115,6 +118,8 @@ class MqttBus:
         aio_will = None
         if will is not None:
             aio_will = aiomqtt.Will(topic=will.topic, payload=will.payload, qos=QOS, retain=will.retain)
+        # mqtts://: verify the broker's certificate and name against ca_file (None: the system's CAs)
+        tls = aiomqtt.TLSParameters(ca_certs=address.ca_file) if address.tls else None
         self._client = aiomqtt.Client(
             hostname=address.host,
             port=address.port,
@@ -126,8 +131,31 @@ class MqttBus:
             keepalive=keepalive,
             max_queued_incoming_messages=max_incoming,
             timeout=CONNECT_TIMEOUT_S,
+            tls_params=tls,
         )
+        self._fail_fast_when_refused()
         self._early: list[Incoming] = []  # received while verifying, before the driver reads
+
+    def _fail_fast_when_refused(self) -> None:
+        """End a connection attempt at once when the broker closes the socket before its CONNACK.
+
+        rumqttd answers an anonymous client (where it wants a login) or a wrong password that way, with
+        no CONNACK to say why (measured: the socket closes within milliseconds); aiomqtt ignores a
+        disconnection before the CONNACK and would wait out ``CONNECT_TIMEOUT_S``, then say only
+        "Operation timed out".
+        """
+        client = self._client
+        paho = client._client
+        on_disconnect = paho.on_disconnect
+
+        def refused(*args: Any, **kwargs: Any) -> None:
+            connected = client._connected
+            if client._lock.locked() and not connected.done():  # in __aenter__, waiting for the CONNACK
+                connected.set_exception(aiomqtt.MqttError(REFUSED))
+            if on_disconnect is not None:
+                on_disconnect(*args, **kwargs)
+
+        paho.on_disconnect = refused
 
     async def __aenter__(self) -> MqttBus:
         try:

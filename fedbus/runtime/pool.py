@@ -79,7 +79,10 @@ class WorkerSpec:
     boot: str = "0"  # message-id token of the run's clients: '0', or 'r1', 'r2', ... in a resumed run
 
     def dump(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self)), encoding="utf-8")
+        """Write the spec for the worker, readable by this user only: it may hold the broker password."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(asdict(self)))
 
     @classmethod
     def load(cls, path: Path) -> WorkerSpec:

@@ -9,7 +9,7 @@ import signal
 import time
 from collections.abc import Mapping
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,8 @@ class RunOptions:
     environ: Mapping[str, str] = field(default_factory=dict)
     log_level: str = "WARNING"  # worker processes log at this level
     resume: bool = False  # out_dir is an earlier run's folder: rebuild its aggregator from journal.jsonl
+    # the embedded broker's listener, users and TLS (its sizes come from the scenario); unused with broker_url
+    embedded_broker: EmbeddedBrokerConfig = field(default_factory=EmbeddedBrokerConfig)
 
 
 def new_run_id(scenario: Scenario) -> str:
@@ -115,7 +117,7 @@ async def _run(scenario: Scenario, options: RunOptions, engine: ChatEngine | Non
                         else SurrogateScoring(scenario.engine, scenario.data))
 
     with ExitStack() as stack, structlog.contextvars.bound_contextvars(run=run_id):
-        address, broker_info, embedded = _open_broker(stack, scenario, options.broker_url, out)
+        address, broker_info, embedded = _open_broker(stack, scenario, options, out)
         if embedded is None and checkpoint is None:
             await refuse_used_run_id(address, run_id)
         stack.callback(events.close)
@@ -235,16 +237,20 @@ async def _supervise(broker: EmbeddedBroker, events: EventLog) -> None:
         events.record("broker-started", pid=broker.pid, port=broker.port)
 
 
-def _open_broker(stack: ExitStack, scenario: Scenario, broker_url: str | None,
+def _open_broker(stack: ExitStack, scenario: Scenario, options: RunOptions,
                  out: Path) -> tuple[BrokerAddress, dict[str, str], EmbeddedBroker | None]:
-    """The broker the run uses: the one ``broker_url`` names, or an embedded rumqttd sized for the scenario."""
-    if broker_url:
-        address = parse_broker_url(broker_url)
+    """The broker the run uses: the one ``broker_url`` names, or an embedded rumqttd sized for the scenario.
+
+    The embedded one gives this run's aggregator and clients a login of their own (``address``); the URL
+    recorded and shown is where other clients connect (``public_address``), without any password.
+    """
+    if options.broker_url:
+        address = parse_broker_url(options.broker_url)
         return address, {"kind": "external", "url": address.url()}, None
-    config = EmbeddedBrokerConfig(max_connections=scenario.clients.count + 10_010,
-                                  max_payload_bytes=max(scenario.max_message_bytes + 4096, 64 * 1024))
+    config = replace(options.embedded_broker, max_connections=scenario.clients.count + 10_010,
+                     max_payload_bytes=max(scenario.max_message_bytes + 4096, 64 * 1024))
     embedded = stack.enter_context(EmbeddedBroker(config, workdir=out / "broker"))
-    return embedded.address, {"kind": "embedded-rumqttd", "url": embedded.address.url(),
+    return embedded.address, {"kind": "embedded-rumqttd", "url": embedded.public_address.url(),
                               "config": str(embedded.config_path)}, embedded
 
 

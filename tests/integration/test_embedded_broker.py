@@ -7,12 +7,13 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from fedbus.runtime.broker import EmbeddedBrokerConfig, free_port, render_toml
+from fedbus.runtime.broker import BrokerTls, EmbeddedBrokerConfig, free_port, render_toml
 from tests.conftest import ROOT, wait_port
 
 FEDBUS = [sys.executable, "-m", "fedbus"]
@@ -32,6 +33,38 @@ def test_toml_sets_every_limit_explicitly() -> None:
 def test_connection_timeout_is_capped_for_rumqttd() -> None:
     """rumqttd rejects connection_timeout_ms above 65535, so the TOML caps it."""
     assert "connection_timeout_ms = 65535" in render_toml(EmbeddedBrokerConfig(connection_timeout_ms=90_000), 1)
+
+
+def test_toml_carries_users_and_tls() -> None:
+    """Users become rumqttd's auth table (quoted, so any name and password survive); TLS its tls table."""
+    tls = BrokerTls(cert_file=Path("/certs/broker.pem"), key_file=Path("/certs/broker.key"),
+                    ca_file=Path("/certs/ca.pem"))
+    config = EmbeddedBrokerConfig(users=(("alice", 'quo"te\\back'), ("bob", "pässwörd")), tls=tls)
+    listener = tomllib.loads(render_toml(config, 8883))["v4"]["1"]
+    assert listener["connections"]["auth"] == {"alice": 'quo"te\\back', "bob": "pässwörd"}
+    assert listener["tls"] == {"certpath": "/certs/broker.pem", "keypath": "/certs/broker.key",
+                               "capath": "/certs/ca.pem"}
+    text = render_toml(config, 8883)
+    assert "[v4.2]" not in text  # no listener of fedbus's own unless asked
+
+
+def test_toml_gives_own_clients_a_login_and_a_plain_loopback_listener() -> None:
+    """fedbus's own clients log in as a login of their own; with TLS they get a plain listener on loopback,
+    which only that login may use."""
+    tls = BrokerTls(cert_file=Path("/c.pem"), key_file=Path("/k.pem"))
+    config = EmbeddedBrokerConfig(host="0.0.0.0", users=(("alice", "pw"),), tls=tls)
+    text = render_toml(config, 8883, own_login=("fedbus-own-1", "secret"), own_port=4000)
+    public, own = text.split("[v4.2]")
+    assert '"alice" = "pw"' in public and '"fedbus-own-1" = "secret"' in public and "[v4.1.tls]" in public
+    assert 'listen = "127.0.0.1:4000"' in own and '"fedbus-own-1" = "secret"' in own
+    assert '"alice"' not in own and "tls" not in own
+
+
+def test_anonymous_broker_beyond_loopback_is_exposed() -> None:
+    """Listening beyond loopback with no users is what `fedbus broker` refuses without --insecure."""
+    assert EmbeddedBrokerConfig(host="0.0.0.0").exposure() is not None
+    assert EmbeddedBrokerConfig(host="127.0.0.1").exposure() is None
+    assert EmbeddedBrokerConfig(host="0.0.0.0", users=(("alice", "pw"),)).exposure() is None
 
 
 def _children(pid: int) -> list[int]:
