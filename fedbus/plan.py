@@ -1,19 +1,27 @@
-"""A scenario turned once into what each role needs: the aggregator's config and core, the clients' plans.
+"""A scenario turned once into what each role needs: the aggregator's config and core, the clients' plans,
+and each party's protocol-v2 :class:`~fedbus.security.policy.Security`.
 
 Pure: the MQTT runtime and the simulator both start from here, so a scenario means the same federation
-to both.
+to both. Keys come from a secret the caller passes (:func:`run_security`): ``fedbus run`` draws it from the
+OS, the simulator derives it from the scenario's seed (:func:`simulated_security`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from fedbus.aggregator.config import AggregatorConfig
 from fedbus.aggregator.rounds import RoundAggregator
 from fedbus.aggregator.stream import StreamAggregator
+from fedbus.protocol.ids import AGGREGATOR
 from fedbus.scenario import Scenario
 from fedbus.scenario.conditions import ClientGroup
+from fedbus.security.crypto import derive
+from fedbus.security.keys import AuthorizedKeys
+from fedbus.security.policy import Security
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,3 +66,48 @@ def client_plans(scenario: Scenario) -> tuple[ClientPlan, ...]:
                             step_delay_s=scenario.clients.step_latency_s,
                             max_message_bytes=scenario.max_message_bytes, optimizer=scenario.clients.optimizer)
                  for i, (cid, group) in enumerate(scenario.members()))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunSecurity:
+    """The protocol-v2 settings of a run's own parties: the aggregator's, and each scenario client's."""
+
+    aggregator: Security
+    clients: Mapping[str, Security] = field(default_factory=dict)
+
+    def client(self, client: str) -> Security:
+        """Client ``client``'s (one of the scenario's own); ``KeyError`` for another."""
+        return self.clients[client]
+
+
+def run_security(scenario: Scenario, secret: bytes | None, *, ephemeral_seed: bytes | None = None) -> RunSecurity:
+    """Each party's :class:`Security` under the scenario's ``security`` mode, with keys derived from ``secret``
+    (:func:`fedbus.security.crypto.derive`: one key pair per party, the aggregator authorizing exactly the
+    scenario's clients and each client pinning the aggregator's key).
+
+    ``secret``: 32 bytes or more; for a run over a broker, fresh from the OS (``crypto.random_bytes(32)``) and
+    kept as privately as a key file (a resumed run needs the same one). ``None`` only with mode ``none``.
+    ``ephemeral_seed``: the simulator's, to seal reproducibly (:class:`Security`); ``None`` over a network."""
+    mode = scenario.security
+    ids = scenario.client_ids()
+    if mode == "none":
+        return RunSecurity(aggregator=Security.off(), clients=dict.fromkeys(ids, Security.off()))
+    if secret is None:
+        raise ValueError(f"security {mode} needs a secret to derive the run's keys from")
+    aggregator_key = derive(secret, AGGREGATOR)
+    client_keys = tuple((cid, derive(secret, cid)) for cid in ids)
+    authorized = AuthorizedKeys(tuple((cid, key.public) for cid, key in client_keys))
+    return RunSecurity(
+        aggregator=Security.for_aggregator(aggregator_key, authorized, mode=mode, ephemeral_seed=ephemeral_seed),
+        clients={cid: Security.for_client(cid, key, aggregator_key.public, mode=mode, ephemeral_seed=ephemeral_seed)
+                 for cid, key in client_keys},
+    )
+
+
+def simulated_security(scenario: Scenario, run_id: str) -> RunSecurity:
+    """The simulator's: keys and sealing derived from the scenario's seed and the run id, so that the same
+    scenario and seed give the same bytes. Anyone who knows the seed knows these keys: never over a network."""
+    def secret(label: str) -> bytes:
+        return hashlib.sha256(f"fedbus/sim {label}\n{scenario.seed}\n{run_id}".encode()).digest()
+
+    return run_security(scenario, secret("keys"), ephemeral_seed=secret("ephemeral"))

@@ -12,6 +12,14 @@ Beyond the core's own messages the session sends what belongs to the wire: a ``r
 each of its updates the core accepted or rejected, the aggregator's retained presence (:meth:`presence`,
 :meth:`heartbeat`, and :meth:`will` for the Last Will), and the run's ``max_message_bytes`` (its
 ``limits``) stamped on every task and global state it publishes, next to the core's ``max_prompt_chars``.
+
+With a :class:`~fedbus.security.policy.Security` that signs (protocol v2, docs/SECURITY.md) everything it
+publishes is signed as ``aggregator``, and every delivery is checked in this order: its size, its signature
+(the signer must be the topic's client), on an update topic its sealed body, then the v1 decoder; duplicates
+are keyed on the verified signer and id and remembered only once verified. A delivery that fails the size or
+signature check is a *forgery*: recorded (``received-forged``, and in :attr:`NodeOutcome.forgeries`) and never
+held against the client whose topic it came on: no rejection, no answer, no presence change. Without one (or
+in mode ``none``) the session speaks protocol v1, byte for byte.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ from fedbus.protocol import codec, topics
 from fedbus.protocol.dedup import SeenIds
 from fedbus.protocol.ids import AGGREGATOR
 from fedbus.protocol.messages import (
+    KIND_OF,
     MAX_DETAIL_CHARS,
     Failure,
     GlobalState,
@@ -61,8 +70,12 @@ from fedbus.protocol.messages import (
     Task,
     Update,
 )
+from fedbus.protocol.topics import TopicRef
+from fedbus.security.errors import WireRejected
+from fedbus.security.policy import Security
 
 FINISH_GRACE_S = 0.3  # wall seconds to collect messages already in flight when the run finishes
+FORGERIES_KEPT = 20  # forgeries listed one by one in the outcome (all are counted, and each is in events.jsonl)
 Core = RoundAggregator | StreamAggregator
 
 
@@ -88,6 +101,36 @@ class Send:
 Action = Record | Send | ArmTimer | Reduce | RoundClosed | RunFinished
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Forgery:
+    """A delivery that failed authentication (protocol v2): too large to check, unsigned, or not signed by the
+    client of its topic with that client's authorized key. ``claimed`` is the topic's client: whom it claimed
+    to come from, never whom it is held against."""
+
+    topic: str
+    claimed: str | None
+    reason: str  # a WireRejected reason, or 'oversized'
+    detail: str
+    at: float
+
+
+@dataclass(slots=True)
+class Forgeries:
+    """Every forgery counted (by reason, by channel), the first :data:`FORGERIES_KEPT` kept whole."""
+
+    total: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+    by_channel: dict[str, int] = field(default_factory=dict)
+    first: list[Forgery] = field(default_factory=list)
+
+    def add(self, forgery: Forgery, channel: str) -> None:
+        self.total += 1
+        self.by_reason[forgery.reason] = self.by_reason.get(forgery.reason, 0) + 1
+        self.by_channel[channel] = self.by_channel.get(channel, 0) + 1
+        if len(self.first) < FORGERIES_KEPT:
+            self.first.append(forgery)
+
+
 @dataclass(slots=True)
 class NodeOutcome:
     """What the aggregator saw, for summary.json."""
@@ -98,16 +141,21 @@ class NodeOutcome:
     duplicates_dropped: int = 0
     messages_received: int = 0
     messages_sent: int = 0
+    forgeries: Forgeries = field(default_factory=Forgeries)
+    security: dict[str, object] = field(default_factory=lambda: Security.off().describe())
 
 
 class AggregatorSession:
     """The aggregator core between bytes on topics and the actions a driver carries out."""
 
-    def __init__(self, core: Core, limits: codec.Limits, boot: str = "0") -> None:
+    def __init__(self, core: Core, limits: codec.Limits, boot: str = "0", security: Security | None = None) -> None:
         self.core = core
         self.run_id = core.config.run
         self.limits = limits
-        self.outcome = NodeOutcome()
+        self.security = Security.off() if security is None else security
+        if self.security.signs and self.security.owner != AGGREGATOR:
+            raise ValueError(f"the aggregator signs as {AGGREGATOR!r}, not {self.security.owner!r}")
+        self.outcome = NodeOutcome(security=self.security.describe())
         self._seen = SeenIds()
         # The aggregator's presences are no input of the core (a replayed session does not repeat them), so
         # they take ids of their own, unique across restarts by the driver's ``boot`` token.
@@ -150,8 +198,8 @@ class AggregatorSession:
     def presence(self, now: float, status: PresenceStatus) -> Send:
         """The aggregator's retained presence: publish 'online' at start, 'offline' on a clean finish."""
         self.outcome.messages_sent += 1
-        return Send(topic=topics.aggregator_topic(self.run_id),
-                    payload=codec.encode(self._presence(now, status), self.limits), retain=True)
+        return Send(topic=topics.aggregator_topic(self.run_id), payload=self._wire(self._presence(now, status)),
+                    retain=True)
 
     def heartbeat(self, now: float) -> Send:
         """A fresh 'online' presence, for a driver to publish every few seconds: clients see the aggregator alive."""
@@ -159,7 +207,15 @@ class AggregatorSession:
 
     def will(self, now: float) -> tuple[str, bytes]:
         """The Last Will to register before (each) connect: topic and payload of a retained 'offline' presence."""
-        return topics.aggregator_topic(self.run_id), codec.encode(self._presence(now, "offline"), self.limits)
+        return topics.aggregator_topic(self.run_id), self._wire(self._presence(now, "offline"))
+
+    def _wire(self, m: Message) -> bytes:
+        """``m`` as published: encoded (v1), signed as ``aggregator`` under v2; ``MessageTooLarge`` past the
+        run's limit, which applies to what the broker carries."""
+        wire = self.security.wrap(codec.encode(m, self.limits))
+        if len(wire) > self.limits.max_bytes:
+            raise codec.MessageTooLarge(KIND_OF[type(m)], len(wire), self.limits.max_bytes)
+        return wire
 
     def round_evaluated(self, result: RoundResult, extra: dict[str, object]) -> list[Action]:
         """A driver evaluated a closed round (``extra``: accuracy, prompt measures); keep it and log it."""
@@ -175,7 +231,14 @@ class AggregatorSession:
             return None
         if ref.channel == "aggregator":  # its own presence, echoed back: nothing to act on
             return None
+        if self.security.signs:
+            inner = self._authenticate(ref, topic, payload, now, out)
+            if inner is None:
+                return None
+            payload = inner
         try:
+            if self.security.signs and ref.channel == "update":  # the signer's own doing from here on
+                payload = self.security.open_sealed(payload)
             message = codec.decode(payload, self.limits)
         except RemoteProtocolError as exc:
             reason = getattr(exc, "reason", "malformed")
@@ -184,7 +247,8 @@ class AggregatorSession:
             if ref.channel == "update":
                 return UpdateMalformed(client=ref.client, reason=reason, detail=str(exc)[:200], now=now)
             return None
-        # keyed on the topic's client too: another sender reusing an id must not shadow this one's message
+        # keyed on the topic's client too: another sender reusing an id must not shadow this one's message (under
+        # v2 the topic's client is the verified signer, and a forger's ids are never recorded: _authenticate)
         if not self._seen.first_time(f"{ref.client}\x00{message.msg_id}"):
             self.outcome.duplicates_dropped += 1
             out.append(Record("duplicate-delivery", {"topic": topic, "id": message.msg_id, "client": message.client}))
@@ -220,13 +284,35 @@ class AggregatorSession:
                                           "values": dict(message.values)}))
         return None
 
+    def _authenticate(self, ref: TopicRef, topic: str, payload: bytes, now: float, out: list[Action]) -> bytes | None:
+        """Protocol v2: the payload inside a delivery, verified as signed by the topic's client; or None, with
+        the forgery recorded. Only presence, update and metrics topics carry a client's messages: anything else
+        here (the aggregator's own kinds) is dropped unread."""
+        if ref.channel not in ("presence", "update", "metrics") or ref.client is None:
+            out.append(Record("dropped", {"topic": topic, "reason": "not a topic the aggregator reads"}))
+            return None
+        try:
+            if len(payload) > self.limits.max_bytes:
+                raise WireRejected("oversized", f"{len(payload)} bytes > limit {self.limits.max_bytes}")
+            if ref.client == AGGREGATOR:  # nobody signs as the aggregator on a client's topic
+                raise WireRejected("wrong-signer", f"{AGGREGATOR!r} is not a client")
+            return self.security.authenticate(payload, signer=ref.client)
+        except WireRejected as exc:
+            forgery = Forgery(topic=topic, claimed=ref.client, reason=exc.reason,
+                              detail=exc.detail[:MAX_DETAIL_CHARS], at=now)
+            self.outcome.forgeries.add(forgery, ref.channel)
+            out.append(Record("received-forged", {"topic": topic, "claimed": ref.client, "reason": exc.reason,
+                                                  "detail": forgery.detail}, log="warning",
+                              message="forged or unverifiable message dropped"))
+            return None
+
     # ------------------------------------------------------------------ effects
     def _publish(self, topic: str, m: Message, retain: bool, out: list[Action]) -> None:
         if isinstance(m, Task | GlobalState):  # the wire's limit is the session's: announce it with the core's
             m = replace(m, max_message_bytes=self.limits.max_bytes)
         out.append(Record("sent", {"kind": type(m).__name__.lower(), "topic": topic, "id": m.msg_id,
                                    "client": m.client, "round": m.round, "retain": retain}))
-        out.append(Send(topic=topic, payload=codec.encode(m, self.limits), retain=retain))
+        out.append(Send(topic=topic, payload=self._wire(m), retain=retain))
         self.outcome.messages_sent += 1
 
     def _receipt(self, client: str, update_id: str, round_: int, *, at: float, rejection: Rejection | None,

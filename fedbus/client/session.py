@@ -14,6 +14,14 @@ sends; ``max_prompt_chars`` travels in each task to the optimizer and the core),
 client's updates (recorded as ``update-accepted`` / ``update-rejected``), and whether the aggregator is
 online and when it was last heard from (:attr:`ClientSession.aggregator_online`,
 :attr:`ClientSession.last_heard`), for a driver that leaves when the aggregator falls silent.
+
+With a :class:`~fedbus.security.policy.Security` that signs (protocol v2, docs/SECURITY.md), everything that
+arrives must be signed by the aggregator with the key the client pinned: anything else (a forged task, a forged
+retained ``global`` saying the run finished, a forged aggregator presence, a v1 payload) is dropped unread and
+recorded (``dropped``, reason ``forged:<reason>``), and deduplication (on the pair ``aggregator``, id) only ever
+sees verified messages. Everything the client sends is signed, update and failure bodies sealed to the
+aggregator first; the run's size limit applies to the frame as published. Without one (or in mode ``none``)
+the session speaks protocol v1, byte for byte.
 """
 
 from __future__ import annotations
@@ -44,7 +52,9 @@ from fedbus.faults.link import LinkFaults, LinkQueue
 from fedbus.protocol import codec, topics
 from fedbus.protocol.dedup import SeenIds
 from fedbus.protocol.ids import AGGREGATOR
-from fedbus.protocol.messages import DataSpec, Failure, GlobalState, Presence, Receipt, Task, Update
+from fedbus.protocol.messages import KIND_OF, DataSpec, Failure, GlobalState, Presence, Receipt, Task, Update
+from fedbus.security.errors import WireRejected
+from fedbus.security.policy import Security
 
 # an update without a receipt is sent again at the second aggregator presence after it (heartbeats: ~5 s)
 RESEND_AFTER_PRESENCES = 2
@@ -118,8 +128,11 @@ Action = Record | Publish | PushLater | FeedLater | Work | WakeAt | Leave
 class ClientSession:
     """One client between the broker and its decisions."""
 
-    def __init__(self, profile: ClientProfile, limits: codec.Limits) -> None:
+    def __init__(self, profile: ClientProfile, limits: codec.Limits, security: Security | None = None) -> None:
         self.profile = profile
+        self.security = Security.off() if security is None else security
+        if self.security.signs and self.security.owner != profile.client:
+            raise ValueError(f"client {profile.client} cannot sign as {self.security.owner!r}")
         self.core = ClientCore(profile)
         net = profile.group.network
         self.up: LinkQueue[Send] = LinkQueue(LinkFaults(net, profile.seed, profile.client, "up"))
@@ -173,7 +186,7 @@ class ClientSession:
     def will(self, now: float) -> tuple[str, bytes]:
         """The Last Will to register before connecting: topic and payload of a retained 'offline' presence."""
         send = self.core.will(now)
-        return send.topic, codec.encode(send.message)
+        return send.topic, self.security.wrap(codec.encode(send.message))
 
     def data(self) -> tuple[str, DataSpec] | None:
         """The engine and data description the federation announced, once a global state arrived."""
@@ -225,10 +238,20 @@ class ClientSession:
     # ------------------------------------------------------------------ incoming
     def receive(self, topic: str, payload: bytes, now: float) -> list[Action]:
         """One delivery from the broker."""
+        limits = self._decode_limits()
+        if self.security.signs:  # protocol v2: only what the pinned aggregator key signed gets any further
+            try:
+                if len(payload) > limits.max_bytes:
+                    raise WireRejected("oversized", f"{len(payload)} bytes > limit {limits.max_bytes}")
+                payload = self.security.authenticate(payload, signer=AGGREGATOR)
+            except WireRejected as exc:
+                return [self._record("dropped", topic=topic, reason=f"forged:{exc.reason}", detail=exc.detail)]
         try:
-            message = codec.decode(payload, self._decode_limits())
+            message = codec.decode(payload, limits)
         except RemoteProtocolError as exc:
             return [self._record("dropped", topic=topic, reason=str(exc))]
+        # every message here comes from one sender (verified as the aggregator under v2): the id alone is the
+        # pair (aggregator, id) of docs/SECURITY.md, and a forger's ids never reach this set
         if not self.seen.first_time(message.msg_id):
             return [self._record("duplicate-delivery", id=message.msg_id)]
         run, me = self.profile.run, self.client
@@ -383,10 +406,14 @@ class ClientSession:
         if not self.connected:
             self.offline.append(send)
             return []
+        m = send.message
+        limits = self.send_limits
         try:
-            payload = codec.encode(send.message, self.send_limits)
+            payload = self.security.wrap(codec.encode(m, limits), sealed=isinstance(m, Update | Failure))
+            if len(payload) > limits.max_bytes:  # signed and sealed, it grew: the broker carries the frame
+                raise codec.MessageTooLarge(KIND_OF[type(m)], len(payload), limits.max_bytes)
         except codec.MessageTooLarge as exc:  # the aggregator would drop it as oversized: say so here
-            return [self._record("send-refused", id=send.message.msg_id, round=send.message.round, reason=str(exc))]
+            return [self._record("send-refused", id=m.msg_id, round=m.round, reason=str(exc))]
         return [Publish(send=send, payload=payload, copies=copies)]
 
     def _record(self, event: str, **fields: Any) -> Record:

@@ -5,6 +5,11 @@ update topics) that entered no aggregate; its ``failed`` lists the failure repor
 'client-failed' when it answered the client's task, or the check that refused it. So every update a client
 sent is in exactly one aggregate or in one ``rejected`` list (``rejected_after_last_round`` after the end),
 and every failure report in one ``failed`` list (``failed_after_last_round``).
+
+Under protocol v2, ``security`` says what the aggregator ran with (mode, its key's fingerprint), and
+``forgeries`` what it refused before knowing who sent it (unsigned, altered, signed by another key, too large
+to check): counted by reason and channel, the first few listed with the topic's client as ``claimed``. A
+forgery is never in a round's ``rejected`` list nor in ``clients``: it is held against nobody.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import Any
 from fedbus import __version__
 from fedbus.aggregator.effects import Rejection, RoundResult
 from fedbus.aggregator.llm_merge import retention
-from fedbus.aggregator.session import NodeOutcome
+from fedbus.aggregator.session import Forgeries, NodeOutcome
 from fedbus.llm.engine import estimate_tokens
 from fedbus.results.eventlog import EventLog
 from fedbus.scenario import Scenario, scenario_to_mapping
@@ -77,6 +82,14 @@ def round_record(result: RoundResult, extra: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def forgeries_record(forgeries: Forgeries) -> dict[str, Any]:
+    """What the aggregator refused unauthenticated: how many, why, on which channels, and the first few."""
+    return {"total": forgeries.total, "by_reason": dict(sorted(forgeries.by_reason.items())),
+            "by_channel": dict(sorted(forgeries.by_channel.items())),
+            "first": [{"topic": f.topic, "claimed": f.claimed, "reason": f.reason, "detail": f.detail,
+                       "at_s": round(f.at, 4)} for f in forgeries.first]}
+
+
 def client_records(rounds: list[tuple[RoundResult, dict[str, Any]]], known: list[str]) -> dict[str, Any]:
     """Per client: how often selected, how often its update was accepted or rejected, how often it reported a
     failure, participation rate."""
@@ -114,6 +127,7 @@ def build_summary(*, run_id: str, scenario: Scenario, scenario_file: str, broker
         "engine": {"name": scenario.engine, "note": SURROGATE_NOTE if scenario.engine == "surrogate" else ""},
         "broker": broker,
         "mode": scenario.aggregation.mode,
+        "security": dict(outcome.security),
         "time_scale": scenario.time_scale,
         "conditions": {name: events.counts[name] for name in CONDITION_EVENTS if events.counts[name]},
         "status": finished.status if finished else "failed",
@@ -122,6 +136,7 @@ def build_summary(*, run_id: str, scenario: Scenario, scenario_file: str, broker
         "rejected_after_last_round": [rejection_record(r) for r in updates_only(after)],
         "failed_after_last_round": [rejection_record(r) for r in failures_only(after)],
         "clients": client_records(outcome.rounds, list(scenario.client_ids())),
+        "forgeries": forgeries_record(outcome.forgeries),
         "final": final,
         "totals": {
             "rounds_closed": len(rounds),
@@ -130,6 +145,7 @@ def build_summary(*, run_id: str, scenario: Scenario, scenario_file: str, broker
             "updates_rejected": sum(len(r["rejected"]) for r in rounds),
             "failures_reported": sum(len(r["failed"]) for r in rounds),
             "duplicates_dropped": outcome.duplicates_dropped,
+            "forgeries": outcome.forgeries.total,
             "llm_calls": sum(a["llm_calls"] for r in rounds for a in r["accepted"]),
             "tokens": sum(a["tokens"] for r in rounds for a in r["accepted"]),
             "messages_sent": outcome.messages_sent,

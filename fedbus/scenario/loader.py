@@ -31,9 +31,10 @@ from fedbus.scenario.model import (
     Scenario,
 )
 from fedbus.scenario.reader import Reader, at_least, one_of, settings_of, shown, valid_id, within
+from fedbus.security.policy import secured_size
 
 _TOP = {"name", "seed", "engine", "rounds", "initial_prompt", "task", "clients", "participation",
-        "aggregation", "max_message_bytes", "time_scale"}
+        "aggregation", "max_message_bytes", "time_scale"} | {f.name for f in settings_of(Scenario)}
 _TASK = {"name", "train_size", "val_size", "test_size", "partition", "alpha"}
 _CLIENTS = {f.name for f in settings_of(ClientsSpec)} | {"count", "groups"}
 _PARTICIPATION = {f.name for f in settings_of(ParticipationSpec)} | {"adaptive_deadline"}
@@ -65,6 +66,7 @@ def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None) -
     max_bytes = r.get(doc, "max_message_bytes", "", int, default=256 * 1024,
                       check=within(4096, 16 * 1024 * 1024))
     time_scale = r.get(doc, "time_scale", "", float, default=1.0, check=within(0.001, 1_000_000.0))
+    top_settings = r.read_settings(doc, "", Scenario)
 
     t = r.section(doc, "task", "", _TASK)
     if "task" not in doc:
@@ -143,10 +145,14 @@ def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None) -
         r.problem("participation.min_clients", f"must be <= clients.count ({count})")
     if isinstance(min_updates, int) and isinstance(min_clients, int) and min_updates > min_clients:
         r.problem("participation.min_updates", f"must be <= participation.min_clients ({min_clients})")
-    if isinstance(max_chars, int) and isinstance(max_bytes, int) and max_chars * 4 + 2048 > max_bytes:
-        r.problem("aggregation.max_prompt_chars",
-                  f"a prompt of {max_chars} characters may not fit in max_message_bytes ({max_bytes}); "
-                  "lower it or raise max_message_bytes")
+    if isinstance(max_chars, int) and isinstance(max_bytes, int):
+        security = top_settings["security"]
+        plain = max_chars * 4 + 2048  # 4 bytes a character at worst, and the envelope
+        if plain > max_bytes or secured_size(plain, security) > max_bytes:
+            secured = f" once {security} (security)" if plain <= max_bytes else ""
+            r.problem("aggregation.max_prompt_chars",
+                      f"a prompt of {max_chars} characters may not fit in max_message_bytes ({max_bytes}){secured}; "
+                      "lower it or raise max_message_bytes")
     if r.problems:
         raise ScenarioError(r.problems, source)
 
@@ -168,6 +174,7 @@ def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None) -
                                     **aggregation),
         max_message_bytes=max_bytes,
         time_scale=time_scale,
+        **top_settings,
     )
 
 
@@ -356,4 +363,5 @@ def scenario_to_mapping(scenario: Scenario) -> dict[str, Any]:
         "clients": clients,
         "participation": participation,
         "aggregation": {**_settings(a), "buffer_size": a.buffer_size, "weighting": dataclasses.asdict(a.weighting)},
+        **_settings(scenario),
     }

@@ -13,6 +13,7 @@ from fedbus.protocol.messages import DataSpec
 from fedbus.scenario.conditions import ClientGroup
 from fedbus.scenario.engine import EngineSpec
 from fedbus.scenario.reader import at_least, one_of, setting, valid_id, within
+from fedbus.security.policy import DEFAULT_SECURITY, SECURITY_MODES
 
 SURROGATE_TASKS = ("surrogate-skills",)
 LLM_TASKS = ("object_counting", "multistep_arithmetic_two")  # generated in BIG-Bench Hard's format
@@ -106,6 +107,9 @@ class Scenario:
     max_message_bytes: int = 256 * 1024
     time_scale: float = 1.0  # simulated seconds per wall-clock second
     engine_spec: EngineSpec = field(default_factory=EngineSpec)
+    # protocol v2 (docs/SECURITY.md): signed+sealed (every message signed, updates sealed to the aggregator),
+    # signed (bodies in clear), or none (protocol v1: anyone on the broker can post as anyone)
+    security: str = setting(DEFAULT_SECURITY, check=one_of(SECURITY_MODES))
 
     def groups(self) -> tuple[ClientGroup, ...]:
         """The client groups; a scenario without ``clients.groups`` has one honest group."""

@@ -8,20 +8,24 @@ Modules, one concept each:
 - :mod:`~fedbus.security.sealing`: :func:`seal`, :func:`unseal` of the ``FB2E`` box, and message bodies;
 - :mod:`~fedbus.security.token`: join tokens and the enrollment proof (pure, stdlib);
 - :mod:`~fedbus.security.keyfiles`: key files on disk (the I/O edge);
+- :mod:`~fedbus.security.policy`: :class:`Security`, what a session needs to speak v2 (or not: mode ``none``);
 - :mod:`~fedbus.security.errors`: :class:`WireRejected`, :class:`KeyFileError`, :class:`TokenError`.
 """
 
 from __future__ import annotations
 
-from fedbus.security.crypto import PrivateKey, generate
+from fedbus.security.crypto import PrivateKey, derive, generate
 from fedbus.security.errors import KeyFileError, TokenError, WireRejected
 from fedbus.security.keyfiles import Identity, Peer, keygen, load_authorized, load_private, load_public
 from fedbus.security.keys import AuthorizedKeys, KeyLookup, PublicKey, fingerprint, parse_public
+from fedbus.security.policy import DEFAULT_SECURITY, SECURITY_MODES, Security
 from fedbus.security.sealing import open_body, seal, seal_body, seal_context, unseal
 from fedbus.security.signing import Verified, is_signed, sign, verify
 from fedbus.security.token import JoinToken, decode_token, encode_token
 
 __all__ = [
+    "DEFAULT_SECURITY",
+    "SECURITY_MODES",
     "AuthorizedKeys",
     "Identity",
     "JoinToken",
@@ -30,10 +34,12 @@ __all__ = [
     "Peer",
     "PrivateKey",
     "PublicKey",
+    "Security",
     "TokenError",
     "Verified",
     "WireRejected",
     "decode_token",
+    "derive",
     "encode_token",
     "fingerprint",
     "generate",

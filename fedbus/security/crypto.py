@@ -12,6 +12,8 @@ ephemeral secrets must never come from a seeded ``random.Random``; tests pass fi
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
 import secrets
 from dataclasses import dataclass, field
 
@@ -67,6 +69,21 @@ def random_bytes(n: int) -> bytes:
 def generate() -> PrivateKey:
     """A fresh key pair (both halves) from the operating system's CSPRNG."""
     return PrivateKey(random_bytes(KEY_BYTES), random_bytes(KEY_BYTES))
+
+
+DERIVE_DOMAIN = b"fedbus/v2 derived key\n"
+
+
+def derive(secret: bytes, owner: str) -> PrivateKey:
+    """``owner``'s key pair derived from ``secret`` (HMAC-SHA256 of the domain, the owner and the half's name):
+    one secret gives a process's own parties each a key of its own (``fedbus run`` and its clients; the
+    simulator, from its seed, to replay byte for byte). As secret as ``secret``: at least 32 random bytes from
+    :func:`random_bytes` for a real run; a seed-derived one only where nobody attacks (the simulator)."""
+    if type(secret) is not bytes or len(secret) < KEY_BYTES:
+        raise ValueError(f"a key-derivation secret must be at least {KEY_BYTES} bytes")
+    label = DERIVE_DOMAIN + owner.encode("utf-8") + b"\n"
+    return PrivateKey(hmac.new(secret, label + b"ed25519", hashlib.sha256).digest(),
+                      hmac.new(secret, label + b"x25519", hashlib.sha256).digest())
 
 
 # ---------------------------------------------------------------------------------------------- Ed25519

@@ -105,11 +105,13 @@ class AuthorizedKeys:
 
     def __post_init__(self) -> None:
         index: dict[str, PublicKey] = {}
+        owners: dict[PublicKey, str] = {}
         for owner, key in self.entries:
-            problem = _entry_problem(owner, key, index)
+            problem = _entry_problem(owner, key, index, owners)
             if problem:
                 raise ValueError(problem)
             index[owner] = key
+            owners[key] = owner
         object.__setattr__(self, "_index", index)
 
     def get(self, signer_id: str, /) -> PublicKey | None:
@@ -136,16 +138,17 @@ class AuthorizedKeys:
         return "".join(authorized_line(owner, key) for owner, key in self.entries)
 
 
-def _entry_problem(owner: str, key: PublicKey, index: dict[str, PublicKey]) -> str:
+def _entry_problem(owner: str, key: PublicKey, index: dict[str, PublicKey], owners: dict[PublicKey, str]) -> str:
+    """What is wrong with adding ``owner``'s ``key`` to ``index`` (``owners``: the same, key to owner), or ''.
+    Constant time per entry: a federation of thousands of clients loads in linear time."""
     if not is_valid_id(owner) or owner == AGGREGATOR:
         return f"{owner!r} is not a client id"
     if not isinstance(key, PublicKey):
         return f"the key of {owner!r} is not a PublicKey"
     if owner in index:
         return f"{owner!r} is listed twice"
-    for other, known in index.items():
-        if known == key:
-            return f"{owner!r} has the same key as {other!r}: each client needs a key of its own"
+    if key in owners:
+        return f"{owner!r} has the same key as {owners[key]!r}: each client needs a key of its own"
     return ""
 
 
@@ -169,6 +172,7 @@ def parse_authorized(text: str, source: str = "") -> AuthorizedKeys:
     is ``<client id> <public key>`` and may go on with a comment. ``KeyFileError`` names the first bad line."""
     entries: list[tuple[str, PublicKey]] = []
     index: dict[str, PublicKey] = {}
+    owners: dict[PublicKey, str] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         words = line.split()
         if not words or words[0].startswith("#"):
@@ -177,9 +181,10 @@ def parse_authorized(text: str, source: str = "") -> AuthorizedKeys:
             owner, key = parse_key_line(line)
         except ValueError as exc:
             raise KeyFileError(source, f"line {number}: {exc}") from None
-        problem = _entry_problem(owner, key, index)
+        problem = _entry_problem(owner, key, index, owners)
         if problem:
             raise KeyFileError(source, f"line {number}: {problem}")
         index[owner] = key
+        owners[key] = owner
         entries.append((owner, key))
     return AuthorizedKeys(tuple(entries))

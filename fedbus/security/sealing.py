@@ -57,8 +57,10 @@ def _key_and_nonce(shared: bytes, ephemeral_public: bytes, recipient: bytes) -> 
 def seal(plaintext: bytes, recipient: PublicKey, context: bytes, *, ephemeral: bytes | None = None) -> bytes:
     """A box of ``plaintext`` that only ``recipient``'s private key opens, and only under ``context``.
 
-    ``ephemeral`` is for test vectors only: a fixed 32-byte ephemeral secret. Left out (always, outside tests),
-    a fresh one comes from the OS's CSPRNG; reusing one would reuse the AEAD key and nonce."""
+    ``ephemeral`` is for test vectors and the simulator only (:attr:`fedbus.security.policy.Security.ephemeral_seed`
+    derives one per payload, so that a seed replays the same bytes): a fixed 32-byte ephemeral secret. Left out
+    (always, over a network), a fresh one comes from the OS's CSPRNG; reusing one for another plaintext would
+    reuse the AEAD key and nonce."""
     secret = crypto.random_bytes(KEY_BYTES) if ephemeral is None else ephemeral
     if len(secret) != KEY_BYTES:
         raise LocalProtocolError("the ephemeral secret must be 32 bytes")
@@ -107,7 +109,8 @@ def _context_of(document: dict[str, Any]) -> bytes | None:
 
 def seal_body(payload: bytes, recipient: PublicKey, *, ephemeral: bytes | None = None) -> bytes:
     """``payload`` (a v1 message as the codec encoded it) with its body sealed to ``recipient`` under the
-    message's own ``run``, ``client`` and ``id``. ``LocalProtocolError`` if it is not such a message."""
+    message's own ``run``, ``client`` and ``id``. ``LocalProtocolError`` if it is not such a message.
+    ``ephemeral``: as in :func:`seal`."""
     try:
         document = json.loads(payload.decode("utf-8"))
     except (ValueError, RecursionError) as exc:

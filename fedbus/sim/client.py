@@ -29,6 +29,7 @@ from fedbus.plan import ClientPlan
 from fedbus.protocol import codec
 from fedbus.protocol.messages import Task
 from fedbus.results.eventlog import EventLog
+from fedbus.security.policy import Security
 from fedbus.sim.broker import MemoryBroker
 from fedbus.sim.timeline import Timeline
 
@@ -37,6 +38,7 @@ from fedbus.sim.timeline import Timeline
 class SimClientConfig:
     run: str
     plan: ClientPlan
+    security: Security | None = None  # None: protocol v1
 
 
 class SimClient:
@@ -50,7 +52,7 @@ class SimClient:
         self.events = events
         profile = ClientProfile(run=config.run, client=plan.client, seed=plan.seed, group=plan.group,
                                 step_latency_s=plan.step_delay_s, boot="0")
-        self.session = ClientSession(profile, codec.Limits(max_bytes=plan.max_message_bytes))
+        self.session = ClientSession(profile, codec.Limits(max_bytes=plan.max_message_bytes), config.security)
         self.ident = f"{config.run}.{plan.client}"
         self.optimizer: LocalOptimizer | None = None
 

@@ -5,6 +5,9 @@ node: the same decisions and the same records go to events.jsonl (with ``t`` in 
 after the run finishes, messages still in flight for a grace period go through the session, which
 rejects late updates with a reason. The aggregator's retained presence says 'online' from the start
 and 'offline' once the grace period is over (virtual time has no silence to fill with heartbeats).
+
+Under the scenario's ``security`` (protocol v2 by default) every party signs and seals as over MQTT, with keys
+and sealing derived from the seed (:func:`fedbus.plan.simulated_security`), so a replay is still byte for byte.
 """
 
 from __future__ import annotations
@@ -22,13 +25,14 @@ from fedbus.aggregator.session import FINISH_GRACE_S, Action, AggregatorSession,
 from fedbus.aggregator.strategies import carry_out
 from fedbus.aggregator.stream import StreamAggregator
 from fedbus.errors import EngineError, failure_text
-from fedbus.plan import client_plans, make_core
+from fedbus.plan import client_plans, make_core, simulated_security
 from fedbus.protocol import codec
 from fedbus.protocol.ids import AGGREGATOR
 from fedbus.results.eventlog import EventLog
 from fedbus.results.progress import Progress
 from fedbus.results.summary import build_summary, prompt_record, round_record
 from fedbus.scenario import Scenario
+from fedbus.security.policy import Security
 from fedbus.sim.broker import MemoryBroker
 from fedbus.sim.client import SimClient, SimClientConfig
 from fedbus.sim.timeline import Timeline
@@ -48,8 +52,8 @@ class SimAggregator:
 
     def __init__(self, core: RoundAggregator | StreamAggregator, timeline: Timeline, broker: MemoryBroker, *,
                  events: EventLog, evaluator: SurrogateEvaluator, progress: Progress, max_message_bytes: int,
-                 grace_s: float) -> None:
-        self.session = AggregatorSession(core, codec.Limits(max_bytes=max_message_bytes))
+                 grace_s: float, security: Security | None = None) -> None:
+        self.session = AggregatorSession(core, codec.Limits(max_bytes=max_message_bytes), security=security)
         self.core = core
         self.run_id = core.config.run
         self.timeline = timeline
@@ -134,12 +138,14 @@ def simulate(scenario: Scenario, out_dir: Path, *, run_id: str | None = None, pr
                       broker=SIM_BROKER["url"], simulated=True)
         show.header(run_id, scenario.engine, SIM_BROKER["url"], scenario.clients.count, scenario.rounds)
         core = make_core(scenario, run_id)
+        security = simulated_security(scenario, run_id)
         aggregator = SimAggregator(core, timeline, broker, events=events, evaluator=evaluator, progress=show,
                                    max_message_bytes=scenario.max_message_bytes,
-                                   grace_s=FINISH_GRACE_S * scenario.time_scale)
+                                   grace_s=FINISH_GRACE_S * scenario.time_scale, security=security.aggregator)
         aggregator.start()
         for plan in client_plans(scenario):
-            SimClient(SimClientConfig(run=run_id, plan=plan), timeline, broker, events).start()
+            config = SimClientConfig(run=run_id, plan=plan, security=security.client(plan.client))
+            SimClient(config, timeline, broker, events).start()
         timeline.run(stop=lambda: aggregator.done, horizon=horizon(scenario))
         if not aggregator.done:
             events.record("simulation-stopped", reason="virtual time horizon reached", now=timeline.now)

@@ -190,7 +190,7 @@ def test_every_field_compare_reads_is_checked_with_its_type() -> None:
     assert summary_problem(summary()) is None
     broken = summary()
     broken["final"]["test_accuracy"] = "high"
-    assert summary_problem(broken) == "final.test_accuracy is a string, not a number"
+    assert summary_problem(broken) == "final.test_accuracy is a string, not a number or null"
     broken = summary()
     del broken["totals"]["wall_s"]
     assert summary_problem(broken) == "no totals.wall_s"

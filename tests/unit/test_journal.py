@@ -20,8 +20,9 @@ from hypothesis import strategies as st
 from fedbus.aggregator.effects import RoundResult
 from fedbus.aggregator.events import Event
 from fedbus.aggregator.session import AggregatorSession, NodeOutcome
-from fedbus.plan import make_core
+from fedbus.plan import make_core, simulated_security
 from fedbus.protocol import codec
+from fedbus.protocol.ids import AGGREGATOR
 from fedbus.runtime.journal import (
     Journal,
     Resendable,
@@ -102,8 +103,11 @@ def journals(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Scenar
 
 
 def _fresh(scenario: Scenario) -> AggregatorSession:
-    core = make_core(scenario, sim_run_id(scenario))
-    return AggregatorSession(core, codec.Limits(max_bytes=scenario.max_message_bytes))
+    """A new session as the simulated run's was: the same core and, under protocol v2, the same keys (a resumed
+    aggregator must verify and open what its journal holds)."""
+    run_id = sim_run_id(scenario)
+    return AggregatorSession(make_core(scenario, run_id), codec.Limits(max_bytes=scenario.max_message_bytes),
+                             security=simulated_security(scenario, run_id).aggregator)
 
 
 def _rounds(outcome: NodeOutcome) -> list[tuple[RoundResult, dict[str, object]]]:
@@ -175,7 +179,8 @@ def test_a_resumed_aggregator_sends_the_global_and_the_open_tasks_again(journals
     replay(_fresh(scenario), lines[:opened + 1], resend)
     sends = resend.sends()
     assert sends[0].retain and sends[0].topic.endswith("/global")
-    tasks = [codec.decode(s.payload) for s in sends[1:]]
+    client = simulated_security(scenario, sim_run_id(scenario)).client("client-0")  # pins the aggregator's key
+    tasks = [codec.decode(client.authenticate(s.payload, signer=AGGREGATOR)) for s in sends[1:]]
     assert sorted(t.client for t in tasks) == [f"client-{i}" for i in range(scenario.clients.count)]
     assert {t.round for t in tasks} == {2}
 
