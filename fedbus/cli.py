@@ -178,6 +178,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-cache", action="store_true", help="do not reuse cached LLM responses")
     run.add_argument("--strategy", help="override aggregation.strategy (concat, summarize, uid_summarize) "
                                         "to compare aggregators on one scenario")
+    run.add_argument("--security", choices=("signed+sealed", "signed", "none"),
+                     help="override the scenario's security: signed+sealed (default: every message signed, "
+                          "updates sealed to the aggregator), signed, or none (protocol v1: anyone on the broker "
+                          "can post as anyone; for protocol experiments and v1 clients)")
     run.add_argument("--workers", type=_int_within(0), metavar="N",
                      help="client processes (default: one per 100 clients, at most one per CPU; 0: all clients "
                           "in the aggregator's process)")
@@ -342,11 +346,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     try:
         scenario = load_scenario(args.scenario, seed=args.seed)
-        if args.strategy:
+        if args.strategy or args.security:
             from fedbus.scenario.loader import scenario_from_mapping, scenario_to_mapping
 
             doc = scenario_to_mapping(scenario)
-            doc["aggregation"]["strategy"] = args.strategy
+            if args.strategy:
+                doc["aggregation"]["strategy"] = args.strategy
+            if args.security:
+                doc["security"] = args.security
             scenario = scenario_from_mapping(doc, source=str(args.scenario))
     except ScenarioError as exc:
         for line in exc.lines():

@@ -42,6 +42,7 @@ from fedbus.results.eventlog import EventLog
 from fedbus.runtime.address import BrokerAddress
 from fedbus.runtime.bus import Backoff, Incoming, LastWill, MqttBus, connect_retrying
 from fedbus.scenario.conditions import ClientGroup
+from fedbus.security.policy import Security
 
 log = structlog.get_logger("fedbus.client")
 STALL_S = 20.0  # wall seconds without a message from an online aggregator (heartbeats every 5 s): reconnect
@@ -67,15 +68,17 @@ class ClientConfig:
     retry_first_connect: bool = True  # False: the first connection fails at once (a remote `fedbus client`)
     # leave (not ok) when nothing came from the aggregator for this many wall seconds; None: wait for ever
     silence_timeout_s: float | None = None
+    security: Security | None = None  # protocol v2 (signing, sealing); None: v1
 
     @classmethod
     def for_plan(cls, plan: ClientPlan, *, run: str, broker: BrokerAddress, time_scale: float,
-                 started_at: float, boot: str = "0") -> ClientConfig:
+                 started_at: float, boot: str = "0", security: Security | None = None) -> ClientConfig:
         """One of the scenario's own clients, inside ``fedbus run`` (message ids with boot '0', as simulated;
         a resumed run's clients use 'r1', 'r2', ... so no id of an earlier incarnation comes back)."""
         return cls(run=run, client=plan.client, broker=broker, shard=plan.shard,
                    max_message_bytes=plan.max_message_bytes, seed=plan.seed, group=plan.group,
-                   step_delay_s=plan.step_delay_s, time_scale=time_scale, started_at=started_at, boot=boot)
+                   step_delay_s=plan.step_delay_s, time_scale=time_scale, started_at=started_at, boot=boot,
+                   security=security)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,7 +125,7 @@ class _Driver:
         self.t0 = config.started_at if config.started_at is not None else self.loop.time()
         profile = ClientProfile(run=config.run, client=config.client, seed=config.seed, group=config.group,
                                 step_latency_s=config.step_delay_s, boot=config.boot or secrets.token_hex(4))
-        self.session = ClientSession(profile, codec.Limits(max_bytes=config.max_message_bytes))
+        self.session = ClientSession(profile, codec.Limits(max_bytes=config.max_message_bytes), config.security)
         # the one consumer of the session: deliveries, timers, finished work and link releases, in order
         self.queue: asyncio.Queue[ClientEvent | Leave | Deliveries | _Delivery | _Cut | _Lost] = asyncio.Queue()
         self.bus: MqttBus | None = None

@@ -19,6 +19,7 @@ from fedbus.protocol.ids import AGGREGATOR
 from fedbus.protocol.messages import GlobalState, Presence
 from fedbus.runtime.address import BrokerAddress
 from fedbus.runtime.bus import MqttBus
+from fedbus.security.signing import is_signed, unverified_payload
 
 QUIET_S = 0.3  # retained messages arrive right after SUBACK; this long without one more ends the look
 LOOK_LIMIT_S = 5.0
@@ -54,7 +55,11 @@ async def refuse_used_run_id(address: BrokerAddress, run_id: str) -> None:
     Clients marked online are not refused: remote clients may join before the aggregator starts (they wait
     for its global). A client of an earlier run whose process died is offline (its Last Will said so)."""
     found = await retained_of(address, (topics.global_topic(run_id),))
-    state = _decoded(found.get(topics.global_topic(run_id)))
+    payload = found.get(topics.global_topic(run_id))
+    if payload is not None and is_signed(payload):  # protocol v2: its signer is that run's aggregator
+        raise RunIdInUse(f"run id {run_id!r} was already used on {address.url()} (a signed retained global is "
+                         "there): continue it with `fedbus run --resume RUN_DIR`, or choose another --run-id")
+    state = _decoded(payload)
     if isinstance(state, GlobalState):
         hint = ("it finished; choose another --run-id" if state.status == "finished"
                 else "it did not finish; continue it with `fedbus run --resume RUN_DIR`, or choose another --run-id")
@@ -89,6 +94,10 @@ async def clear_retained(address: BrokerAddress, run_id: str, clients: list[str]
 def _decoded(payload: bytes | None) -> object | None:
     if not payload:
         return None
+    if is_signed(payload):  # v2: read, not verified; it only decides whether to refuse to start
+        payload = unverified_payload(payload)
+        if payload is None:
+            return None
     try:
         return codec.decode(payload)
     except RemoteProtocolError:

@@ -34,7 +34,7 @@ import structlog
 
 from fedbus.client.optimizer import OptimizerFactory, make_optimizer, scenario_optimizer
 from fedbus.errors import FedbusError
-from fedbus.plan import client_plans
+from fedbus.plan import client_plans, run_security
 from fedbus.results.eventlog import EventLog
 from fedbus.runtime.address import parse_broker_url
 from fedbus.runtime.client_node import ClientConfig, run_client
@@ -77,6 +77,7 @@ class WorkerSpec:
     parent_pid: int
     log_level: str = "WARNING"
     boot: str = "0"  # message-id token of the run's clients: '0', or 'r1', 'r2', ... in a resumed run
+    secret: str = ""  # hex: the run's key secret (its clients' keys derive from it); the file is 0600
 
     def dump(self, path: Path) -> None:
         """Write the spec for the worker, readable by this user only: it may hold the broker password."""
@@ -106,7 +107,8 @@ class WorkerPool:
         stack.callback(self.kill)
 
     def start(self, *, run_id: str, broker_url: str, scenario: Scenario, members: Sequence[tuple[str, int, str]],
-              workers: int, loop_t0: float, log_t0: float, log_level: str = "WARNING", boot: str = "0") -> None:
+              workers: int, loop_t0: float, log_t0: float, log_level: str = "WARNING", boot: str = "0",
+              secret: str = "") -> None:
         """Start the workers. Call it from the run's main thread: Linux sends the parent-death signal when the
         thread that forked a worker ends, not only when the whole process does."""
         from fedbus.scenario.loader import scenario_to_mapping
@@ -117,7 +119,7 @@ class WorkerPool:
             part = self.workdir / f"events-{k}.jsonl"
             WorkerSpec(run_id=run_id, broker_url=broker_url, scenario=scenario_to_mapping(scenario),
                        members=chunk, loop_t0=loop_t0, log_t0=log_t0, events_path=str(part),
-                       parent_pid=os.getpid(), log_level=log_level, boot=boot).dump(spec_path)
+                       parent_pid=os.getpid(), log_level=log_level, boot=boot, secret=secret).dump(spec_path)
             self.parts.append(part)
             command = [sys.executable, "-m", "fedbus.runtime.worker_process", str(spec_path)]
             self.processes.append(subprocess.Popen(command, stdin=subprocess.DEVNULL))
@@ -147,6 +149,7 @@ async def run_slice(spec: WorkerSpec) -> None:
     scenario = scenario_from_mapping(spec.scenario)
     make = scenario_optimizer(scenario.clients.optimizer)
     plans = {plan.client: plan for plan in client_plans(scenario)}
+    security = run_security(scenario, bytes.fromhex(spec.secret) if spec.secret else None)
     broker = parse_broker_url(spec.broker_url)
     events = EventLog(Path(spec.events_path), clock=lambda: time.monotonic() - spec.log_t0)
     ensure_open_files(len(spec.members) + 256)
@@ -155,7 +158,7 @@ async def run_slice(spec: WorkerSpec) -> None:
             for cid, _shard, _group in spec.members:
                 config = ClientConfig.for_plan(plans[cid], run=spec.run_id, broker=broker,
                                                time_scale=scenario.time_scale, started_at=spec.loop_t0,
-                                               boot=spec.boot)
+                                               boot=spec.boot, security=security.client(cid))
                 group.create_task(run_guarded(config, events, make), name=f"client[{spec.run_id}].{cid}")
     finally:
         events.close()

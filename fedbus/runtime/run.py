@@ -22,7 +22,7 @@ from fedbus.client.optimizer import OptimizerFactory, scenario_optimizer
 from fedbus.errors import FedbusError
 from fedbus.llm.engine import ChatEngine
 from fedbus.llm.extras import require_libraries
-from fedbus.plan import client_plans, make_core
+from fedbus.plan import client_plans, make_core, run_security
 from fedbus.plugins import is_reference
 from fedbus.results.eventlog import EventLog
 from fedbus.results.progress import Progress
@@ -38,6 +38,7 @@ from fedbus.runtime.journal import JOURNAL, Journal, ResumeError, read_journal, 
 from fedbus.runtime.limits import ensure_open_files
 from fedbus.runtime.llm_run import LLMReducer, llm_summary, load_optimizer_library, optimizer_factory
 from fedbus.runtime.pool import WorkerPool, auto_workers, run_guarded
+from fedbus.runtime.run_keys import run_secret
 from fedbus.runtime.scoring import LLMScoring, Scoring, SurrogateScoring
 from fedbus.scenario import Scenario
 from fedbus.scenario.engine import EngineSpec
@@ -129,10 +130,13 @@ async def _run(scenario: Scenario, options: RunOptions, engine: ChatEngine | Non
         else:
             checkpoint.resumed(broker_info)
             events.record("run-resumed", run=run_id, resume=len(checkpoint.resumes), broker=broker_info["url"])
-        progress.header(run_id, scenario.engine, broker_info["url"], scenario.clients.count, scenario.rounds)
+        progress.header(run_id, scenario.engine, broker_info["url"], scenario.clients.count, scenario.rounds,
+                        security=scenario.security)
         log.info("run started", scenario=scenario.name, engine=scenario.engine, broker=broker_info["url"],
                  resume=len(checkpoint.resumes))
         core = make_core(scenario, run_id)
+        secret = None if scenario.security == "none" else run_secret(out, resume=bool(checkpoint.resumes))
+        security = run_security(scenario, secret)
         t0 = asyncio.get_running_loop().time()
         journal = Journal(out / JOURNAL)
         node: AggregatorNode | None = None
@@ -149,7 +153,8 @@ async def _run(scenario: Scenario, options: RunOptions, engine: ChatEngine | Non
         node = AggregatorNode(core, broker=address, events=events, on_round=on_round,
                               max_message_bytes=scenario.max_message_bytes, time_scale=scenario.time_scale,
                               started_at=t0, reducer=reducer, journal=journal,
-                              boot=f"r{len(checkpoint.resumes)}" if checkpoint.resumes else "0")
+                              boot=f"r{len(checkpoint.resumes)}" if checkpoint.resumes else "0",
+                              security=security.aggregator)
         if checkpoint.resumes:
             replayed = node.resume(read_journal(out / JOURNAL))
             if replayed.finished is not None and not replayed.unevaluated:
@@ -173,7 +178,7 @@ async def _run(scenario: Scenario, options: RunOptions, engine: ChatEngine | Non
 
         clients = _Clients(stack, scenario, options, run_id=run_id, address=address, events=events, t0=t0,
                            make=_optimizer_factory(scenario, engine, out),
-                           boot=f"r{len(checkpoint.resumes)}" if checkpoint.resumes else "0")
+                           boot=f"r{len(checkpoint.resumes)}" if checkpoint.resumes else "0", secret=secret)
         try:
             async with asyncio.TaskGroup() as group:
                 if embedded is not None:
@@ -272,9 +277,11 @@ class _Clients:
 
     def __init__(self, stack: ExitStack, scenario: Scenario, options: RunOptions, *, run_id: str,
                  address: BrokerAddress, events: EventLog, t0: float, make: OptimizerFactory,
-                 boot: str = "0") -> None:
+                 boot: str = "0", secret: bytes | None = None) -> None:
         self.stack, self.scenario, self.options, self.run_id = stack, scenario, options, run_id
         self.address, self.events, self.t0, self.make, self.boot = address, events, t0, make, boot
+        self.secret = secret or b""
+        self.security = run_security(scenario, secret)
         self.tasks: list[asyncio.Task[None]] = []
         self.pool: WorkerPool | None = None
 
@@ -291,12 +298,13 @@ class _Clients:
             self.pool = WorkerPool(self.stack, options.out_dir / "workers")
             self.pool.start(run_id=self.run_id, broker_url=self.address.url(redact=False), scenario=s,
                             members=members, workers=workers, loop_t0=self.t0, log_t0=self.events.started,
-                            log_level=options.log_level, boot=self.boot)
+                            log_level=options.log_level, boot=self.boot, secret=self.secret.hex())
             self.events.record("workers-started", workers=len(self.pool.processes), clients=len(members))
             return
         for plan in client_plans(s):
             config = ClientConfig.for_plan(plan, run=self.run_id, broker=self.address, time_scale=s.time_scale,
-                                           started_at=self.t0, boot=self.boot)
+                                           started_at=self.t0, boot=self.boot,
+                                           security=self.security.client(plan.client))
             self.tasks.append(group.create_task(run_guarded(config, self.events, self.make),
                                                 name=f"client[{self.run_id}].{plan.client}"))
 

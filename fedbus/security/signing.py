@@ -66,6 +66,15 @@ def is_signed(wire: bytes) -> bool:
     return wire[: len(MAGIC)] == MAGIC
 
 
+def unverified_payload(wire: bytes) -> bytes | None:
+    """The payload a frame carries, NOT verified: only for a look that decides nothing about trust (e.g. whether a
+    client id is shown online before connecting under it). None if ``wire`` is no well-formed frame."""
+    if signer_of(wire) is None:
+        return None
+    start = _HEADER + wire[len(MAGIC)] + SIGNATURE_BYTES
+    return wire[start:] if len(wire) > start else None
+
+
 def signer_of(wire: bytes) -> str | None:
     """The signer id a frame claims, unverified (for a log line or a key lookup); None if it names none."""
     if len(wire) < _HEADER or wire[: len(MAGIC)] != MAGIC:

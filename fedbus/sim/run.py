@@ -136,7 +136,8 @@ def simulate(scenario: Scenario, out_dir: Path, *, run_id: str | None = None, pr
     try:
         events.record("run-started", run=run_id, scenario=scenario.name, seed=scenario.seed, engine=scenario.engine,
                       broker=SIM_BROKER["url"], simulated=True)
-        show.header(run_id, scenario.engine, SIM_BROKER["url"], scenario.clients.count, scenario.rounds)
+        show.header(run_id, scenario.engine, SIM_BROKER["url"], scenario.clients.count, scenario.rounds,
+                    security=scenario.security)
         core = make_core(scenario, run_id)
         security = simulated_security(scenario, run_id)
         aggregator = SimAggregator(core, timeline, broker, events=events, evaluator=evaluator, progress=show,

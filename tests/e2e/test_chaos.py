@@ -32,6 +32,7 @@ ROUNDS = 12
 SCENARIO = """\
 name: chaos
 seed: 3
+security: {security}
 engine: surrogate
 rounds: {rounds}
 initial_prompt: >-
@@ -126,7 +127,15 @@ def assert_no_update_lost(summary: Summary, evs: list[dict[str, Any]]) -> None:
 @pytest.fixture
 def scenario(tmp_path: Path) -> Path:
     path = tmp_path / "chaos.yaml"
-    path.write_text(SCENARIO.format(rounds=ROUNDS, deadline=30), encoding="utf-8")
+    path.write_text(SCENARIO.format(rounds=ROUNDS, deadline=30, security="signed+sealed"), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def v1_scenario(tmp_path: Path) -> Path:
+    """For runs a remote `fedbus client` joins: without an invitation it speaks protocol v1."""
+    path = tmp_path / "chaos-v1.yaml"
+    path.write_text(SCENARIO.format(rounds=ROUNDS, deadline=30, security="none"), encoding="utf-8")
     return path
 
 
@@ -264,7 +273,7 @@ def test_a_remote_client_killed_or_frozen_mid_run(tmp_path: Path, embedded_broke
     out), so each round it is in waits for the deadline, records it missing, and goes on with the others."""
     rounds = 6
     scenario = tmp_path / "chaos.yaml"
-    scenario.write_text(SCENARIO.format(rounds=rounds, deadline=6), encoding="utf-8")
+    scenario.write_text(SCENARIO.format(rounds=rounds, deadline=6, security="none"), encoding="utf-8")
     run_id = f"chaos-{how.lower()}-{os.getpid()}"
     remote = start_client(embedded_broker, run_id, "remote-0")
     out = tmp_path / "run"
@@ -303,12 +312,12 @@ def test_a_remote_client_gives_up_on_a_silent_aggregator(embedded_broker: Broker
     assert time.monotonic() - started < 45
 
 
-def test_a_remote_client_leaves_when_its_aggregator_is_killed(scenario: Path, tmp_path: Path,
+def test_a_remote_client_leaves_when_its_aggregator_is_killed(v1_scenario: Path, tmp_path: Path,
                                                               embedded_broker: BrokerAddress) -> None:
     run_id = f"chaos-abandoned-{os.getpid()}"
     remote = start_client(embedded_broker, run_id, "remote-0", "--aggregator-timeout", "8")
     out = tmp_path / "run"
-    run = start_run(scenario, out, "--broker", embedded_broker.url(), "--run-id", run_id)
+    run = start_run(v1_scenario, out, "--broker", embedded_broker.url(), "--run-id", run_id)
     wait_until(lambda: rounds_closed(out) >= 2 or run.poll() is not None, "round 2 to close")
     run.kill()
     run.communicate()

@@ -1,6 +1,8 @@
 """The aggregator node over a real broker (fedbus/runtime/aggregator_node.py): forged presence is dropped
-while the run goes on, and updates that arrive too late for the last round end up in summary.json's
-``rejected_after_last_round`` with a reason."""
+while the run goes on, updates that arrive too late for the last round end up in summary.json's
+``rejected_after_last_round`` with a reason, and evaluating a closed round does not hold back the next
+round's tasks. Its publishing (many in flight, in order, taken back in order when a connection fails) is
+driven through a stand-in connection: a real broker cannot be made to hold or fail one acknowledgement."""
 
 from __future__ import annotations
 
@@ -9,17 +11,18 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from fedbus.aggregator.effects import Reduce, RoundResult
-from fedbus.aggregator.session import NodeOutcome
+from fedbus.aggregator.session import NodeOutcome, Send
+from fedbus.errors import TransportError
 from fedbus.plan import make_core
 from fedbus.protocol import codec, topics
-from fedbus.protocol.messages import Presence, Update, UpdateStats
+from fedbus.protocol.messages import Presence, Task, Update, UpdateStats
 from fedbus.results.eventlog import EventLog
 from fedbus.results.summary import build_summary
 from fedbus.runtime.address import BrokerAddress
-from fedbus.runtime.aggregator_node import AggregatorNode, reduce_with_strategy
+from fedbus.runtime.aggregator_node import MAX_IN_FLIGHT, AggregatorNode, reduce_with_strategy
 from fedbus.runtime.bus import MqttBus
 from fedbus.runtime.client_node import ClientConfig, run_client
 from fedbus.runtime.run import RunOptions, run_scenario
@@ -180,3 +183,127 @@ async def test_forged_presence_is_dropped_and_the_run_goes_on(broker: BrokerAddr
     assert "ghost" not in summary["clients"]
     forged = [e for e in logged(tmp_path / "events.jsonl") if e["event"] == "received-forged"]
     assert {e["topic"] for e in forged} == {topics.presence_topic(run_id, "client-0")}
+
+
+async def test_the_next_rounds_tasks_go_out_while_a_closed_round_is_evaluated(
+        broker: BrokerAddress, run_id: str, tmp_path: Path) -> None:
+    """The step that closes round 1 also opens round 2: round 2's tasks reach the clients while round 1 is
+    evaluated (the hook waits for them; a node that evaluated first would publish them only after it)."""
+    spec = scenario(rounds=2)
+    events = EventLog(tmp_path / "events.jsonl")
+    task_rounds: dict[str, set[int]] = {"client-0": set(), "client-1": set()}
+    evaluated: list[int] = []
+    async with MqttBus(broker, f"{run_id}.spy", clean_session=True) as spy:
+        await spy.subscribe(*(topics.task_topic(run_id, client) for client in task_rounds))
+
+        async def watch() -> None:
+            async for incoming in spy.messages():
+                task = codec.decode(incoming.payload, codec.Limits())
+                assert isinstance(task, Task)
+                task_rounds[task.client].add(task.round)
+
+        async def on_round(result: RoundResult) -> dict[str, object]:
+            if result.round == 1:
+                await wait_until(lambda: all(2 in rounds for rounds in task_rounds.values()),
+                                 "round 2's tasks at the clients while round 1 is evaluated")
+            evaluated.append(result.round)
+            return {"val_accuracy": None}
+
+        async with asyncio.TaskGroup() as group:
+            watcher = group.create_task(watch())
+            node = make_node(spec, broker=broker, run_id=run_id, events=events, on_round=on_round)
+            summary = await run_node(node, spec, broker, events)
+            watcher.cancel()
+    assert summary["status"] == "completed"
+    assert evaluated == [1, 2]
+    assert [r["round"] for r in summary["rounds"]] == [1, 2]
+
+
+class HeldConnection:
+    """Stands in for the node's connection: takes publishes in the order paho would get them, and
+    acknowledges or fails each only when the test says so."""
+
+    def __init__(self) -> None:
+        self.topics: list[str] = []
+        self.answers: list[asyncio.Future[None]] = []
+        self.aborted = False
+
+    async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        self.topics.append(topic)
+        answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.answers.append(answer)
+        await answer
+
+    async def abort(self) -> None:
+        self.aborted = True
+
+    def acknowledge(self) -> None:
+        for answer in self.answers:
+            if not answer.done():
+                answer.set_result(None)
+
+
+def idle_node(run_id: str, tmp_path: Path) -> AggregatorNode:
+    """A node that is never run: the tests below drive its publishing by hand."""
+    async def on_round(result: RoundResult) -> dict[str, object]:
+        return {}
+
+    return make_node(scenario(), broker=BrokerAddress(host="127.0.0.1", port=9), run_id=run_id,
+                     events=EventLog(tmp_path / "events.jsonl"), on_round=on_round)
+
+
+def sends(first: int, last: int) -> list[Send]:
+    return [Send(topic=f"t/{i}", payload=b"x") for i in range(first, last + 1)]
+
+
+async def test_publishes_go_out_in_order_without_waiting_for_acknowledgements_up_to_a_bound(
+        run_id: str, tmp_path: Path) -> None:
+    """MAX_IN_FLIGHT publishes are handed to the connection at once, in order; the rest follow as
+    acknowledgements come back, still in order."""
+    node = idle_node(run_id, tmp_path)
+    connection = HeldConnection()
+    published = sends(1, MAX_IN_FLIGHT + 20)
+    async with asyncio.TaskGroup() as group:
+        # the connection and task group that run() and _link would set up (private: see the module's docstring)
+        node._group, node._publisher = group, cast(MqttBus, connection)
+        for send in published:
+            node._publish(send)
+        await wait_until(lambda: len(connection.topics) == MAX_IN_FLIGHT, "the first publishes handed over")
+        await asyncio.sleep(0.05)
+        assert connection.topics == [send.topic for send in published[:MAX_IN_FLIGHT]]
+        while len(connection.topics) < len(published):
+            connection.acknowledge()
+            await asyncio.sleep(0)
+        connection.acknowledge()
+        await node._wait_acknowledged()
+    assert connection.topics == [send.topic for send in published]
+    assert not node._in_flight and not node._outbox
+
+
+async def test_what_a_failed_connection_left_unacknowledged_goes_out_first_after_reconnecting(
+        run_id: str, tmp_path: Path) -> None:
+    """A publish fails: nothing more goes to that connection, which is dropped; what it did not acknowledge
+    goes out on the next connection, in order, before what was published in between."""
+    node = idle_node(run_id, tmp_path)
+    lost, next_one = HeldConnection(), HeldConnection()
+    async with asyncio.TaskGroup() as group:
+        node._group, node._publisher = group, cast(MqttBus, lost)
+        for send in sends(1, 5):
+            node._publish(send)
+        await wait_until(lambda: len(lost.topics) == 5, "five publishes handed over")
+        lost.answers[0].set_result(None)
+        lost.answers[1].set_exception(TransportError("connection lost"))
+        await wait_until(lambda: lost.aborted, "the failed connection dropped")
+        for send in sends(6, 7):
+            node._publish(send)
+        await asyncio.sleep(0.05)
+        assert lost.topics == [f"t/{i}" for i in range(1, 6)]
+        await node._wait_acknowledged()  # returns at once: no connection takes publishes
+        node._take_back()  # as _link does when the dropped connection's stream ends
+        node._publisher = cast(MqttBus, next_one)  # as _link does once reconnected
+        node._hand_over()
+        await wait_until(lambda: len(next_one.topics) == 6, "the publishes on the next connection")
+        next_one.acknowledge()
+        await node._wait_acknowledged()
+    assert next_one.topics == [f"t/{i}" for i in range(2, 8)]
+    assert not node._in_flight and not node._outbox

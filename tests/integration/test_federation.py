@@ -103,7 +103,8 @@ async def test_malformed_and_forged_updates_are_rejected_and_the_run_goes_on(
         broker: BrokerAddress, run_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Garbage, a forged sender and an unknown client on update topics are rejected with reasons; the run completes."""
     gate = hold_round_one(monkeypatch)  # the garbage must arrive while round 1 is open
-    doc = scenario(rounds=2, clients={"count": 2, "local_steps": 1},
+    # protocol v1 (security: none): forgeries over v2 are held against nobody (tests/unit/test_session_security.py)
+    doc = scenario(security="none", rounds=2, clients={"count": 2, "local_steps": 1},
                    participation={"round_deadline_s": 120})  # bounds a hang; the gate decides when round 1 ends
     task = asyncio.create_task(run_scenario(scenario_from_mapping(doc), RunOptions(
         out_dir=tmp_path, broker_url=broker.url(), run_id=run_id, progress=False, workers=0)))
@@ -131,7 +132,9 @@ async def test_a_client_process_joins_the_next_round(broker: BrokerAddress, run_
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """`fedbus client` started as a separate OS process joins a running federation and takes part in a later round."""
     gate = hold_round_one(monkeypatch)  # round 1 lasts until the visitor is online, however long it takes to start
-    doc = scenario(rounds=3, clients={"count": 2, "local_steps": 1}, participation={"round_deadline_s": 120})
+    # a remote client without an invitation speaks protocol v1
+    doc = scenario(security="none", rounds=3, clients={"count": 2, "local_steps": 1},
+                   participation={"round_deadline_s": 120})
     task = asyncio.create_task(run_scenario(scenario_from_mapping(doc), RunOptions(
         out_dir=tmp_path, broker_url=broker.url(), run_id=run_id, progress=False, workers=0)))
     await _wait_for_event(tmp_path, "round-opened")

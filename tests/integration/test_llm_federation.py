@@ -24,6 +24,7 @@ pytestmark = [needs_library("textgrad"), pytest.mark.slow]  # TextGrad clients; 
 SCENARIO = """
 name: scripted-llm
 seed: 5
+security: none  # one test attaches a remote `fedbus client`, which speaks v1 without an invitation
 engine: {{name: openai, model: scripted-model, max_retries: 1, timeout_s: 10, concurrency: 4}}
 rounds: 2
 initial_prompt: "Answer the question. The last line of your response should be 'Answer: $VALUE'."

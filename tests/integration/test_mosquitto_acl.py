@@ -337,6 +337,7 @@ async def test_aggregator_publishes_tasks_receipts_global_and_presence(secured: 
 SCENARIO = """\
 name: acl-federation
 seed: 3
+security: none  # remote clients without invitations speak protocol v1
 engine: surrogate
 rounds: 2
 initial_prompt: "Answer the question. Give the answer on the last line."

@@ -122,7 +122,7 @@ def presence_is(status: str) -> Callable[[Message], bool]:
 
 def federation(rounds: int) -> dict[str, Any]:
     return {
-        "name": "paho", "seed": 5, "rounds": rounds,
+        "name": "paho", "seed": 5, "rounds": rounds, "security": "none",  # the single-file client speaks v1
         "task": {"train_size": 60, "val_size": 20, "test_size": 20},
         "clients": {"count": 2, "local_steps": 1, "batch_size": 3},
         "participation": {"min_clients": 2, "min_updates": 1, "round_deadline_s": 60, "join_timeout_s": 60},
