@@ -1,39 +1,62 @@
-"""A fedbus client in one file: paho-mqtt and the standard library, nothing from fedbus.
+"""A fedbus client in one file: paho-mqtt (and, for protocol v2, `cryptography`), nothing from fedbus.
 
-It takes part in a fedbus federation by following docs/PROTOCOL.md (the wire protocol, version 1)
-and nothing else, so it doubles as the reference for writing a client in another language. Its
-"local optimization" is a deterministic edit: it appends one sentence naming itself and the round
-to the prompt of each task, within the run's prompt budget. It logs the aggregator's receipt for
-each update and the aggregator's presence. Section references (§) are to headings of
-docs/PROTOCOL.md.
+It takes part in a fedbus federation by following docs/PROTOCOL.md (the wire protocol, version 1) and
+docs/SECURITY.md (protocol v2: signed frames, sealed bodies, keys and join tokens) and nothing else, so it
+doubles as the reference for writing a client in another language. Its "local optimization" is a
+deterministic edit: it appends one sentence naming itself and the round to the prompt of each task, within
+the run's prompt budget. It logs the aggregator's receipt for each update and the aggregator's presence.
+Section references (§) are to headings of docs/PROTOCOL.md; "SECURITY.md §" to docs/SECURITY.md's.
 
 Usage (fedbus need not be installed; paho-mqtt 2.x must be)::
 
     pip install 'paho-mqtt>=2,<3'
+    # protocol v1: a run with `security: none`
     python clients/paho_client.py --broker mqtt://HOST:1883 --run RUN_ID --id NAME
         [--username USER --password PASS] [--max-rounds N] [--timeout-s SECONDS]
         [--max-prompt-chars 20000]
+    # protocol v2 (fedbus's default, `security: signed+sealed` or `signed`); also needs cryptography
+    pip install 'paho-mqtt>=2,<3' 'cryptography>=40'
+    python clients/paho_client.py --token TOKEN_FILE_OR_TEXT [--key NAME.key] [--broker URL] [--ca FILE] ...
+
+With --token (a join token, `fedbus1:...`, or a file holding one: a token holds secrets, and a file keeps
+them out of `ps`), the broker, run id, client id, broker credentials and the aggregator's public key come
+from the token; --broker overrides its broker URL (--run and --id, if given, must agree with it). The
+client's private key is the token's `client_key` when `fedbus invite` minted one, else --key, the client's
+private key file (SECURITY.md § Key files; mode 0600, its `id` the client id), whose public half the
+aggregator must have authorized (`fedbus invite --public NAME.key.pub`, or its authorized-keys file; this
+client does not enroll with a token's `enroll` secret, whose request SECURITY.md leaves to the wiring).
+In v2 the client verifies every payload it receives against the aggregator's key pinned in the token
+(anything else is dropped and logged as `forged:<reason>`), deduplicates on (signer, id), signs everything
+it publishes (presence, Last Will, updates) and seals its update bodies to the aggregator. An `mqtts://`
+broker is reached over TLS, its certificate checked against --ca (default: the system's CAs).
 
 Exit status: 0 the run finished (or --max-rounds updates were sent); 1 the broker refused the
-connection or a subscription; 2 nothing happened for --timeout-s seconds; 64 a bad command line;
-128 + N on signal N (SIGINT, SIGTERM). In every case but 1 the client first tries to publish its
-'offline' presence and disconnects cleanly. Diagnostics go to stderr, one line each.
+connection or a subscription; 2 nothing happened for --timeout-s seconds; 64 a bad command line (a bad
+token or key file included); 128 + N on signal N (SIGINT, SIGTERM). In every case but 1 the client first
+tries to publish its 'offline' presence and disconnects cleanly. Diagnostics go to stderr, one line each.
 --max-prompt-chars is the budget used until the aggregator announces the run's (in `global` and `task`).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
+import hashlib
 import json
 import math
+import os
 import queue
 import re
 import secrets
 import signal
+import stat
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 from urllib.parse import unquote, urlsplit
@@ -169,14 +192,14 @@ def _check_receipt(body: dict[str, Any]) -> None:
     _require(isinstance(detail, str) and len(detail) <= 300, "detail must be a string of at most 300 characters")
 
 
-def decode(payload: bytes) -> dict[str, Any]:
+def decode(payload: bytes, limit: int = MAX_MESSAGE_BYTES) -> dict[str, Any]:
     """Parse and check one payload, in the order of § Decoding; raise ``Rejected`` with its reason.
 
     This client acts on `global`, `task`, `receipt` and the aggregator's `presence`, so it checks the
     bodies of those kinds; the others pass with a checked envelope and are dropped by the caller.
     """
-    if len(payload) > MAX_MESSAGE_BYTES:  # 1
-        raise Rejected("oversized", f"{len(payload)} bytes > {MAX_MESSAGE_BYTES}")
+    if len(payload) > limit:  # 1
+        raise Rejected("oversized", f"{len(payload)} bytes > {limit}")
     try:  # 2: UTF-8 (a BOM makes json.loads fail), one JSON document, no NaN/Infinity
         doc = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
     except RecursionError as exc:
@@ -206,6 +229,329 @@ def decode(payload: bytes) -> dict[str, Any]:
     elif kind == "presence":
         _require(body.get("status") in ("online", "offline"), "status must be online or offline")
     return doc
+
+
+# ------------------------------------------------------------------ protocol v2 (docs/SECURITY.md)
+
+# Written from docs/SECURITY.md alone. `cryptography` (Ed25519, X25519, HKDF-SHA256, ChaCha20-Poly1305) is
+# imported inside the functions that need it, so a v1 client runs on paho-mqtt alone.
+
+SIGNED_MAGIC = b"FB2S"  # SECURITY.md § The signed frame
+SIGN_DOMAIN = b"fedbus/v2 signed\n"
+MAX_SIGNER_ID = 64
+SIGNATURE_BYTES = 64
+SEALED_MAGIC = b"FB2E"  # SECURITY.md § The sealed box
+SEAL_DOMAIN = b"fedbus/v2 sealed\n"  # the associated data: this, then the context
+HKDF_INFO = b"fedbus/v2 sealed"
+KEY_BYTES = 32
+SEALED_KINDS = ("update", "failure")  # SECURITY.md § Sealed bodies
+PUBLIC_PREFIX = "fedbus-pk:"  # SECURITY.md § Text forms
+FINGERPRINT_PREFIX = "SHA256:"
+PRIVATE_KEY_TYPE = "fedbus-private-key"  # SECURITY.md § Key files
+TOKEN_PREFIX = "fedbus1:"  # SECURITY.md § Join tokens
+MAX_TOKEN_CHARS = 8192
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
+class Forged(Rejected):
+    """A payload that fails SECURITY.md § Verifying (or the size check before it): dropped, held against nobody."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"forged:{reason}", detail)
+
+
+class BadInput(ValueError):
+    """A join token or key file that cannot be used; ``reason`` is SECURITY.md's code where it names one."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+def b64_exact(text: str, length: int | None = None) -> bytes | None:
+    """Standard padded base64 (RFC 4648 §4), only in its one canonical form (SECURITY.md § Text forms)."""
+    try:
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
+    except (UnicodeEncodeError, binascii.Error, ValueError):
+        return None
+    if base64.b64encode(raw).decode("ascii") != text or (length is not None and len(raw) != length):
+        return None
+    return raw
+
+
+def b64url_exact(text: str) -> bytes | None:
+    """base64url without padding (RFC 4648 §5), only in its canonical form (SECURITY.md § Join tokens)."""
+    if not _BASE64URL.fullmatch(text) or len(text) % 4 == 1:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    return raw if base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=") == text else None
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    """A party's public key: Ed25519 (``sign``, to verify it) and X25519 (``seal``, to seal to it)."""
+
+    sign: bytes
+    seal: bytes
+
+    def text(self) -> str:
+        return PUBLIC_PREFIX + base64.b64encode(self.sign + self.seal).decode("ascii")
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256(self.sign + self.seal).digest()
+        return FINGERPRINT_PREFIX + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+
+def parse_public_key(text: str) -> PublicKey:
+    """``fedbus-pk:`` + canonical base64 of ``ed25519 public (32) ‖ x25519 public (32)``; ValueError if not."""
+    raw = b64_exact(text[len(PUBLIC_PREFIX):], 2 * KEY_BYTES) if text.startswith(PUBLIC_PREFIX) else None
+    if raw is None:
+        raise ValueError(f"not a fedbus public key ({PUBLIC_PREFIX} and the base64 of 64 bytes)")
+    return PublicKey(raw[:KEY_BYTES], raw[KEY_BYTES:])
+
+
+@dataclass(frozen=True)
+class PrivateKey:
+    """A private key file's content (SECURITY.md § Key files): the id it signs as and its two secrets."""
+
+    owner: str
+    ed25519_seed: bytes = field(repr=False)
+    x25519_secret: bytes = field(repr=False)
+
+    @property
+    def public(self) -> PublicKey:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+        return PublicKey(Ed25519PrivateKey.from_private_bytes(self.ed25519_seed).public_key().public_bytes_raw(),
+                         X25519PrivateKey.from_private_bytes(self.x25519_secret).public_key().public_bytes_raw())
+
+
+def parse_private_key(text: str) -> PrivateKey:
+    """The private key file's JSON object; ``BadInput`` saying what is wrong (its ``public``, when present,
+    must be the key its secrets give: a damaged file is refused, not silently another identity)."""
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError):
+        raise BadInput("key", "not a fedbus private key file (not JSON)") from None
+    if not isinstance(doc, dict) or doc.get("type") != PRIVATE_KEY_TYPE:
+        raise BadInput("key", f'not a fedbus private key file (no "type": "{PRIVATE_KEY_TYPE}")')
+    if not (_is_int(doc.get("v")) and doc["v"] == 1):
+        raise BadInput("key", f"key file version {doc.get('v')!r} is not 1")
+    if not is_valid_id(doc.get("id")):
+        raise BadInput("key", f"id {doc.get('id')!r} is not a fedbus id")
+    secrets_: list[bytes] = []
+    for name in ("ed25519", "x25519"):
+        value = doc.get(name)
+        raw = b64_exact(value, KEY_BYTES) if isinstance(value, str) else None
+        if raw is None:
+            raise BadInput("key", f"{name} must be the base64 of 32 bytes")
+        secrets_.append(raw)
+    key = PrivateKey(doc["id"], secrets_[0], secrets_[1])
+    if "public" in doc and doc["public"] != key.public.text():
+        raise BadInput("key", "the public key written in the file does not belong to its secrets (damaged?)")
+    return key
+
+
+def load_private_key(path: Path) -> PrivateKey:
+    """Read a private key file; like OpenSSH, refuse one that group or others may read or write."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput("key", f"{path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if os.name == "posix" and mode & 0o077:
+        raise BadInput("key", f"{path}: permissions {mode:04o} are too open for a private key: chmod 600 it")
+    try:
+        return parse_private_key(text)
+    except BadInput as exc:
+        raise BadInput("key", f"{path}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class JoinToken:
+    """SECURITY.md § Join tokens, decoded. ``private_key``: the client's own, when the token carries it."""
+
+    broker: str
+    run: str
+    client: str
+    aggregator_key: PublicKey
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    enroll: bytes | None = field(default=None, repr=False)
+    private_key: PrivateKey | None = field(default=None, repr=False)
+
+
+def decode_token(text: str) -> JoinToken:
+    """``fedbus1:`` + base64url (no padding) of a JSON object; ``BadInput`` with SECURITY.md's reason
+    (``prefix``, ``encoding``, ``json``, ``version``, ``field``, ``fingerprint-mismatch``). Unknown fields are
+    ignored; surrounding whitespace too."""
+    text = text.strip()
+    if not text.startswith(TOKEN_PREFIX):
+        raise BadInput("prefix", f"a join token starts with {TOKEN_PREFIX!r}")
+    if len(text) > MAX_TOKEN_CHARS:
+        raise BadInput("encoding", f"longer than {MAX_TOKEN_CHARS} characters")
+    raw = b64url_exact(text[len(TOKEN_PREFIX):])
+    if raw is None:
+        raise BadInput("encoding", "not canonical base64url after the prefix (cut or mistyped?)")
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise BadInput("json", "the decoded token is not UTF-8 JSON") from None
+    if not isinstance(doc, dict):
+        raise BadInput("json", "the decoded token is not a JSON object")
+    if not (_is_int(doc.get("v")) and doc["v"] == 1):
+        raise BadInput("version", f"token version {doc.get('v')!r} is not 1")
+
+    def optional(name: str) -> str | None:
+        value = doc.get(name)
+        if value is not None and not isinstance(value, str):
+            raise BadInput("field", f"{name}: not a string")
+        return value
+
+    def required(name: str) -> str:
+        value = optional(name)
+        if value is None:
+            raise BadInput("field", f"{name}: missing")
+        return value
+
+    try:
+        aggregator_key = parse_public_key(required("aggregator_key"))
+    except ValueError as exc:
+        raise BadInput("field", f"aggregator_key: {exc}") from None
+    if aggregator_key.fingerprint() != required("aggregator_fingerprint"):
+        raise BadInput("fingerprint-mismatch", f"the key's fingerprint is {aggregator_key.fingerprint()}, the token "
+                                               f"says {doc['aggregator_fingerprint']}")
+    broker = required("broker")
+    try:
+        url = urlsplit(broker)
+        url_ok = (url.scheme in ("mqtt", "mqtts") and bool(url.hostname) and url.port != 0
+                  and url.username is None and url.password is None)
+    except ValueError:
+        url_ok = False
+    if not url_ok:
+        raise BadInput("field", f"broker: {broker!r} is not mqtt[s]://host:port")
+    run, client = required("run"), required("client")
+    if not is_valid_id(run):
+        raise BadInput("field", f"run: {run!r} is not a run id")
+    if not is_valid_id(client) or client == AGGREGATOR:
+        raise BadInput("field", f"client: {client!r} is not a client id")
+    username, password = optional("username"), optional("password")
+    if username == "" or (password is not None and username is None):
+        raise BadInput("field", "username: a non-empty user name, required with a password")
+    enroll_text = optional("enroll")
+    enroll = None if enroll_text is None else b64url_exact(enroll_text)
+    if enroll_text is not None and (enroll is None or len(enroll) != KEY_BYTES):
+        raise BadInput("field", "enroll: not base64url of 32 bytes")
+    # `client_key` (a token from `fedbus invite`, which minted the client's key pair and authorized it):
+    # base64url without padding of the Ed25519 seed (32) then the X25519 secret (32), the client's to sign as.
+    key_text = optional("client_key")
+    raw_key = None if key_text is None else b64url_exact(key_text)
+    if key_text is not None and (raw_key is None or len(raw_key) != 2 * KEY_BYTES):
+        raise BadInput("field", "client_key: not base64url of 64 bytes")
+    private_key = None if raw_key is None else PrivateKey(client, raw_key[:KEY_BYTES], raw_key[KEY_BYTES:])
+    return JoinToken(broker=broker, run=run, client=client, aggregator_key=aggregator_key, username=username,
+                     password=password, enroll=enroll, private_key=private_key)
+
+
+def signed_data(signer_id: str, payload: bytes) -> bytes:
+    """SECURITY.md § The signed frame: ``"fedbus/v2 signed" ‖ 0x0A ‖ n ‖ signer id ‖ payload``."""
+    raw_id = signer_id.encode("ascii")
+    return SIGN_DOMAIN + bytes([len(raw_id)]) + raw_id + payload
+
+
+def sign_frame(payload: bytes, key: PrivateKey) -> bytes:
+    """The ``FB2S`` frame of ``payload``, signed as ``key.owner``: magic, n, id, Ed25519 signature, payload."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    raw_id = key.owner.encode("ascii")
+    signature = Ed25519PrivateKey.from_private_bytes(key.ed25519_seed).sign(signed_data(key.owner, payload))
+    return SIGNED_MAGIC + bytes([len(raw_id)]) + raw_id + signature + payload
+
+
+def verify_frame(wire: bytes, keys: Mapping[str, PublicKey], signer: str) -> tuple[str, bytes]:
+    """SECURITY.md § Verifying, checks 1-5 in order: (signer id, payload), or ``Forged`` with the reason."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    if wire[: len(SIGNED_MAGIC)] != SIGNED_MAGIC:  # 1
+        raise Forged("unsigned", "not a signed frame (no FB2S magic)")
+    n = wire[4] if len(wire) > 4 else 0
+    start = 5 + n
+    signer_id = wire[5:start].decode("ascii", errors="replace")
+    if not (1 <= n <= MAX_SIGNER_ID and len(wire) >= start + SIGNATURE_BYTES and is_valid_id(signer_id)):  # 2
+        raise Forged("malformed", "the frame is cut, or its signer id is not a fedbus id")
+    if signer_id != signer:  # 3
+        raise Forged("wrong-signer", f"signed by {signer_id!r}, expected {signer!r}")
+    key = keys.get(signer_id)
+    if key is None:  # 4
+        raise Forged("unknown-signer", f"no key for {signer_id!r}")
+    signature, payload = wire[start : start + SIGNATURE_BYTES], wire[start + SIGNATURE_BYTES :]
+    try:  # 5
+        Ed25519PublicKey.from_public_bytes(key.sign).verify(signature, signed_data(signer_id, payload))
+    except InvalidSignature:
+        raise Forged("bad-signature", f"the signature does not match {signer_id!r}'s key") from None
+    return signer_id, payload
+
+
+def seal_context(run: str, client: str, msg_id: str) -> bytes:
+    """SECURITY.md § Sealed bodies: ``utf8(run) ‖ 0x0A ‖ utf8(client) ‖ 0x0A ‖ utf8(id)``."""
+    return b"\n".join(part.encode("utf-8") for part in (run, client, msg_id))
+
+
+def seal(plaintext: bytes, recipient: bytes, context: bytes, *, ephemeral: bytes | None = None) -> bytes:
+    """SECURITY.md § The sealed box: ``FB2E ‖ E ‖ ChaCha20-Poly1305(key, nonce, plaintext, ad)`` to the X25519
+    key ``recipient``. ``ephemeral`` is for test vectors only: a real box draws a fresh secret every time."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+    from cryptography.hazmat.primitives.hashes import SHA256
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    e = X25519PrivateKey.from_private_bytes(secrets.token_bytes(KEY_BYTES) if ephemeral is None else ephemeral)
+    e_public = e.public_key().public_bytes_raw()
+    try:
+        shared = e.exchange(X25519PublicKey.from_public_bytes(recipient))
+    except ValueError:  # cryptography refuses an all-zero result itself
+        shared = bytes(KEY_BYTES)
+    if shared == bytes(KEY_BYTES):
+        raise ValueError("the recipient's X25519 key is a low-order point: refusing to seal to it")
+    okm = HKDF(algorithm=SHA256(), length=44, salt=e_public + recipient, info=HKDF_INFO).derive(shared)
+    return SEALED_MAGIC + e_public + ChaCha20Poly1305(okm[:32]).encrypt(okm[32:44], plaintext, SEAL_DOMAIN + context)
+
+
+def encode(doc: dict[str, Any]) -> bytes:
+    """A message as this client writes it: compact JSON, UTF-8, in field order (§ The envelope)."""
+    return json.dumps(doc, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+
+
+def seal_body(doc: dict[str, Any], recipient: bytes, *, ephemeral: bytes | None = None) -> dict[str, Any]:
+    """``doc`` with its body replaced by ``{"sealed": base64(box)}``: the box of the body's JSON, under the
+    message's own run, client and id (SECURITY.md § Sealed bodies)."""
+    box = seal(encode(doc["body"]), recipient, seal_context(doc["run"], doc["client"], doc["id"]), ephemeral=ephemeral)
+    return {**doc, "body": {"sealed": base64.b64encode(box).decode("ascii")}}
+
+
+@dataclass(frozen=True)
+class V2:
+    """This client's protocol-v2 settings: its own key, and the aggregator's, pinned from the join token."""
+
+    key: PrivateKey
+    aggregator_key: PublicKey
+
+    def wrap(self, doc: dict[str, Any]) -> bytes:
+        """SECURITY.md § Sending: an update's or failure's body sealed to the aggregator, then all signed."""
+        if doc["kind"] in SEALED_KINDS:
+            doc = seal_body(doc, self.aggregator_key.seal)
+        return sign_frame(encode(doc), self.key)
+
+    def authenticate(self, wire: bytes, limit: int) -> tuple[str, bytes]:
+        """SECURITY.md § Receiving: the size of the frame, then its signature by the pinned aggregator key."""
+        if len(wire) > limit:
+            raise Forged("oversized", f"{len(wire)} bytes > {limit}")
+        return verify_frame(wire, {AGGREGATOR: self.aggregator_key}, AGGREGATOR)
 
 
 # ------------------------------------------------------------------ what the MQTT thread reports
@@ -252,6 +598,9 @@ class Options:
     max_rounds: int | None
     timeout_s: float | None
     max_prompt_chars: int
+    tls: bool = False  # mqtts://
+    ca: str | None = None  # the CA file to check the broker's certificate with (None: the system's)
+    v2: V2 | None = None  # protocol v2 (--token, --key); None: protocol v1
 
 
 def log(me: str, line: str) -> None:
@@ -270,7 +619,9 @@ class PahoClient:
         self.counter = 0
         self.counter_lock = threading.Lock()  # ids are drawn on both threads (the Will is built on paho's)
         self.inbox: queue.SimpleQueue[Event] = queue.SimpleQueue()  # put() is safe in a signal handler
-        self.seen: dict[str, None] = {}  # § Deduplication: insertion-ordered, so the oldest goes first
+        # § Deduplication: insertion-ordered, so the oldest goes first; keyed on (verified signer, id) as
+        # SECURITY.md § Deduplication with signatures says (the signer is "" in v1, where nothing is verified)
+        self.seen: dict[tuple[str, str], None] = {}
         self.state: dict[str, Any] | None = None  # the latest `global` (§ Client behaviour: needed first)
         self.pending_task: dict[str, Any] | None = None  # a task that came before any global
         self.done_rounds: set[int] = set()
@@ -288,6 +639,8 @@ class PahoClient:
                                 clean_session=False, protocol=mqtt.MQTTv311)
         if opts.username is not None:
             self.mqtt.username_pw_set(opts.username, opts.password)
+        if opts.tls:  # mqtts://: the broker's certificate and host name are checked
+            self.mqtt.tls_set(ca_certs=opts.ca)
         self.mqtt.reconnect_delay_set(min_delay=1, max_delay=30)
         self.mqtt.on_pre_connect = self._on_pre_connect
         self.mqtt.on_connect = self._on_connect
@@ -304,10 +657,12 @@ class PahoClient:
             return f"{self.me}-{self.boot}-{self.counter}"
 
     def envelope(self, kind: str, round_: int, body: dict[str, Any]) -> bytes:
-        """§ The envelope. `sent` is seconds since this process started (informational)."""
+        """§ The envelope, as it goes on the wire. `sent` is seconds since this process started (informational).
+
+        In v2 the body of an update is sealed and the whole signed (SECURITY.md § Sending)."""
         doc = {"v": SCHEMA_VERSION, "kind": kind, "run": self.run_id, "round": round_, "client": self.me,
                "id": self.new_id(), "sent": round(time.monotonic() - self.started, 3), "body": body}
-        return json.dumps(doc, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+        return encode(doc) if self.opts.v2 is None else self.opts.v2.wrap(doc)
 
     def presence(self, status: str) -> bytes:
         """§ Message kinds, `presence`: round 0, engine "" as the reference sends."""
@@ -322,6 +677,7 @@ class PahoClient:
     def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
         # § Transport, Last Will: a retained 'offline' presence, built at connect time, with a fresh id
         # for each connection. paho calls this before every (re)connect, so each CONNECT carries a new one.
+        # In v2 it is signed like everything else (SECURITY.md § Sending).
         client.will_set(topic(self.run_id, "presence", self.me), self.presence("offline"), qos=QOS, retain=True)
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags,
@@ -359,7 +715,11 @@ class PahoClient:
         """Take part in the run until it finishes; return the exit status."""
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self._on_signal)
-        log(self.me, f"joining run {self.run_id} on mqtt://{self.opts.host}:{self.opts.port}")
+        scheme = "mqtts" if self.opts.tls else "mqtt"
+        v2 = self.opts.v2
+        log(self.me, f"joining run {self.run_id} on {scheme}://{self.opts.host}:{self.opts.port}, " + (
+            "protocol v1 (unsigned)" if v2 is None else
+            f"protocol v2 as {v2.key.public.fingerprint()}, trusting aggregator {v2.aggregator_key.fingerprint()}"))
         # connect_async + loop_start: paho's thread connects, retrying while the broker is unreachable.
         self.mqtt.connect_async(self.opts.host, self.opts.port, keepalive=KEEPALIVE_S)
         self.mqtt.loop_start()
@@ -396,16 +756,21 @@ class PahoClient:
 
     def _receive(self, where: str, payload: bytes) -> str | None:
         """Handle one received message (§ A minimal client); return why to leave, or None to go on."""
+        # What this client receives is at most as long as the run allows (§ Transport, Size), or the default.
+        limit = max(MAX_MESSAGE_BYTES, self.max_message_bytes)
+        signer = ""
         try:
-            doc = decode(payload)
-        except Rejected as exc:
+            if self.opts.v2 is not None:  # SECURITY.md § Receiving: only what the pinned key signed gets further
+                signer, payload = self.opts.v2.authenticate(payload, limit)
+            doc = decode(payload, limit)
+        except Rejected as exc:  # in v2 a forgery is "forged:<reason>", held against nobody
             log(self.me, f"dropped a payload on {where}: {exc}")
             return None
-        # § Deduplication: after a successful decode, drop an id seen before, silently (QoS 1 and
-        # rumqttd redeliver; the retained global comes again on every subscribe).
-        if doc["id"] in self.seen:
+        # § Deduplication: after a successful decode (and, in v2, verification), drop an id seen before,
+        # silently (QoS 1 and rumqttd redeliver; the retained global comes again on every subscribe).
+        if (signer, doc["id"]) in self.seen:
             return None
-        self.seen[doc["id"]] = None
+        self.seen[signer, doc["id"]] = None
         if len(self.seen) > SEEN_IDS:
             del self.seen[next(iter(self.seen))]
         if doc["run"] != self.run_id:  # § Client behaviour: act only on messages of this run
@@ -493,7 +858,8 @@ class PahoClient:
                  "llm_calls": 0, "tokens": 0, "duration_s": round(time.monotonic() - began, 6)}
         payload = self.envelope("update", task["round"],
                                 {"base_version": body["version"], "prompt": prompt, "stats": stats})
-        if len(payload) > self.max_message_bytes:  # § Transport, Size: the aggregator would drop it as oversized
+        # § Transport, Size: the aggregator would drop it as oversized (in v2: the frame as published)
+        if len(payload) > self.max_message_bytes:
             log(self.me, f"not sending the update for round {task['round']}: {len(payload)} bytes exceed the run's "
                          f"max_message_bytes ({self.max_message_bytes})")
             return
@@ -525,18 +891,52 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+def read_token(value: str) -> JoinToken:
+    """--token: the token itself (``fedbus1:...``), or a file holding it (which keeps its secrets out of ``ps``)."""
+    if not value.strip().startswith(TOKEN_PREFIX):
+        try:
+            value = Path(value).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BadInput("token", f"{value!r} is neither a join token ({TOKEN_PREFIX}...) nor a readable file "
+                                    f"holding one: {getattr(exc, 'strerror', None) or exc}") from None
+    return decode_token(value)
+
+
 def parse_options(argv: list[str] | None = None) -> Options:
-    parser = _Parser(prog="paho_client.py", description="A standalone fedbus client (paho-mqtt, docs/PROTOCOL.md).")
-    parser.add_argument("--broker", required=True, help="mqtt://[user:pass@]host[:port]")
-    parser.add_argument("--run", required=True, help="the run id to join")
-    parser.add_argument("--id", required=True, help="this client's id")
-    parser.add_argument("--username", help="broker user name (overrides the URL's)")
-    parser.add_argument("--password", help="broker password (overrides the URL's)")
+    parser = _Parser(prog="paho_client.py",
+                     description="A standalone fedbus client (paho-mqtt; docs/PROTOCOL.md, docs/SECURITY.md).")
+    parser.add_argument("--broker", help="mqtt://[user:pass@]host[:port] or mqtts://...; overrides the token's")
+    parser.add_argument("--run", help="the run id to join (with --token: its run)")
+    parser.add_argument("--id", help="this client's id (with --token: its client)")
+    parser.add_argument("--token", metavar="TOKEN|FILE",
+                        help="protocol v2: a join token (fedbus1:...), or a file holding one")
+    parser.add_argument("--key", metavar="FILE",
+                        help="protocol v2: this client's private key file (mode 0600), unless the token carries it")
+    parser.add_argument("--ca", metavar="FILE", help="for mqtts://: the CA certificate(s) to check the broker with")
+    parser.add_argument("--username", help="broker user name (overrides the URL's and the token's)")
+    parser.add_argument("--password", help="broker password (overrides the URL's and the token's)")
     parser.add_argument("--max-rounds", type=int, help="leave after sending this many updates")
     parser.add_argument("--timeout-s", type=float, help="give up (exit 2) after this long without a message of the run")
     parser.add_argument("--max-prompt-chars", type=int, default=DEFAULT_MAX_PROMPT_CHARS,
                         help="the prompt budget until the aggregator announces the run's (default %(default)s)")
     args = parser.parse_args(argv)
+    token: JoinToken | None = None
+    v2: V2 | None = None
+    if args.token is not None:
+        try:
+            token = read_token(args.token)
+        except BadInput as exc:
+            parser.error(f"--token: {exc}")
+        for given, expected, what in ((args.run, token.run, "--run"), (args.id, token.client, "--id")):
+            if given is not None and given != expected:
+                parser.error(f"{what} {given!r} disagrees with the token's {expected!r}")
+        args.run, args.id = token.run, token.client
+        args.broker = args.broker or token.broker
+    elif args.key is not None:
+        parser.error("--key goes with --token (which pins the aggregator's key)")
+    for name in ("broker", "run", "id"):
+        if getattr(args, name) is None:
+            parser.error(f"--{name} is required (or a --token)")
     for value, what in ((args.run, "run id"), (args.id, "client id")):
         if not is_valid_id(value):  # § Identifiers
             parser.error(f"invalid {what} {value!r}: use 1-64 of A-Z a-z 0-9 _ . - starting with a letter or digit")
@@ -550,15 +950,40 @@ def parse_options(argv: list[str] | None = None) -> Options:
         parser.error("--max-prompt-chars must be >= 1")
     url = urlsplit(args.broker if "://" in args.broker else f"mqtt://{args.broker}")
     try:
-        port = url.port or 1883
+        port = url.port or (8883 if url.scheme == "mqtts" else 1883)
     except ValueError as exc:
         parser.error(f"broker URL {args.broker!r}: {exc}")
-    if url.scheme != "mqtt" or not url.hostname:
-        parser.error(f"broker URL {args.broker!r}: use mqtt://[user:pass@]host[:port]")
+    if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
+        parser.error(f"broker URL {args.broker!r}: use mqtt://[user:pass@]host[:port] or mqtts://...")
+    if args.ca is not None and url.scheme != "mqtts":
+        parser.error("--ca goes with an mqtts:// broker")
     username = args.username if args.username is not None else (unquote(url.username) if url.username else None)
     password = args.password if args.password is not None else (unquote(url.password) if url.password else None)
+    if token is not None:
+        if username is None:
+            username = token.username
+        if password is None and username == token.username:
+            password = token.password
+        key = token.private_key
+        if args.key is not None:
+            if key is not None:
+                parser.error("the token carries this client's private key (fedbus invite minted it): drop --key")
+            try:
+                key = load_private_key(Path(args.key))
+            except BadInput as exc:
+                parser.error(f"--key: {exc}")
+        if key is None:
+            parser.error("--token needs --key FILE, this client's private key file (the token carries none)")
+        if key.owner != args.id:
+            parser.error(f"the key file is {key.owner!r}'s, not {args.id!r}'s: a client signs as its own id")
+        try:  # a key that cannot be sealed to (a low-order point) is refused now, not at the first update
+            seal(b"", token.aggregator_key.seal, b"")
+        except ValueError as exc:
+            parser.error(f"--token: aggregator_key: {exc}")
+        v2 = V2(key=key, aggregator_key=token.aggregator_key)
     return Options(host=url.hostname, port=port, username=username, password=password, run=args.run, me=args.id,
-                   max_rounds=args.max_rounds, timeout_s=args.timeout_s, max_prompt_chars=args.max_prompt_chars)
+                   max_rounds=args.max_rounds, timeout_s=args.timeout_s, max_prompt_chars=args.max_prompt_chars,
+                   tls=url.scheme == "mqtts", ca=args.ca, v2=v2)
 
 
 def main(argv: list[str] | None = None) -> int:

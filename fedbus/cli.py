@@ -1,4 +1,4 @@
-"""The ``fedbus`` command: run, validate, broker, client."""
+"""The ``fedbus`` command: run, validate, broker, client, keygen, invite."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from fedbus.runtime.client_node import ClientConfig, ClientReport
     from fedbus.runtime.run import RunOptions
     from fedbus.scenario import Scenario
+    from fedbus.security.policy import Security
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_ABORTED = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130
@@ -182,6 +183,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="override the scenario's security: signed+sealed (default: every message signed, "
                           "updates sealed to the aggregator), signed, or none (protocol v1: anyone on the broker "
                           "can post as anyone; for protocol experiments and v1 clients)")
+    run.add_argument("--authorized-keys", type=_a_file, metavar="FILE",
+                     help="remote clients' public keys (lines '<id> fedbus-pk:...', e.g. from `fedbus keygen`'s .pub "
+                          "files) that the aggregator accepts besides its own clients and those `fedbus invite` adds; "
+                          "re-read when it changes")
     run.add_argument("--workers", type=_int_within(0), metavar="N",
                      help="client processes (default: one per 100 clients, at most one per CPU; 0: all clients "
                           "in the aggregator's process)")
@@ -204,13 +209,42 @@ def _parser() -> argparse.ArgumentParser:
     broker.add_argument("--password-file", type=_a_file, metavar="FILE", help="the password of --user")
     _add_broker_security_options(broker)
 
+    keygen = sub.add_parser("keygen", help="generate a key pair: FILE (private, 0600) and FILE.pub")
+    keygen.add_argument("--out", type=Path, required=True, metavar="FILE",
+                        help="the private key file (never overwritten)")
+    keygen.add_argument("--id", type=_an_id("id"), required=True, help="whose key it is: the client id it signs as")
+
+    invite = sub.add_parser("invite", help="authorize remote clients in a running signed run; print a join token each")
+    invite.add_argument("--run-dir", type=Path, required=True, metavar="RUN_DIR", help="the run's folder (--out)")
+    who = invite.add_mutually_exclusive_group(required=True)
+    who.add_argument("--id", type=_an_id("client id"), help="the client to invite")
+    who.add_argument("--count", type=_int_within(1, 100_000), metavar="N",
+                     help="invite N clients, PREFIX-0 ... PREFIX-(N-1)")
+    invite.add_argument("--prefix", type=_an_id("client id prefix"), default="remote",
+                        help="with --count: the ids' prefix (default remote)")
+    invite.add_argument("--broker", type=_broker_url,
+                        help="mqtt[s]://HOST:PORT as the clients reach it (default: the run's broker)")
+    invite.add_argument("--username", help="the clients' broker user name, put in the token")
+    invite.add_argument("--password-file", type=_a_file, metavar="FILE",
+                        help=f"with --username: the broker password to put in the token (default: ${PASSWORD_ENV})")
+    invite.add_argument("--public", type=_a_file, metavar="FILE",
+                        help="authorize this public key (a `fedbus keygen` .pub file; its id is the client's) "
+                             "instead of minting one: the token then holds no private key (join with --key)")
+
     client = sub.add_parser("client", help="join a running federation as one client")
-    client.add_argument("--broker", type=_broker_url, required=True,
+    client.add_argument("--join", metavar="TOKEN",
+                        help="a join token from `fedbus invite`: broker, run, client id and keys in one (a secret: "
+                             "prefer --join-file)")
+    client.add_argument("--join-file", type=_a_file, metavar="FILE", help="the join token, read from FILE")
+    client.add_argument("--key", type=_a_file, metavar="FILE",
+                        help="with a token that holds no private key: this client's key file (`fedbus keygen`)")
+    client.add_argument("--broker", type=_broker_url,
                         help=f"mqtt://[USER@]HOST:PORT, or mqtts:// for TLS; the password comes from ${PASSWORD_ENV} "
-                             "or --password-file")
+                             "or --password-file (with a token: overrides its broker)")
     _add_login_options(client)
-    client.add_argument("--run", type=_an_id("run id"), required=True, help="the run id printed by `fedbus run`")
-    client.add_argument("--id", type=_an_id("client id"), help="client id (default: HOSTNAME-PID)")
+    client.add_argument("--run", type=_an_id("run id"), help="the run id printed by `fedbus run` (not with a token)")
+    client.add_argument("--id", type=_an_id("client id"),
+                        help="client id (default: HOSTNAME-PID; with a token: the token's)")
     client.add_argument("--shard", type=_int_within(0), help="data shard index (default: a hash of the client id)")
     client.add_argument("--engine", choices=("surrogate", "openai", "local"),
                         help="surrogate (default), or the LLM this client runs TextGrad on: openai (give "
@@ -259,7 +293,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             for line in exc.lines():
                 print(f"{path}: {line}")
             continue
-        print(f"{path}: ok ({scenario.clients.count} clients, {scenario.rounds} rounds, engine {scenario.engine})")
+        remote = f" + {scenario.clients.remote} remote" if scenario.clients.remote else ""
+        print(f"{path}: ok ({scenario.clients.count}{remote} clients, {scenario.rounds} rounds, engine "
+              f"{scenario.engine})")
     return status
 
 
@@ -362,6 +398,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.simulate and args.broker:
         print("fedbus run: --simulate uses an in-memory broker in virtual time; drop --broker", file=sys.stderr)
         return EXIT_INVALID
+    if args.simulate and (scenario.clients.count == 0 or args.authorized_keys):
+        print("fedbus run: --simulate has no remote clients: it needs clients.count >= 1 and no --authorized-keys",
+              file=sys.stderr)
+        return EXIT_INVALID
+    _check_authorized_keys(args.authorized_keys, scenario)
     address, embedded = _run_broker(args, dict(os.environ))
     if args.simulate:
         from fedbus.sim.run import sim_run_id
@@ -391,8 +432,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
                          progress=not args.quiet,
                          scenario_file=str(args.scenario), workers=args.workers,
                          engine=EngineOverrides(base_url=args.engine_url, cache=False if args.no_cache else None),
-                         environ=dict(os.environ), log_level=args.log_level, embedded_broker=embedded)
+                         environ=dict(os.environ), log_level=args.log_level, embedded_broker=embedded,
+                         authorized_keys=args.authorized_keys)
     return _run_to_end(scenario, options)
+
+
+def _check_authorized_keys(path: Path | None, scenario: Scenario) -> None:
+    """``--authorized-keys FILE`` loads, and names none of the scenario's own clients (``_UsageError`` if not)."""
+    if path is None:
+        return
+    from fedbus.runtime.run_keys import RemoteKeys
+    from fedbus.security.errors import KeyFileError
+
+    if scenario.security == "none":
+        raise _UsageError("--authorized-keys: this run is not signed (security none): drop it, or sign the run")
+    try:
+        RemoteKeys([path], scenario.client_ids())
+    except KeyFileError as exc:
+        raise _UsageError(f"--authorized-keys {exc}") from None
 
 
 def _run_broker(args: argparse.Namespace, environ: dict[str, str]) -> tuple[BrokerAddress | None, EmbeddedBrokerConfig]:
@@ -426,6 +483,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     checkpoint = Checkpoint.open(args.resume)
     scenario = checkpoint.scenario()
+    _check_authorized_keys(args.authorized_keys, scenario)
     if args.broker is None and checkpoint.broker.get("kind") == "external":
         args.broker = str(checkpoint.broker["url"])  # its password redacted: from --password-file or the environment
     address, embedded = _run_broker(args, dict(os.environ))
@@ -436,7 +494,8 @@ def _cmd_resume(args: argparse.Namespace) -> int:
                          progress=not args.quiet, scenario_file=str(checkpoint.content.get("scenario_file", "")),
                          workers=args.workers, resume=True,
                          engine=EngineOverrides(base_url=args.engine_url, cache=False if args.no_cache else None),
-                         environ=dict(os.environ), log_level=args.log_level, embedded_broker=embedded)
+                         environ=dict(os.environ), log_level=args.log_level, embedded_broker=embedded,
+                         authorized_keys=args.authorized_keys)
     return _run_to_end(scenario, options)
 
 
@@ -553,14 +612,140 @@ def _cmd_broker(args: argparse.Namespace) -> int:
         broker.stop()
 
 
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from fedbus.security.keyfiles import keygen, public_path
+    from fedbus.security.keys import fingerprint
+
+    identity = keygen(args.out, args.id)
+    print(f"wrote {args.out} (private key, mode 0600: keep it secret) and {public_path(args.out)}: "
+          f"{identity.owner} {fingerprint(identity.public)}")
+    return EXIT_OK
+
+
+def _cmd_invite(args: argparse.Namespace) -> int:
+    """Authorize remote clients in a running signed run (RUN_DIR/keys/authorized_keys, which its aggregator
+    re-reads) and print one join token each on stdout."""
+    from fedbus.protocol.ids import check_id
+    from fedbus.runtime.address import read_secret
+    from fedbus.runtime.run_keys import invite, read_run
+    from fedbus.security.keyfiles import load_public
+    from fedbus.security.keys import fingerprint
+
+    if args.count is not None:
+        width = len(str(args.count - 1))
+        ids = [f"{args.prefix}-{i:0{width}d}" for i in range(args.count)]
+    else:
+        ids = [args.id]
+    try:
+        for cid in ids:
+            check_id(cid, "client id")
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    password = None
+    if args.username is not None:
+        password = read_secret(args.password_file) if args.password_file else os.environ.get(PASSWORD_ENV)
+    elif args.password_file is not None:
+        raise _UsageError("--password-file goes with --username")
+    public = None
+    if args.public is not None:
+        if args.count is not None:
+            raise _UsageError("--public is one client's key: give --id, not --count")
+        peer = load_public(args.public)
+        if peer.owner != args.id:
+            raise _UsageError(f"--public {args.public} is the key of {peer.owner!r}, not of {args.id!r}")
+        public = peer.key
+    info = read_run(args.run_dir)
+    tokens = invite(args.run_dir, ids, broker=args.broker, username=args.username, password=password, public=public)
+    for token in tokens:
+        print(token, flush=True)
+    where = args.broker or info.broker_url
+    host = urlsplit(where).hostname or ""
+    if host in ("127.0.0.1", "localhost", "::1"):
+        print(f"fedbus invite: note: the tokens name {where}, which only this machine reaches; give --broker "
+              "mqtt://HOST:PORT for clients elsewhere", file=sys.stderr)
+    secret = "no private key (the client joins with --key)" if public is not None else (
+        "that client's private key: hand it over like a password, where the broker operator cannot see it")
+    print(f"fedbus invite: {len(ids)} client{'s' if len(ids) > 1 else ''} authorized in run {info.run_id} "
+          f"(aggregator {fingerprint(info.aggregator)}); each token holds {secret}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _joining(args: argparse.Namespace) -> tuple[str, str, BrokerAddress, Security] | None:
+    """With ``--join``/``--join-file``: the token's run, client id, broker (logged in) and the client's protocol-v2
+    settings (its key, the aggregator's pinned); None without a token. ``_UsageError`` for what does not fit."""
+    from dataclasses import replace
+
+    from fedbus.runtime.address import parse_broker_url, read_secret
+    from fedbus.security.crypto import PrivateKey
+    from fedbus.security.errors import KeyFileError, TokenError
+    from fedbus.security.keyfiles import load_private
+    from fedbus.security.policy import Security
+    from fedbus.security.token import decode_token
+
+    if args.join is None and args.join_file is None:
+        if args.key is not None:
+            raise _UsageError("--key goes with a join token (--join or --join-file)")
+        return None
+    if args.join is not None and args.join_file is not None:
+        raise _UsageError("give the token once: --join or --join-file")
+    try:
+        text = args.join if args.join is not None else args.join_file.read_text(encoding="utf-8")
+        token = decode_token(text)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _UsageError(f"--join-file {args.join_file}: {exc}") from None
+    except TokenError as exc:
+        raise _UsageError(str(exc)) from None
+    for flag, given, held in (("--run", args.run, token.run), ("--id", args.id, token.client)):
+        if given is not None and given != held:
+            raise _UsageError(f"{flag} {given}: the token is for {held}")
+    if args.join is not None and (token.client_key is not None or token.password is not None):
+        print("fedbus client: warning: the token in --join holds secrets that every user of this machine sees (ps); "
+              "use --join-file", file=sys.stderr)
+    if token.client_key is not None:
+        if args.key is not None:
+            raise _UsageError("the token holds this client's key: drop --key")
+        key = PrivateKey(token.client_key[:32], token.client_key[32:])
+    elif args.key is not None:
+        try:
+            identity = load_private(args.key)
+        except KeyFileError as exc:
+            raise _UsageError(f"--key {exc}") from None
+        if identity.owner != token.client:
+            raise _UsageError(f"--key {args.key} is the key of {identity.owner!r}, the token is for {token.client!r}")
+        key = identity.key
+    else:
+        raise _UsageError("the token holds no private key: give --key FILE, the key whose .pub was invited")
+    if args.broker is not None:
+        address = _broker_login(args.broker, args, dict(os.environ))
+    else:
+        address = parse_broker_url(token.broker)
+        password = token.password
+        if token.username is not None:
+            address = replace(address, username=token.username)
+            if args.password_file is not None:
+                password = read_secret(args.password_file)
+        elif args.password_file is not None:
+            raise _UsageError("--password-file: the token names no broker user")
+        try:
+            address = address.with_login(password=password, ca_file=args.ca)
+        except TransportError as exc:
+            raise _UsageError(str(exc)) from None
+    return token.run, token.client, address, Security.for_client(token.client, key, token.aggregator_key)
+
+
 def _cmd_client(args: argparse.Namespace) -> int:
     from fedbus.protocol.ids import AGGREGATOR, check_id
     from fedbus.runtime.client_node import ClientConfig
+    from fedbus.security.keys import fingerprint
 
-    client_id = args.id or _default_client_id()
+    joining = _joining(args)
+    if joining is None and (args.broker is None or args.run is None):
+        raise _UsageError("give a join token (--join TOKEN or --join-file FILE, from `fedbus invite`), or --broker and "
+                          "--run for a run that is not signed")
+    run_id, client_id = (joining[0], joining[1]) if joining else (args.run, args.id or _default_client_id())
     try:
         check_id(client_id, "client id")
-        check_id(args.run, "run id")
+        check_id(run_id, "run id")
         if client_id == AGGREGATOR:
             raise ValueError(f"the client id {AGGREGATOR!r} is the aggregator's; choose another")
     except ValueError as exc:
@@ -569,9 +754,11 @@ def _cmd_client(args: argparse.Namespace) -> int:
     if not args.aggregator_timeout > 0:
         print("fedbus client: --aggregator-timeout must be > 0 seconds", file=sys.stderr)
         return EXIT_INVALID
-    address = _broker_login(args.broker, args, dict(os.environ))
-    config = ClientConfig(run=args.run, client=client_id, broker=address, shard=args.shard,
-                          engine=args.engine, retry_first_connect=False, silence_timeout_s=args.aggregator_timeout)
+    address = joining[2] if joining else _broker_login(args.broker, args, dict(os.environ))
+    security = joining[3] if joining else None
+    config = ClientConfig(run=run_id, client=client_id, broker=address, shard=args.shard,
+                          engine=args.engine, retry_first_connect=False, silence_timeout_s=args.aggregator_timeout,
+                          security=security)
     if args.engine is not None:
         from fedbus.llm.extras import require_libraries
 
@@ -581,12 +768,14 @@ def _cmd_client(args: argparse.Namespace) -> int:
         if problem is not None:
             print(f"fedbus client: --log-dir {args.log_dir}: {problem}", file=sys.stderr)
             return EXIT_INVALID
-    asyncio.run(_check_broker(address, f"{args.run}.{client_id}.check"))
+    asyncio.run(_check_broker(address, f"{run_id}.{client_id}.check"))
     from fedbus.runtime.identity import refuse_live_client
 
-    asyncio.run(refuse_live_client(config.broker, args.run, client_id))
+    asyncio.run(refuse_live_client(config.broker, run_id, client_id))
     started = time.monotonic()
-    print(f"fedbus client {client_id} joining run {args.run} on {config.broker.url()}", flush=True)
+    pinned = (f" (signed+sealed; aggregator {fingerprint(security.aggregator_key)})"
+              if security is not None and security.aggregator_key is not None else "")
+    print(f"fedbus client {client_id} joining run {run_id} on {config.broker.url()}{pinned}", flush=True)
     report = asyncio.run(_client_session(config, args))
     line = (f"fedbus client {client_id}: {report.rounds_done} rounds done in {time.monotonic() - started:.1f} s; "
             f"{report.reason}")
@@ -637,7 +826,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure(args.log_level, args.log_json)
     commands = {"run": _cmd_run, "validate": _cmd_validate, "broker": _cmd_broker, "client": _cmd_client,
-                "compare": _cmd_compare}
+                "compare": _cmd_compare, "keygen": _cmd_keygen, "invite": _cmd_invite}
     try:
         try:
             return commands[args.command](args)

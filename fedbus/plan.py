@@ -20,7 +20,7 @@ from fedbus.protocol.ids import AGGREGATOR
 from fedbus.scenario import Scenario
 from fedbus.scenario.conditions import ClientGroup
 from fedbus.security.crypto import derive
-from fedbus.security.keys import AuthorizedKeys
+from fedbus.security.keys import AuthorizedKeys, KeyChain, KeyLookup
 from fedbus.security.policy import Security
 
 
@@ -44,7 +44,7 @@ def aggregator_config(scenario: Scenario, run_id: str) -> AggregatorConfig:
     return AggregatorConfig(
         overcommit=p.overcommit, adaptive_deadline_k=p.adaptive_deadline_k, adaptive_window=p.adaptive_window,
         mode=a.mode, buffer_size=a.buffer_size, max_staleness=a.max_staleness, weighting=a.weighting,
-        run=run_id, rounds=scenario.rounds, expected_clients=scenario.clients.count,
+        run=run_id, rounds=scenario.rounds, expected_clients=scenario.expected_clients,
         initial_prompt=scenario.initial_prompt, engine=scenario.engine, data=scenario.data,
         local_steps=scenario.clients.local_steps, batch_size=scenario.clients.batch_size,
         fraction=p.fraction, min_clients=p.min_clients, min_updates=p.min_updates,
@@ -80,14 +80,17 @@ class RunSecurity:
         return self.clients[client]
 
 
-def run_security(scenario: Scenario, secret: bytes | None, *, ephemeral_seed: bytes | None = None) -> RunSecurity:
+def run_security(scenario: Scenario, secret: bytes | None, *, ephemeral_seed: bytes | None = None,
+                 remote: KeyLookup | None = None) -> RunSecurity:
     """Each party's :class:`Security` under the scenario's ``security`` mode, with keys derived from ``secret``
     (:func:`fedbus.security.crypto.derive`: one key pair per party, the aggregator authorizing exactly the
     scenario's clients and each client pinning the aggregator's key).
 
     ``secret``: 32 bytes or more; for a run over a broker, fresh from the OS (``crypto.random_bytes(32)``) and
     kept as privately as a key file (a resumed run needs the same one). ``None`` only with mode ``none``.
-    ``ephemeral_seed``: the simulator's, to seal reproducibly (:class:`Security`); ``None`` over a network."""
+    ``ephemeral_seed``: the simulator's, to seal reproducibly (:class:`Security`); ``None`` over a network.
+    ``remote``: the keys of clients from elsewhere (``fedbus invite``, ``--authorized-keys``) that the aggregator
+    accepts too, after the scenario's own: a remote entry never stands in for one of the run's own clients."""
     mode = scenario.security
     ids = scenario.client_ids()
     if mode == "none":
@@ -96,7 +99,8 @@ def run_security(scenario: Scenario, secret: bytes | None, *, ephemeral_seed: by
         raise ValueError(f"security {mode} needs a secret to derive the run's keys from")
     aggregator_key = derive(secret, AGGREGATOR)
     client_keys = tuple((cid, derive(secret, cid)) for cid in ids)
-    authorized = AuthorizedKeys(tuple((cid, key.public) for cid, key in client_keys))
+    own = AuthorizedKeys(tuple((cid, key.public) for cid, key in client_keys))
+    authorized: KeyLookup = own if remote is None else KeyChain((own, remote))
     return RunSecurity(
         aggregator=Security.for_aggregator(aggregator_key, authorized, mode=mode, ephemeral_seed=ephemeral_seed),
         clients={cid: Security.for_client(cid, key, aggregator_key.public, mode=mode, ephemeral_seed=ephemeral_seed)

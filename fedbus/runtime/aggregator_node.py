@@ -38,6 +38,7 @@ from fedbus.security.policy import Security
 
 log = structlog.get_logger("fedbus.aggregator")
 DEFAULT_BACKOFF = Backoff()
+FINISH_WAIT_S = 5.0  # wall seconds at most, after the end, for clients still live to say they left
 HEARTBEAT_S = 5.0  # wall seconds between the aggregator's 'online' heartbeats
 MAX_IN_FLIGHT = 100  # publishes awaiting their acknowledgement at once (rumqttd's max_inflight_count is 100)
 RoundHook = Callable[[RoundResult], Awaitable[dict[str, object]]]
@@ -343,8 +344,19 @@ class AggregatorNode:
         while not self.session.finished:
             await self._step(await self._queue.get(), group)
         # After the run finished: what is still queued or in flight goes through the session, which
-        # rejects late updates as 'run-finished', so none is dropped without a record.
-        await asyncio.sleep(FINISH_GRACE_S)
+        # rejects late updates as 'run-finished', so none is dropped without a record. Clients leave on the
+        # 'finished' global after publishing their 'offline' presence, which MQTT delivers after anything
+        # they sent before it: so wait until no client is live (at least the grace, at most FINISH_WAIT_S).
+        loop = self._loop
+        earliest, latest = loop.time() + FINISH_GRACE_S, loop.time() + FINISH_WAIT_S
+        while (now := loop.time()) < latest:
+            if now >= earliest and self._queue.empty() and self.core.statistics().live_clients == 0:
+                break
+            try:
+                item = await asyncio.wait_for(self._queue.get(), min(0.05, latest - now))
+            except TimeoutError:
+                continue
+            await self._step(item, group)
         while not self._queue.empty():
             await self._step(self._queue.get_nowait(), group)
 

@@ -36,13 +36,14 @@ from fedbus.client.session import (
 )
 from fedbus.errors import EngineError, TransportError, failure_text
 from fedbus.plan import ClientPlan
-from fedbus.protocol import codec
+from fedbus.protocol import codec, topics
 from fedbus.protocol.messages import Task
 from fedbus.results.eventlog import EventLog
 from fedbus.runtime.address import BrokerAddress
 from fedbus.runtime.bus import Backoff, Incoming, LastWill, MqttBus, connect_retrying
 from fedbus.scenario.conditions import ClientGroup
 from fedbus.security.policy import Security
+from fedbus.security.signing import is_signed
 
 log = structlog.get_logger("fedbus.client")
 STALL_S = 20.0  # wall seconds without a message from an online aggregator (heartbeats every 5 s): reconnect
@@ -132,6 +133,9 @@ class _Driver:
         self.optimizer: LocalOptimizer | None = None
         self.background: set[asyncio.Task[None]] = set()
         self.silent: str | None = None  # why the client gave up waiting for the aggregator
+        self.refused: str | None = None  # why the client cannot take part at all (a signed run, no keys)
+        self.global_topic = topics.global_topic(config.run)
+        self.signs = config.security is not None and config.security.signs
         self.connected_at = 0.0
         self.main: asyncio.Task[Any] | None = None
 
@@ -179,8 +183,10 @@ class _Driver:
         s = self.session
         if self.silent is not None:
             reason = self.silent
+        if self.refused is not None:
+            reason = self.refused
         return ClientReport(client=s.client, rounds_done=s.rounds_done, reason=reason, connections=s.connections,
-                            ok=self.silent is None)
+                            ok=self.silent is None and self.refused is None)
 
     async def _watch_stall(self) -> None:
         """Reconnect when a connection that looks up has carried nothing from the aggregator (which sends a
@@ -265,6 +271,8 @@ class _Driver:
                 elif isinstance(item, _Lost):
                     if item.n == self.session.connections:  # not news from an earlier connection
                         leave = await self._carry_out(self.session.connection_lost(item.now))
+                elif isinstance(item, _Delivery) and self._refuses(item):
+                    leave = Leave(abrupt=False, reason=self.refused or "", stop=True)
                 elif isinstance(item, _Delivery):
                     leave = await self._carry_out(self.session.receive(item.topic, item.payload, item.now))
                 elif isinstance(item, tuple):
@@ -278,6 +286,15 @@ class _Driver:
         if leave.abrupt:
             await bus.abort()
         return leave
+
+    def _refuses(self, delivery: _Delivery) -> bool:
+        """A client without keys (protocol v1) in a signed run cannot take part: its messages would be dropped as
+        forgeries and the run's as unsigned garbage. Say so (``refused``) instead of waiting in silence."""
+        if self.signs or delivery.topic != self.global_topic or not is_signed(delivery.payload):
+            return False
+        self.refused = "this run is signed: join with a token from `fedbus invite` (fedbus client --join TOKEN)"
+        self.events.record("run-signed", client=self.config.client)
+        return True
 
     # ------------------------------------------------------------------ actions
     async def _carry_out(self, actions: list[Action]) -> Leave | None:

@@ -22,7 +22,7 @@ from fedbus.client.optimizer import OptimizerFactory, scenario_optimizer
 from fedbus.errors import FedbusError
 from fedbus.llm.engine import ChatEngine
 from fedbus.llm.extras import require_libraries
-from fedbus.plan import client_plans, make_core, run_security
+from fedbus.plan import RunSecurity, client_plans, make_core, run_security
 from fedbus.plugins import is_reference
 from fedbus.results.eventlog import EventLog
 from fedbus.results.progress import Progress
@@ -38,7 +38,7 @@ from fedbus.runtime.journal import JOURNAL, Journal, ResumeError, read_journal, 
 from fedbus.runtime.limits import ensure_open_files
 from fedbus.runtime.llm_run import LLMReducer, llm_summary, load_optimizer_library, optimizer_factory
 from fedbus.runtime.pool import WorkerPool, auto_workers, run_guarded
-from fedbus.runtime.run_keys import run_secret
+from fedbus.runtime.run_keys import RemoteKeys, authorized_path, run_secret, write_aggregator_key
 from fedbus.runtime.scoring import LLMScoring, Scoring, SurrogateScoring
 from fedbus.scenario import Scenario
 from fedbus.scenario.engine import EngineSpec
@@ -68,6 +68,9 @@ class RunOptions:
     resume: bool = False  # out_dir is an earlier run's folder: rebuild its aggregator from journal.jsonl
     # the embedded broker's listener, users and TLS (its sizes come from the scenario); unused with broker_url
     embedded_broker: EmbeddedBrokerConfig = field(default_factory=EmbeddedBrokerConfig)
+    # remote clients' public keys (authorized-keys format) the aggregator accepts besides its own clients and those
+    # `fedbus invite` added to RUN_DIR/keys/authorized_keys; re-read when it changes
+    authorized_keys: Path | None = None
 
 
 def new_run_id(scenario: Scenario) -> str:
@@ -110,7 +113,7 @@ async def _run(scenario: Scenario, options: RunOptions, engine: ChatEngine | Non
     checkpoint = Checkpoint.open(out) if options.resume else None
     run_id = checkpoint.run_id if checkpoint else (options.run_id or new_run_id(scenario))
     out.mkdir(parents=True, exist_ok=True)
-    ensure_open_files(2 * scenario.clients.count + 256)
+    ensure_open_files(2 * scenario.expected_clients + 256)
     events = EventLog(out / "events.jsonl", append=checkpoint is not None)
     progress = Progress(options.progress)
     reducer = LLMReducer(engine, events)
@@ -130,13 +133,13 @@ async def _run(scenario: Scenario, options: RunOptions, engine: ChatEngine | Non
         else:
             checkpoint.resumed(broker_info)
             events.record("run-resumed", run=run_id, resume=len(checkpoint.resumes), broker=broker_info["url"])
-        progress.header(run_id, scenario.engine, broker_info["url"], scenario.clients.count, scenario.rounds,
+        progress.header(run_id, scenario.engine, broker_info["url"], scenario.expected_clients, scenario.rounds,
                         security=scenario.security)
         log.info("run started", scenario=scenario.name, engine=scenario.engine, broker=broker_info["url"],
                  resume=len(checkpoint.resumes))
         core = make_core(scenario, run_id)
         secret = None if scenario.security == "none" else run_secret(out, resume=bool(checkpoint.resumes))
-        security = run_security(scenario, secret)
+        security = _run_security(scenario, secret, options, events, fresh=not checkpoint.resumes)
         t0 = asyncio.get_running_loop().time()
         journal = Journal(out / JOURNAL)
         node: AggregatorNode | None = None
@@ -178,7 +181,8 @@ async def _run(scenario: Scenario, options: RunOptions, engine: ChatEngine | Non
 
         clients = _Clients(stack, scenario, options, run_id=run_id, address=address, events=events, t0=t0,
                            make=_optimizer_factory(scenario, engine, out),
-                           boot=f"r{len(checkpoint.resumes)}" if checkpoint.resumes else "0", secret=secret)
+                           boot=f"r{len(checkpoint.resumes)}" if checkpoint.resumes else "0", secret=secret,
+                           security=security)
         try:
             async with asyncio.TaskGroup() as group:
                 if embedded is not None:
@@ -252,11 +256,35 @@ def _open_broker(stack: ExitStack, scenario: Scenario, options: RunOptions,
     if options.broker_url:
         address = parse_broker_url(options.broker_url)
         return address, {"kind": "external", "url": address.url()}, None
-    config = replace(options.embedded_broker, max_connections=scenario.clients.count + 10_010,
+    config = replace(options.embedded_broker, max_connections=scenario.expected_clients + 10_010,
                      max_payload_bytes=max(scenario.max_message_bytes + 4096, 64 * 1024))
     embedded = stack.enter_context(EmbeddedBroker(config, workdir=out / "broker"))
     return embedded.address, {"kind": "embedded-rumqttd", "url": embedded.public_address.url(),
                               "config": str(embedded.config_path)}, embedded
+
+
+def _run_security(scenario: Scenario, secret: bytes | None, options: RunOptions, events: EventLog, *,
+                  fresh: bool) -> RunSecurity:
+    """Every party's keys; the aggregator also accepts the remote clients of RUN_DIR/keys/authorized_keys
+    (``fedbus invite``) and ``--authorized-keys``, re-read as they change, and its public key goes to
+    RUN_DIR/keys/aggregator.pub for the invitations. A ``fresh`` run (not resumed) forgets the invitations of an
+    earlier run in the same folder (``--force``): they pinned that run's aggregator key."""
+    if secret is None:
+        return run_security(scenario, None)
+    invited = authorized_path(options.out_dir)
+    if fresh:
+        invited.unlink(missing_ok=True)
+    files = [invited, *([options.authorized_keys] if options.authorized_keys else [])]
+
+    def changed(path: str, count: int) -> None:
+        events.record("authorized-keys-read", path=path, clients=count)
+        log.info("authorized keys read", path=path, clients=count)
+
+    remote = RemoteKeys(files, scenario.client_ids(), on_change=changed)
+    security = run_security(scenario, secret, remote=remote)
+    if security.aggregator.key is not None:
+        write_aggregator_key(options.out_dir, security.aggregator.key.public)
+    return security
 
 
 def _optimizer_factory(scenario: Scenario, engine: ChatEngine | None, out: Path) -> OptimizerFactory:
@@ -277,11 +305,11 @@ class _Clients:
 
     def __init__(self, stack: ExitStack, scenario: Scenario, options: RunOptions, *, run_id: str,
                  address: BrokerAddress, events: EventLog, t0: float, make: OptimizerFactory,
-                 boot: str = "0", secret: bytes | None = None) -> None:
+                 boot: str = "0", secret: bytes | None = None, security: RunSecurity | None = None) -> None:
         self.stack, self.scenario, self.options, self.run_id = stack, scenario, options, run_id
         self.address, self.events, self.t0, self.make, self.boot = address, events, t0, make, boot
         self.secret = secret or b""
-        self.security = run_security(scenario, secret)
+        self.security = security or run_security(scenario, secret)
         self.tasks: list[asyncio.Task[None]] = []
         self.pool: WorkerPool | None = None
 

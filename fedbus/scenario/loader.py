@@ -108,8 +108,12 @@ def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None) -
             r.problem("clients.count", f"must equal the sum of the groups' counts ({sum(g.count for g in groups)})"
                       " or be left out")
     else:
-        count = r.get(c, "count", "clients", int, check=at_least(1))
+        count = r.get(c, "count", "clients", int, check=at_least(0))
     client_settings = r.read_settings(c, "clients", ClientsSpec)
+    remote = client_settings["remote"]
+    if count == 0 and not (isinstance(remote, int) and remote >= 1):
+        r.problem("clients.count", "must be >= 1 (or 0 with clients.remote >= 1: a federation of remote clients only)")
+    expected = count + remote if isinstance(count, int) and isinstance(remote, int) else None
 
     p = r.section(doc, "participation", "", _PARTICIPATION)
     participation = r.read_settings(p, "participation", ParticipationSpec)
@@ -141,8 +145,9 @@ def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None) -
 
     if isinstance(prompt, str) and isinstance(max_chars, int) and len(prompt) > max_chars:
         r.problem("initial_prompt", f"{len(prompt)} characters > aggregation.max_prompt_chars ({max_chars})")
-    if isinstance(count, int) and isinstance(min_clients, int) and min_clients > count:
-        r.problem("participation.min_clients", f"must be <= clients.count ({count})")
+    if expected is not None and isinstance(min_clients, int) and min_clients > expected:
+        r.problem("participation.min_clients", f"must be <= clients.count ({count})" if not remote else
+                  f"must be <= clients.count + clients.remote ({expected})")
     if isinstance(min_updates, int) and isinstance(min_clients, int) and min_updates > min_clients:
         r.problem("participation.min_updates", f"must be <= participation.min_clients ({min_clients})")
     if isinstance(max_chars, int) and isinstance(max_bytes, int):
@@ -164,7 +169,7 @@ def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None) -
         engine_spec=engine_spec,
         rounds=rounds,
         initial_prompt=prompt,
-        data=DataSpec(task=task_name, seed=chosen_seed, num_shards=count, train_size=train,
+        data=DataSpec(task=task_name, seed=chosen_seed, num_shards=count + remote, train_size=train,
                       val_size=val, test_size=test, partition=partition),
         clients=ClientsSpec(count=count, groups=groups, **client_settings),
         participation=ParticipationSpec(adaptive_deadline_k=adaptive_k, adaptive_window=adaptive_window,

@@ -52,7 +52,10 @@ def known_optimizer(name: object) -> str | None:
 class ClientsSpec:
     """The client population and its local work."""
 
-    count: int  # read by hand: it may be the sum of the groups' counts
+    count: int  # read by hand: it may be the sum of the groups' counts; 0: remote clients only (needs `remote`)
+    # clients that join from elsewhere (`fedbus client --join`, tokens from `fedbus invite`) and that the run expects
+    # besides its own: the aggregator waits for count + remote (up to join_timeout_s), the data is cut in as many shards
+    remote: int = setting(0, check=at_least(0))
     local_steps: int = setting(3, check=at_least(1))
     batch_size: int = setting(3, check=at_least(1))
     id_prefix: str = setting("client", check=valid_id)
@@ -111,10 +114,17 @@ class Scenario:
     # signed (bodies in clear), or none (protocol v1: anyone on the broker can post as anyone)
     security: str = setting(DEFAULT_SECURITY, check=one_of(SECURITY_MODES))
 
+    @property
+    def expected_clients(self) -> int:
+        """How many clients the run expects: its own and the remote ones (``clients.remote``)."""
+        return self.clients.count + self.clients.remote
+
     def groups(self) -> tuple[ClientGroup, ...]:
-        """The client groups; a scenario without ``clients.groups`` has one honest group."""
+        """The client groups; a scenario without ``clients.groups`` has one honest group (none with count 0)."""
         if self.clients.groups:
             return self.clients.groups
+        if self.clients.count == 0:
+            return ()
         return (ClientGroup(name=self.clients.id_prefix, count=self.clients.count),)
 
     def members(self) -> tuple[tuple[str, ClientGroup], ...]:

@@ -97,6 +97,22 @@ class KeyLookup(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class KeyChain:
+    """Several key lookups as one: a signer's key is the first one found, in order. ``fedbus run`` puts its own
+    clients' keys first, then the keys of remote clients (invited, or from ``--authorized-keys``), so that no
+    remote entry can stand in for one of the run's own clients."""
+
+    lookups: tuple[KeyLookup, ...]
+
+    def get(self, signer_id: str, /) -> PublicKey | None:
+        for lookup in self.lookups:
+            key = lookup.get(signer_id)
+            if key is not None:
+                return key
+        return None
+
+
+@dataclass(frozen=True, slots=True)
 class AuthorizedKeys:
     """The clients an aggregator accepts, each with its public key (the authorized-keys file, parsed)."""
 

@@ -11,12 +11,18 @@ keys, no spaces, ASCII only (``json.dumps(doc, sort_keys=True, separators=(",", 
     aggregator_fingerprint  "SHA256:..." of that key: a decoder checks that the two agree
     username, password      optional: the client's broker credentials
     enroll                  optional: a one-time enrollment secret, base64url without padding of 32 bytes
+    client_key              optional: the client's own private key, minted by ``fedbus invite``: base64url without
+                            padding of 64 bytes, its Ed25519 seed (32) then its X25519 secret (32)
 
 Optional fields are left out when unset. A decoder ignores fields it does not know. Pure: stdlib only.
 
 The enrollment secret lets the aggregator bind the client's public key on first use: the client proves it
 holds the secret with :func:`enrollment_proof` over its run, id and public key, so a broker operator who sees
 the request cannot swap in a key of its own (docs/SECURITY.md, "Enrollment").
+
+A token with ``client_key`` is the client's credential itself (``fedbus invite`` minted the key pair and
+authorized its public half): whoever holds the token can sign as that client. Hand it over like a password,
+and over a channel the broker operator does not see.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ TOKEN_PREFIX = "fedbus1:"
 TOKEN_VERSION = 1
 MAX_TOKEN_CHARS = 8192
 SECRET_BYTES = 32
+CLIENT_KEY_BYTES = 64  # Ed25519 seed || X25519 secret
 BROKER_SCHEMES = ("mqtt", "mqtts")
 ENROLL_DOMAIN = b"fedbus/v2 enroll\n"
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
@@ -102,6 +109,8 @@ class JoinToken:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     enrollment_secret: bytes | None = field(default=None, repr=False)
+    # the client's private key (Ed25519 seed || X25519 secret) when the inviter minted it; None: the client has its own
+    client_key: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         _check_broker(self.broker)
@@ -120,6 +129,9 @@ class JoinToken:
         secret = self.enrollment_secret
         if secret is not None and (type(secret) is not bytes or len(secret) != SECRET_BYTES):
             raise _Bad("enroll", f"the enrollment secret must be {SECRET_BYTES} bytes")
+        key = self.client_key
+        if key is not None and (type(key) is not bytes or len(key) != CLIENT_KEY_BYTES):
+            raise _Bad("client_key", f"the client's private key must be {CLIENT_KEY_BYTES} bytes")
 
     @property
     def aggregator_fingerprint(self) -> str:
@@ -147,6 +159,8 @@ def encode_token(token: JoinToken) -> str:
         document["password"] = token.password
     if token.enrollment_secret is not None:
         document["enroll"] = b64url_encode(token.enrollment_secret)
+    if token.client_key is not None:
+        document["client_key"] = b64url_encode(token.client_key)
     text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return TOKEN_PREFIX + b64url_encode(text.encode("ascii"))
 
@@ -205,11 +219,15 @@ def decode_token(text: object) -> JoinToken:
     secret = None if enroll_text is None else b64url_decode(enroll_text)
     if enroll_text is not None and secret is None:
         raise TokenError("field", "not canonical base64url", "enroll")
+    key_text = _optional(document, "client_key")
+    client_key = None if key_text is None else b64url_decode(key_text)
+    if key_text is not None and client_key is None:
+        raise TokenError("field", "not canonical base64url", "client_key")
     try:
         return JoinToken(broker=_required(document, "broker"), run=_required(document, "run"),
                          client=_required(document, "client"), aggregator_key=key,
                          username=_optional(document, "username"), password=_optional(document, "password"),
-                         enrollment_secret=secret)
+                         enrollment_secret=secret, client_key=client_key)
     except _Bad as exc:
         raise TokenError("field", exc.detail, exc.name) from None
 

@@ -1,7 +1,8 @@
 """clients/paho_client.py, the standalone paho-mqtt client, as a separate OS process on real brokers.
 
 The client imports nothing from fedbus, so fedbus's own codec checks every message it sends here:
-what it publishes must decode with `fedbus.protocol.codec` and be accepted by the real aggregator.
+what it publishes must decode with `fedbus.protocol.codec` and be accepted by the real aggregator. In protocol
+v2 (a join token and a key), fedbus's own security layer checks its signatures and opens its sealed updates.
 """
 
 from __future__ import annotations
@@ -21,14 +22,27 @@ from typing import Any
 import pytest
 
 from fedbus.protocol import codec, topics
+from fedbus.protocol.ids import AGGREGATOR
 from fedbus.protocol.messages import DataSpec, GlobalState, Message, Presence, Receipt, Task, Update
 from fedbus.runtime.address import BrokerAddress
+from fedbus.runtime.broker import EmbeddedBroker
 from fedbus.runtime.bus import MqttBus
 from fedbus.runtime.run import RunOptions, run_scenario
+from fedbus.runtime.run_keys import AGGREGATOR_PUB, AUTHORIZED, KEYS, SECRET, invite
 from fedbus.scenario import scenario_from_mapping
+from fedbus.security.crypto import PrivateKey, derive
+from fedbus.security.errors import WireRejected
+from fedbus.security.keyfiles import keygen, load_authorized, load_public
+from fedbus.security.keys import AuthorizedKeys, PublicKey, fingerprint
+from fedbus.security.policy import Security
+from fedbus.security.token import JoinToken, encode_token
 from tests.conftest import ROOT
+from tests.integration import test_broker_auth
+from tests.integration.test_broker_auth import PASSWORD, USER, Pki
 
 SCRIPT = ROOT / "clients" / "paho_client.py"
+pki = test_broker_auth.pki  # the TLS fixtures: a test CA and an embedded broker with TLS and a login
+tls_broker = test_broker_auth.tls_broker
 NAME = "paho-1"
 WAIT_S = 90.0  # generous: the suite must pass on a loaded two-core machine
 
@@ -40,11 +54,12 @@ def sentence(round_: int) -> str:
 
 @contextlib.contextmanager
 def paho_client(broker: BrokerAddress, run_id: str, log: Path, *extra: str) -> Iterator[subprocess.Popen[bytes]]:
-    """The paho client as its own process (stdout and stderr to ``log``), killed on the way out."""
+    """The paho client as its own process (stdout and stderr to ``log``), killed on the way out. With --token in
+    ``extra`` (protocol v2), the token alone says where, which run and who."""
+    where = [] if "--token" in extra else ["--broker", broker.url(redact=False), "--run", run_id, "--id", NAME]
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, str(SCRIPT), "--broker", broker.url(redact=False), "--run", run_id, "--id", NAME,
-             *extra],
+            [sys.executable, str(SCRIPT), *where, *extra],
             cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
         try:
             yield proc
@@ -66,21 +81,32 @@ async def exit_code(proc: subprocess.Popen[bytes], log: Path, timeout_s: float =
 
 
 class Watch:
-    """Every message on some topics, decoded by fedbus's codec; waits are bounded and on conditions."""
+    """Every message on some topics, decoded by fedbus's codec; waits are bounded and on conditions.
 
-    def __init__(self, bus: MqttBus) -> None:
+    With ``security`` (an aggregator's), every payload must be signed by the client of its topic with an
+    authorized key, and update bodies sealed to that aggregator, as the real aggregator checks them."""
+
+    def __init__(self, bus: MqttBus, security: Security | None = None) -> None:
         self.bus = bus
+        self.security = security
         self.messages: list[Message] = []
         self.undecodable: list[tuple[str, bytes, str]] = []
         self._changed = asyncio.Condition()
+
+    def decode(self, topic: str, payload: bytes) -> Message:
+        if self.security is not None:
+            payload = self.security.authenticate(payload, signer=topic.rsplit("/", 1)[-1])
+            if "/update/" in topic:
+                payload = self.security.open_sealed(payload)
+        return codec.decode(payload)
 
     async def pump(self) -> None:
         async for incoming in self.bus.messages():
             if incoming.retained is False and incoming.payload == b"":
                 continue  # a finished run deleting retained presence (MQTT's zero-length retained publish)
             try:
-                self.messages.append(codec.decode(incoming.payload))
-            except codec.MessageRejected as exc:
+                self.messages.append(self.decode(incoming.topic, incoming.payload))
+            except (codec.MessageRejected, WireRejected) as exc:
                 self.undecodable.append((incoming.topic, incoming.payload, str(exc)))
             async with self._changed:
                 self._changed.notify_all()
@@ -103,10 +129,11 @@ class Watch:
 
 
 @contextlib.asynccontextmanager
-async def watching(broker: BrokerAddress, run_id: str, identifier: str, *filters: str) -> AsyncIterator[Watch]:
+async def watching(broker: BrokerAddress, run_id: str, identifier: str, *filters: str,
+                   security: Security | None = None) -> AsyncIterator[Watch]:
     async with MqttBus(broker, f"{run_id}.{identifier}", clean_session=True) as bus:
         await bus.subscribe(*filters)
-        watch = Watch(bus)
+        watch = Watch(bus, security)
         pump = asyncio.create_task(watch.pump(), name=f"test[{run_id}].watch")
         try:
             yield watch
@@ -129,19 +156,9 @@ def federation(rounds: int) -> dict[str, Any]:
     }
 
 
-async def test_the_paho_client_takes_part_in_a_federation(broker: BrokerAddress, run_id: str,
-                                                          tmp_path: Path) -> None:
-    """A paho client process, online before the run starts, has its updates accepted and merged, then exits 0."""
-    rounds, log, out = 3, tmp_path / "paho.log", tmp_path / "run"
-    with paho_client(broker, run_id, log, "--timeout-s", str(WAIT_S)) as proc:
-        async with watching(broker, run_id, "observer", topics.presence_topic(run_id, NAME),
-                            topics.update_topic(run_id, NAME)) as watch:
-            # Its retained 'online' is on the broker, so the aggregator knows it as soon as it subscribes.
-            await watch.wait_for("online presence", presence_is("online"), log)
-            summary = await asyncio.wait_for(run_scenario(scenario_from_mapping(federation(rounds)), RunOptions(
-                out_dir=out, broker_url=broker.url(), run_id=run_id, progress=False, workers=0)), 4 * WAIT_S)
-            assert await exit_code(proc, log) == 0, client_log(log)
-            await watch.wait_for("offline presence", presence_is("offline"), log)
+def check_taking_part(summary: dict[str, Any], out: Path, watch: Watch, log: Path, rounds: int) -> None:
+    """The run completed with the paho client's updates accepted and merged in every round once it was live,
+    none rejected; it logged a receipt for each and left when the run finished."""
     assert summary["status"] == "completed", summary["reason"]
     on_disk = json.loads((out / "summary.json").read_text())
     joined = [r for r in on_disk["rounds"] if NAME in [a["client"] for a in r["accepted"]]]
@@ -158,6 +175,181 @@ async def test_the_paho_client_takes_part_in_a_federation(broker: BrokerAddress,
     assert "left: run finished" in client_log(log)
     for update_id in accepted_ids:  # the aggregator told it, one receipt per update
         assert f"update {update_id} (round " in client_log(log) and ") accepted" in client_log(log)
+
+
+async def test_the_paho_client_takes_part_in_a_federation(broker: BrokerAddress, run_id: str,
+                                                          tmp_path: Path) -> None:
+    """A paho client process, online before the run starts, has its updates accepted and merged, then exits 0."""
+    rounds, log, out = 3, tmp_path / "paho.log", tmp_path / "run"
+    with paho_client(broker, run_id, log, "--timeout-s", str(WAIT_S)) as proc:
+        async with watching(broker, run_id, "observer", topics.presence_topic(run_id, NAME),
+                            topics.update_topic(run_id, NAME)) as watch:
+            # Its retained 'online' is on the broker, so the aggregator knows it as soon as it subscribes.
+            await watch.wait_for("online presence", presence_is("online"), log)
+            summary = await asyncio.wait_for(run_scenario(scenario_from_mapping(federation(rounds)), RunOptions(
+                out_dir=out, broker_url=broker.url(), run_id=run_id, progress=False, workers=0)), 4 * WAIT_S)
+            assert await exit_code(proc, log) == 0, client_log(log)
+            await watch.wait_for("offline presence", presence_is("offline"), log)
+    check_taking_part(summary, out, watch, log, rounds)
+    assert "protocol v1" in client_log(log)
+
+
+# ---------------------------------------------------------------------------------------------- protocol v2
+def signed_federation(rounds: int) -> dict[str, Any]:
+    """fedbus's default security (signed+sealed); the run waits for one remote client besides its own two."""
+    doc = federation(rounds)
+    del doc["security"]
+    doc["clients"]["remote"] = 1
+    return doc
+
+
+async def aggregator_key_of(out: Path, run: asyncio.Task[dict[str, Any]]) -> PublicKey:
+    """The running aggregator's public key, from RUN_DIR/keys/aggregator.pub (written when the run starts)."""
+    path = out / KEYS / AGGREGATOR_PUB
+    async with asyncio.timeout(WAIT_S):
+        while not path.exists():
+            if run.done():
+                run.result()  # the run failed before it started: say why
+                pytest.fail("the run ended before it wrote its aggregator key")
+            await asyncio.sleep(0.05)
+    return load_public(path).key
+
+
+def aggregator_private(out: Path) -> PrivateKey:
+    """The run's aggregator key, derived from RUN_DIR/keys/run.secret as `fedbus run` derives it: for the
+    observer, which opens the client's sealed updates as the aggregator does."""
+    return derive(bytes.fromhex((out / KEYS / SECRET).read_text(encoding="ascii")), AGGREGATOR)
+
+
+async def take_part_in_v2(broker: BrokerAddress, run_id: str, tmp_path: Path, *, authorized: Path | None,
+                          join: Callable[[Path, PublicKey], tuple[list[str], PublicKey]]) -> None:
+    """A signed+sealed `fedbus run` starts and waits for one remote client; once its aggregator's key is known,
+    ``join(run_dir, aggregator_key)`` gives the paho client's arguments and public key; the client joins and
+    takes part in every round, everything it sends signed (and its updates sealed), and fedbus forges nothing."""
+    rounds, log, out = 3, tmp_path / "paho.log", tmp_path / "run"
+    run = asyncio.create_task(run_scenario(scenario_from_mapping(signed_federation(rounds)), RunOptions(
+        out_dir=out, broker_url=broker.url(), run_id=run_id, progress=False, workers=0, authorized_keys=authorized)))
+    try:
+        key = await aggregator_key_of(out, run)
+        args, client_key = join(out, key)
+        # an observer that checks the client's messages as the aggregator does: signed by NAME, updates sealed
+        checker = Security.for_aggregator(aggregator_private(out), AuthorizedKeys(((NAME, client_key),)))
+        async with watching(broker, run_id, "observer", topics.presence_topic(run_id, NAME),
+                            topics.update_topic(run_id, NAME), security=checker) as watch:
+            with paho_client(broker, run_id, log, "--timeout-s", str(WAIT_S), *args) as proc:
+                await watch.wait_for("online presence", presence_is("online"), log)
+                summary = await asyncio.wait_for(asyncio.shield(run), 4 * WAIT_S)
+                assert await exit_code(proc, log) == 0, client_log(log)
+                await watch.wait_for("offline presence", presence_is("offline"), log)
+    finally:
+        if not run.done():
+            run.cancel()
+            with contextlib.suppress(BaseException):
+                await run
+    assert summary["security"]["mode"] == "signed+sealed" and summary["totals"]["forgeries"] == 0, summary
+    check_taking_part(summary, out, watch, log, rounds)
+    assert len(watch.updates()) >= rounds - 1  # every update it sent verified and opened (undecodable: none)
+    text = client_log(log)
+    assert f"protocol v2 as {fingerprint(client_key)}, trusting aggregator {fingerprint(key)}" in text, text
+    assert "dropped" not in text, text
+
+
+async def test_the_paho_client_joins_a_signed_and_sealed_run_with_its_own_key(
+        broker: BrokerAddress, run_id: str, tmp_path: Path) -> None:
+    """protocol v2 with a key the client generated (`fedbus keygen`), authorized by `fedbus run
+    --authorized-keys`, and a join token without a key: `--token FILE --key FILE`."""
+    identity = keygen(tmp_path / f"{NAME}.key", NAME)
+    authorized = tmp_path / "authorized_keys"
+    authorized.write_text("# the paho client\n" + (tmp_path / f"{NAME}.key.pub").read_text(encoding="utf-8"))
+
+    def join(out: Path, aggregator_key: PublicKey) -> tuple[list[str], PublicKey]:
+        token = tmp_path / "token"
+        token.write_text(encode_token(JoinToken(broker=broker.url(), run=run_id, client=NAME,
+                                                aggregator_key=aggregator_key)), encoding="ascii")
+        return ["--token", str(token), "--key", str(tmp_path / f"{NAME}.key")], identity.public
+
+    await take_part_in_v2(broker, run_id, tmp_path, authorized=authorized, join=join)
+
+
+async def test_the_paho_client_joins_with_a_token_from_fedbus_invite(
+        embedded_broker: BrokerAddress, run_id: str, tmp_path: Path) -> None:
+    """protocol v2 with what `fedbus invite` prints: one token holding everything, the client's key included."""
+    def join(out: Path, aggregator_key: PublicKey) -> tuple[list[str], PublicKey]:
+        (token,) = invite(out, [NAME], broker=embedded_broker.url())
+        client_key = load_authorized(out / KEYS / AUTHORIZED).get(NAME)
+        assert client_key is not None
+        return ["--token", token], client_key
+
+    await take_part_in_v2(embedded_broker, run_id, tmp_path, authorized=None, join=join)
+
+
+async def test_in_v2_forgeries_are_dropped_and_censor_nobody_and_the_last_will_is_signed(
+        embedded_broker: BrokerAddress, run_id: str, tmp_path: Path) -> None:
+    """Against a scripted aggregator with its own key: a forged 'finished' global, a v1 task and a forged task that
+    pre-publishes the real task's id are dropped as forgeries; the real task is answered (the forger burnt no
+    id) with a signed, sealed update; killed, the client's retained Last Will is signed too."""
+    log = tmp_path / "paho.log"
+    aggregator_key = PrivateKey(bytes(range(32)), bytes(range(32, 64)))
+    impostor = Security.for_aggregator(PrivateKey(bytes([7]) * 32, bytes([8]) * 32), {})
+    identity = keygen(tmp_path / f"{NAME}.key", NAME)
+    token = tmp_path / "token"
+    token.write_text(encode_token(JoinToken(broker=embedded_broker.url(), run=run_id, client=NAME,
+                                            aggregator_key=aggregator_key.public)), encoding="ascii")
+    aggregator = Security.for_aggregator(aggregator_key, AuthorizedKeys(((NAME, identity.public),)))
+    data = DataSpec(task="surrogate-skills", seed=1, num_shards=2, train_size=10, val_size=10, test_size=10)
+
+    def state(status: str, msg_id: str) -> bytes:
+        return codec.encode(GlobalState(run=run_id, round=1, client="aggregator", msg_id=msg_id, sent=0.0, version=0,
+                                        prompt="Be brief.", status=status, engine="surrogate", data=data,  # type: ignore[arg-type]
+                                        rounds=1))
+
+    task = codec.encode(Task(run=run_id, round=1, client=NAME, msg_id="agg-t1", sent=0.0, version=0,
+                             prompt="Be brief.", local_steps=1, batch_size=1, deadline_s=30.0))
+    with paho_client(embedded_broker, run_id, log, "--timeout-s", str(WAIT_S), "--token", str(token),
+                     "--key", str(tmp_path / f"{NAME}.key")) as proc:
+        async with watching(embedded_broker, run_id, "aggregator", topics.presence_topic(run_id, NAME),
+                            topics.update_topic(run_id, NAME), security=aggregator) as watch:
+            bus = watch.bus
+            online = await watch.wait_for("online presence", presence_is("online"), log)
+            await bus.publish(topics.global_topic(run_id), impostor.wrap(state("finished", "agg-g0")), retain=True)
+            for payload in (task, impostor.wrap(task)):
+                await bus.publish(topics.task_topic(run_id, NAME), payload)
+            await bus.publish(topics.global_topic(run_id), aggregator.wrap(state("running", "agg-g1")), retain=True)
+            await bus.publish(topics.task_topic(run_id, NAME), aggregator.wrap(task))
+            update = await watch.wait_for("update", lambda m: isinstance(m, Update), log)
+            assert proc.poll() is None, client_log(log)  # the forged 'finished' did not end it
+            proc.send_signal(signal.SIGKILL)
+            will = await watch.wait_for("Last Will", presence_is("offline"), log)
+    assert isinstance(update, Update) and update.round == 1 and update.prompt == f"Be brief. {sentence(1)}"
+    assert will.msg_id != online.msg_id and watch.undecodable == []
+    text = client_log(log)
+    for reason in ("forged:bad-signature", "forged:unsigned"):
+        assert reason in text, text
+    assert text.count("dropped a payload") == 3, text
+
+
+async def test_in_v2_it_reaches_an_mqtts_broker_with_the_login_and_ca_of_its_token(
+        tls_broker: EmbeddedBroker, pki: Pki, run_id: str, tmp_path: Path) -> None:
+    """A token for mqtts:// with a broker login: the client connects over TLS, checking the broker's certificate
+    against --ca, logs in with the token's user and password, and its signed presence comes through."""
+    log = tmp_path / "paho.log"
+    aggregator_key = PrivateKey(bytes(range(32)), bytes(range(32, 64)))
+    identity = keygen(tmp_path / f"{NAME}.key", NAME)
+    token = tmp_path / "token"
+    token.write_text(encode_token(JoinToken(broker=f"mqtts://127.0.0.1:{tls_broker.port}", run=run_id, client=NAME,
+                                            aggregator_key=aggregator_key.public, username=USER,
+                                            password=PASSWORD)), encoding="ascii")
+    address = BrokerAddress(host="127.0.0.1", port=tls_broker.port, username=USER, password=PASSWORD, tls=True,
+                            ca_file=str(pki.ca))
+    checker = Security.for_aggregator(aggregator_key, AuthorizedKeys(((NAME, identity.public),)))
+    async with watching(address, run_id, "observer", topics.presence_topic(run_id, NAME), security=checker) as watch:
+        with paho_client(address, run_id, log, "--token", str(token), "--key", str(tmp_path / f"{NAME}.key"),
+                         "--ca", str(pki.ca), "--timeout-s", "3") as proc:
+            await watch.wait_for("online presence", presence_is("online"), log)
+            assert await exit_code(proc, log) == 2, client_log(log)
+        await watch.wait_for("offline presence", presence_is("offline"), log)
+    assert f"on mqtts://127.0.0.1:{tls_broker.port}, protocol v2" in client_log(log)
+    assert PASSWORD not in client_log(log)
 
 
 async def test_malformed_duplicate_and_foreign_messages_are_dropped(broker: BrokerAddress, run_id: str,
@@ -279,10 +471,12 @@ async def test_its_last_will_says_offline_when_it_dies(embedded_broker: BrokerAd
     assert will.msg_id != online.msg_id
 
 
-def imported_modules(source: str) -> set[str]:
-    """Top-level names of every module a source file imports (relative imports as '.')."""
+def imported_modules(source: str, *, top_level_only: bool = False) -> set[str]:
+    """Top-level names of every module a source file imports (relative imports as '.'); with
+    ``top_level_only``, only the imports the module runs when it is loaded (not those inside functions)."""
     names: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
+    tree = ast.parse(source)
+    for node in tree.body if top_level_only else ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -290,14 +484,19 @@ def imported_modules(source: str) -> set[str]:
     return names
 
 
-def foreign_imports(source: str) -> set[str]:
-    return imported_modules(source) - set(sys.stdlib_module_names) - {"__future__", "paho"}
+def foreign_imports(source: str, *, top_level_only: bool = False, allowed: frozenset[str] = frozenset()) -> set[str]:
+    return (imported_modules(source, top_level_only=top_level_only) - set(sys.stdlib_module_names)
+            - {"__future__", "paho"} - allowed)
 
 
 def test_the_client_imports_only_paho_and_the_standard_library() -> None:
-    """paho_client.py runs where fedbus is not installed: its only non-stdlib import is paho."""
+    """paho_client.py runs where fedbus is not installed: paho is its only non-stdlib import when loaded, and
+    `cryptography` (protocol v2) the only other one, imported inside the functions that need it."""
     source = SCRIPT.read_text(encoding="utf-8")
-    assert "paho" in imported_modules(source)
-    assert foreign_imports(source) == set()
+    assert "paho" in imported_modules(source, top_level_only=True)
+    assert foreign_imports(source, top_level_only=True) == set()
+    assert "cryptography" in imported_modules(source)
+    assert foreign_imports(source, allowed=frozenset({"cryptography"})) == set()
     assert foreign_imports("import fedbus.protocol\nfrom clients import core\nfrom . import x\n") == {
         "fedbus", "clients", "."}
+    assert foreign_imports("def f():\n    import cryptography\n", top_level_only=True) == set()

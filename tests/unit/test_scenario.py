@@ -49,6 +49,29 @@ def test_every_mistake_is_reported_with_its_path() -> None:
     assert any("colour" in line for line in lines), lines
 
 
+def test_count_zero_is_a_federation_of_remote_clients_only() -> None:
+    """clients.count 0 needs clients.remote >= 1; min_clients then counts the remote clients, and so do the shards."""
+    scenario = scenario_from_mapping(minimal(clients={"count": 0, "remote": 10},
+                                             participation={"min_clients": 10, "min_updates": 10}))
+    assert scenario.client_ids() == () and scenario.groups() == ()
+    assert scenario.expected_clients == 10 and scenario.data.num_shards == 10
+    assert scenario_from_mapping(scenario_to_mapping(scenario)) == scenario
+    lines = problems(minimal(clients={"count": 0}))
+    assert any(line.startswith("clients.count:") and "clients.remote >= 1" in line for line in lines), lines
+    lines = problems(minimal(clients={"count": 0, "remote": 2}, participation={"min_clients": 3}))
+    assert any(line.startswith("participation.min_clients:") and "(2)" in line for line in lines), lines
+    assert problems(minimal(clients={"count": 1, "remote": -1}))
+
+
+def test_remote_clients_add_to_the_own_ones() -> None:
+    """clients.remote: the run expects its own clients and the remote ones; the own ones keep their shards."""
+    scenario = scenario_from_mapping(minimal(clients={"count": 2, "remote": 3}, participation={"min_clients": 5}))
+    assert scenario.client_ids() == ("client-0", "client-1")
+    assert scenario.expected_clients == 5 and scenario.data.num_shards == 5
+    assert scenario_from_mapping(minimal()).clients.remote == 0
+    assert problems(minimal(participation={"min_clients": 4}))  # 3 own clients, none remote
+
+
 def test_missing_required_fields_are_named() -> None:
     lines = problems({"name": "t"})
     assert any(line.startswith("rounds") for line in lines), lines
