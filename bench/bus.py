@@ -1,7 +1,7 @@
 """Update throughput: fedbus's own update path against bare aiomqtt, on the same broker in the same run.
 
 For each broker (the embedded rumqttd via iotcore, and a mosquitto started here from
-broker-config/mosquitto.conf on a free loopback port, without persistence), two measurements
+broker-config/mosquitto.conf on a free loopback port, without persistence), the measurements below
 alternate ``--repeat`` times and the median of each is reported:
 
 - bare: one aiomqtt publisher and one aiomqtt subscriber, QoS 1, random payloads of a fixed size.
@@ -10,10 +10,19 @@ alternate ``--repeat`` times and the median of each is reported:
   subscribed to the run's update filter decodes, deduplicates (``SeenIds``) and feeds each update
   to a real ``RoundAggregator`` whose round 1 is open for all clients. The bench checks that the
   core accepted every update.
+- signed+sealed: the same updates on protocol v2 (docs/SECURITY.md), each client with a key of its own:
+  ``codec.encode``, then the client's ``Security.wrap`` (``seal_body`` to the aggregator's X25519 key,
+  ``sign`` with the client's Ed25519 key) on send; the aggregator's ``Security.authenticate``
+  (``verify`` against its authorized keys, the topic's client as the signer) and ``open_sealed``
+  (``open_body``), then ``codec.decode``, deduplication on (signer, id) and the core on receive. The
+  v1 message is the same 2 KB as above; on the wire it grows by the sealing and the frame (printed).
+- signed+sealed, sent prebuilt: the same, with every frame sealed and signed before the clock starts: the
+  aggregator's side alone, as in a federation, where each client seals and signs on its own machine.
 
-Both publish in windows of 100 (``asyncio.gather``). Throughput = messages / seconds from the first
-publish to the last receive. The target: fedbus >= 0.80 x bare. Every measurement has its own
-topics, run id and clean-session connections. The bare baseline imports aiomqtt directly on purpose.
+All publish in windows of 100 (``asyncio.gather``). Throughput = messages / seconds from the first
+publish to the last receive. The targets: fedbus >= 0.80 x bare, signed+sealed >= 0.70 x bare. Every
+measurement has its own topics, run id, keys and clean-session connections. The bare baseline imports
+aiomqtt directly on purpose.
 
     .venv/bin/python bench/bus.py [--messages 5000 | --quick] [--repeat 3] [--brokers embedded,mosquitto]
 """
@@ -23,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import random
@@ -44,15 +54,20 @@ from fedbus.aggregator.events import ClientOnline, Started, UpdateReceived
 from fedbus.aggregator.rounds import AggregatorConfig, RoundAggregator
 from fedbus.protocol import codec, topics
 from fedbus.protocol.dedup import SeenIds
+from fedbus.protocol.ids import AGGREGATOR
 from fedbus.protocol.messages import DataSpec, Task, Update, UpdateStats
 from fedbus.runtime.address import BrokerAddress
 from fedbus.runtime.broker import EmbeddedBroker, free_port
 from fedbus.runtime.bus import MqttBus
 from fedbus.runtime.limits import ensure_open_files
+from fedbus.security.crypto import derive, random_bytes
+from fedbus.security.keys import AuthorizedKeys
+from fedbus.security.policy import Security
 
 PAYLOAD_BYTES = 2048
 WINDOW = 100
 TARGET = 0.80
+SECURE_TARGET = 0.70  # the issue's target for the signed+sealed path
 MOSQUITTO_CONF = Path(__file__).resolve().parent.parent / "broker-config" / "mosquitto.conf"
 
 
@@ -153,27 +168,66 @@ def build_updates(tasks: list[Task]) -> list[Update]:
     return [update(task, text) for task in tasks]
 
 
-async def measure_fedbus(address: BrokerAddress, n: int) -> tuple[float, int]:
-    """Messages per second through fedbus's update path, and how many updates the core accepted."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class Parties:
+    """Protocol-v2 settings of one measurement: the aggregator's (authorizing every client) and each client's."""
+
+    aggregator: Security
+    clients: dict[str, Security]
+
+
+def make_parties(clients: list[str]) -> Parties:
+    """A key pair for the aggregator and each client, derived from a fresh secret, as ``fedbus run`` does."""
+    secret = random_bytes(32)
+    aggregator_key = derive(secret, AGGREGATOR)
+    own = {client: derive(secret, client) for client in clients}
+    authorized = AuthorizedKeys(tuple((client, key.public) for client, key in own.items()))
+    return Parties(aggregator=Security.for_aggregator(aggregator_key, authorized),
+                   clients={client: Security.for_client(client, key, aggregator_key.public)
+                            for client, key in own.items()})
+
+
+PATHS = ("fedbus", "signed+sealed", "signed+sealed, sent prebuilt")
+
+
+async def measure_fedbus(address: BrokerAddress, n: int, path: str = "fedbus") -> tuple[float, int, int]:
+    """Messages per second through fedbus's update path (one of PATHS), how many updates the core accepted, and
+    the size of the last payload on the wire."""
+    secure, prebuilt = path != "fedbus", path.endswith("prebuilt")
     run = f"bench-{uuid.uuid4().hex[:8]}"
-    core, tasks = open_round(run, [f"client-{i:05d}" for i in range(1, n + 1)])
+    clients = [f"client-{i:05d}" for i in range(1, n + 1)]
+    core, tasks = open_round(run, clients)
     if len(tasks) != n or any(t.version != 0 or t.round != 1 for t in tasks):
         raise RuntimeError(f"round 1 did not open for all {n} clients ({len(tasks)} tasks)")
     updates = build_updates(tasks)
+    parties = make_parties(clients) if secure else None  # outside the timed window, like the round's opening
     seen = SeenIds()
     accepted = 0
+    wire_bytes = 0
     async with (
         MqttBus(address, f"{run}.aggregator", clean_session=True) as inbox,
         MqttBus(address, f"{run}.clients", clean_session=True) as outbox,
     ):
         await inbox.subscribe(topics.channel_filter(run, "update"))
 
+        def unwrap(topic: str, wire: bytes) -> tuple[str, bytes]:
+            """(the sender, the v1 payload): the topic's client and the payload itself on v1; on v2 the verified
+            signer (which must be the topic's client) and the payload with its body opened."""
+            ref = topics.parse(topic)
+            sender = ref.client if ref is not None and ref.client is not None else ""
+            if parties is None:
+                return sender, wire
+            aggregator = parties.aggregator
+            return sender, aggregator.open_sealed(aggregator.authenticate(wire, signer=sender))
+
         async def receive() -> float:
             nonlocal accepted
             count = 0
             async for incoming in inbox.messages():
-                message = codec.decode(incoming.payload)
-                if not seen.first_time(message.msg_id) or not isinstance(message, Update):
+                sender, payload = unwrap(incoming.topic, incoming.payload)
+                message = codec.decode(payload)
+                key = f"{sender}/{message.msg_id}" if parties is not None else message.msg_id
+                if not seen.first_time(key) or not isinstance(message, Update) or message.client != sender:
                     continue
                 for effect in core.handle(UpdateReceived(update=message, now=time.perf_counter() - started)):
                     accepted += isinstance(effect, UpdateAccepted)
@@ -182,34 +236,67 @@ async def measure_fedbus(address: BrokerAddress, n: int) -> tuple[float, int]:
                     break
             return time.perf_counter()
 
-        def sender(u: Update) -> Callable[[], Awaitable[None]]:
-            return lambda: outbox.publish(topics.update_topic(run, u.client), codec.encode(u))
+        def wire(u: Update) -> bytes:
+            nonlocal wire_bytes
+            payload = codec.encode(u)
+            if parties is not None:
+                payload = parties.clients[u.client].wrap(payload, sealed=True)
+            wire_bytes = len(payload)
+            return payload
 
+        def sender(u: Update) -> Callable[[], Awaitable[None]]:
+            topic = topics.update_topic(run, u.client)
+            if prebuilt:
+                payload = wire(u)
+                return lambda: outbox.publish(topic, payload)
+            return lambda: outbox.publish(topic, wire(u))
+
+        sends = [sender(u) for u in updates]  # prebuilt frames are sealed and signed here, before the clock
         started = time.perf_counter()
         receiver = asyncio.create_task(receive())
-        await pipelined([sender(u) for u in updates])  # encodes inside the timed window
+        await pipelined(sends)  # the others encode (seal, sign) inside the timed window
         finished = await asyncio.wait_for(receiver, timeout=max(60.0, n / 100))
-    return n / (finished - started), accepted
+    return n / (finished - started), accepted, wire_bytes
 
 
-async def bench_broker(address: BrokerAddress, n: int, repeat: int) -> tuple[float, float, float]:
+@dataclasses.dataclass(frozen=True, slots=True)
+class Row:
+    """One path's medians on one broker, against the bare runs it was paired with."""
+
+    path: str
+    rate: float  # median msg/s
+    ratio: float  # median of the paired ratios path/bare
+    target: float
+    wire_bytes: int
+
+
+async def bench_broker(address: BrokerAddress, n: int, repeat: int) -> tuple[float, list[Row]]:
     bare: list[float] = []
-    fed: list[float] = []
+    rates: dict[str, list[float]] = {path: [] for path in PATHS}
+    sizes: dict[str, int] = {}
     for i in range(repeat):
         bare.append(await measure_bare(address, n))
-        rate, accepted = await measure_fedbus(address, n)
-        fed.append(rate)
-        note = "" if accepted == n else f"   !!! ONLY {accepted} of {n} UPDATES ACCEPTED BY THE CORE !!!"
-        print(f"  run {i + 1}: bare {bare[-1]:7.0f} msg/s   fedbus {rate:7.0f} msg/s   "
-              f"core accepted {accepted}/{n}{note}", flush=True)
-    # Each fedbus run is paired with the bare run just before it: the median of the paired ratios is
+        line = f"  run {i + 1}: bare {bare[-1]:7.0f} msg/s"
+        for path, found in rates.items():
+            rate, accepted, sizes[path] = await measure_fedbus(address, n, path)
+            found.append(rate)
+            note = "" if accepted == n else f"   !!! ONLY {accepted} of {n} UPDATES ACCEPTED BY THE CORE !!!"
+            line += f"   {path} {rate:7.0f} msg/s (core accepted {accepted}/{n}){note}"
+        print(line, flush=True)
+    # Each fedbus run is paired with the bare run of the same repetition: the median of the paired ratios is
     # steadier than a ratio of medians when the machine's speed drifts during the benchmark.
-    paired = statistics.median(f / b for f, b in zip(fed, bare, strict=True))
-    return statistics.median(bare), statistics.median(fed), paired
+    rows = [Row(path=path, rate=statistics.median(found),
+                ratio=statistics.median(f / b for f, b in zip(found, bare, strict=True)),
+                target=TARGET if path == "fedbus" else SECURE_TARGET, wire_bytes=sizes[path])
+            for path, found in rates.items()]
+    return statistics.median(bare), rows
 
 
 async def main_async(brokers: list[str], n: int, repeat: int) -> None:
-    print(f"{n} messages x {PAYLOAD_BYTES} B, QoS 1, windows of {WINDOW}, median of {repeat}", flush=True)
+    print(f"{n} messages x {PAYLOAD_BYTES} B (v1 encoding), QoS 1, windows of {WINDOW}, median of {repeat}",
+          flush=True)
+    table = ["| broker | path | wire bytes | msg/s (median) | ratio to bare (median of paired runs) | target |",
+             "|---|---|---|---|---|---|"]
     for name in brokers:
         if name == "embedded":
             broker = embedded_broker()
@@ -223,11 +310,16 @@ async def main_async(brokers: list[str], n: int, repeat: int) -> None:
             raise SystemExit(f"unknown broker {name!r}: use embedded, mosquitto")
         with broker as address:
             print(f"{name} at {address.host}:{address.port}", flush=True)
-            bare, fed, ratio = await bench_broker(address, n, repeat)
-        verdict = "met" if ratio >= TARGET else "NOT met"
-        print(f"{name}: bare {bare:.0f} msg/s, fedbus {fed:.0f} msg/s (medians); "
-              f"ratio fedbus/bare {ratio:.3f} (median of paired runs), target >= {TARGET:.2f}: {verdict}\n",
-              flush=True)
+            bare, rows = await bench_broker(address, n, repeat)
+        table.append(f"| {name} | bare aiomqtt | {PAYLOAD_BYTES} | {bare:.0f} | 1 | |")
+        for row in rows:
+            verdict = "met" if row.ratio >= row.target else "NOT met"
+            print(f"{name}: bare {bare:.0f} msg/s, {row.path} {row.rate:.0f} msg/s (medians); ratio {row.path}/bare "
+                  f"{row.ratio:.3f} (median of paired runs), target >= {row.target:.2f}: {verdict}", flush=True)
+            table.append(f"| {name} | {row.path} | {row.wire_bytes} | {row.rate:.0f} | {row.ratio:.3f} | "
+                         f">= {row.target:.2f}: {verdict} |")
+        print(flush=True)
+    print("\n".join(table), flush=True)
 
 
 def main() -> None:
