@@ -95,6 +95,7 @@ class AggregatorNode:
         boot: str = "0",
         heartbeat_s: float = HEARTBEAT_S,
         security: Security | None = None,
+        identifier: str | None = None,
     ) -> None:
         self.core = core
         self.run_id = core.config.run
@@ -107,6 +108,7 @@ class AggregatorNode:
         self.session = AggregatorSession(core, codec.Limits(max_bytes=max_message_bytes), boot=boot,
                                          security=security)
         self.heartbeat_s = heartbeat_s
+        self.identifier = identifier or f"{self.run_id}.{AGGREGATOR}"  # MQTT client id; run.py makes it unguessable
         self.resend = Resendable(sync=isinstance(core, RoundAggregator))
         self._queue: asyncio.Queue[Event | _Delivery] = asyncio.Queue()
         self._loop = asyncio.get_running_loop()
@@ -188,7 +190,7 @@ class AggregatorNode:
         # a persistent session: what clients publish while the aggregator reconnects is queued for it;
         # the Last Will tells clients at once when the aggregator dies
         topic, payload = self.session.will(self.now())
-        return MqttBus(self.broker, identifier=f"{self.run_id}.{AGGREGATOR}", clean_session=fresh,
+        return MqttBus(self.broker, identifier=self.identifier, clean_session=fresh,
                        will=LastWill(topic=topic, payload=payload))
 
     async def _subscribed(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,10 @@ class Checkpoint:
         return list(self.content.get("resumes", []))
 
     @property
+    def mqtt_identifier(self) -> str:
+        return str(self.content.get("mqtt_identifier") or f"{self.run_id}.aggregator")
+
+    @property
     def broker(self) -> dict[str, Any]:
         return dict(self.content.get("broker", {}))
 
@@ -62,7 +67,10 @@ class Checkpoint:
         checkpoint = cls(run_dir / CHECKPOINT, {
             "format": FORMAT, "run_id": run_id, "status": "running", "started": _now_iso(), "updated": _now_iso(),
             "scenario_file": scenario_file, "scenario": scenario_to_mapping(scenario), "broker": broker,
-            "rounds_closed": 0, "version": 0, "journal_lines": 0, "resumes": []})
+            "rounds_closed": 0, "version": 0, "journal_lines": 0, "resumes": [],
+            # the aggregator's MQTT identifier: unguessable (no session takeover), kept for --resume, whose
+            # aggregator takes up the persistent session the killed one had (what clients sent meanwhile)
+            "mqtt_identifier": f"{run_id}.aggregator.{secrets.token_hex(6)}"})
         checkpoint._write()
         return checkpoint
 

@@ -132,6 +132,9 @@ class _Driver:
         self.bus: MqttBus | None = None
         self.optimizer: LocalOptimizer | None = None
         self.background: set[asyncio.Task[None]] = set()
+        # the MQTT identifier: the same for every reconnection of this process (its persistent session), but
+        # not guessable by other participants, who could otherwise take the session over by connecting with it
+        self.identifier = f"{config.run}.{config.client}.{secrets.token_hex(6)}"
         self.silent: str | None = None  # why the client gave up waiting for the aggregator
         self.refused: str | None = None  # why the client cannot take part at all (a signed run, no keys)
         self.global_topic = topics.global_topic(config.run)
@@ -232,7 +235,7 @@ class _Driver:
         def make() -> MqttBus:
             topic, payload = self.session.will(self.now())  # a fresh Will id for every attempt
             will = LastWill(topic=topic, payload=payload)
-            return MqttBus(cfg.broker, identifier=f"{cfg.run}.{cfg.client}", will=will)
+            return MqttBus(cfg.broker, identifier=self.identifier, will=will)
 
         def retrying(attempt: int, delay_s: float, reason: str) -> None:
             self.events.record("reconnect-wait", client=cfg.client, attempt=attempt, delay_s=round(delay_s, 3),

@@ -15,7 +15,6 @@ import secrets
 
 from fedbus.errors import FedbusError, RemoteProtocolError, TransportError
 from fedbus.protocol import codec, topics
-from fedbus.protocol.ids import AGGREGATOR
 from fedbus.protocol.messages import GlobalState, Presence
 from fedbus.runtime.address import BrokerAddress
 from fedbus.runtime.bus import MqttBus
@@ -81,12 +80,12 @@ async def refuse_live_client(address: BrokerAddress, run_id: str, client: str) -
                            "choose another --id")
 
 
-async def clear_retained(address: BrokerAddress, run_id: str, clients: list[str]) -> None:
+async def clear_retained(address: BrokerAddress, run_id: str, clients: list[str], identifier: str) -> None:
     """After a finished run: remove the retained presence of its clients (the retained global stays,
     saying 'finished', so a late client leaves at once and the id is not reused by mistake)."""
     # as the aggregator with a clean session: the broker also drops the aggregator's persistent session
     with contextlib.suppress(TransportError):
-        async with MqttBus(address, identifier=f"{run_id}.{AGGREGATOR}", clean_session=True) as bus:
+        async with MqttBus(address, identifier=identifier, clean_session=True) as bus:
             for client in clients:
                 await bus.publish(topics.presence_topic(run_id, client), b"", retain=True)
 

@@ -157,7 +157,7 @@ async def _run(scenario: Scenario, options: RunOptions, engine: ChatEngine | Non
                               max_message_bytes=scenario.max_message_bytes, time_scale=scenario.time_scale,
                               started_at=t0, reducer=reducer, journal=journal,
                               boot=f"r{len(checkpoint.resumes)}" if checkpoint.resumes else "0",
-                              security=security.aggregator)
+                              security=security.aggregator, identifier=checkpoint.mqtt_identifier)
         if checkpoint.resumes:
             replayed = node.resume(read_journal(out / JOURNAL))
             if replayed.finished is not None and not replayed.unevaluated:
@@ -205,7 +205,7 @@ async def _run(scenario: Scenario, options: RunOptions, engine: ChatEngine | Non
         await clients.finish_workers()
         final = await scoring.final(scenario.initial_prompt, core.prompt, scenario.rounds)
         if embedded is None:
-            await clear_retained(address, run_id, list(core_known(core)))
+            await clear_retained(address, run_id, list(core_known(core)), checkpoint.mqtt_identifier)
         summary = summarize(outcome, final)
         _write_summary(out, summary)
         checkpoint.ended(summary["status"])
