@@ -477,9 +477,10 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     from fedbus.runtime.engines import EngineOverrides
     from fedbus.runtime.run import RunOptions
 
-    if args.scenario is not None or args.simulate or args.run_id or args.seed is not None or args.strategy:
+    if (args.scenario is not None or args.simulate or args.run_id or args.seed is not None or args.strategy
+            or args.security):
         print("fedbus run --resume: the scenario, seed, run id and strategy come from RUN_DIR/checkpoint.json; "
-              "drop SCENARIO, --seed, --run-id, --strategy and --simulate", file=sys.stderr)
+              "drop SCENARIO, --seed, --run-id, --strategy, --security and --simulate", file=sys.stderr)
         return EXIT_INVALID
     checkpoint = Checkpoint.open(args.resume)
     scenario = checkpoint.scenario()

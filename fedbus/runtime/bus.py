@@ -22,7 +22,7 @@ from fedbus.errors import TransportError
 from fedbus.runtime.address import BrokerAddress
 
 QOS = 1
-PROBE_ROOT = "fedbus/probe"  # fedbus/probe/{identifier}: a reconnected connection's message to itself
+PROBE_ROOT = "fedbus/probe"  # fedbus/probe/{username}/{random}: a reconnected connection's message to itself
 PROBE_TIMEOUT_S = 3.0
 CONNECT_TIMEOUT_S = 20  # CONNECT to CONNACK, and each SUBSCRIBE/PUBLISH acknowledgement
 REFUSED = ("the broker closed the connection before accepting it (a wrong user name or password, no login "
@@ -162,7 +162,7 @@ class MqttBus:
             await self._client.__aenter__()
         except aiomqtt.MqttError as exc:
             self._release_socket()
-            raise TransportError(f"cannot connect to {self.address.url()} as {self.identifier}: {exc}") from exc
+            raise TransportError(f"cannot connect to {self.address.url()}: {exc}") from exc
         return self
 
     async def __aexit__(
@@ -198,12 +198,13 @@ class MqttBus:
         subscriptions but forwards it nothing until the client's next keep-alive ping, 30 s later
         (measured: 1 in 8 restarts with 5 connections; the aggregator then waited out whole rounds).
         """
-        probe = f"{PROBE_ROOT}/{self.identifier}"
+        # a fresh random topic under the login, never the identifier: that one must stay secret
+        probe = f"{PROBE_ROOT}/{self.address.username or 'anonymous'}/{secrets.token_hex(8)}"
         try:
             for topic_filter in (*filters, probe) if verify else filters:
                 await self._client.subscribe(topic_filter, qos=QOS)
         except aiomqtt.MqttError as exc:
-            raise TransportError(f"subscribe failed for {self.identifier}: {exc}") from exc
+            raise TransportError(f"subscribe failed: {exc}") from exc
         if verify:
             await self._probe(probe)
 
@@ -222,16 +223,16 @@ class MqttBus:
                     continue  # an earlier connection's probe
                 self._early.append(_incoming(message))
         except TimeoutError:
-            raise TransportError(f"{self.identifier}: connected, but the broker delivered nothing within "
+            raise TransportError("connected, but the broker delivered nothing within "
                                  f"{PROBE_TIMEOUT_S:g} s (self-probe lost)") from None
         except aiomqtt.MqttError as exc:
-            raise TransportError(f"connection of {self.identifier} lost: {exc}") from exc
+            raise TransportError(f"connection lost: {exc}") from exc
 
     async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         try:
             await self._client.publish(topic, payload, qos=QOS, retain=retain)
         except aiomqtt.MqttError as exc:
-            raise TransportError(f"publish to {topic} failed for {self.identifier}: {exc}") from exc
+            raise TransportError(f"publish to {topic} failed: {exc}") from exc
 
     async def abort(self) -> None:
         """Drop the TCP connection without DISCONNECT, as a crash would: the broker fires our Last Will."""
@@ -255,7 +256,7 @@ class MqttBus:
                     continue
                 yield _incoming(message)
         except aiomqtt.MqttError as exc:
-            raise TransportError(f"connection of {self.identifier} lost: {exc}") from exc
+            raise TransportError(f"connection lost: {exc}") from exc
 
 
 def _incoming(message: aiomqtt.Message) -> Incoming:

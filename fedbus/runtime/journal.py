@@ -90,6 +90,10 @@ class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():  # a resumed run: cut the line a kill tore, or the next input would be glued to it
+            data = path.read_bytes()
+            if not data.endswith(b"\n"):
+                os.truncate(path, data.rfind(b"\n") + 1)
         self._file: IO[str] | None = path.open("a", encoding="utf-8", buffering=1)
         self.lines = 0
 

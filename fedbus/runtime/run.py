@@ -199,7 +199,10 @@ async def _run(scenario: Scenario, options: RunOptions, engine: ChatEngine | Non
                            checkpoint=checkpoint, progress=progress)
             raise
         except* FedbusError as group:  # e.g. the broker stayed away past the reconnection limit
-            _write_partial(summarize(node.outcome, UNMEASURED), "failed", str(group.exceptions[0]), out=out,
+            why: BaseException = group
+            while isinstance(why, BaseExceptionGroup):
+                why = why.exceptions[0]
+            _write_partial(summarize(node.outcome, UNMEASURED), "failed", str(why), out=out,
                            checkpoint=checkpoint, progress=progress)
             raise
         await clients.finish_workers()

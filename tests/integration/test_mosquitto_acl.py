@@ -294,13 +294,14 @@ async def test_taking_over_another_clients_identifier_leaks_nothing(secured: Sec
 
 
 async def test_client_reads_its_probe_and_not_anothers(secured: SecuredBroker, run_id: str) -> None:
-    """The self-probe of a reconnection (fedbus/probe/{identifier}) comes back to its own connection; alice
-    cannot publish to bob's."""
+    """The self-probe of a reconnection (fedbus/probe/{user}/{random}) comes back to its own connection; alice
+    cannot publish under bob's."""
     async with connected(secured, "bob", f"{run_id}.bob") as bob, \
             connected(secured, "alice", f"{run_id}.alice") as alice:
         await bob.subscribe(topics.task_topic(run_id, "bob"), verify=True)  # raises if its probe is lost
-        await alice.publish(f"{PROBE_ROOT}/{run_id}.bob", b"forged")
-        await bob.publish(f"{PROBE_ROOT}/{run_id}.bob", b"own")
+        await bob.subscribe(f"{PROBE_ROOT}/bob/x")
+        await alice.publish(f"{PROBE_ROOT}/bob/x", b"forged")
+        await bob.publish(f"{PROBE_ROOT}/bob/x", b"own")
         stream = bob._client.messages.__aiter__()  # bus.messages() hides probe topics
         message = await asyncio.wait_for(stream.__anext__(), WAIT_S)
         assert message.payload == b"own"

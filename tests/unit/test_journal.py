@@ -197,3 +197,17 @@ def test_a_line_torn_by_a_kill_is_ignored(tmp_path: Path) -> None:
 def test_a_folder_without_a_journal_cannot_be_resumed(tmp_path: Path) -> None:
     with pytest.raises(ResumeError, match="not the folder of a fedbus run"):
         read_journal(tmp_path / "journal.jsonl")
+
+
+def test_a_resumed_journal_appends_after_the_torn_line_not_onto_it(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    journal = Journal(path)
+    journal.write({"k": "e", "event": "started", "now": 0.0})
+    journal.close()
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write('{"k": "d", "topic": "fedbus/v1/r/pres')  # the kill
+    resumed = Journal(path)
+    resumed.write({"k": "e", "event": "timer", "now": 1.0})
+    resumed.close()
+    assert read_journal(path) == [{"k": "e", "event": "started", "now": 0.0},
+                                  {"k": "e", "event": "timer", "now": 1.0}]
