@@ -213,6 +213,9 @@ class AggregatorNode:
             bus = self._bus
             if bus is None or self._publisher is None:
                 continue
+            if self._outbox:  # busy, not stalled: a stalled connection with traffic fails its publishes instead
+                self._echo_due = None
+                continue
             if self._echo_due is not None and self._loop.time() > self._echo_due:
                 # the last heartbeat never came back: a connection that looks up but moves nothing
                 self._echo_due = None
