@@ -215,6 +215,7 @@ class AggregatorNode:
                 continue
             if self._outbox:  # busy, not stalled: a stalled connection with traffic fails its publishes instead
                 self._echo_due = None
+                self._publish(self.session.heartbeat(self.now()))
                 continue
             if self._echo_due is not None and self._loop.time() > self._echo_due:
                 # the last heartbeat never came back: a connection that looks up but moves nothing
