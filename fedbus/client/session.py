@@ -58,6 +58,7 @@ from fedbus.security.policy import Security
 
 # an update without a receipt is sent again at the second aggregator presence after it (heartbeats: ~5 s)
 RESEND_AFTER_PRESENCES = 2
+MAX_UNRECEIPTED = 8
 
 Deliveries = tuple[tuple[Send, int], ...]
 
@@ -141,8 +142,8 @@ class ClientSession:
         self._announced_bytes: int | None = None  # the run's max_message_bytes, once a global or task said it
         self._error_types: dict[str, str] = {}  # task id -> type of the exception its optimizer raised
         self._aggregator_online: bool | None = None
-        self._unreceipted: Send | None = None  # the last update sent, until its receipt comes
-        self._presences_since = 0  # aggregator presences seen since it was sent
+        # updates sent and not yet answered by a receipt (the newest few), with the aggregator presences seen since
+        self._unreceipted: dict[str, tuple[Send, int]] = {}
         self._last_heard: float | None = None
         self.seen = SeenIds(10_000)
         self.connected = False
@@ -259,14 +260,16 @@ class ClientSession:
             self._last_heard = now
             self.last_global = message
             self._adopt(message)
-            return self.handle(GlobalSeen(now=now, state=message))  # control plane: no link faults
+            # the run is over: what still has no receipt goes again first, so the aggregator records its outcome
+            # ('run-finished' at worst) instead of it vanishing with the client
+            resent = self._resend_unreceipted(all_now=True) if message.status == "finished" else []
+            return resent + self.handle(GlobalSeen(now=now, state=message))  # control plane: no link faults
         if isinstance(message, Presence) and message.client == AGGREGATOR and message.run == run:
             self._last_heard = now
             return self._aggregator_presence(message)
         if isinstance(message, Receipt) and message.client == me and message.run == run:
             self._last_heard = now
-            if self._unreceipted is not None and self._unreceipted.message.msg_id == message.update_id:
-                self._unreceipted = None
+            self._unreceipted.pop(message.update_id, None)
             return [self._record(f"update-{message.outcome}", id=message.update_id, round=message.round,
                                  reason=message.reason, detail=message.detail)]
         if not (isinstance(message, Task) and message.client == me and message.run == run):
@@ -300,18 +303,21 @@ class ClientSession:
         out: list[Action] = [self._record(f"aggregator-{message.status}", id=message.msg_id)] if changed else []
         return out + self._resend_unreceipted() if online else out
 
-    def _resend_unreceipted(self) -> list[Action]:
-        """The aggregator is online (a heartbeat, or it came back), and the last update still has no receipt
-        one presence later: send it again, same id (the aggregator keeps one copy). After a broker restart
-        that lost it, or an aggregator resumed from its journal without it, this is what recovers it."""
-        send = self._unreceipted
-        if send is None or not self.connected:
+    def _resend_unreceipted(self, *, all_now: bool = False) -> list[Action]:
+        """The aggregator is online (a heartbeat, or it came back), and an update still has no receipt two
+        presences later (``all_now``: at once): send it again, same id (the aggregator keeps one copy and records
+        the outcome of a late one). After a broker restart that lost it, or an aggregator resumed from its journal
+        without it, this is what recovers it."""
+        if not self.connected:
             return []
-        self._presences_since += 1
-        if self._presences_since < RESEND_AFTER_PRESENCES:
-            return []
-        self._presences_since = 0
-        return [self._record("resent", id=send.message.msg_id, round=send.message.round), *self._publish(send, 1)]
+        out: list[Action] = []
+        for msg_id, (send, seen) in list(self._unreceipted.items()):
+            if not all_now and seen + 1 < RESEND_AFTER_PRESENCES:
+                self._unreceipted[msg_id] = (send, seen + 1)
+                continue
+            self._unreceipted[msg_id] = (send, 0)
+            out += [self._record("resent", id=msg_id, round=send.message.round), *self._publish(send, 1)]
+        return out
 
     # ------------------------------------------------------------------ decisions
     def handle(self, event: ClientEvent) -> list[Action]:
@@ -354,7 +360,9 @@ class ClientSession:
         extra = {"prompt_chars": len(m.prompt)} if isinstance(m, Update) else {}
         out.append(self._record("sent", kind=type(m).__name__.lower(), id=m.msg_id, round=m.round, **extra))
         if isinstance(m, Update):
-            self._unreceipted, self._presences_since = publish.send, 0
+            self._unreceipted[m.msg_id] = (publish.send, 0)
+            while len(self._unreceipted) > MAX_UNRECEIPTED:
+                del self._unreceipted[next(iter(self._unreceipted))]
         return out
 
     def publish_failed(self, publish: Publish, reason: str) -> list[Action]:
