@@ -184,7 +184,6 @@ class Replayed:
     pending_reduces: dict[int, Reduce] = field(default_factory=dict)  # issued, no answer journaled
     unevaluated: list[RoundResult] = field(default_factory=list)  # closed, evaluation not journaled
     finished: RunFinished | None = None
-    started: bool = False
 
 
 def replay(session: AggregatorSession, lines: Iterable[dict[str, Any]], resend: Resendable) -> Replayed:
@@ -202,9 +201,7 @@ def replay(session: AggregatorSession, lines: Iterable[dict[str, Any]], resend: 
         else:
             event = line_event(line)
             now = event.now
-            if isinstance(event, Started):
-                state.started = True
-            elif isinstance(event, TimerFired):
+            if isinstance(event, TimerFired):
                 state.timers = [at for at in state.timers if at > now]
             elif isinstance(event, Reduced | ReduceFailed):
                 state.pending_reduces.pop(event.round, None)
