@@ -12,15 +12,18 @@ alternate ``--repeat`` times and the median of each is reported:
   core accepted every update.
 - signed+sealed: the same updates on protocol v2 (docs/SECURITY.md), each client with a key of its own:
   ``codec.encode``, then the client's ``Security.wrap`` (``seal_body`` to the aggregator's X25519 key,
-  ``sign`` with the client's Ed25519 key) on send; the aggregator's ``Security.authenticate``
-  (``verify`` against its authorized keys, the topic's client as the signer) and ``open_sealed``
-  (``open_body``), then ``codec.decode``, deduplication on (signer, id) and the core on receive. The
-  v1 message is the same 2 KB as above; on the wire it grows by the sealing and the frame (printed).
+  ``sign`` with the client's Ed25519 key) on send; on receive, the aggregator's checks (``verify``
+  against its authorized keys, the topic's client as the signer, and ``open_body``) done ahead on its
+  check pool (fedbus/runtime/check_pool.py: worker processes, in batches, as ``fedbus run`` does once
+  deliveries pile up; started before the clock), then ``codec.decode``, deduplication on (signer, id)
+  and the core. The v1 message is the same 2 KB as above; on the wire it grows by the sealing and the
+  frame (printed).
 - signed+sealed, sent prebuilt: the same, with every frame sealed and signed before the clock starts: the
   aggregator's side alone, as in a federation, where each client seals and signs on its own machine.
 
 All publish in windows of 100 (``asyncio.gather``). Throughput = messages / seconds from the first
-publish to the last receive. The targets: fedbus >= 0.80 x bare, signed+sealed >= 0.70 x bare. Every
+publish to the last receive. The targets: fedbus >= 0.80 x bare, signed+sealed >= 0.70 x bare. First, without
+a broker, the aggregator event loop's CPU per signed+sealed update, checked inline and checked ahead. Every
 measurement has its own topics, run id, keys and clean-session connections. The bare baseline imports
 aiomqtt directly on purpose.
 
@@ -44,7 +47,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiomqtt
@@ -59,7 +62,9 @@ from fedbus.protocol.messages import DataSpec, Task, Update, UpdateStats
 from fedbus.runtime.address import BrokerAddress
 from fedbus.runtime.broker import EmbeddedBroker, free_port
 from fedbus.runtime.bus import MqttBus
+from fedbus.runtime.check_pool import CheckPool, Prechecker
 from fedbus.runtime.limits import ensure_open_files
+from fedbus.security.checks import Checked, Job, Refused
 from fedbus.security.crypto import derive, random_bytes
 from fedbus.security.keys import AuthorizedKeys
 from fedbus.security.policy import Security
@@ -202,6 +207,30 @@ async def measure_fedbus(address: BrokerAddress, n: int, path: str = "fedbus") -
     updates = build_updates(tasks)
     parties = make_parties(clients) if secure else None  # outside the timed window, like the round's opening
     seen = SeenIds()
+    async with check_pool(parties) as pool:
+        return await _measure(address, n, run, updates, core, parties=parties, prebuilt=prebuilt, pool=pool,
+                              seen=seen)
+
+
+@contextlib.asynccontextmanager
+async def check_pool(parties: Parties | None) -> AsyncIterator[CheckPool | None]:
+    """The aggregator's check pool for a signed path, up before the clock starts, as in a run that has been going
+    for a while (a run starts it the first time deliveries pile up)."""
+    if parties is None or parties.aggregator.key is None:
+        yield None
+        return
+    pool = CheckPool(parties.aggregator.key, sealing_required=True)
+    try:
+        if not await pool.warm_up():
+            raise RuntimeError("the check pool did not start")
+        yield pool
+    finally:
+        pool.close()
+
+
+async def _measure(address: BrokerAddress, n: int, run: str, updates: list[Update], core: RoundAggregator, *,
+                   parties: Parties | None, prebuilt: bool, pool: CheckPool | None, seen: SeenIds,
+                   ) -> tuple[float, int, int]:
     accepted = 0
     wire_bytes = 0
     async with (
@@ -210,21 +239,41 @@ async def measure_fedbus(address: BrokerAddress, n: int, path: str = "fedbus") -
     ):
         await inbox.subscribe(topics.channel_filter(run, "update"))
 
-        def unwrap(topic: str, wire: bytes) -> tuple[str, bytes]:
+        def unwrap(topic: str, wire: bytes, checked: Checked | None) -> tuple[str, bytes]:
             """(the sender, the v1 payload): the topic's client and the payload itself on v1; on v2 the verified
-            signer (which must be the topic's client) and the payload with its body opened."""
+            signer (which must be the topic's client) and the payload with its body opened: checked ahead on the
+            check pool when deliveries pile up (``checked``), as the aggregator does, else here."""
             ref = topics.parse(topic)
             sender = ref.client if ref is not None and ref.client is not None else ""
             if parties is None:
                 return sender, wire
             aggregator = parties.aggregator
-            return sender, aggregator.open_sealed(aggregator.authenticate(wire, signer=sender))
+            if checked is None:
+                return sender, aggregator.open_sealed(aggregator.authenticate(wire, signer=sender))
+            if isinstance(checked.opened, Refused) or checked.opened is None:
+                raise RuntimeError(f"an update failed its checks: {checked}")
+            return sender, checked.opened
+
+        def job_of(item: tuple[str, bytes]) -> Job | None:
+            if parties is None or parties.aggregator.authorized is None:
+                return None
+            ref = topics.parse(item[0])
+            signer = ref.client if ref is not None and ref.client is not None else ""
+            return Job(wire=item[1], signer=signer, key=parties.aggregator.authorized.get(signer), update=True)
+
+        queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        checks = Prechecker(queue, pool, job_of)
+
+        async def read() -> None:
+            async for incoming in inbox.messages():
+                queue.put_nowait((incoming.topic, incoming.payload))
 
         async def receive() -> float:
             nonlocal accepted
             count = 0
-            async for incoming in inbox.messages():
-                sender, payload = unwrap(incoming.topic, incoming.payload)
+            while count < n:
+                (topic, payload), checked = await checks.get()
+                sender, payload = unwrap(topic, payload, checked)
                 message = codec.decode(payload)
                 key = f"{sender}/{message.msg_id}" if parties is not None else message.msg_id
                 if not seen.first_time(key) or not isinstance(message, Update) or message.client != sender:
@@ -232,8 +281,6 @@ async def measure_fedbus(address: BrokerAddress, n: int, path: str = "fedbus") -
                 for effect in core.handle(UpdateReceived(update=message, now=time.perf_counter() - started)):
                     accepted += isinstance(effect, UpdateAccepted)
                 count += 1
-                if count == n:
-                    break
             return time.perf_counter()
 
         def wire(u: Update) -> bytes:
@@ -252,10 +299,12 @@ async def measure_fedbus(address: BrokerAddress, n: int, path: str = "fedbus") -
             return lambda: outbox.publish(topic, wire(u))
 
         sends = [sender(u) for u in updates]  # prebuilt frames are sealed and signed here, before the clock
+        reader = asyncio.create_task(read())
         started = time.perf_counter()
         receiver = asyncio.create_task(receive())
         await pipelined(sends)  # the others encode (seal, sign) inside the timed window
         finished = await asyncio.wait_for(receiver, timeout=max(60.0, n / 100))
+        reader.cancel()
     return n / (finished - started), accepted, wire_bytes
 
 
@@ -292,7 +341,62 @@ async def bench_broker(address: BrokerAddress, n: int, repeat: int) -> tuple[flo
     return statistics.median(bare), rows
 
 
+async def loop_cost(n: int) -> tuple[float, float, float]:
+    """The aggregator event loop's CPU per signed+sealed update, no broker: ``n`` deliveries queued as they
+    arrive, each taken with its checks and decoded, (a) checked inline, (b) checked ahead on the check pool; and
+    (c) v1's decode alone, for scale. Microseconds of this process's CPU per update (the pool's workers are
+    other processes)."""
+    run = f"bench-{uuid.uuid4().hex[:8]}"
+    clients = [f"client-{i:05d}" for i in range(1, n + 1)]
+    _, tasks = open_round(run, clients)
+    updates = build_updates(tasks)
+    parties = make_parties(clients)
+    aggregator = parties.aggregator
+    frames = [(topics.update_topic(run, u.client), parties.clients[u.client].wrap(codec.encode(u), sealed=True))
+              for u in updates]
+
+    def job_of(item: tuple[str, bytes]) -> Job:
+        signer = item[0].rsplit("/", 1)[1]
+        return Job(wire=item[1], signer=signer, key=aggregator.authorized.get(signer),  # type: ignore[union-attr]
+                   update=True)
+
+    async def cost(pool: CheckPool | None) -> float:
+        queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        checks = Prechecker(queue, pool, job_of)
+
+        async def arrive() -> None:
+            for frame in frames:
+                queue.put_nowait(frame)
+                await asyncio.sleep(0)
+
+        started = time.process_time()
+        feeder = asyncio.create_task(arrive())
+        for _ in frames:
+            (topic, wire), checked = await checks.get()
+            if checked is None:
+                payload = aggregator.open_sealed(aggregator.authenticate(wire, signer=topic.rsplit("/", 1)[1]))
+            else:
+                assert isinstance(checked.opened, bytes), checked
+                payload = checked.opened
+            codec.decode(payload)
+        await feeder
+        return (time.process_time() - started) / n * 1e6
+
+    inline = await cost(None)
+    async with check_pool(parties) as pool:
+        ahead = await cost(pool)
+    plain = [codec.encode(u) for u in updates]
+    started = time.process_time()
+    for payload in plain:
+        codec.decode(payload)
+    return inline, ahead, (time.process_time() - started) / n * 1e6
+
+
 async def main_async(brokers: list[str], n: int, repeat: int) -> None:
+    inline, ahead, plain = await loop_cost(n)
+    print(f"aggregator event loop, CPU per signed+sealed update ({n} updates, no broker): checked inline "
+          f"{inline:.0f} us, checked ahead on the check pool {ahead:.0f} us ({ahead / inline:.2f}x); "
+          f"a v1 update's decode alone {plain:.0f} us", flush=True)
     print(f"{n} messages x {PAYLOAD_BYTES} B (v1 encoding), QoS 1, windows of {WINDOW}, median of {repeat}",
           flush=True)
     table = ["| broker | path | wire bytes | msg/s (median) | ratio to bare (median of paired runs) | target |",

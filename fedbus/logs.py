@@ -38,5 +38,14 @@ def configure(level: str = "INFO", json_lines: bool | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # aiomqtt warns "There are N pending publish calls" for every pipelined publish past 10.
-    logging.getLogger("mqtt").setLevel(max(logging.ERROR, root.level))
+    # aiomqtt warns "There are N pending publish calls" for every pipelined publish past 10. A filter, not a
+    # level: importing aiomqtt (after this, in most processes) sets its logger's level back to WARNING.
+    mqtt = logging.getLogger("mqtt")
+    for old in [f for f in mqtt.filters if isinstance(f, _ErrorsOnly)]:
+        mqtt.removeFilter(old)
+    mqtt.addFilter(_ErrorsOnly())
+
+
+class _ErrorsOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR

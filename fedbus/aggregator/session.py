@@ -71,6 +71,7 @@ from fedbus.protocol.messages import (
     Update,
 )
 from fedbus.protocol.topics import TopicRef
+from fedbus.security.checks import Checked, Job, Refused
 from fedbus.security.errors import WireRejected
 from fedbus.security.policy import Security
 
@@ -170,11 +171,13 @@ class AggregatorSession:
         """The topic filters the aggregator listens on."""
         return tuple(topics.channel_filter(self.run_id, channel) for channel in ("presence", "update", "metrics"))
 
-    def receive(self, topic: str, payload: bytes, retained: bool, now: float) -> list[Action]:
-        """One delivery from the broker."""
+    def receive(self, topic: str, payload: bytes, retained: bool, now: float,
+                checked: Checked | None = None) -> list[Action]:
+        """One delivery from the broker. ``checked``: its signature and seal checked ahead by the driver
+        (:mod:`fedbus.security.checks`), taken instead of checking them here; the outcome is the same."""
         self.outcome.messages_received += 1
         out: list[Action] = []
-        event = self._to_event(topic, payload, retained, now, out)
+        event = self._to_event(topic, payload, retained, now, out, checked=checked)
         if event is not None:
             out += self.handle(event)
         return out
@@ -224,7 +227,8 @@ class AggregatorSession:
                                         "close_reason": result.close_reason, **extra})]
 
     # ------------------------------------------------------------------ incoming
-    def _to_event(self, topic: str, payload: bytes, retained: bool, now: float, out: list[Action]) -> Event | None:
+    def _to_event(self, topic: str, payload: bytes, retained: bool, now: float, out: list[Action], *,
+                  checked: Checked | None) -> Event | None:
         ref = topics.parse(topic)
         if ref is None or ref.run != self.run_id:
             out.append(Record("dropped", {"topic": topic, "reason": "not a topic of this run"}))
@@ -232,13 +236,13 @@ class AggregatorSession:
         if ref.channel == "aggregator":  # its own presence, echoed back: nothing to act on
             return None
         if self.security.signs:
-            inner = self._authenticate(ref, topic, payload, now, out)
+            inner = self._authenticate(ref, topic, payload, now, out, checked=checked)
             if inner is None:
                 return None
             payload = inner
         try:
             if self.security.signs and ref.channel == "update":  # the signer's own doing from here on
-                payload = self.security.open_sealed(payload)
+                payload = self._opened(payload, checked)
             message = codec.decode(payload, self.limits)
         except RemoteProtocolError as exc:
             reason = getattr(exc, "reason", "malformed")
@@ -284,7 +288,27 @@ class AggregatorSession:
                                           "values": dict(message.values)}))
         return None
 
-    def _authenticate(self, ref: TopicRef, topic: str, payload: bytes, now: float, out: list[Action]) -> bytes | None:
+    def _opened(self, payload: bytes, checked: Checked | None) -> bytes:
+        if checked is None or checked.opened is None:
+            return self.security.open_sealed(payload)
+        if isinstance(checked.opened, Refused):
+            raise checked.opened.error()
+        return checked.opened
+
+    def job(self, topic: str, payload: bytes) -> Job | None:
+        """What a driver may check ahead for this delivery (:mod:`fedbus.security.checks`), or None where there is
+        nothing costly to check: protocol v1, a topic the aggregator does not read, an unknown signer."""
+        if not self.security.signs or self.security.authorized is None or len(payload) > self.limits.max_bytes:
+            return None
+        ref = topics.parse(topic)
+        if (ref is None or ref.run != self.run_id or ref.client is None or ref.client == AGGREGATOR
+                or ref.channel not in ("presence", "update", "metrics")):
+            return None
+        key = self.security.authorized.get(ref.client)
+        return None if key is None else Job(wire=payload, signer=ref.client, key=key, update=ref.channel == "update")
+
+    def _authenticate(self, ref: TopicRef, topic: str, payload: bytes, now: float, out: list[Action], *,
+                      checked: Checked | None) -> bytes | None:
         """Protocol v2: the payload inside a delivery, verified as signed by the topic's client; or None, with
         the forgery recorded. Only presence, update and metrics topics carry a client's messages: anything else
         here (the aggregator's own kinds) is dropped unread."""
@@ -296,7 +320,11 @@ class AggregatorSession:
                 raise WireRejected("oversized", f"{len(payload)} bytes > limit {self.limits.max_bytes}")
             if ref.client == AGGREGATOR:  # nobody signs as the aggregator on a client's topic
                 raise WireRejected("wrong-signer", f"{AGGREGATOR!r} is not a client")
-            return self.security.authenticate(payload, signer=ref.client)
+            if checked is None:
+                return self.security.authenticate(payload, signer=ref.client)
+            if isinstance(checked.inner, Refused):
+                raise checked.inner.error()
+            return checked.inner
         except WireRejected as exc:
             forgery = Forgery(topic=topic, claimed=ref.client, reason=exc.reason,
                               detail=exc.detail[:MAX_DETAIL_CHARS], at=now)

@@ -33,7 +33,9 @@ from fedbus.protocol.ids import AGGREGATOR
 from fedbus.results.eventlog import EventLog
 from fedbus.runtime.address import BrokerAddress
 from fedbus.runtime.bus import Backoff, LastWill, MqttBus, connect_retrying
+from fedbus.runtime.check_pool import CheckPool, Prechecker
 from fedbus.runtime.journal import Journal, Replayed, Resendable, delivery_line, event_line, replay
+from fedbus.security.checks import Checked, Job
 from fedbus.security.policy import Security
 
 log = structlog.get_logger("fedbus.aggregator")
@@ -96,6 +98,7 @@ class AggregatorNode:
         heartbeat_s: float = HEARTBEAT_S,
         security: Security | None = None,
         identifier: str | None = None,
+        check_workers: int | None = None,
     ) -> None:
         self.core = core
         self.run_id = core.config.run
@@ -111,6 +114,10 @@ class AggregatorNode:
         self.identifier = identifier or f"{self.run_id}.{AGGREGATOR}"  # MQTT client id; run.py makes it unguessable
         self.resend = Resendable(sync=isinstance(core, RoundAggregator))
         self._queue: asyncio.Queue[Event | _Delivery] = asyncio.Queue()
+        own = self.session.security
+        self.check_pool = (CheckPool(own.key, sealing_required=own.seals, workers=check_workers)
+                           if own.signs and own.key is not None and check_workers != 0 else None)
+        self._checks = Prechecker(self._queue, self.check_pool, self._job_of)
         self._loop = asyncio.get_running_loop()
         self._t0 = self._loop.time() if started_at is None else started_at
         self._scale = time_scale
@@ -177,6 +184,12 @@ class AggregatorNode:
                     link.cancel()
                     self._take_back()  # what a lost connection left unacknowledged: the run is over
             finally:
+                if self.check_pool is not None:
+                    pool = self.check_pool
+                    pool.close()
+                    if pool.batches or pool.broken:
+                        self.events.record("check-pool", client=AGGREGATOR, workers=pool.workers,
+                                           batches=pool.batches, checked=pool.checked, broken=pool.broken)
                 for timer in self._timers:
                     timer.cancel()
                 if self._bus is not None:
@@ -348,7 +361,7 @@ class AggregatorNode:
     # ------------------------------------------------------------------ the session
     async def _consume(self, group: asyncio.TaskGroup) -> None:
         while not self.session.finished:
-            await self._step(await self._queue.get(), group)
+            await self._step(*await self._checks.get(), group)
         # After the run finished: what is still queued or in flight goes through the session, which
         # rejects late updates as 'run-finished', so none is dropped without a record. Clients leave on the
         # 'finished' global after publishing their 'offline' presence, which MQTT delivers after anything
@@ -356,21 +369,24 @@ class AggregatorNode:
         loop = self._loop
         earliest, latest = loop.time() + FINISH_GRACE_S, loop.time() + FINISH_WAIT_S
         while (now := loop.time()) < latest:
-            if now >= earliest and self._queue.empty() and self.core.statistics().live_clients == 0:
+            if now >= earliest and self._checks.empty() and self.core.statistics().live_clients == 0:
                 break
             try:
-                item = await asyncio.wait_for(self._queue.get(), min(0.05, latest - now))
+                item, checked = await asyncio.wait_for(self._checks.get(), min(0.05, latest - now))
             except TimeoutError:
                 continue
-            await self._step(item, group)
-        while not self._queue.empty():
-            await self._step(self._queue.get_nowait(), group)
+            await self._step(item, checked, group)
+        while not self._checks.empty():
+            await self._step(*await self._checks.get(), group)
 
-    async def _step(self, item: Event | _Delivery, group: asyncio.TaskGroup) -> None:
+    def _job_of(self, item: Event | _Delivery) -> Job | None:
+        return self.session.job(item.topic, item.payload) if isinstance(item, _Delivery) else None
+
+    async def _step(self, item: Event | _Delivery, checked: Checked | None, group: asyncio.TaskGroup) -> None:
         if isinstance(item, _Delivery):
             if self.journal is not None:
                 self.journal.write(delivery_line(item.topic, item.payload, item.retained, item.now))
-            actions = self.session.receive(item.topic, item.payload, item.retained, item.now)
+            actions = self.session.receive(item.topic, item.payload, item.retained, item.now, checked)
             if (self.reconnections or self._resumed) and (task := self.resend.task_for(item.topic)) is not None:
                 actions.append(task)  # after a broker restart: the client may never have got it
         else:
