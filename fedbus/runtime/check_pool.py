@@ -26,6 +26,7 @@ from typing import Generic, TypeVar
 
 import structlog
 
+from fedbus.runtime.worker_process import die_with_parent, exit_if_orphaned
 from fedbus.security.checks import Checked, Job, Refused, check
 from fedbus.security.crypto import PrivateKey
 from fedbus.security.keys import PublicKey
@@ -46,7 +47,9 @@ class _Worker:
     sealing_required = True
 
 
-def _start_worker(sign_seed: bytes, seal_secret: bytes, sealing_required: bool) -> None:
+def _start_worker(parent_pid: int, sign_seed: bytes, seal_secret: bytes, sealing_required: bool) -> None:
+    die_with_parent()  # a run SIGKILLed takes its check workers along (they would wait on their pipe forever)
+    exit_if_orphaned(parent_pid)
     _Worker.opener = PrivateKey(sign_seed, seal_secret)
     _Worker.sealing_required = sealing_required
 
@@ -127,7 +130,7 @@ class CheckPool:
         key = self._opener
         self._executor = ProcessPoolExecutor(
             max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
-            initargs=(key.sign_seed, key.seal_secret, self._sealing_required))
+            initargs=(os.getpid(), key.sign_seed, key.seal_secret, self._sealing_required))
         self._warm = asyncio.get_running_loop().run_in_executor(self._executor, _ready)
         self._warm.add_done_callback(self._warmed)
         log.info("check pool starting", workers=self.workers)

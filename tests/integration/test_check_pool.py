@@ -8,7 +8,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from fedbus.runtime.check_pool import CheckPool, Prechecker
@@ -133,3 +137,48 @@ async def test_giving_up_on_a_get_loses_nothing() -> None:
         assert [item for item, _ in got] == sent and checks.empty()
     finally:
         pool.close()
+
+
+OWNER = """
+import asyncio, sys
+from fedbus.runtime.check_pool import CheckPool
+from fedbus.security.crypto import generate
+
+async def main():
+    pool = CheckPool(generate(), sealing_required=True, workers=1)
+    assert await pool.warm_up()
+    print("workers:", *pool._executor._processes, flush=True)
+    await asyncio.sleep(600)
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")  # dead, not yet reaped
+    except FileNotFoundError:
+        return True
+
+
+def test_the_workers_die_with_the_process_that_owns_them(tmp_path: Path) -> None:
+    script = tmp_path / "owner.py"
+    script.write_text(OWNER, encoding="utf-8")
+    owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout is not None
+        line = ""
+        while not line.startswith("workers:"):  # unconfigured structlog writes its lines to stdout too
+            line = owner.stdout.readline()
+            assert line, "the owner exited before starting its pool"
+        workers = [int(pid) for pid in line.split()[1:]]
+        assert workers and not any(gone(pid) for pid in workers)
+    finally:
+        owner.kill()
+        owner.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while not all(gone(pid) for pid in workers):
+        assert time.monotonic() < deadline, "a check worker outlived the SIGKILLed process that owned it"
+        time.sleep(0.05)
