@@ -99,9 +99,18 @@ def _verifier(public: bytes) -> Ed25519PublicKey:
 
 
 def ed25519_verify(public: bytes, signature: bytes, data: bytes) -> bool:
-    """True if ``signature`` is a valid Ed25519 signature of ``data`` under the 32-byte key ``public``."""
+    """True if ``signature`` is a valid Ed25519 signature of ``data`` under the 32-byte key ``public``.
+
+    The answer for the same three byte strings is always the same, so the last few are remembered: a process
+    hosting many clients verifies a broadcast (the global, the aggregator's presence), the same bytes for every
+    one of them, once instead of once per client (~140 µs against ~5 µs to hash and compare ~3 KB)."""
     if len(public) != KEY_BYTES or len(signature) != SIGNATURE_BYTES:
         return False
+    return _verified(bytes(public), bytes(signature), bytes(data))
+
+
+@functools.lru_cache(maxsize=64)
+def _verified(public: bytes, signature: bytes, data: bytes) -> bool:
     try:
         _verifier(public).verify(signature, data)
     except (InvalidSignature, ValueError):

@@ -16,6 +16,10 @@ from fedbus.protocol.topics import matches
 from fedbus.sim.timeline import Timeline
 
 Deliver = Callable[[str, bytes, bool], None]  # topic, payload, retained
+
+
+def _is_wildcard(topic_filter: str) -> bool:
+    return "+" in topic_filter or "#" in topic_filter
 LATENCY_S = 0.001
 
 
@@ -29,12 +33,19 @@ class _Session:
 
 
 class MemoryBroker:
-    """Sessions, subscriptions and retained messages, in virtual time."""
+    """Sessions, subscriptions and retained messages, in virtual time.
+
+    Subscriptions are indexed: exact filters (every client's own topics) by topic, and the few wildcard filters
+    (the aggregator's) each once, so a publish costs what it matches, not the number of sessions. Matching
+    sessions get a message in the order the sessions were first created, as a scan of all sessions would."""
 
     def __init__(self, timeline: Timeline, latency_s: float = LATENCY_S) -> None:
         self._timeline = timeline
         self._latency = latency_s
         self._sessions: dict[str, _Session] = {}
+        self._order: dict[str, int] = {}  # an ident's place among sessions, from its first connection
+        self._exact: dict[str, set[str]] = {}  # topic -> idents subscribed to exactly it
+        self._wildcard: dict[str, set[str]] = {}  # filter with + or # -> idents subscribed to it
         self._retained: dict[str, bytes] = {}
         self.published = 0
         self.delivered = 0
@@ -44,7 +55,10 @@ class MemoryBroker:
         """(Re)connect ``ident``; a persistent session gets the messages queued while it was away."""
         session = self._sessions.get(ident)
         if session is None or clean:
+            if session is not None:
+                self._unindex(ident, session.filters)
             session = self._sessions[ident] = _Session(persistent=not clean)
+            self._order.setdefault(ident, len(self._order))
         session.deliver = deliver
         session.will = will
         queued, session.queued = session.queued, []
@@ -56,9 +70,32 @@ class MemoryBroker:
         for topic_filter in filters:
             if topic_filter not in session.filters:
                 session.filters.append(topic_filter)
+                index = self._wildcard if _is_wildcard(topic_filter) else self._exact
+                index.setdefault(topic_filter, set()).add(ident)
+            if not _is_wildcard(topic_filter):
+                payload = self._retained.get(topic_filter)
+                if payload is not None:
+                    self._send(session, topic_filter, payload, retained=True)
+                continue
             for topic, payload in self._retained.items():
                 if matches(topic_filter, topic):
                     self._send(session, topic, payload, retained=True)
+
+    def _unindex(self, ident: str, filters: list[str]) -> None:
+        for topic_filter in filters:
+            index = self._wildcard if _is_wildcard(topic_filter) else self._exact
+            idents = index.get(topic_filter)
+            if idents is not None:
+                idents.discard(ident)
+                if not idents:
+                    del index[topic_filter]
+
+    def _subscribers(self, topic: str) -> list[str]:
+        found = set(self._exact.get(topic, ()))
+        for topic_filter, idents in self._wildcard.items():
+            if matches(topic_filter, topic):
+                found |= idents
+        return sorted(found, key=self._order.__getitem__) if len(found) > 1 else list(found)
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         self.published += 1
@@ -67,12 +104,12 @@ class MemoryBroker:
                 self._retained[topic] = payload
             else:
                 self._retained.pop(topic, None)
-        for session in self._sessions.values():
-            if any(matches(f, topic) for f in session.filters):
-                if session.deliver is not None:
-                    self._send(session, topic, payload, retained=False)
-                elif session.persistent:
-                    session.queued.append((topic, payload))
+        for ident in self._subscribers(topic):
+            session = self._sessions[ident]
+            if session.deliver is not None:
+                self._send(session, topic, payload, retained=False)
+            elif session.persistent:
+                session.queued.append((topic, payload))
 
     def disconnect(self, ident: str, *, abrupt: bool) -> None:
         """End ``ident``'s connection; ``abrupt`` (no DISCONNECT) publishes its Last Will."""

@@ -70,9 +70,10 @@ class Example:
     skills: frozenset[str]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
 class Dataset:
-    """Train (all shards together), validation and test splits."""
+    """Train (all shards together), validation and test splits. Compared and hashed by identity (O(1), for the
+    partition's caches): :func:`generate` returns the one object per spec."""
 
     train: tuple[Example, ...]
     val: tuple[Example, ...]
@@ -111,12 +112,26 @@ def shard(spec: DataSpec, dataset: Dataset, index: int) -> tuple[Example, ...]:
     """
     if not 0 <= index < spec.num_shards:
         raise ValueError(f"shard index {index} outside 0..{spec.num_shards - 1}")
+    order = _shuffled(spec, dataset)
+    if spec.partition == "by-skill":
+        mine = _favouring(spec, dataset, index % len(SKILLS))
+        size = max(1, len(order) // spec.num_shards)
+        return mine[:size] if mine else order[:size]
+    return order[index :: spec.num_shards] or order[:1]
+
+
+# The partition's work is done once per data set, not once per client: a client's shard then costs its own
+# size (an O(train_size) shuffle per client made 1,000 clients' first tasks cost seconds of CPU).
+@functools.lru_cache(maxsize=4)
+def _shuffled(spec: DataSpec, dataset: Dataset) -> tuple[Example, ...]:
     rng = random.Random(f"partition/{spec.seed}/{spec.partition}")
     order = list(dataset.train)
     rng.shuffle(order)
-    if spec.partition == "by-skill":
-        favoured = {SKILL_NAMES[index % len(SKILLS)], SKILL_NAMES[(index + 1) % len(SKILLS)]}
-        mine = [e for e in order if e.skills & favoured]
-        size = max(1, len(order) // spec.num_shards)
-        return tuple(mine[:size]) if mine else tuple(order[:size])
-    return tuple(order[index :: spec.num_shards]) or tuple(order[:1])
+    return tuple(order)
+
+
+@functools.lru_cache(maxsize=4 * len(SKILLS))
+def _favouring(spec: DataSpec, dataset: Dataset, first_skill: int) -> tuple[Example, ...]:
+    """The shuffled examples needing skill ``first_skill`` or the next one (mod 8): by-skill shard candidates."""
+    favoured = {SKILL_NAMES[first_skill], SKILL_NAMES[(first_skill + 1) % len(SKILLS)]}
+    return tuple(e for e in _shuffled(spec, dataset) if e.skills & favoured)
