@@ -246,3 +246,44 @@ def test_latency_is_configurable_and_orders_deliveries(timeline: Timeline) -> No
     timeline.at(1.0, burst)
     settle(timeline)
     assert [(p, at) for _, p, _, at in inbox.got] == [(b"\x00", 1.5), (b"\x01", 1.5), (b"\x02", 1.5)]
+
+
+def test_matching_sessions_get_a_message_in_the_order_they_first_connected(timeline: Timeline,
+                                                                         broker: MemoryBroker) -> None:
+    arrivals: list[str] = []
+    for ident in ("zeta", "alpha", "mid"):
+        broker.connect(ident, lambda t, p, r, ident=ident: arrivals.append(ident))
+    broker.subscribe("mid", "a/b")
+    broker.subscribe("alpha", "a/+")
+    broker.subscribe("zeta", "#")
+    broker.connect("alpha", lambda t, p, r: arrivals.append("alpha"), clean=True)  # same place, filters gone
+    broker.subscribe("alpha", "a/b")
+    broker.publish("a/b", b"x")
+    settle(timeline)
+    assert arrivals == ["zeta", "alpha", "mid"]
+
+
+def test_a_publish_costs_what_it_matches_not_the_number_of_sessions(timeline: Timeline, broker: MemoryBroker,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import fedbus.sim.broker as module
+
+    calls = 0
+    real = module.matches
+
+    def counting(topic_filter: str, topic: str) -> bool:
+        nonlocal calls
+        calls += 1
+        return real(topic_filter, topic)
+
+    monkeypatch.setattr(module, "matches", counting)
+    for i in range(2000):
+        broker.connect(f"c{i}", Inbox(timeline))
+        broker.subscribe(f"c{i}", f"run/task/c{i}", "run/global")
+    broker.connect("aggregator", Inbox(timeline))
+    broker.subscribe("aggregator", "run/update/+")
+    calls = 0
+    broker.publish("run/task/c7", b"t")
+    broker.publish("run/update/c7", b"u")
+    assert calls <= 2  # one wildcard filter per publish, however many sessions
+    settle(timeline)
+    assert broker.delivered == 2

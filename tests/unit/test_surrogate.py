@@ -313,3 +313,24 @@ def test_the_data_set_is_built_once_per_process() -> None:
     building their own (~50 ms of CPU) on their first task stalled its event loop past the round deadline."""
     assert task.generate(spec(seed=3)) is task.generate(spec(seed=3))
     assert task.generate(spec(seed=3)) != task.generate(spec(seed=4))
+
+
+def _shard_by_scanning(spec: DataSpec, index: int) -> tuple[Example, ...]:
+    """The partition as it was written before its work was cached per data set: one shuffle per client."""
+    rng = random.Random(f"partition/{spec.seed}/{spec.partition}")
+    order = list(task.generate(spec).train)
+    rng.shuffle(order)
+    if spec.partition == "by-skill":
+        favoured = {SKILL_NAMES[index % len(SKILLS)], SKILL_NAMES[(index + 1) % len(SKILLS)]}
+        mine = [e for e in order if e.skills & favoured]
+        size = max(1, len(order) // spec.num_shards)
+        return tuple(mine[:size]) if mine else tuple(order[:size])
+    return tuple(order[index :: spec.num_shards]) or tuple(order[:1])
+
+
+@pytest.mark.parametrize("partition", ["iid", "by-skill"])
+def test_cached_shards_are_the_shards_one_shuffle_per_client_gave(partition: str) -> None:
+    spec = DataSpec(task="surrogate-skills", seed=11, num_shards=13, train_size=300, val_size=5, test_size=5,
+                    partition=partition)
+    for index in range(spec.num_shards):
+        assert task.shard(spec, task.generate(spec), index) == _shard_by_scanning(spec, index)
