@@ -98,7 +98,6 @@ class AggregatorNode:
         heartbeat_s: float = HEARTBEAT_S,
         security: Security | None = None,
         identifier: str | None = None,
-        check_workers: int | None = None,
     ) -> None:
         self.core = core
         self.run_id = core.config.run
@@ -115,8 +114,8 @@ class AggregatorNode:
         self.resend = Resendable(sync=isinstance(core, RoundAggregator))
         self._queue: asyncio.Queue[Event | _Delivery] = asyncio.Queue()
         own = self.session.security
-        self.check_pool = (CheckPool(own.key, sealing_required=own.seals, workers=check_workers)
-                           if own.signs and own.key is not None and check_workers != 0 else None)
+        self.check_pool = (CheckPool(own.key, sealing_required=own.seals)
+                           if own.signs and own.key is not None else None)
         self._checks = Prechecker(self._queue, self.check_pool, self._job_of)
         self._loop = asyncio.get_running_loop()
         self._t0 = self._loop.time() if started_at is None else started_at

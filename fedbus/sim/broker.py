@@ -16,11 +16,11 @@ from fedbus.protocol.topics import matches
 from fedbus.sim.timeline import Timeline
 
 Deliver = Callable[[str, bytes, bool], None]  # topic, payload, retained
+LATENCY_S = 0.001
 
 
 def _is_wildcard(topic_filter: str) -> bool:
     return "+" in topic_filter or "#" in topic_filter
-LATENCY_S = 0.001
 
 
 @dataclass(slots=True)
