@@ -8,19 +8,22 @@ OS, the simulator derives it from the scenario's seed (:func:`simulated_security
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from fedbus.aggregator.config import AggregatorConfig
+from fedbus.aggregator.membership import VirtualPopulation
 from fedbus.aggregator.rounds import RoundAggregator
 from fedbus.aggregator.stream import StreamAggregator
 from fedbus.protocol.ids import AGGREGATOR
 from fedbus.scenario import Scenario
 from fedbus.scenario.conditions import ClientGroup
+from fedbus.scenario.population import Roll, roll
 from fedbus.security.crypto import derive
-from fedbus.security.keys import AuthorizedKeys, KeyChain, KeyLookup
+from fedbus.security.keys import AuthorizedKeys, KeyChain, KeyLookup, PublicKey
 from fedbus.security.policy import Security
 
 
@@ -53,19 +56,41 @@ def aggregator_config(scenario: Scenario, run_id: str) -> AggregatorConfig:
     )
 
 
+def is_virtual(scenario: Scenario) -> bool:
+    """Whether the scenario's clients exist only once selected (``clients.population`` virtual: the simulator's,
+    see :func:`fedbus.scenario.population.for_simulation`)."""
+    return scenario.clients.population == "virtual"
+
+
 def make_core(scenario: Scenario, run_id: str) -> RoundAggregator | StreamAggregator:
-    """The aggregator core for the scenario's mode, seeded from the scenario."""
+    """The aggregator core for the scenario's mode, seeded from the scenario; over a virtual population, the core
+    selects from the census (:class:`~fedbus.aggregator.membership.VirtualPopulation`), not from who announced."""
     config = aggregator_config(scenario, run_id)
     rng = random.Random(f"aggregator/{scenario.seed}")
-    return RoundAggregator(config, rng) if config.mode == "sync" else StreamAggregator(config, rng)
+    if config.mode != "sync":
+        return StreamAggregator(config, rng)
+    return RoundAggregator(config, rng, VirtualPopulation(roll(scenario)) if is_virtual(scenario) else None)
+
+
+def _plan(scenario: Scenario, index: int, cid: str, group: ClientGroup) -> ClientPlan:
+    return ClientPlan(client=cid, shard=index, group=group, seed=scenario.seed,
+                      step_delay_s=scenario.clients.step_latency_s, max_message_bytes=scenario.max_message_bytes,
+                      optimizer=scenario.clients.optimizer)
 
 
 def client_plans(scenario: Scenario) -> tuple[ClientPlan, ...]:
     """The scenario's own clients in order; client ``i`` trains on shard ``i``."""
-    return tuple(ClientPlan(client=cid, shard=i, group=group, seed=scenario.seed,
-                            step_delay_s=scenario.clients.step_latency_s,
-                            max_message_bytes=scenario.max_message_bytes, optimizer=scenario.clients.optimizer)
-                 for i, (cid, group) in enumerate(scenario.members()))
+    return tuple(_plan(scenario, i, cid, group) for i, (cid, group) in enumerate(scenario.members()))
+
+
+def client_plan(scenario: Scenario, census: Roll, client: str) -> ClientPlan | None:
+    """One client's plan, found in ``census`` (the scenario's :func:`~fedbus.scenario.population.roll`) in time
+    independent of the population's size; None for an id outside it."""
+    index = census.index(client)
+    if index is None:
+        return None
+    cid, group = census.member(index)
+    return _plan(scenario, index, cid, group)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -74,10 +99,17 @@ class RunSecurity:
 
     aggregator: Security
     clients: Mapping[str, Security] = field(default_factory=dict)
+    # a virtual population's: client id -> its Security, made when asked (None: an id outside the census)
+    on_demand: Callable[[str], Security | None] | None = None
 
     def client(self, client: str) -> Security:
         """Client ``client``'s (one of the scenario's own); ``KeyError`` for another."""
-        return self.clients[client]
+        found = self.clients.get(client)
+        if found is None and self.on_demand is not None:
+            found = self.on_demand(client)
+        if found is None:
+            raise KeyError(client)
+        return found
 
 
 def run_security(scenario: Scenario, secret: bytes | None, *, ephemeral_seed: bytes | None = None,
@@ -92,6 +124,8 @@ def run_security(scenario: Scenario, secret: bytes | None, *, ephemeral_seed: by
     ``remote``: the keys of clients from elsewhere (``fedbus invite``, ``--authorized-keys``) that the aggregator
     accepts too, after the scenario's own: a remote entry never stands in for one of the run's own clients."""
     mode = scenario.security
+    if is_virtual(scenario):
+        return _virtual_security(scenario, secret, ephemeral_seed)
     ids = scenario.client_ids()
     if mode == "none":
         return RunSecurity(aggregator=Security.off(), clients=dict.fromkeys(ids, Security.off()))
@@ -106,6 +140,46 @@ def run_security(scenario: Scenario, secret: bytes | None, *, ephemeral_seed: by
         clients={cid: Security.for_client(cid, key, aggregator_key.public, mode=mode, ephemeral_seed=ephemeral_seed)
                  for cid, key in client_keys},
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _derived_public(secret: bytes, owner: str) -> PublicKey:
+    return derive(secret, owner).public
+
+
+@dataclass(frozen=True, slots=True)
+class DerivedKeys:
+    """A census's clients' public keys, each derived from the run's secret when first asked: an aggregator over
+    a virtual population of a million clients authorizes them all without a million keys up front."""
+
+    secret: bytes
+    census: Roll
+
+    def get(self, signer_id: str, /) -> PublicKey | None:
+        return None if self.census.index(signer_id) is None else _derived_public(self.secret, signer_id)
+
+
+def _virtual_security(scenario: Scenario, secret: bytes | None, ephemeral_seed: bytes | None) -> RunSecurity:
+    """:func:`run_security` for a virtual population: the same keys, derived for each party when first needed."""
+    mode = scenario.security
+    census = roll(scenario)
+    if mode == "none":
+        return RunSecurity(aggregator=Security.off(),
+                           on_demand=lambda cid: None if census.index(cid) is None else Security.off())
+    if secret is None:
+        raise ValueError(f"security {mode} needs a secret to derive the run's keys from")
+    aggregator_key = derive(secret, AGGREGATOR)
+    known = secret
+
+    def client(cid: str) -> Security | None:
+        if census.index(cid) is None:
+            return None
+        return Security.for_client(cid, derive(known, cid), aggregator_key.public, mode=mode,
+                                   ephemeral_seed=ephemeral_seed)
+
+    return RunSecurity(aggregator=Security.for_aggregator(aggregator_key, DerivedKeys(secret, census), mode=mode,
+                                                          ephemeral_seed=ephemeral_seed),
+                       on_demand=client)
 
 
 def simulated_security(scenario: Scenario, run_id: str) -> RunSecurity:

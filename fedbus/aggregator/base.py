@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from fedbus.aggregator.config import AggregatorConfig
 from fedbus.aggregator.effects import Effect, Publish, Rejection, RoundResult, RunFinished, UpdateRejected
+from fedbus.aggregator.membership import Membership, Roster
 from fedbus.protocol import topics
 from fedbus.protocol.ids import AGGREGATOR
 from fedbus.protocol.messages import MAX_DETAIL_CHARS, Failure, GlobalState, GlobalStatus, Task, Update
@@ -37,15 +38,15 @@ class AggregatorStatistics:
 class AggregatorBase:
     """Shared state and helpers; subclasses implement ``handle``."""
 
-    def __init__(self, config: AggregatorConfig, rng: random.Random) -> None:
+    def __init__(self, config: AggregatorConfig, rng: random.Random, members: Membership | None = None) -> None:
         self.config = config
         self._rng = rng
+        self._members: Membership = Roster() if members is None else members
+        self._now = 0.0  # the time of the latest event
         self._phase = "idle"
         self._round = 0
         self._version = 0
         self._prompt = config.initial_prompt
-        self._live: set[str] = set()
-        self._known: set[str] = set()
         self._seen_ids: set[str] = set()
         self._pending: list[Rejection] = []  # rejections waiting for a round result
         self._waiting_since = 0.0
@@ -73,9 +74,9 @@ class AggregatorBase:
 
     def statistics(self) -> AggregatorStatistics:
         return AggregatorStatistics(
-            phase=self._phase, round=self._round, version=self._version, live_clients=len(self._live),
-            known_clients=len(self._known), accepted=self._accepted_total, rejected=self._rejected_total,
-            rounds_closed=len(self._results),
+            phase=self._phase, round=self._round, version=self._version,
+            live_clients=self._members.live_count(self._now), known_clients=self._members.known_count(),
+            accepted=self._accepted_total, rejected=self._rejected_total, rounds_closed=len(self._results),
         )
 
     def next_id(self) -> str:
@@ -123,7 +124,7 @@ class AggregatorBase:
             return "wrong-run", f"run {answer.run!r}"
         if answer.msg_id in self._seen_ids:
             return "duplicate", f"message {answer.msg_id} already accepted"
-        if answer.client not in self._known:
+        if not self._members.knows(answer.client):
             return "unknown-client", "never announced itself"
         if self._phase == "finished":
             return "run-finished", "arrived after the last round"
@@ -138,8 +139,9 @@ class AggregatorBase:
 
     def _enough_to_start(self, now: float) -> bool:
         cfg = self.config
-        enough = len(self._live) >= cfg.min_clients
-        everyone = len(self._live) >= cfg.expected_clients
+        live = self._members.live_count(now)
+        enough = live >= cfg.min_clients
+        everyone = live >= cfg.expected_clients
         timed_out = now >= self._waiting_since + cfg.join_timeout_s
         return enough and (everyone or timed_out or self._began)
 

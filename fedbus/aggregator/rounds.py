@@ -48,6 +48,7 @@ from fedbus.aggregator.events import (
     UpdateMalformed,
     UpdateReceived,
 )
+from fedbus.aggregator.membership import Membership
 from fedbus.errors import LocalProtocolError
 from fedbus.protocol.messages import Failure, Update
 
@@ -76,19 +77,19 @@ class _OpenRound:
 class RoundAggregator(AggregatorBase):
     """Synchronous FedTextGrad rounds as a state machine (events in, effects out)."""
 
-    def __init__(self, config: AggregatorConfig, rng: random.Random) -> None:
-        super().__init__(config, rng)
+    def __init__(self, config: AggregatorConfig, rng: random.Random, members: Membership | None = None) -> None:
+        super().__init__(config, rng, members)
         self._current: _OpenRound | None = None
         self._arrivals: deque[float] = deque(maxlen=max(3, config.adaptive_window))
 
     def handle(self, event: Event) -> list[Effect]:
         """Apply one event; return the effects, in the order they must happen."""
         out: list[Effect] = []
+        self._now = getattr(event, "now", self._now)  # an unknown event is refused below
         if isinstance(event, Started):
             self._start(event.now, out)
         elif isinstance(event, ClientOnline):
-            self._known.add(event.client)
-            self._live.add(event.client)
+            self._members.joined(event.client)
             if self._phase == "waiting":
                 self._maybe_open(event.now, out)
         elif isinstance(event, ClientOffline):
@@ -127,7 +128,7 @@ class RoundAggregator(AggregatorBase):
             out.append(ArmTimer(at=now + self.config.join_timeout_s))
 
     def _offline(self, event: ClientOffline, out: list[Effect]) -> None:
-        self._live.discard(event.client)
+        self._members.left(event.client)
         current = self._current
         if self._phase == "collecting" and current is not None and event.client in current.selected:
             if event.client not in current.accepted:
@@ -150,10 +151,10 @@ class RoundAggregator(AggregatorBase):
 
     def _open(self, now: float, out: list[Effect]) -> None:
         cfg = self.config
-        live = sorted(self._live)
-        target = min(len(live), max(cfg.min_clients, math.ceil(cfg.fraction * len(live))))
-        want = min(len(live), math.ceil(target * (1.0 + cfg.overcommit)))
-        selected = sorted(self._rng.sample(live, want))
+        live = self._members.live_count(now)
+        target = min(live, max(cfg.min_clients, math.ceil(cfg.fraction * live)))
+        want = min(live, math.ceil(target * (1.0 + cfg.overcommit)))
+        selected = self._members.sample(self._rng, want, now)
         self._round += 1
         self._began = True
         deadline = self._deadline(now)
@@ -163,7 +164,7 @@ class RoundAggregator(AggregatorBase):
         self._current.rejected.extend(self._pending)
         self._pending.clear()
         out.append(RoundOpened(round=self._round, version=self._version, selected=tuple(selected),
-                               live=len(live), opened_at=now, deadline=deadline))
+                               live=live, opened_at=now, deadline=deadline))
         out.append(self._global("running", now))
         out += [self._task(client, self._round, now, deadline - now) for client in selected]
         out.append(ArmTimer(at=deadline))

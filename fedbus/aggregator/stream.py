@@ -54,6 +54,7 @@ from fedbus.aggregator.events import (
     UpdateMalformed,
     UpdateReceived,
 )
+from fedbus.aggregator.membership import Roster
 from fedbus.errors import LocalProtocolError
 from fedbus.protocol.messages import Failure, Update
 
@@ -71,7 +72,8 @@ class StreamAggregator(AggregatorBase):
     def __init__(self, config: AggregatorConfig, rng: random.Random) -> None:
         if config.mode not in ("buffered", "async"):
             raise LocalProtocolError(f"StreamAggregator runs buffered or async, not {config.mode!r}")
-        super().__init__(config, rng)
+        self._roster = Roster()  # a stream keeps every live client busy: it needs them listed
+        super().__init__(config, rng, self._roster)
         self._k = 1 if config.mode == "async" else max(1, config.buffer_size)
         self._assigned: dict[str, _Assignment] = {}
         self._resting: dict[str, float] = {}  # client -> when it may have a task again (it reported a failure)
@@ -90,6 +92,7 @@ class StreamAggregator(AggregatorBase):
     def handle(self, event: Event) -> list[Effect]:
         """Apply one event; return the effects, in the order they must happen."""
         out: list[Effect] = []
+        self._now = getattr(event, "now", self._now)  # an unknown event is refused below
         if isinstance(event, Started):
             if self._phase != "idle":
                 raise LocalProtocolError("Started twice")
@@ -100,14 +103,13 @@ class StreamAggregator(AggregatorBase):
             if self._phase == "waiting":
                 out.append(ArmTimer(at=event.now + self.config.join_timeout_s))
         elif isinstance(event, ClientOnline):
-            self._known.add(event.client)
-            self._live.add(event.client)
+            self._roster.joined(event.client)
             if self._phase == "waiting":
                 self._maybe_begin(event.now, out)
             elif self._phase == "running":
                 self._fill(event.now, out)
         elif isinstance(event, ClientOffline):
-            self._live.discard(event.client)
+            self._roster.left(event.client)
             if self._assigned.pop(event.client, None) is not None:
                 self._since_dropped.add(event.client)
             if self._phase == "running":
@@ -143,7 +145,7 @@ class StreamAggregator(AggregatorBase):
 
     # ------------------------------------------------------------------ dispatch
     def _concurrency(self) -> int:
-        live = len(self._live)
+        live = len(self._roster.live)
         return min(live, max(self.config.min_clients, math.ceil(self.config.fraction * live)))
 
     def _maybe_begin(self, now: float, out: list[Effect]) -> None:
@@ -157,7 +159,7 @@ class StreamAggregator(AggregatorBase):
 
     def _fill(self, now: float, out: list[Effect]) -> None:
         """Hand tasks to idle live clients (not resting after a failure) until ``concurrency`` clients are working."""
-        idle = sorted(c for c in self._live - self._assigned.keys() if self._resting.get(c, now) <= now)
+        idle = sorted(c for c in self._roster.live - self._assigned.keys() if self._resting.get(c, now) <= now)
         free = self._concurrency() - len(self._assigned)
         if free <= 0 or not idle:
             return
@@ -165,7 +167,7 @@ class StreamAggregator(AggregatorBase):
         for client in chosen:
             self._dispatch(client, now, out)
         out.append(RoundOpened(round=self._dispatches, version=self._version, selected=tuple(chosen),
-                               live=len(self._live), opened_at=now, deadline=now + self.config.round_deadline_s))
+                               live=len(self._roster.live), opened_at=now, deadline=now + self.config.round_deadline_s))
 
     def _dispatch(self, client: str, now: float, out: list[Effect]) -> None:
         cfg = self.config
@@ -300,7 +302,7 @@ class StreamAggregator(AggregatorBase):
 
     def _pause_if_empty(self, now: float, out: list[Effect]) -> None:
         """With fewer than min_clients live and nobody working, wait for clients (or give up after the timeout)."""
-        if self._phase == "running" and len(self._live) < self.config.min_clients and not self._assigned:
+        if self._phase == "running" and len(self._roster.live) < self.config.min_clients and not self._assigned:
             self._phase = "waiting"
             self._waiting_since = now
             out.append(ArmTimer(at=now + self.config.join_timeout_s))

@@ -135,7 +135,9 @@ def build_summary(*, run_id: str, scenario: Scenario, scenario_file: str, broker
         "rounds": rounds,
         "rejected_after_last_round": [rejection_record(r) for r in updates_only(after)],
         "failed_after_last_round": [rejection_record(r) for r in failures_only(after)],
-        "clients": client_records(outcome.rounds, list(scenario.client_ids())),
+        # a virtual population lists the clients that took part, not a million that never existed
+        "clients": client_records(outcome.rounds, [] if scenario.clients.population == "virtual"
+                                  else list(scenario.client_ids())),
         "forgeries": forgeries_record(outcome.forgeries),
         "final": final,
         "totals": {

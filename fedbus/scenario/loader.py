@@ -30,6 +30,7 @@ from fedbus.scenario.model import (
     ParticipationSpec,
     Scenario,
 )
+from fedbus.scenario.population import virtual_obstacles
 from fedbus.scenario.reader import Reader, at_least, one_of, settings_of, shown, valid_id, within
 from fedbus.security.policy import secured_size
 
@@ -162,7 +163,7 @@ def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None) -
         raise ScenarioError(r.problems, source)
 
     chosen_seed = file_seed if seed is None else seed
-    return Scenario(
+    scenario = Scenario(
         name=name,
         seed=chosen_seed,
         engine=engine,
@@ -181,6 +182,11 @@ def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None) -
         time_scale=time_scale,
         **top_settings,
     )
+    if scenario.clients.population == "virtual":
+        obstacles = virtual_obstacles(scenario)
+        if obstacles:
+            raise ScenarioError([(path, f"{why} (clients.population is virtual)") for path, why in obstacles], source)
+    return scenario
 
 
 MAX_FILE_BYTES = 16 * 1024 * 1024  # far above any scenario (a prompt fits in max_message_bytes / 4)

@@ -19,6 +19,7 @@ SURROGATE_TASKS = ("surrogate-skills",)
 LLM_TASKS = ("object_counting", "multistep_arithmetic_two")  # generated in BIG-Bench Hard's format
 TASKS = SURROGATE_TASKS + LLM_TASKS
 PARTITIONS = ("iid", "by-skill", "dirichlet", "per-task")
+POPULATIONS = ("auto", "eager", "virtual")  # fedbus.scenario.population
 
 
 def known_strategy(name: object) -> str | None:
@@ -66,6 +67,9 @@ class ClientsSpec:
     strict: bool = setting(False)
     # a registered optimizer or package.module:function; None: the engine's
     optimizer: str | None = setting(None, check=known_optimizer)
+    # eager: every client runs from the start; virtual (--simulate only): a client exists once selected;
+    # auto: virtual in --simulate from 10,000 clients on, where the scenario allows it
+    population: str = setting("auto", check=one_of(POPULATIONS))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

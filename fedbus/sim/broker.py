@@ -16,6 +16,9 @@ from fedbus.protocol.topics import matches
 from fedbus.sim.timeline import Timeline
 
 Deliver = Callable[[str, bytes, bool], None]  # topic, payload, retained
+# Asked about a publish to a topic that no session subscribed to exactly: True when it connected a session that
+# subscribes to it now (the simulator's virtual population instantiates a client when its first task comes)
+Summon = Callable[[str], bool]
 LATENCY_S = 0.001
 
 
@@ -39,8 +42,9 @@ class MemoryBroker:
     (the aggregator's) each once, so a publish costs what it matches, not the number of sessions. Matching
     sessions get a message in the order the sessions were first created, as a scan of all sessions would."""
 
-    def __init__(self, timeline: Timeline, latency_s: float = LATENCY_S) -> None:
+    def __init__(self, timeline: Timeline, latency_s: float = LATENCY_S, summon: Summon | None = None) -> None:
         self._timeline = timeline
+        self._summon = summon
         self._latency = latency_s
         self._sessions: dict[str, _Session] = {}
         self._order: dict[str, int] = {}  # an ident's place among sessions, from its first connection
@@ -104,6 +108,8 @@ class MemoryBroker:
                 self._retained[topic] = payload
             else:
                 self._retained.pop(topic, None)
+        if self._summon is not None and topic not in self._exact:
+            self._summon(topic)
         for ident in self._subscribers(topic):
             session = self._sessions[ident]
             if session.deliver is not None:

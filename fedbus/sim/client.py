@@ -61,6 +61,11 @@ class SimClient:
             self.timeline.at(interval.start_s, functools.partial(self._partition, interval.end_s))
         self.timeline.at(0.0, self._connect)
 
+    def join_now(self) -> None:
+        """Connect and subscribe at once: a virtual population's client, instantiated by its first task's publish
+        (it has no partitions: :func:`fedbus.scenario.population.virtual_obstacles`)."""
+        self._connect()
+
     # ------------------------------------------------------------------ connection
     def _connect(self) -> None:
         if self.session.stopped or self.session.connected:

@@ -25,13 +25,14 @@ from fedbus.aggregator.session import FINISH_GRACE_S, Action, AggregatorSession,
 from fedbus.aggregator.strategies import carry_out
 from fedbus.aggregator.stream import StreamAggregator
 from fedbus.errors import EngineError, failure_text
-from fedbus.plan import client_plans, make_core, simulated_security
-from fedbus.protocol import codec
+from fedbus.plan import RunSecurity, client_plan, client_plans, is_virtual, make_core, simulated_security
+from fedbus.protocol import codec, topics
 from fedbus.protocol.ids import AGGREGATOR
 from fedbus.results.eventlog import EventLog
 from fedbus.results.progress import Progress
 from fedbus.results.summary import build_summary, prompt_record, round_record
 from fedbus.scenario import Scenario
+from fedbus.scenario.population import for_simulation, roll
 from fedbus.security.policy import Security
 from fedbus.sim.broker import MemoryBroker
 from fedbus.sim.client import SimClient, SimClientConfig
@@ -120,31 +121,70 @@ class SimAggregator:
         self.done = True
 
 
+class VirtualClients:
+    """A virtual population's clients, each instantiated when its first task is published (the broker asks: see
+    :data:`fedbus.sim.broker.Summon`) and kept from then on, so that no id is ever played by two clients."""
+
+    def __init__(self, scenario: Scenario, run_id: str, security: RunSecurity, timeline: Timeline,
+                 events: EventLog) -> None:
+        self.scenario = scenario
+        self.run_id = run_id
+        self.census = roll(scenario)
+        self.security = security
+        self.timeline = timeline
+        self.events = events
+        self.broker: MemoryBroker | None = None
+        self.started: set[str] = set()
+
+    def summon(self, topic: str) -> bool:
+        ref = topics.parse(topic)
+        if ref is None or ref.channel != "task" or ref.run != self.run_id or ref.client is None:
+            return False
+        if ref.client in self.started or self.broker is None:
+            return False
+        plan = client_plan(self.scenario, self.census, ref.client)
+        if plan is None:
+            return False
+        self.started.add(plan.client)
+        config = SimClientConfig(run=self.run_id, plan=plan, security=self.security.client(plan.client))
+        SimClient(config, self.timeline, self.broker, self.events).join_now()
+        return True
+
+
 def simulate(scenario: Scenario, out_dir: Path, *, run_id: str | None = None, progress: bool = True,
              scenario_file: str = "") -> dict[str, Any]:
-    """Run ``scenario`` in virtual time; write events.jsonl and summary.json into ``out_dir``; return the summary."""
+    """Run ``scenario`` in virtual time; write events.jsonl and summary.json into ``out_dir``; return the summary.
+
+    A virtual population (``clients.population``; 'auto' from 10,000 clients on) instantiates a client only when
+    the aggregator first selects it: a round costs its participants, whatever the population's size."""
     if scenario.engine != "surrogate":
         raise EngineError(f"the simulator runs the surrogate engine only, not {scenario.engine!r}")
+    scenario = for_simulation(scenario)
     started = time.monotonic()
     run_id = run_id or sim_run_id(scenario)
     out_dir.mkdir(parents=True, exist_ok=True)
     timeline = Timeline()
     events = EventLog(out_dir / "events.jsonl", clock=lambda: timeline.now)
     show = Progress(progress)
-    broker = MemoryBroker(timeline)
+    security = simulated_security(scenario, run_id)
+    virtual = VirtualClients(scenario, run_id, security, timeline, events) if is_virtual(scenario) else None
+    if virtual is None:
+        broker = MemoryBroker(timeline)
+    else:
+        broker = virtual.broker = MemoryBroker(timeline, summon=virtual.summon)
     evaluator = SurrogateEvaluator(scenario.data)
     try:
         events.record("run-started", run=run_id, scenario=scenario.name, seed=scenario.seed, engine=scenario.engine,
-                      broker=SIM_BROKER["url"], simulated=True)
+                      broker=SIM_BROKER["url"], simulated=True,
+                      population=scenario.clients.population)
         show.header(run_id, scenario.engine, SIM_BROKER["url"], scenario.clients.count, scenario.rounds,
                     security=scenario.security)
         core = make_core(scenario, run_id)
-        security = simulated_security(scenario, run_id)
         aggregator = SimAggregator(core, timeline, broker, events=events, evaluator=evaluator, progress=show,
                                    max_message_bytes=scenario.max_message_bytes,
                                    grace_s=FINISH_GRACE_S * scenario.time_scale, security=security.aggregator)
         aggregator.start()
-        for plan in client_plans(scenario):
+        for plan in () if virtual is not None else client_plans(scenario):
             config = SimClientConfig(run=run_id, plan=plan, security=security.client(plan.client))
             SimClient(config, timeline, broker, events).start()
         timeline.run(stop=lambda: aggregator.done, horizon=horizon(scenario))
@@ -159,7 +199,9 @@ def simulate(scenario: Scenario, out_dir: Path, *, run_id: str | None = None, pr
                             outcome=aggregator.outcome, events=events, final=final,
                             wall_s=time.monotonic() - started)
     summary["simulated"] = {"virtual_s": round(timeline.now, 6), "steps": timeline.steps,
-                            "messages_published": broker.published, "messages_delivered": broker.delivered}
+                            "messages_published": broker.published, "messages_delivered": broker.delivered,
+                            "population": scenario.clients.population,
+                            "clients_instantiated": scenario.clients.count if virtual is None else len(virtual.started)}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     show.footer(summary, str(out_dir))
     return summary

@@ -91,14 +91,25 @@ def _example(rng: random.Random, uid: str, weights: list[float]) -> Example:
     return Example(uid=uid, question=question, skills=frozenset(names))
 
 
+# From this many shards on, the training split is generated shard by shard (:func:`shard`): a federation of a
+# million clients needs two million examples, which take minutes to generate in one sequence.
+PER_SHARD_FROM = 10_000
+
+
+def per_shard(spec: DataSpec) -> bool:
+    """Whether ``spec``'s training examples are generated shard by shard rather than as one pool."""
+    return spec.num_shards >= PER_SHARD_FROM
+
+
 @functools.lru_cache(maxsize=4)
 def generate(spec: DataSpec) -> Dataset:
     """The whole data set a scenario describes, the same for every caller with the same spec: built once per
     process and shared (it is frozen), not once per client; each build costs ~50 ms of CPU, and a worker
-    process's clients building theirs on their first task stalled its event loop past round deadlines."""
+    process's clients building theirs on their first task stalled its event loop past round deadlines.
+    With :func:`per_shard` the training split is empty here: each shard is generated on its own."""
     rng = random.Random(f"surrogate-skills/{spec.seed}")
     uniform = [1.0] * len(SKILLS)
-    train = tuple(_example(rng, f"train-{i}", uniform) for i in range(spec.train_size))
+    train = () if per_shard(spec) else tuple(_example(rng, f"train-{i}", uniform) for i in range(spec.train_size))
     val = tuple(_example(rng, f"val-{i}", uniform) for i in range(spec.val_size))
     test = tuple(_example(rng, f"test-{i}", uniform) for i in range(spec.test_size))
     return Dataset(train=train, val=val, test=test)
@@ -112,12 +123,32 @@ def shard(spec: DataSpec, dataset: Dataset, index: int) -> tuple[Example, ...]:
     """
     if not 0 <= index < spec.num_shards:
         raise ValueError(f"shard index {index} outside 0..{spec.num_shards - 1}")
+    if per_shard(spec):
+        return _generated_shard(spec, index)
     order = _shuffled(spec, dataset)
     if spec.partition == "by-skill":
         mine = _favouring(spec, dataset, index % len(SKILLS))
         size = max(1, len(order) // spec.num_shards)
         return mine[:size] if mine else order[:size]
     return order[index :: spec.num_shards] or order[:1]
+
+
+def _generated_shard(spec: DataSpec, index: int) -> tuple[Example, ...]:
+    """Shard ``index`` generated on its own, from a generator seeded by the data seed and the index: its share of
+    ``train_size`` (near-equal shares, at least one example). 'iid': examples drawn as for the pool; 'by-skill':
+    only examples that need skill ``index`` or the next one (mod 8), as the pooled partition prefers."""
+    size = max(1, spec.train_size // spec.num_shards + (index < spec.train_size % spec.num_shards))
+    rng = random.Random(f"surrogate-skills/{spec.seed}/shard/{index}")
+    uniform = [1.0] * len(SKILLS)
+    favoured = {SKILL_NAMES[index % len(SKILLS)], SKILL_NAMES[(index + 1) % len(SKILLS)]}
+    out: list[Example] = []
+    draws = 0
+    while len(out) < size:
+        example = _example(rng, f"train-{index}-{draws}", uniform)
+        draws += 1
+        if spec.partition != "by-skill" or example.skills & favoured:
+            out.append(example)
+    return tuple(out)
 
 
 # The partition's work is done once per data set, not once per client: a client's shard then costs its own
