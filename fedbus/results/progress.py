@@ -21,11 +21,12 @@ class Progress:
         self._print(text)
 
     def header(self, run_id: str, engine: str, broker: str, clients: int, rounds: int, *,
-               security: str = "signed+sealed") -> None:
+               security: str = "signed+sealed", virtual: bool = False) -> None:
         label = f"{engine} (NOT an LLM: a seeded model)" if engine == "surrogate" else engine
+        population = f"{clients:,} clients (virtual: each exists once selected)" if virtual else f"{clients} clients"
         secured = ("security NONE: protocol v1, anyone on the broker can post as anyone" if security == "none"
                    else f"security {security}")
-        self._print(f"fedbus run {run_id}: {clients} clients, {rounds} rounds, engine {label}, broker {broker}, "
+        self._print(f"fedbus run {run_id}: {population}, {rounds} rounds, engine {label}, broker {broker}, "
                     f"{secured}")
         self._print(f"{'round':>5}  {'selected':>8}  {'accepted':>8}  {'rejected':>8}  {'dropped':>7}  "
                     f"{'prompt':>7}  {'val acc':>7}  {'sim time':>9}  status")

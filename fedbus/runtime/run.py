@@ -19,7 +19,7 @@ from fedbus.aggregator.effects import RoundResult
 from fedbus.aggregator.session import NodeOutcome
 from fedbus.aggregator.strategies import BUILT_IN_STRATEGIES
 from fedbus.client.optimizer import OptimizerFactory, scenario_optimizer
-from fedbus.errors import FedbusError
+from fedbus.errors import FedbusError, ScenarioError
 from fedbus.llm.engine import ChatEngine
 from fedbus.llm.extras import require_libraries
 from fedbus.plan import RunSecurity, client_plans, make_core, run_security
@@ -94,6 +94,9 @@ async def run_scenario(scenario: Scenario, options: RunOptions) -> dict[str, Any
 
 
 async def _run_scenario(scenario: Scenario, options: RunOptions) -> dict[str, Any]:
+    if scenario.clients.population == "virtual":  # before anything starts
+        raise ScenarioError([("clients.population", "virtual runs only in the simulator (fedbus run --simulate): over "
+                              "a broker every client is a connection; use eager (or auto)")])
     if not scenario.engine_spec.is_llm:
         return await _run(scenario, options, None, scenario.engine_spec)
     require_libraries(scenario.engine_spec.name)  # before anything starts: one clear line, not failed rounds

@@ -178,7 +178,7 @@ def simulate(scenario: Scenario, out_dir: Path, *, run_id: str | None = None, pr
                       broker=SIM_BROKER["url"], simulated=True,
                       population=scenario.clients.population)
         show.header(run_id, scenario.engine, SIM_BROKER["url"], scenario.clients.count, scenario.rounds,
-                    security=scenario.security)
+                    security=scenario.security, virtual=virtual is not None)
         core = make_core(scenario, run_id)
         aggregator = SimAggregator(core, timeline, broker, events=events, evaluator=evaluator, progress=show,
                                    max_message_bytes=scenario.max_message_bytes,
