@@ -155,3 +155,33 @@ async def test_connect_to_a_closed_port_is_a_transport_error(will: LastWill | No
     with pytest.raises(TransportError):
         async with MqttBus(BrokerAddress(host="127.0.0.1", port=free_port()), "nobody", will=will):
             pass
+
+
+async def test_a_connect_storm_opens_a_few_connections_at_a_time(embedded_broker: BrokerAddress, run_id: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """rumqttd listens with a backlog of 128: a process opens at most CONNECTS_IN_FLIGHT connections at once
+    (beyond the backlog, SYNs are dropped and retried after 1 s), and every one of a storm still connects."""
+    import aiomqtt
+
+    from fedbus.runtime import bus as bus_module
+
+    monkeypatch.setattr(bus_module, "CONNECTS_IN_FLIGHT", 3)
+    opening = peak = 0
+    enter = aiomqtt.Client.__aenter__
+
+    async def counted(self: aiomqtt.Client) -> aiomqtt.Client:
+        nonlocal opening, peak
+        opening += 1
+        peak = max(peak, opening)
+        try:
+            return await enter(self)
+        finally:
+            opening -= 1
+
+    monkeypatch.setattr(aiomqtt.Client, "__aenter__", counted)
+    buses = [MqttBus(embedded_broker, f"{run_id}.storm-{i}", clean_session=True) for i in range(30)]
+    try:
+        await asyncio.wait_for(asyncio.gather(*(b.__aenter__() for b in buses)), 60)
+        assert peak == 3
+    finally:
+        await asyncio.gather(*(b.__aexit__(None, None, None) for b in buses), return_exceptions=True)
