@@ -1,4 +1,4 @@
-"""The ``fedbus`` command: run, validate, broker, client, keygen, invite."""
+"""The ``fedbus`` command: run, validate, broker, client, keygen, invite, compare, sweep, report."""
 
 from __future__ import annotations
 
@@ -198,6 +198,25 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("summaries", type=Path, nargs="+", help="summary.json files or run directories")
     compare.add_argument("--rounds", action="store_true", help="one row per round instead of one per run")
     compare.add_argument("--csv", action="store_true", help="CSV instead of a table")
+    sweep = sub.add_parser("sweep", help="run a scenario over a grid of settings × seeds, each run in its own folder; "
+                                         "resumable")
+    sweep.add_argument("base", type=Path, help="the base scenario YAML")
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                       help="a dotted scenario path and its values (YAML scalars), e.g. clients.local_steps=1,2,4 or "
+                            "aggregation.strategy=concat,summarize; repeat for more axes (every combination runs)")
+    sweep.add_argument("--seeds", metavar="SEEDS", help="1..5, 1,3,7 or both (default: the base scenario's seed)")
+    sweep.add_argument("--jobs", type=_int_within(1, 256), default=1, metavar="N", help="runs at a time (default 1)")
+    sweep.add_argument("--out", type=Path, required=True, metavar="DIR",
+                       help="the sweep folder: sweep.json and cells/CELL/seed-S/ (a completed cell there is skipped)")
+    sweep.add_argument("--simulate", action="store_true", help="run every cell with fedbus run --simulate")
+    sweep.add_argument("--no-cache", action="store_true", help="LLM runs: pass --no-cache to every run")
+    sweep.add_argument("--engine-url", metavar="URL", type=_http_url, help="LLM runs: pass --engine-url to every run")
+    report = sub.add_parser("report", help="charts and an HTML page (mean ± CI over seeds) of sweeps or runs")
+    report.add_argument("dirs", type=Path, nargs="+", metavar="DIR", help="sweep folders (sweep.json) or run folders")
+    report.add_argument("--out", type=Path, metavar="REPORT_DIR", help="where index.html and the PNGs go "
+                                                                       "(default: FIRST_DIR/report)")
+    report.add_argument("--prices", type=_a_file, metavar="FILE",
+                        help="YAML/JSON price table, model -> {input: P, output: P} per 1M tokens: adds a cost column")
     validate = sub.add_parser("validate", help="check scenario files and name the YAML path of every mistake")
     validate.add_argument("scenarios", type=Path, nargs="+")
 
@@ -273,11 +292,62 @@ def _default_client_id() -> str:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from fedbus.results.compare import load_summaries, render, rounds_table, row, to_csv
+    from fedbus.results.compare import (
+        load_summaries,
+        render,
+        rounds_table,
+        row,
+        settings_columns,
+        to_csv,
+        with_settings,
+    )
 
     summaries = load_summaries(args.summaries)
-    rows = rounds_table(summaries) if args.rounds else [row(s) for s in summaries]
+    settings = settings_columns(args.summaries, summaries)
+    rows = [r for s, extra in zip(summaries, settings, strict=True)
+            for r in with_settings(rounds_table([s]) if args.rounds else [row(s)], extra)]
     print(to_csv(rows) if args.csv else render(rows), end="\n" if not args.csv else "")
+    return EXIT_OK
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from fedbus.experiments.grid import parse_grid, parse_seeds
+    from fedbus.experiments.sweep import SweepOptions, outcome_line, run_sweep
+
+    try:
+        axes = parse_grid(args.grid)
+        seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+        options = SweepOptions(base=args.base, out=args.out, axes=axes, seeds=seeds, jobs=args.jobs,
+                               simulate=args.simulate, no_cache=args.no_cache, engine_url=args.engine_url,
+                               log_level=args.log_level)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop the runs in flight, as Ctrl-C does
+        runs = run_sweep(options, say=lambda line: print(line, flush=True))
+    except ScenarioError as exc:
+        for line in exc.lines():
+            print(f"{exc.source}: {line}" if exc.source else line, file=sys.stderr)
+        return EXIT_INVALID
+    line, ok = outcome_line(runs, args.out)
+    print(line, file=sys.stdout if ok else sys.stderr)
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from fedbus.experiments.plots import available
+    from fedbus.experiments.report import INSTALL_HINT, ReportOptions, build_report
+
+    if not available():
+        print(f"fedbus report: {INSTALL_HINT}", file=sys.stderr)
+        return EXIT_INVALID
+    first = args.dirs[0] if args.dirs[0].is_dir() else args.dirs[0].parent
+    try:
+        result = build_report(ReportOptions(paths=tuple(args.dirs), out=args.out or first / "report",
+                                            prices=args.prices))
+    except ScenarioError as exc:
+        for line in exc.lines():
+            print(f"{exc.source}: {line}" if exc.source else line, file=sys.stderr)
+        return EXIT_INVALID
+    print(f"fedbus report: {result.completed} of {result.runs} runs completed; varied: "
+          f"{', '.join(result.varied) or 'nothing'}; wrote {result.index} and {len(result.images)} charts")
     return EXIT_OK
 
 
@@ -827,7 +897,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure(args.log_level, args.log_json)
     commands = {"run": _cmd_run, "validate": _cmd_validate, "broker": _cmd_broker, "client": _cmd_client,
-                "compare": _cmd_compare, "keygen": _cmd_keygen, "invite": _cmd_invite}
+                "compare": _cmd_compare, "keygen": _cmd_keygen, "invite": _cmd_invite, "sweep": _cmd_sweep,
+                "report": _cmd_report}
     try:
         try:
             return commands[args.command](args)

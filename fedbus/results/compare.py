@@ -1,4 +1,9 @@
-"""``fedbus compare``: several runs side by side, as a table or as CSV for plotting."""
+"""``fedbus compare``: several runs side by side, as a table or as CSV for plotting.
+
+Besides the fixed columns, ``settings_columns`` names the scenario settings that differ between the compared runs
+(and, for runs of a ``fedbus sweep``, its grid's keys and the seed), and ``with_settings`` puts them beside each
+row, after ``run``.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ from typing import Any
 
 from fedbus.errors import FedbusError
 
+# settings the fixed columns already show (scenario, strategy, mode, engine): never repeated as settings columns
+_SHOWN_SETTINGS = frozenset({"name", "aggregation.strategy", "aggregation.mode", "engine", "engine.name"})
 COLUMNS = ("run", "scenario", "engine", "strategy", "mode", "status", "rounds", "test_acc", "initial_acc",
            "prompt_chars", "accepted", "rejected", "tokens", "wall_s")
 
@@ -135,3 +142,37 @@ def to_csv(rows: Sequence[dict[str, Any]]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
+
+
+def settings_columns(paths: Sequence[Path], summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per run, its values of the scenario settings that differ between ``summaries`` (dotted keys such as
+    ``clients.local_steps``, and ``seed``), and of the varied grid keys (two or more values) and seed of any
+    sweep a path lies in (sweep.json in it or a folder above it); settings already in the fixed columns are left
+    out. Keys in grid order, then in the order the scenario records list them; a run without a value has None."""
+    from fedbus.experiments.grouping import flatten, varied_keys
+    from fedbus.experiments.manifest import find_sweep, read_manifest
+
+    settings = [flatten(s["scenario"]) | {"seed": s.get("seed", s["scenario"].get("seed"))} for s in summaries]
+    grid: dict[str, None] = {}
+    for path in paths:
+        sweep = find_sweep(path)
+        if sweep is None:
+            continue
+        try:
+            manifest = read_manifest(sweep)
+        except FedbusError:
+            continue
+        grid |= {str(axis["key"]): None for axis in manifest.get("grid", ()) if isinstance(axis, dict)
+                 and "key" in axis and len(axis.get("values") or ()) > 1}  # one value: set for all, not varied
+        grid["seed"] = None
+    keys = [k for k in dict.fromkeys([*grid, *varied_keys(settings, ignore=())]) if k not in _SHOWN_SETTINGS]
+    return [{k: s.get(k) for k in keys} for s in settings]
+
+
+def with_settings(rows: Sequence[dict[str, Any]], settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """``rows`` with the ``settings`` columns inserted after ``run``."""
+    out = []
+    for r in rows:
+        items = list(r.items())
+        out.append(dict([*items[:1], *settings.items(), *items[1:]]))
+    return out

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import pytest
 from fedbus.runtime.address import BrokerAddress
 from fedbus.runtime.broker import free_port
 from tests.conftest import ROOT, _mosquitto_binary, mosquitto_test_conf, wait_port
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -49,13 +50,6 @@ Summary = dict[str, Any]
 # ---------------------------------------------------------------------- helpers
 
 
-def wait_until(condition: Callable[[], bool], what: str, wait_s: float = 120.0) -> None:
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {wait_s:g} s waiting for {what}")
 
 
 def events(out: Path) -> list[dict[str, Any]]:

@@ -8,8 +8,6 @@ import os
 import stat
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from fedbus.security.keyfiles import keygen, load_authorized, load_private, load
 from fedbus.security.keys import authorized_line, fingerprint
 from fedbus.security.token import JoinToken, decode_token, encode_token
 from tests.conftest import ROOT
+from tests.waiting import wait_until
 
 FEDBUS = [sys.executable, "-m", "fedbus"]
 
@@ -171,13 +170,6 @@ def test_run_refuses_authorized_keys_naming_its_own_client(tmp_path: Path, capsy
 
 
 # ---------------------------------------------------------------------------------------------- slow: real runs
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def popen(*args: str) -> subprocess.Popen[str]:

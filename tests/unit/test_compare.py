@@ -13,7 +13,17 @@ from typing import Any
 import pytest
 
 from fedbus.errors import FedbusError
-from fedbus.results.compare import COLUMNS, load_summaries, render, rounds_table, row, summary_problem, to_csv
+from fedbus.results.compare import (
+    COLUMNS,
+    load_summaries,
+    render,
+    rounds_table,
+    row,
+    settings_columns,
+    summary_problem,
+    to_csv,
+    with_settings,
+)
 from fedbus.scenario import load_scenario
 from fedbus.sim.run import simulate
 from tests.conftest import ROOT
@@ -213,3 +223,40 @@ def test_undecodable_json_is_a_fedbus_error(tmp_path: Path, content: bytes, reas
     with pytest.raises(FedbusError, match=rf"summary\.json: not a readable summary\.json \({reason}: ") as info:
         load_summaries([file])
     assert "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------ settings that differ between runs
+
+
+def with_scenario(run_id: str, seed: int, steps: int, strategy: str = "uid_summarize") -> dict[str, Any]:
+    s = summary(run_id)
+    s["seed"] = seed
+    s["scenario"] = {"name": "paper", "seed": seed, "clients": {"count": 4, "local_steps": steps},
+                     "aggregation": {"strategy": strategy, "mode": "sync"}}
+    return s
+
+
+def test_settings_that_differ_become_columns_after_run(tmp_path: Path) -> None:
+    """Runs that differ in scenario settings get a column per differing setting (dotted key) and the seed; what
+    the fixed columns show (strategy) is not repeated; the columns go right after `run`."""
+    runs = [with_scenario("a", 1, 1, "concat"), with_scenario("b", 2, 3, "summarize")]
+    settings = settings_columns([tmp_path / "a", tmp_path / "b"], runs)
+    assert settings == [{"seed": 1, "clients.local_steps": 1}, {"seed": 2, "clients.local_steps": 3}]
+    rows = with_settings([row(runs[0])], settings[0])
+    assert list(rows[0])[:3] == ["run", "seed", "clients.local_steps"]
+    assert {k: v for k, v in rows[0].items() if k not in settings[0]} == row(runs[0])
+    assert settings_columns([tmp_path], [with_scenario("a", 1, 1)]) == [{}], "one run alone: nothing differs"
+
+
+def test_runs_of_a_sweep_show_its_grid_keys_and_seed(tmp_path: Path) -> None:
+    """Compared runs inside a sweep folder (sweep.json above them) show the sweep's varied grid keys and seed, even
+    where these runs agree; a grid key of one value (set for every cell) is not a column."""
+    sweep = tmp_path / "sweep"
+    cell = sweep / "cells" / "local_steps-2" / "seed-1"
+    cell.mkdir(parents=True)
+    grid = [{"key": "clients.local_steps", "values": [1, 2]}, {"key": "rounds", "values": [2]}]  # rounds: not varied
+    (sweep / "sweep.json").write_text(json.dumps({"grid": grid, "cells": []}), encoding="utf-8")
+    runs = [with_scenario("a", 1, 2), with_scenario("b", 1, 2)]
+    assert settings_columns([cell, cell / "summary.json"], runs) == [{"clients.local_steps": 2, "seed": 1}] * 2
+    text = render(with_settings([row(runs[0])], {"clients.local_steps": 2, "seed": 1}))
+    assert parse_table(text)[0]["clients.local_steps"] == "2"
