@@ -55,6 +55,12 @@ class RoundResult:
     closed_at: float
     prompt: str
     close_reason: str  # 'all-answered' | 'target-reached' | 'deadline' | 'all-gone' (nobody answered, all left)
+    aggregate_chars: int = 0  # the aggregate's length before the cut at max_prompt_chars (0: no aggregate)
+
+    @property
+    def cut_chars(self) -> int:
+        """How many characters of the aggregate the cut at ``max_prompt_chars`` dropped (0: none)."""
+        return max(0, self.aggregate_chars - len(self.prompt)) if self.status == "aggregated" else 0
 
     @property
     def duration_s(self) -> float:

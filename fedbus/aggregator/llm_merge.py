@@ -1,16 +1,25 @@
 """The LLM aggregators of FedTextGrad, as pure prompt builders and reply parsers.
 
-- ``summarize``: an LLM merges the clients' prompts into one that keeps all their information, with
-  the final answer-format instruction last (the paper's summarization aggregator).
-- ``uid_summarize``: the same, guided by the Uniform Information Density principle. The paper's prompt
-  only named the principle in one sentence; here the model gets what the principle asks of a text:
-  spread information evenly, say each distinct strategy once, drop repetition and filler, and stay
-  within a length budget.
+The paper's, word for word from the authors' code (ubc-tea/FedTextGrad, ``utils/prompt_template.py`` and
+``train_hetero_fed.py``): the clients' prompts joined by newlines go into the template, the template goes to
+the engine as the user message under TextGrad's default system prompt (the authors call the engine without
+one), and the answer-format instruction is appended to the reply by code, with no separator:
 
-The runtime sends the request to the engine (an effect carried out at the edge) and hands the reply
-to :func:`parse_merged`; a reply without the tags is an outcome (the runtime falls back to ``concat``
-and records it), never an exception. :func:`retention` measures how many of the clients' distinct
-instructions survived into the global prompt.
+- ``summarize``: "Merge the following list of prompts into a single, cohesive prompt while preserving all
+  original information. ..."
+- ``uid_summarize``: the same with one more sentence, "Apply Uniform Information Density Principles."
+
+fedbus's own variants, which ask for more and parse a tagged reply:
+
+- ``summarize_tagged``: merge keeping every distinct instruction, the format instruction last, the reply
+  between ``<MERGED_PROMPT>`` tags.
+- ``uid_guided``: what the Uniform Information Density principle asks of a text spelled out as five rules,
+  with a length budget of twice the longest client prompt (so it also compresses).
+
+The runtime sends the request to the engine (an effect carried out at the edge) and hands the reply to
+:func:`merged_prompt`; an unusable reply is an outcome (the runtime falls back to ``concat`` and records it),
+never an exception. :func:`sentence_overlap` is a lexical figure: the share of the clients' sentences that
+reappear nearly verbatim in the global prompt (it does not judge whether their content survived).
 """
 
 from __future__ import annotations
@@ -19,7 +28,22 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fedbus.aggregator.strategies import LLM_STRATEGIES, sentences
+from fedbus.aggregator.strategies import LLM_STRATEGIES, PAPER_LLM_STRATEGIES, sentences
+
+# The authors' templates (their ``$prompt`` is the prompts joined by newlines), their format line, and the
+# system prompt their engine call ran under (TextGrad engines' DEFAULT_SYSTEM_PROMPT).
+PAPER_SUMMARIZE = (
+    "\nMerge the following list of prompts into a single, cohesive prompt while preserving all original "
+    "information. Ensure that the final instruction remains unchanged and is placed as the last sentence. "
+    "Provide only the merged prompt.\n\nList of Prompts to Merge:\n{prompts}\n")
+PAPER_UID = (
+    "\nMerge the following list of prompts into a single, cohesive prompt while preserving all original "
+    "information. Apply Uniform Information Density Principles. Ensure that the final instruction remains "
+    "unchanged and is placed as the last sentence. Provide only the merged prompt.\n\n"
+    "List of Prompts to Merge:\n{prompts}\n")
+FORMAT_LINE = ("The last line of your response should be of the following format: 'Answer: $VALUE' where VALUE "
+               "is a numerical value.")
+PAPER_SYSTEM = "You are a helpful, creative, and smart assistant."
 
 OPEN, CLOSE = "<MERGED_PROMPT>", "</MERGED_PROMPT>"
 
@@ -60,6 +84,7 @@ class MergeRequest:
 
     system: str
     prompt: str
+    paper: bool = False  # the authors' template: the reply is the prompt, the format line appended by code
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -74,11 +99,25 @@ def merge_request(strategy: str, prompts: Sequence[tuple[str, str]], max_chars: 
     """The request for ``strategy`` over (client, prompt) pairs; ``KeyError`` for another strategy."""
     if strategy not in LLM_STRATEGIES:
         raise KeyError(f"{strategy!r} is not an LLM strategy; known: {', '.join(LLM_STRATEGIES)}")
+    if strategy in PAPER_LLM_STRATEGIES:
+        template = PAPER_SUMMARIZE if strategy == "summarize" else PAPER_UID
+        joined = "\n".join(text for _c, text in prompts)
+        return MergeRequest(system=PAPER_SYSTEM, prompt=template.format(prompts=joined), paper=True)
     listed = "\n\n".join(f"<PROMPT {i}>\n{text.strip()}\n</PROMPT {i}>" for i, (_c, text) in enumerate(prompts, 1))
-    template = _SUMMARIZE if strategy == "summarize" else _UID
+    template = _SUMMARIZE if strategy == "summarize_tagged" else _UID
     budget = max(200, min(max_chars, max((len(p) for _c, p in prompts), default=0) * 2))
     return MergeRequest(system=SYSTEM, prompt=template.format(n=len(prompts), prompts=listed, open=OPEN,
                                                               close=CLOSE, budget=budget))
+
+
+def merged_prompt(request: MergeRequest, reply: str, format_line: str = FORMAT_LINE) -> Merged:
+    """The global prompt a reply to ``request`` gives: the authors' way (the reply as it came, then the format
+    line, no separator; an empty reply is unusable), or fedbus's tagged way (:func:`parse_merged`)."""
+    if not request.paper:
+        return parse_merged(reply)
+    if not reply.strip():
+        return Merged(prompt=None, problem="empty")
+    return Merged(prompt=reply + format_line)
 
 
 def parse_merged(reply: str) -> Merged:
@@ -111,11 +150,12 @@ def _similar(a: str, b: str, threshold: float) -> bool:
     return bool(sa and sb) and len(sa & sb) / len(sa | sb) >= threshold
 
 
-def retention(client_prompts: Sequence[str], global_prompt: str, threshold: float = 0.6) -> float:
-    """The share of the clients' distinct instructions that survive in ``global_prompt``.
+def sentence_overlap(client_prompts: Sequence[str], global_prompt: str, threshold: float = 0.6) -> float:
+    """The share of the clients' distinct sentences that reappear nearly verbatim in ``global_prompt``.
 
-    An instruction survives when some sentence of the global prompt shares at least ``threshold`` of
-    their words (Jaccard similarity of word sets), so a light rewording still counts. 1.0 when the
+    A sentence reappears when some sentence of the global prompt shares at least ``threshold`` of its words
+    (Jaccard similarity of word sets). Lexical only: a faithful paraphrase scores low and a prompt that kept
+    the clients' wording but dropped their point scores high; concatenation always scores 1.0. 1.0 when the
     clients sent nothing.
     """
     wanted: dict[str, None] = {}

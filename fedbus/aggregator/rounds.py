@@ -270,7 +270,7 @@ class RoundAggregator(AggregatorBase):
             raise LocalProtocolError(f"Reduced for round {event.round} while {self._phase} round {self._round}")
         self._prompt = event.prompt[: self.config.max_prompt_chars]
         self._version += 1
-        self._end_round("aggregated", event.now, out)
+        self._end_round("aggregated", event.now, out, aggregate_chars=len(event.prompt))
 
     def _reduce_failed(self, event: ReduceFailed, out: list[Effect]) -> None:
         if self._phase != "reducing" or self._current is None or event.round != self._current.number:
@@ -278,7 +278,7 @@ class RoundAggregator(AggregatorBase):
         self._current.close_reason = f"reduce-failed: {event.reason}"
         self._end_round("reduce-failed", event.now, out)
 
-    def _end_round(self, status: str, now: float, out: list[Effect]) -> None:
+    def _end_round(self, status: str, now: float, out: list[Effect], aggregate_chars: int = 0) -> None:
         current = self._current
         assert current is not None
         selected = current.selected
@@ -288,7 +288,8 @@ class RoundAggregator(AggregatorBase):
             accepted=tuple(current.accepted[c] for c in sorted(current.accepted)),
             rejected=tuple(current.rejected), dropped=tuple(sorted(current.dropped)),
             missing=tuple(sorted(selected - current.accepted.keys() - current.dropped - current.refused)),
-            opened_at=current.opened_at, closed_at=now, prompt=self._prompt, close_reason=current.close_reason)
+            opened_at=current.opened_at, closed_at=now, prompt=self._prompt, close_reason=current.close_reason,
+            aggregate_chars=aggregate_chars)
         self._results.append(result)
         self._current = None
         if status == "aggregated":

@@ -223,8 +223,15 @@ class AggregatorSession:
     def round_evaluated(self, result: RoundResult, extra: dict[str, object]) -> list[Action]:
         """A driver evaluated a closed round (``extra``: accuracy, prompt measures); keep it and log it."""
         self.outcome.rounds.append((result, extra))
-        return [Record("round-closed", {"round": result.round, "status": result.status,
-                                        "close_reason": result.close_reason, **extra})]
+        cut = ([Record("aggregate-cut", {"round": result.round, "aggregate_chars": result.aggregate_chars,
+                                         "kept_chars": len(result.prompt), "lost_chars": result.cut_chars})]
+               if result.cut_chars else [])
+        context = extra.get("context")
+        if isinstance(context, dict) and context.get("overflow"):
+            cut.append(Record("context-overflow", {"round": result.round, "prompt_chars": len(result.prompt),
+                                                   **context}))
+        return [*cut, Record("round-closed", {"round": result.round, "status": result.status,
+                                              "close_reason": result.close_reason, **extra})]
 
     # ------------------------------------------------------------------ incoming
     def _to_event(self, topic: str, payload: bytes, retained: bool, now: float, out: list[Action], *,

@@ -13,26 +13,28 @@ class Strategy(Protocol):
     """Merges the clients' prompts into the next global prompt: pure and deterministic, so a run replays."""
 
     def __call__(self, current: str, prompts: Sequence[tuple[str, str]], max_chars: int, /) -> str:
-        """``current``: the global prompt; ``prompts``: (client, prompt) pairs sorted by client; the result is
-        cut at ``max_chars``."""
+        """``current``: the global prompt; ``prompts``: (client, prompt) pairs sorted by client; ``max_chars``: the
+        run's limit on the global prompt, which the core applies (and records) to whatever is returned."""
         ...
 
 
 def concat(current: str, prompts: Sequence[tuple[str, str]], max_chars: int) -> str:
-    """FedTextGrad's baseline: the clients' prompts one after another (identical ones once).
+    """FedTextGrad's concatenation, as the authors' code does it (TextGrad's ``aggregate``): every client's
+    prompt, as sent, in client order, joined by a newline. Nothing is dropped and nothing is cut here: a
+    repeated prompt appears as often as it was sent, and a long aggregate stays long (the core cuts at the
+    run's ``max_prompt_chars`` and records the cut; paper scenarios set that limit out of reach, so the
+    aggregate's growth past the engine's context is observed, as the paper describes).
 
-    ``current`` is unused: concatenation keeps only what the clients sent. The result is cut
-    at ``max_chars`` characters, the way a context budget would cut it.
+    ``current`` is kept only when no client sent anything.
     """
-    seen: set[str] = set()
-    parts: list[str] = []
-    for _client, prompt in prompts:
-        text = prompt.strip()
-        if text and text not in seen:
-            seen.add(text)
-            parts.append(text)
-    merged = "\n\n".join(parts) if parts else current
-    return merged[:max_chars]
+    return "\n".join(prompt for _client, prompt in prompts) if prompts else current
+
+
+def concat_unique(current: str, prompts: Sequence[tuple[str, str]], max_chars: int) -> str:
+    """fedbus's own concatenation: the clients' prompts, stripped, one after another with a blank line between,
+    identical ones once. Blank prompts leave ``current`` as it was."""
+    parts = list(dict.fromkeys(text for _client, prompt in prompts if (text := prompt.strip())))
+    return "\n\n".join(parts) if parts else current
 
 
 def sentences(prompt: str) -> list[str]:
@@ -57,8 +59,7 @@ def merge_weighted(current: str, updates: Sequence[tuple[str, str, float]], max_
     already in the global prompt) are found, and the first ``ceil(weight * n)`` of them are appended.
     Weight 1 keeps every new sentence, a small weight only the first, and the global prompt is
     never rewritten by a stale client. Identical sentences (from several clients, or repeated in one
-    prompt) enter once. The
-    result is cut at ``max_chars``.
+    prompt) enter once. ``max_chars`` is unused: the core cuts and records the cut.
     """
     merged = sentences(current)
     seen = set(merged)
@@ -68,11 +69,12 @@ def merge_weighted(current: str, updates: Sequence[tuple[str, str, float]], max_
         for sentence in novel[:keep]:
             seen.add(sentence)
             merged.append(sentence)
-    return " ".join(merged)[:max_chars]
+    return " ".join(merged)
 
 
-STRATEGIES: dict[str, Strategy] = {"concat": concat}
-LLM_STRATEGIES = ("summarize", "uid_summarize")  # FedTextGrad's LLM merges, carried out by the run's engine
+STRATEGIES: dict[str, Strategy] = {"concat": concat, "concat_unique": concat_unique}
+PAPER_LLM_STRATEGIES = ("summarize", "uid_summarize")  # FedTextGrad's LLM merges, the authors' templates verbatim
+LLM_STRATEGIES = (*PAPER_LLM_STRATEGIES, "summarize_tagged", "uid_guided")  # carried out by the run's engine
 BUILT_IN_STRATEGIES = ("concat", *LLM_STRATEGIES)  # known to every process, unlike names registered at run time
 
 
@@ -89,8 +91,10 @@ def register_strategy(name: str, strategy: Strategy) -> None:
 
 def carry_out(name: str, current: str, prompts: Sequence[tuple[str, str]], max_chars: int,
               weights: Sequence[float] = ()) -> str:
-    """What a ``Reduce`` asks for: the staleness-weighted merge when weights are given, else the named strategy,
-    its result cut at ``max_chars``.
+    """What a ``Reduce`` asks for: the staleness-weighted merge when weights are given, else the named strategy.
+
+    The result is not cut here: the core cuts the global prompt at ``max_chars`` and records the cut, so an
+    aggregate that lost text says so.
 
     Raises ``PluginError`` (a ``LookupError``) for a strategy that does not exist.
     """
@@ -100,7 +104,7 @@ def carry_out(name: str, current: str, prompts: Sequence[tuple[str, str]], max_c
     merged = get_strategy(name)(current, prompts, max_chars)
     if not isinstance(merged, str):
         raise TypeError(f"strategy {name!r} returned {type(merged).__name__}, not the merged prompt")
-    return merged[:max_chars]
+    return merged
 
 
 def get_strategy(name: str) -> Strategy:

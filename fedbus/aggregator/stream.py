@@ -254,7 +254,8 @@ class StreamAggregator(AggregatorBase):
             selected=tuple(sorted(self._since_selected)), accepted=batch, rejected=tuple(self._since_rejected),
             dropped=tuple(sorted(self._since_dropped)), missing=tuple(sorted(self._since_missing)),
             opened_at=self._window_opened, closed_at=now, prompt=self._prompt,
-            close_reason=f"{len(batch)} buffered" if status == "aggregated" else "reduce-failed")
+            close_reason=f"{len(batch)} buffered" if status == "aggregated" else "reduce-failed",
+            aggregate_chars=len(prompt) if prompt is not None else 0)
         self._results.append(result)
         self._since_selected, self._since_dropped, self._since_missing = set(), set(), set()
         self._since_rejected = []

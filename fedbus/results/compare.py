@@ -111,14 +111,14 @@ def _rounded(value: float | None) -> float | None:
 
 
 def rounds_table(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (run, round): validation accuracy, prompt size, retention, acceptance."""
+    """One row per (run, round): validation accuracy, prompt size, sentence overlap, acceptance."""
     out = []
     for s in summaries:
         for r in s["rounds"]:
             out.append({"run": s["run_id"], "round": r["round"], "status": r["status"],
                         "val_acc": r.get("val_accuracy"), "prompt_chars": r["global_prompt_chars"],
-                        "retention": r.get("retention"), "accepted": len(r["accepted"]),
-                        "rejected": len(r["rejected"]), "duration_s": r["duration_s"]})
+                        "sentence_overlap": r.get("sentence_overlap", r.get("retention")),  # older runs: retention
+                        "accepted": len(r["accepted"]), "rejected": len(r["rejected"]), "duration_s": r["duration_s"]})
     return out
 
 

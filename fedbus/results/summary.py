@@ -18,26 +18,45 @@ from typing import Any
 
 from fedbus import __version__
 from fedbus.aggregator.effects import Rejection, RoundResult
-from fedbus.aggregator.llm_merge import retention
+from fedbus.aggregator.llm_merge import sentence_overlap
 from fedbus.aggregator.session import Forgeries, NodeOutcome
 from fedbus.llm.engine import estimate_tokens
 from fedbus.results.eventlog import EventLog
+from fedbus.results.prompt_measures import complexity
 from fedbus.scenario import Scenario, scenario_to_mapping
 
 # Event-log entries that show the injected conditions at work, summed into summary.json.
 CONDITION_EVENTS = ("dropout", "hang", "hang-ignored", "task-lost", "work-discarded", "gone", "connected",
                     "disconnected", "link-lost", "link-duplicated", "link-held", "queued-offline",
                     "duplicate-delivery", "received-malformed", "received-forged", "local-failed", "send-refused",
-                    "prompt-cut")
+                    "prompt-cut", "aggregate-cut", "context-overflow")
 
 SURROGATE_NOTE = ("surrogate optimizer: a seeded model of textual-gradient updates, not an LLM; "
                   "its accuracies are not benchmark results")
 
 
-def prompt_record(result: RoundResult) -> dict[str, Any]:
-    """The global prompt's size and how much of the clients' instructions it kept."""
-    return {"global_prompt_tokens_est": estimate_tokens(result.prompt),
-            "retention": round(retention([a.prompt for a in result.accepted], result.prompt), 4)}
+def context_window(scenario: Scenario) -> int | None:
+    """The engine's context in tokens: ``aggregation.context_tokens``, else the local engine's per-slot context
+    (``ctx_size / parallel``), else unknown."""
+    spec = scenario.engine_spec
+    if scenario.aggregation.context_tokens is not None:
+        return scenario.aggregation.context_tokens
+    return spec.ctx_size // spec.parallel if spec.name == "local" else None
+
+
+def prompt_record(result: RoundResult, context_tokens: int | None = None) -> dict[str, Any]:
+    """The global prompt's size, its complexity (the authors' model-free measures), how much of the clients'
+    wording reappears in it (lexical: ``sentence_overlap``), and, with the engine's context known, whether the
+    prompt alone (estimated at 4 characters a token, before any question) overflows it."""
+    tokens = estimate_tokens(result.prompt)
+    record: dict[str, Any] = {
+        "global_prompt_tokens_est": tokens,
+        "sentence_overlap": round(sentence_overlap([a.prompt for a in result.accepted], result.prompt), 4),
+        "complexity": complexity(result.prompt)}
+    if context_tokens is not None:
+        record["context"] = {"window_tokens": context_tokens, "prompt_tokens_est": tokens,
+                             "overflow": tokens > context_tokens}
+    return record
 
 
 def rejection_record(r: Rejection) -> dict[str, Any]:
@@ -77,6 +96,8 @@ def round_record(result: RoundResult, extra: dict[str, Any]) -> dict[str, Any]:
         "late": sorted({r.client for r in rejected
                         if r.client and r.reason in ("late", "stale-round", "too-stale", "not-assigned")}),
         "global_prompt_chars": len(result.prompt),
+        "aggregate_chars": result.aggregate_chars,  # before the cut at max_prompt_chars
+        "aggregate_cut_chars": result.cut_chars,  # lost to that cut (the event log says so too: aggregate-cut)
         "duration_s": round(result.duration_s, 4),
         **extra,
     }
@@ -145,6 +166,7 @@ def build_summary(*, run_id: str, scenario: Scenario, scenario_file: str, broker
             "rounds_aggregated": sum(1 for r in rounds if r["status"] == "aggregated"),
             "updates_accepted": sum(len(r["accepted"]) for r in rounds),
             "updates_rejected": sum(len(r["rejected"]) for r in rounds),
+            "aggregate_chars_cut": sum(r["aggregate_cut_chars"] for r in rounds),
             "failures_reported": sum(len(r["failed"]) for r in rounds),
             "duplicates_dropped": outcome.duplicates_dropped,
             "forgeries": outcome.forgeries.total,

@@ -1,8 +1,9 @@
 """What a ``fedbus run`` on a real LLM adds: the LLM aggregators, TextGrad clients, evaluation and token totals.
 
 The aggregator core only asks for a ``Reduce``; :class:`LLMReducer` carries it out at the edge: for
-``summarize`` and ``uid_summarize`` it sends the merge request to the engine and parses the reply. A
-reply without the tags falls back to ``concat`` for that round and says so in events.jsonl and in the
+the LLM strategies (``summarize``, ``uid_summarize``, ``summarize_tagged``, ``uid_guided``) it sends the merge
+request to the engine and turns the reply into the prompt. An unusable reply (empty; for the tagged variants, no
+tags) falls back to ``concat`` for that round and says so in events.jsonl and in the
 round's record (``aggregation.fallback``); an engine failure fails the reduce, and the core records
 the round as ``reduce-failed``.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from fedbus.aggregator.effects import Reduce
-from fedbus.aggregator.llm_merge import merge_request, parse_merged
+from fedbus.aggregator.llm_merge import FORMAT_LINE, merge_request, merged_prompt
 from fedbus.aggregator.strategies import LLM_STRATEGIES, carry_out, concat
 from fedbus.client.optimizer import LocalOptimizer, OptimizerFactory, shard_for
 from fedbus.client.textgrad_optimizer import TextGradOptimizer
@@ -31,9 +32,10 @@ from fedbus.scenario.engine import EngineSpec
 class LLMReducer:
     """Carries out ``Reduce`` effects; the LLM strategies go through ``engine``. Remembers what each round cost."""
 
-    def __init__(self, engine: ChatEngine | None, events: EventLog) -> None:
+    def __init__(self, engine: ChatEngine | None, events: EventLog, format_line: str = FORMAT_LINE) -> None:
         self._engine = engine
         self._events = events
+        self._format_line = format_line
         self.by_round: dict[int, dict[str, Any]] = {}
 
     async def __call__(self, effect: Reduce) -> str:
@@ -41,7 +43,7 @@ class LLMReducer:
             return carry_out(effect.strategy, effect.current_prompt, effect.prompts, effect.max_chars, effect.weights)
         request = merge_request(effect.strategy, effect.prompts, effect.max_chars)
         reply = await self._engine.complete(request.prompt, system=request.system)
-        merged = parse_merged(reply.text)
+        merged = merged_prompt(request, reply.text, self._format_line)
         record: dict[str, Any] = {"strategy": effect.strategy, "llm_calls": 1, "cached": reply.cached,
                                   "tokens": 0 if reply.cached else reply.prompt_tokens + reply.completion_tokens}
         if merged.prompt is None:
@@ -50,7 +52,7 @@ class LLMReducer:
                                 problem=merged.problem, reply=reply.text[:300])
             prompt = concat(effect.current_prompt, effect.prompts, effect.max_chars)
         else:
-            prompt = merged.prompt[: effect.max_chars]
+            prompt = merged.prompt  # the core cuts at max_prompt_chars, and records a cut
         self.by_round[effect.round] = record
         self._events.record("aggregated-by-llm", round=effect.round, **record)
         return prompt

@@ -26,7 +26,8 @@ from fedbus.plan import RunSecurity, client_plans, make_core, run_security
 from fedbus.plugins import is_reference
 from fedbus.results.eventlog import EventLog
 from fedbus.results.progress import Progress
-from fedbus.results.summary import build_summary, prompt_record, round_record
+from fedbus.results.prompt_log import best_by_validation, write_prompt_log
+from fedbus.results.summary import build_summary, context_window, prompt_record, round_record
 from fedbus.runtime.address import BrokerAddress, parse_broker_url
 from fedbus.runtime.aggregator_node import AggregatorNode
 from fedbus.runtime.broker import EmbeddedBroker, EmbeddedBrokerConfig
@@ -119,7 +120,8 @@ async def _run(scenario: Scenario, options: RunOptions, engine: ChatEngine | Non
     ensure_open_files(2 * scenario.expected_clients + 256)
     events = EventLog(out / "events.jsonl", append=checkpoint is not None)
     progress = Progress(options.progress)
-    reducer = LLMReducer(engine, events)
+    reducer = LLMReducer(engine, events, scenario.aggregation.format_line)
+    window = context_window(scenario)
     scoring: Scoring = (LLMScoring(engine, scenario.data, reducer) if engine is not None
                         else SurrogateScoring(scenario.engine, scenario.data))
 
@@ -148,7 +150,7 @@ async def _run(scenario: Scenario, options: RunOptions, engine: ChatEngine | Non
         node: AggregatorNode | None = None
 
         async def on_round(result: RoundResult) -> dict[str, Any]:
-            extra: dict[str, Any] = {**prompt_record(result), **await scoring.round_extra(result)}
+            extra: dict[str, Any] = {**prompt_record(result, window), **await scoring.round_extra(result)}
             progress.round(round_record(result, extra))
             log.info("round closed", round=result.round, status=result.status, accepted=len(result.accepted),
                      rejected=len(result.rejected), prompt_chars=len(result.prompt),
@@ -198,6 +200,7 @@ async def _run(scenario: Scenario, options: RunOptions, engine: ChatEngine | Non
         except* _Done:
             pass
         except* asyncio.CancelledError:  # SIGINT / SIGTERM: keep what the rounds so far showed
+            write_prompt_log(out, scenario.initial_prompt, node.outcome.rounds)
             _write_partial(summarize(node.outcome, UNMEASURED), "interrupted", "interrupted", out=out,
                            checkpoint=checkpoint, progress=progress)
             raise
@@ -205,11 +208,14 @@ async def _run(scenario: Scenario, options: RunOptions, engine: ChatEngine | Non
             why: BaseException = group
             while isinstance(why, BaseExceptionGroup):
                 why = why.exceptions[0]
+            write_prompt_log(out, scenario.initial_prompt, node.outcome.rounds)
             _write_partial(summarize(node.outcome, UNMEASURED), "failed", str(why), out=out,
                            checkpoint=checkpoint, progress=progress)
             raise
         await clients.finish_workers()
-        final = await scoring.final(scenario.initial_prompt, core.prompt, scenario.rounds)
+        final = await scoring.final(scenario.initial_prompt, core.prompt, scenario.rounds,
+                                    best_by_validation(outcome.rounds))
+        write_prompt_log(out, scenario.initial_prompt, outcome.rounds)
         if embedded is None:
             await clear_retained(address, run_id, list(core_known(core)), checkpoint.mqtt_identifier)
         summary = summarize(outcome, final)

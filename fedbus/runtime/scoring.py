@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from fedbus.aggregator.effects import RoundResult
 from fedbus.llm.engine import ChatEngine
 from fedbus.protocol.messages import DataSpec
+from fedbus.results.prompt_log import best_record
 from fedbus.runtime.llm_evaluation import LLMEvaluator
 from fedbus.runtime.llm_run import LLMReducer, count_tokens
 from fedbus.surrogate.evaluation import make_evaluator
@@ -23,9 +24,12 @@ class Scoring(Protocol):
         """What the round's record gains: at least ``val_accuracy``."""
         ...
 
-    async def final(self, initial_prompt: str, prompt: str, rounds: int) -> dict[str, Any]:
-        """``test_accuracy`` and ``initial_test_accuracy`` (and any detail) for summary.json's ``final``."""
+    async def final(self, initial_prompt: str, prompt: str, rounds: int,
+                    best: tuple[int, float, str] | None = None) -> dict[str, Any]:
+        """``test_accuracy`` and ``initial_test_accuracy`` (and any detail) for summary.json's ``final``; with
+        ``best`` (the best-by-validation round, its accuracy and prompt) also that prompt's test accuracy."""
         ...
+
 
 
 class SurrogateScoring:
@@ -37,9 +41,12 @@ class SurrogateScoring:
     async def round_extra(self, result: RoundResult) -> dict[str, Any]:
         return {"val_accuracy": await self._evaluator.accuracy(result.prompt, "val", result.round)}
 
-    async def final(self, initial_prompt: str, prompt: str, rounds: int) -> dict[str, Any]:
+    async def final(self, initial_prompt: str, prompt: str, rounds: int,
+                    best: tuple[int, float, str] | None = None) -> dict[str, Any]:
+        tested = None if best is None else await self._evaluator.accuracy(best[2], "test", rounds + 1)
         return {"test_accuracy": await self._evaluator.accuracy(prompt, "test", rounds + 1),
-                "initial_test_accuracy": await self._evaluator.accuracy(initial_prompt, "test", 0)}
+                "initial_test_accuracy": await self._evaluator.accuracy(initial_prompt, "test", 0),
+                **best_record(best, tested)}
 
 
 class LLMScoring:
@@ -60,8 +67,13 @@ class LLMScoring:
             extra["aggregation"] = self._reducer.by_round.pop(result.round)
         return extra
 
-    async def final(self, initial_prompt: str, prompt: str, rounds: int) -> dict[str, Any]:
+    async def final(self, initial_prompt: str, prompt: str, rounds: int,
+                    best: tuple[int, float, str] | None = None) -> dict[str, Any]:
         initial = await self._evaluator.evaluate(initial_prompt, "test")
         final = await self._evaluator.evaluate(prompt, "test")
-        return {"test_accuracy": final.accuracy, "initial_test_accuracy": initial.accuracy,
-                "test": final.record(), "initial_test": initial.record()}
+        out = {"test_accuracy": final.accuracy, "initial_test_accuracy": initial.accuracy,
+               "test": final.record(), "initial_test": initial.record()}
+        if best is not None and best[2] == prompt:
+            return out | best_record(best, final.accuracy)  # the same prompt: the same answers, no second pass
+        tested = None if best is None else await self._evaluator.evaluate(best[2], "test")
+        return out | best_record(best, None if tested is None else tested.accuracy)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fedbus.aggregator.config import MODES
+from fedbus.aggregator.llm_merge import FORMAT_LINE
 from fedbus.aggregator.staleness import StalenessWeighting
 from fedbus.aggregator.strategies import LLM_STRATEGIES, get_strategy
 from fedbus.client.optimizer import get_optimizer
@@ -96,6 +97,10 @@ class AggregationSpec:
     buffer_size: int = 1  # read by hand: its default depends on the mode
     max_staleness: int = setting(10, check=at_least(0))
     weighting: StalenessWeighting = field(default_factory=StalenessWeighting)  # read by hand: a nested mapping
+    # summarize / uid_summarize: the answer-format instruction appended to the merged prompt (the authors' line)
+    format_line: str = setting(FORMAT_LINE, check=lambda v: None if v.strip() else "must not be blank")
+    # the engine's context window in tokens, for the context-overflow record (default: the local engine's slot)
+    context_tokens: int | None = setting(None, check=at_least(1))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

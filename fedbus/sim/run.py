@@ -30,7 +30,8 @@ from fedbus.protocol import codec, topics
 from fedbus.protocol.ids import AGGREGATOR
 from fedbus.results.eventlog import EventLog
 from fedbus.results.progress import Progress
-from fedbus.results.summary import build_summary, prompt_record, round_record
+from fedbus.results.prompt_log import best_by_validation, best_record, write_prompt_log
+from fedbus.results.summary import build_summary, context_window, prompt_record, round_record
 from fedbus.scenario import Scenario
 from fedbus.scenario.population import for_simulation, roll
 from fedbus.security.policy import Security
@@ -53,7 +54,8 @@ class SimAggregator:
 
     def __init__(self, core: RoundAggregator | StreamAggregator, timeline: Timeline, broker: MemoryBroker, *,
                  events: EventLog, evaluator: SurrogateEvaluator, progress: Progress, max_message_bytes: int,
-                 grace_s: float, security: Security | None = None) -> None:
+                 grace_s: float, security: Security | None = None, context_tokens: int | None = None) -> None:
+        self.context_tokens = context_tokens
         self.session = AggregatorSession(core, codec.Limits(max_bytes=max_message_bytes), security=security)
         self.core = core
         self.run_id = core.config.run
@@ -99,7 +101,7 @@ class SimAggregator:
                 self.timeline.after(0.0, functools.partial(self._reduce, action))
             elif isinstance(action, RoundClosed):
                 result = action.result
-                extra: dict[str, object] = {**prompt_record(result),
+                extra: dict[str, object] = {**prompt_record(result, self.context_tokens),
                                             "val_accuracy": self.evaluator.accuracy_now(result.prompt, "val",
                                                                                         result.round)}
                 self.progress.round(round_record(result, extra))
@@ -182,7 +184,8 @@ def simulate(scenario: Scenario, out_dir: Path, *, run_id: str | None = None, pr
         core = make_core(scenario, run_id)
         aggregator = SimAggregator(core, timeline, broker, events=events, evaluator=evaluator, progress=show,
                                    max_message_bytes=scenario.max_message_bytes,
-                                   grace_s=FINISH_GRACE_S * scenario.time_scale, security=security.aggregator)
+                                   grace_s=FINISH_GRACE_S * scenario.time_scale, security=security.aggregator,
+                                   context_tokens=context_window(scenario))
         aggregator.start()
         for plan in () if virtual is not None else client_plans(scenario):
             config = SimClientConfig(run=run_id, plan=plan, security=security.client(plan.client))
@@ -192,9 +195,13 @@ def simulate(scenario: Scenario, out_dir: Path, *, run_id: str | None = None, pr
             events.record("simulation-stopped", reason="virtual time horizon reached", now=timeline.now)
     finally:
         events.close()
+    best = best_by_validation(aggregator.outcome.rounds)
     final = {"version": core.version, "prompt": core.prompt, "prompt_chars": len(core.prompt),
              "test_accuracy": evaluator.accuracy_now(core.prompt, "test", scenario.rounds + 1),
-             "initial_test_accuracy": evaluator.accuracy_now(scenario.initial_prompt, "test", 0)}
+             "initial_test_accuracy": evaluator.accuracy_now(scenario.initial_prompt, "test", 0),
+             **best_record(best, None if best is None else evaluator.accuracy_now(best[2], "test",
+                                                                                scenario.rounds + 1))}
+    write_prompt_log(out_dir, scenario.initial_prompt, aggregator.outcome.rounds)
     summary = build_summary(run_id=run_id, scenario=scenario, scenario_file=scenario_file, broker=SIM_BROKER,
                             outcome=aggregator.outcome, events=events, final=final,
                             wall_s=time.monotonic() - started)

@@ -100,9 +100,9 @@ def test_compare_rounds_csv_has_a_row_per_round(two_runs: list[Path]) -> None:
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     expected = [(s["run_id"], str(r["round"]), r["status"], str(r["val_accuracy"]), str(r["global_prompt_chars"]),
-                 str(r["retention"]), str(len(r["accepted"])), str(len(r["rejected"])), str(r["duration_s"]))
+                 str(r["sentence_overlap"]), str(len(r["accepted"])), str(len(r["rejected"])), str(r["duration_s"]))
                 for s in map(summary_of, two_runs) for r in s["rounds"]]
-    assert [(r["run"], r["round"], r["status"], r["val_acc"], r["prompt_chars"], r["retention"], r["accepted"],
+    assert [(r["run"], r["round"], r["status"], r["val_acc"], r["prompt_chars"], r["sentence_overlap"], r["accepted"],
              r["rejected"], r["duration_s"]) for r in rows] == expected
     assert len(rows) == 6
 

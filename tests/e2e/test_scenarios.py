@@ -75,14 +75,23 @@ def assert_rounds_aggregated(summary: Summary) -> None:
 
 
 def assert_aggregates_keep_every_prompt(summary: Summary) -> None:
-    """Sync concat: a round whose aggregate was not cut at the budget keeps every accepted client's text;
-    buffered/async merges never shrink the global prompt."""
+    """Sync concat: every aggregate is exactly every accepted prompt joined by newlines (its length says so, to the
+    character), and what the budget cut is recorded to the character; buffered/async merges never shrink the
+    global prompt."""
     limit = summary["scenario"]["aggregation"]["max_prompt_chars"]
     rs = rounds(summary)
     if summary["mode"] == "sync":
-        whole = [r for r in rs if r["global_prompt_chars"] < limit]
+        assert summary["scenario"]["aggregation"]["strategy"] == "concat"
+        for r in rs:
+            sent = [a["prompt_chars"] for a in r["accepted"]]
+            assert r["aggregate_chars"] == sum(sent) + len(sent) - 1, f"round {r['round']}: a client's text is missing"
+            assert r["global_prompt_chars"] == min(r["aggregate_chars"], limit)
+            assert r["aggregate_cut_chars"] == r["aggregate_chars"] - r["global_prompt_chars"]
+        whole = [r for r in rs if not r["aggregate_cut_chars"]]
         assert whole, "every aggregate hit the budget: nothing to check"
-        assert [r["retention"] for r in whole] == [1.0] * len(whole), "a concat aggregate lost a client's text"
+        assert [r["sentence_overlap"] for r in whole] == [1.0] * len(whole), "a concat aggregate lost a sentence"
+        assert summary["totals"]["aggregate_chars_cut"] == sum(r["aggregate_cut_chars"] for r in rs)
+        assert summary["conditions"].get("aggregate-cut", 0) == sum(1 for r in rs if r["aggregate_cut_chars"])
     else:
         chars = [r["global_prompt_chars"] for r in rs]
         assert chars == sorted(chars), f"a weighted merge shrank the global prompt: {chars}"

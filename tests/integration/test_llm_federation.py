@@ -31,7 +31,7 @@ initial_prompt: "Answer the question. The last line of your response should be '
 task: {{name: object_counting, train_size: 8, val_size: 3, test_size: 3}}
 clients: {{count: 2, local_steps: 1, batch_size: 2}}
 participation: {{min_clients: 2, min_updates: 1, round_deadline_s: {deadline}, join_timeout_s: 30}}
-aggregation: {{strategy: {strategy}, max_prompt_chars: 4000}}
+aggregation: {{strategy: {strategy}, max_prompt_chars: 4000, format_line: " Answer: $VALUE"}}
 """
 
 Script = Callable[[str | None, str], tuple[int, str]]
@@ -40,13 +40,16 @@ TARGETS = {e.input: e.target for s in task_splits(DATA).values() for e in (*s.tr
 
 
 def scripted_model(system: str | None, user: str) -> tuple[int, str]:
-    """Wrong until the prompt says to list items; the optimizer adds that; merges keep both prompts' lines."""
+    """Wrong until the prompt says to list items; the optimizer adds that; merges keep both prompts' lines
+    (the paper's templates get the merged text alone, fedbus's tagged ones get it between tags)."""
     if user.startswith("Here is the role of the variable you will improve"):
         return 200, "<IMPROVED_VARIABLE>List every item before counting. Answer: $VALUE</IMPROVED_VARIABLE>"
     if user.startswith("You will give feedback"):
         return 200, "The prompt should tell the model to list every item before counting."
     if "<MERGED_PROMPT>" in user:
         return 200, "<MERGED_PROMPT>List every item before counting. Answer: $VALUE</MERGED_PROMPT>"
+    if "List of Prompts to Merge:" in user:  # the authors' code appends the format line itself
+        return 200, "List every item before counting."
     right = system is not None and "List every item" in system
     return 200, f"Answer: {TARGETS[user] if right else -1}"
 
@@ -115,7 +118,7 @@ async def fedbus_run(tmp_path: Path, url: str, strategy: str,
     return code, json.loads((out / "summary.json").read_text()), events
 
 
-@pytest.mark.parametrize("strategy", ["summarize", "uid_summarize"])
+@pytest.mark.parametrize("strategy", ["summarize", "uid_summarize", "summarize_tagged"])
 async def test_a_textgrad_federation_runs_against_an_openai_compatible_server(
         server: tuple[str, dict[str, Any]], tmp_path: Path, strategy: str) -> None:
     url, state = server
@@ -131,7 +134,7 @@ async def test_a_textgrad_federation_runs_against_an_openai_compatible_server(
     assert all(0.0 <= r["val_accuracy"] <= 1.0 and r["val"]["questions"] == 3 for r in rounds)
     assert summary["final"]["prompt"] == "List every item before counting. Answer: $VALUE"
     assert summary["final"]["test_accuracy"] > summary["final"]["initial_test_accuracy"]
-    assert rounds[0]["retention"] == 1.0
+    assert rounds[0]["sentence_overlap"] == 1.0
     assert [r["global_prompt_tokens"] for r in rounds] == [7, 7]  # the server's tokenizer: one per word here
     assert state["tokenized"] == 2  # once per round, not an LLM call
     llm = summary["llm"]
@@ -152,12 +155,26 @@ async def test_a_reply_without_tags_falls_back_to_concat(server: tuple[str, dict
 
     state["script"] = no_tags
     state["tokenizer"] = False  # and a server without /tokenize, as OpenAI's and Ollama's
-    code, summary, events = await fedbus_run(tmp_path, url, "summarize")
+    code, summary, events = await fedbus_run(tmp_path, url, "summarize_tagged")
     assert code == 0
     assert all(r["aggregation"]["fallback"] == "concat (missing-tags)" for r in summary["rounds"])
     assert sum(e["event"] == "aggregation-fallback" for e in events) == 2
     assert not any("global_prompt_tokens" in r for r in summary["rounds"])  # no count rather than a guess
     assert state["tokenized"] == 1  # asked once, then never again
+
+
+async def test_an_empty_paper_merge_falls_back_to_concat(server: tuple[str, dict[str, Any]], tmp_path: Path) -> None:
+    """The authors' template takes the reply as it comes; a blank reply is not a prompt, so the round says so."""
+    url, state = server
+
+    def blank(system: str | None, user: str) -> tuple[int, str]:
+        return (200, "  \n") if "List of Prompts to Merge:" in user else scripted_model(system, user)
+
+    state["script"] = blank
+    code, summary, events = await fedbus_run(tmp_path, url, "summarize")
+    assert code == 0
+    assert [r["aggregation"]["fallback"] for r in summary["rounds"]] == ["concat (empty)"] * 2
+    assert sum(e["event"] == "aggregation-fallback" and e["problem"] == "empty" for e in events) == 2
 
 
 async def test_a_failing_server_marks_clients_failed_and_the_run_goes_on(

@@ -71,41 +71,36 @@ SETTINGS_KW: dict[str, Any] = {"max_examples": 200, "stateful_step_count": 30, "
 Core = RoundAggregator | StreamAggregator
 
 
-def expected_concat(current: str, prompts: tuple[tuple[str, str], ...], max_chars: int) -> str:
-    """The model of concat's documented rule: stripped prompts in client order, each distinct text once, cut."""
-    parts: list[str] = []
-    for _client, prompt in prompts:
-        if prompt.strip() and prompt.strip() not in parts:
-            parts.append(prompt.strip())
-    return ("\n\n".join(parts) if parts else current)[:max_chars]
+def expected_concat(current: str, prompts: tuple[tuple[str, str], ...]) -> str:
+    """The model of concat's documented rule (TextGrad's aggregate): every prompt as sent, in client order, one per
+    line, repeats kept; nothing at all keeps the current prompt. Not cut: the core cuts."""
+    return "\n".join(p for _client, p in prompts) if prompts else current
 
 
-def expected_weighted(current: str, prompts: tuple[tuple[str, str], ...], weights: tuple[float, ...],
-                      max_chars: int) -> str:
+def expected_weighted(current: str, prompts: tuple[tuple[str, str], ...], weights: tuple[float, ...]) -> str:
     """The model of the weighted merge: the first ceil(w * n) of each update's n new sentences, appended in order."""
     merged = sentences(current)
     for (_client, prompt), weight in zip(prompts, weights, strict=True):
         novel = [s for s in dict.fromkeys(sentences(prompt)) if s not in merged]
         merged += novel[:math.ceil(weight * len(novel))]
-    return " ".join(merged)[:max_chars]
+    return " ".join(merged)
 
 
 def reduce_and_check(reduce: Reduce) -> str:
     """Carry out a Reduce as the runtime does, and check the text against the strategy's documented rule.
 
-    Content, not just bookkeeping: every accepted prompt (each distinct one once) is in a concat aggregate
-    in client order, and a weighted merge keeps each update's share of new sentences.
+    Content, not just bookkeeping: every accepted prompt is in a concat aggregate, whole and in client order, and
+    a weighted merge keeps each update's share of new sentences. The core then cuts at max_chars (and says so).
     """
     merged = carry_out(reduce.strategy, reduce.current_prompt, reduce.prompts, reduce.max_chars, reduce.weights)
     if reduce.weights:
-        assert merged == expected_weighted(reduce.current_prompt, reduce.prompts, reduce.weights, reduce.max_chars)
+        assert merged == expected_weighted(reduce.current_prompt, reduce.prompts, reduce.weights)
         return merged
-    assert merged == expected_concat(reduce.current_prompt, reduce.prompts, reduce.max_chars)
-    whole = carry_out(reduce.strategy, reduce.current_prompt, reduce.prompts, 10**6)
+    assert merged == expected_concat(reduce.current_prompt, reduce.prompts)
     position = 0
-    for text in dict.fromkeys(p.strip() for _, p in reduce.prompts):  # every accepted text, in order, uncut
-        found = whole.find(text, position)
-        assert found >= 0, f"{text!r} missing (or out of order) in the concat aggregate {whole!r}"
+    for _client, text in reduce.prompts:  # every accepted text, in order, whole
+        found = merged.find(text, position)
+        assert found >= 0, f"{text!r} missing (or out of order) in the concat aggregate {merged!r}"
         position = found + len(text)
     return merged
 
@@ -524,7 +519,13 @@ class AggregatorMachine(RuleBasedStateMachine):
     def reduce_completes(self) -> None:
         reduce = self.reduce
         assert reduce is not None
-        self.feed(Reduced(round=reduce.round, prompt=reduce_and_check(reduce), now=self.now))
+        merged = reduce_and_check(reduce)
+        self.feed(Reduced(round=reduce.round, prompt=merged, now=self.now))
+        closed = self.core.results[-1] if self.core is not None and self.core.results else None
+        if closed is not None and closed.round == reduce.round and closed.status == "aggregated":
+            # the core keeps the first max_chars of the aggregate and says how much it cut: no silent loss
+            assert closed.prompt == merged[:reduce.max_chars]
+            assert (closed.aggregate_chars, closed.cut_chars) == (len(merged), max(0, len(merged) - reduce.max_chars))
 
     @precondition(lambda self: self.reduce is not None and self.finished is None)
     @rule()

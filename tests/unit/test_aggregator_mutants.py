@@ -413,14 +413,14 @@ def test_a_reduce_failure_while_collecting_is_our_bug() -> None:
 
 # ---------------------------------------------------------------------- strategies
 def test_a_strategy_is_handed_the_character_budget(monkeypatch: pytest.MonkeyPatch) -> None:
-    """carry_out passes max_chars on to the strategy (a plugin may use it), then cuts the result at it."""
+    """carry_out passes max_chars on to the strategy (a plugin may use it) and returns its result whole."""
     monkeypatch.setitem(STRATEGIES, "budget-echo", lambda current, prompts, max_chars: f"{max_chars} chars" * 9)
-    assert carry_out("budget-echo", "P0", [("a", "x")], 12) == "12 chars12 c"
+    assert carry_out("budget-echo", "P0", [("a", "x")], 12) == "12 chars" * 9
 
 
 def test_carrying_out_concat_of_blank_prompts_keeps_the_current_prompt() -> None:
-    """A Reduce whose prompts are all blank leaves the global prompt as it was."""
-    assert carry_out("concat", "Keep me.", [("a", "  "), ("b", "\n")], 100) == "Keep me."
+    """concat_unique: a Reduce whose prompts are all blank leaves the global prompt as it was."""
+    assert carry_out("concat_unique", "Keep me.", [("a", "  "), ("b", "\n")], 100) == "Keep me."
 
 
 def test_sentences_keep_the_spacing_inside_a_sentence() -> None:

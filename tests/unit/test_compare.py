@@ -39,7 +39,7 @@ def summary(run_id: str = "run-a", **totals: Any) -> dict[str, Any]:
         "totals": {"rounds_closed": 2, "updates_accepted": 5, "updates_rejected": 1, "tokens": 300, "wall_s": 12.5,
                    **totals},
         "rounds": [
-            {"round": 1, "status": "aggregated", "val_accuracy": 0.25, "global_prompt_chars": 400, "retention": 0.75,
+            {"round": 1, "status": "aggregated", "val_accuracy": 0.25, "global_prompt_chars": 400, "sentence_overlap": 0.75,
              "accepted": [{}, {}, {}], "rejected": [{}], "duration_s": 3.25},
             {"round": 2, "status": "no-quorum", "global_prompt_chars": 400, "accepted": [{}, {}], "rejected": [],
              "duration_s": 20.0},
@@ -87,9 +87,16 @@ def test_rounds_table_has_one_row_per_run_and_round() -> None:
     rows = rounds_table([summary("run-a"), summary("run-b")])
     assert [(r["run"], r["round"]) for r in rows] == [("run-a", 1), ("run-a", 2), ("run-b", 1), ("run-b", 2)]
     assert rows[0] == {"run": "run-a", "round": 1, "status": "aggregated", "val_acc": 0.25, "prompt_chars": 400,
-                       "retention": 0.75, "accepted": 3, "rejected": 1, "duration_s": 3.25}
-    assert rows[1]["val_acc"] is None and rows[1]["retention"] is None
+                       "sentence_overlap": 0.75, "accepted": 3, "rejected": 1, "duration_s": 3.25}
+    assert rows[1]["val_acc"] is None and rows[1]["sentence_overlap"] is None
     assert rows[1]["status"] == "no-quorum" and rows[1]["accepted"] == 2 and rows[1]["rejected"] == 0
+
+
+def test_rounds_of_runs_written_before_the_rename_show_their_retention_as_sentence_overlap() -> None:
+    """summary.json files from before 'retention' was renamed still compare: the same figure, its new name."""
+    old = summary("old")
+    old["rounds"][0]["retention"] = old["rounds"][0].pop("sentence_overlap")
+    assert rounds_table([old])[0]["sentence_overlap"] == 0.75
 
 
 def test_the_table_aligns_every_column_under_its_header() -> None:
@@ -162,11 +169,11 @@ def test_rows_of_real_runs_match_their_summaries(simulated: list[dict[str, Any]]
 
 
 def test_round_rows_of_real_runs_match_their_summaries(simulated: list[dict[str, Any]]) -> None:
-    """Per-round rows carry each round's validation accuracy, prompt size and retention as summary.json has them."""
+    """Per-round rows carry each round's validation accuracy, prompt size and sentence overlap as summary.json has them."""
     rows = rounds_table(simulated)
-    expected = [(s["run_id"], x["round"], x["val_accuracy"], x["global_prompt_chars"], x["retention"],
+    expected = [(s["run_id"], x["round"], x["val_accuracy"], x["global_prompt_chars"], x["sentence_overlap"],
                  len(x["accepted"]), x["duration_s"]) for s in simulated for x in s["rounds"]]
-    assert [(r["run"], r["round"], r["val_acc"], r["prompt_chars"], r["retention"], r["accepted"], r["duration_s"])
+    assert [(r["run"], r["round"], r["val_acc"], r["prompt_chars"], r["sentence_overlap"], r["accepted"], r["duration_s"])
             for r in rows] == expected
     assert len(rows) == 6
 

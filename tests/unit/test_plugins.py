@@ -32,11 +32,11 @@ def registered() -> Iterator[None]:
 
 
 def test_a_registered_strategy_is_carried_out_and_cut(registered: None) -> None:
-    """A registered name resolves to the function; carry_out applies it and cuts at max_chars."""
+    """A registered name resolves to the function; carry_out applies it (the core, not carry_out, cuts)."""
     prompts = (("a", "short"), ("b", "much longer text"))
     assert get_strategy("longest") is longest
     assert carry_out("longest", "old", prompts, 100) == "much longer text"
-    assert carry_out("longest", "old", prompts, 4) == "much"
+    assert carry_out("longest", "old", prompts, 4) == "much longer text"
 
 
 def test_a_reference_resolves_without_registering() -> None:

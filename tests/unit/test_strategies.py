@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fedbus.aggregator.strategies import carry_out, concat, get_strategy, merge_weighted, sentences
+from fedbus.aggregator.strategies import carry_out, concat, concat_unique, get_strategy, merge_weighted, sentences
 
 WORDS = st.sampled_from(["Think", "step", "by", "Check", "units", "Answer", "briefly", "count", "each", "item"])
 SENTENCE = st.lists(WORDS, min_size=1, max_size=4).map(lambda ws: " ".join(ws) + ".")
@@ -18,31 +18,33 @@ CLIENTS = st.lists(st.tuples(st.sampled_from(["a", "b", "c", "d", "e"]), PROMPT)
 
 @given(prompts=CLIENTS)
 def test_concat_keeps_every_accepted_text_in_order(prompts: list[tuple[str, str]]) -> None:
-    """Every accepted prompt is in the concat aggregate, in the given order, each distinct text once."""
+    """Every accepted prompt is in the concat aggregate as sent, in the given order, repeats included."""
     merged = concat("Old.", prompts, 10**6)
-    distinct = list(dict.fromkeys(p.strip() for _, p in prompts))
-    if not distinct:
+    if not prompts:
         assert merged == "Old."
         return
-    assert merged == "\n\n".join(distinct)
+    assert merged == "\n".join(p for _, p in prompts)
     position = 0
-    for text in distinct:
+    for _, text in prompts:
         found = merged.find(text, position)
         assert found >= 0
         position = found + len(text)
 
 
 @given(prompts=CLIENTS, budget=st.integers(0, 200))
-def test_concat_is_cut_at_the_budget(prompts: list[tuple[str, str]], budget: int) -> None:
-    """A small budget cuts the same text a large one gives, never reorders or drops from the middle."""
-    assert concat("Old.", prompts, budget) == concat("Old.", prompts, 10**6)[:budget]
+def test_no_strategy_cuts_at_the_budget_the_core_does(prompts: list[tuple[str, str]], budget: int) -> None:
+    """The budget changes nothing in what a strategy returns: the core cuts, and records what the cut lost."""
+    assert concat("Old.", prompts, budget) == concat("Old.", prompts, 10**6)
+    assert concat_unique("Old.", prompts, budget) == concat_unique("Old.", prompts, 10**6)
+    assert carry_out("concat", "Old.", prompts, budget) == concat("Old.", prompts, 10**6)
 
 
-def test_concat_of_identical_and_blank_prompts() -> None:
-    """Identical prompts (after stripping) enter once; blank ones add nothing; nothing at all keeps the current."""
-    assert concat("Old.", [("a", " Be brief. "), ("b", "Be brief."), ("c", "  ")], 100) == "Be brief."
-    assert concat("Old.", [("a", "One."), ("b", "Two."), ("c", "Three.")], 100) == "One.\n\nTwo.\n\nThree."
-    assert concat("Old.", [], 100) == "Old."
+def test_concat_unique_of_identical_and_blank_prompts() -> None:
+    """fedbus's concat_unique: identical prompts (after stripping) once; blank ones add nothing; nothing at all keeps
+    the current."""
+    assert concat_unique("Old.", [("a", " Be brief. "), ("b", "Be brief."), ("c", "  ")], 100) == "Be brief."
+    assert concat_unique("Old.", [("a", "One."), ("b", "Two."), ("c", "Three.")], 100) == "One.\n\nTwo.\n\nThree."
+    assert concat_unique("Old.", [], 100) == "Old."
 
 
 @given(current=PROMPT, updates=st.lists(st.tuples(st.sampled_from("abc"), PROMPT,
@@ -69,13 +71,13 @@ def test_a_lighter_update_never_adds_more(prompt: str, low: float, high: float) 
         len(sentences(merge_weighted("Base.", [("a", prompt, high)], 10**6)))
 
 
-def test_weighted_merge_clamps_weights_and_cuts() -> None:
-    """Weights outside [0, 1] act as 0 and 1; the text is cut at max_chars; weight 0 adds nothing."""
+def test_weighted_merge_clamps_weights_and_leaves_the_cut_to_the_core() -> None:
+    """Weights outside [0, 1] act as 0 and 1; weight 0 adds nothing; max_chars cuts nothing here."""
     assert merge_weighted("Base.", [("a", "One. Two.", 0.0)], 100) == "Base."
     assert merge_weighted("Base.", [("a", "One. Two.", 5.0)], 100) == "Base. One. Two."
     assert merge_weighted("Base.", [("a", "One. Two.", -1.0)], 100) == "Base."
     assert merge_weighted("Base.", [("a", "One. Two.", 0.5)], 100) == "Base. One."
-    assert merge_weighted("Base.", [("a", "One. Two.", 1.0)], 8) == "Base. On"
+    assert merge_weighted("Base.", [("a", "One. Two.", 1.0)], 8) == "Base. One. Two."
 
 
 def test_sentences_split_on_stops_and_lines() -> None:
@@ -88,7 +90,7 @@ def test_sentences_split_on_stops_and_lines() -> None:
 def test_carry_out_picks_the_weighted_merge_only_with_weights() -> None:
     """A Reduce with weights is the weighted merge; without, the named strategy; an unknown name is a KeyError."""
     prompts = (("a", "One. Two."), ("b", "Three."))
-    assert carry_out("concat", "Base.", prompts, 100) == "One. Two.\n\nThree."
+    assert carry_out("concat", "Base.", prompts, 100) == "One. Two.\nThree."
     assert carry_out("concat", "Base.", prompts, 100, (1.0, 1.0)) == "Base. One. Two. Three."
     assert carry_out("concat", "Base.", prompts, 100, (0.5, 1.0)) == "Base. One. Three."
     with pytest.raises(LookupError, match="unknown strategy 'nope'"):
