@@ -110,6 +110,17 @@ def merge_request(strategy: str, prompts: Sequence[tuple[str, str]], max_chars: 
                                                               close=CLOSE, budget=budget))
 
 
+def merge_inputs(current: str, prompts: Sequence[tuple[str, str]],
+                 weights: Sequence[float] = ()) -> tuple[tuple[str, str], ...]:
+    """The prompts an LLM merge is given. In sync mode the round's updates, as the paper merges them. In buffered
+    and async mode (``weights`` given) an update is a change to a global prompt the others never saw, so the
+    current global prompt comes first, then the updates (an LLM cannot apply a numeric staleness weight: it is
+    recorded, and updates past ``max_staleness`` were rejected before they got here)."""
+    if not weights:
+        return tuple(prompts)
+    return (("global", current), *prompts)
+
+
 def merged_prompt(request: MergeRequest, reply: str, format_line: str = FORMAT_LINE) -> Merged:
     """The global prompt a reply to ``request`` gives: the authors' way (the reply as it came, then the format
     line, no separator; an empty reply is unusable), or fedbus's tagged way (:func:`parse_merged`)."""

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, cast
 
 from fedbus.aggregator.effects import Reduce
-from fedbus.aggregator.llm_merge import FORMAT_LINE, merge_request, merged_prompt
-from fedbus.aggregator.strategies import LLM_STRATEGIES, carry_out, concat
+from fedbus.aggregator.llm_merge import FORMAT_LINE, merge_inputs, merge_request, merged_prompt
+from fedbus.aggregator.strategies import LLM_STRATEGIES, carry_out
 from fedbus.client.optimizer import LocalOptimizer, OptimizerFactory, shard_for
 from fedbus.client.textgrad_optimizer import TextGradOptimizer
 from fedbus.llm.engine import ChatEngine
@@ -39,18 +39,22 @@ class LLMReducer:
         self.by_round: dict[int, dict[str, Any]] = {}
 
     async def __call__(self, effect: Reduce) -> str:
-        if effect.strategy not in LLM_STRATEGIES or effect.weights or self._engine is None:
+        if effect.strategy not in LLM_STRATEGIES or self._engine is None:
             return carry_out(effect.strategy, effect.current_prompt, effect.prompts, effect.max_chars, effect.weights)
-        request = merge_request(effect.strategy, effect.prompts, effect.max_chars)
+        inputs = merge_inputs(effect.current_prompt, effect.prompts, effect.weights)
+        request = merge_request(effect.strategy, inputs, effect.max_chars)
         reply = await self._engine.complete(request.prompt, system=request.system)
         merged = merged_prompt(request, reply.text, self._format_line)
         record: dict[str, Any] = {"strategy": effect.strategy, "llm_calls": 1, "cached": reply.cached,
                                   "tokens": 0 if reply.cached else reply.prompt_tokens + reply.completion_tokens}
+        if effect.weights:  # buffered / async: the global prompt was merged too; the weights were not applied
+            record["inputs"] = ["global", *(client for client, _p in effect.prompts)]
+            record["staleness_weights"] = list(effect.weights)
         if merged.prompt is None:
             record["fallback"] = f"concat ({merged.problem})"
             self._events.record("aggregation-fallback", round=effect.round, strategy=effect.strategy,
                                 problem=merged.problem, reply=reply.text[:300])
-            prompt = concat(effect.current_prompt, effect.prompts, effect.max_chars)
+            prompt = carry_out("concat", effect.current_prompt, effect.prompts, effect.max_chars, effect.weights)
         else:
             prompt = merged.prompt  # the core cuts at max_prompt_chars, and records a cut
         self.by_round[effect.round] = record

@@ -139,8 +139,6 @@ def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None) -
     if strategy in LLM_STRATEGIES:
         if engine == "surrogate":
             r.problem("aggregation.strategy", f"{strategy} needs an LLM engine (openai or local), not the surrogate")
-        if mode != "sync":
-            r.problem("aggregation.strategy", f"{strategy} runs in sync mode; buffered and async merge with weights")
     if mode != "sync" and participation["overcommit"]:
         r.problem("participation.overcommit", "applies to sync mode only")
 

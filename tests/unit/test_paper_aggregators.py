@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fedbus.aggregator.llm_merge import FORMAT_LINE, PAPER_SYSTEM, merge_request, merged_prompt
+from fedbus.aggregator.llm_merge import FORMAT_LINE, PAPER_SYSTEM, merge_inputs, merge_request, merged_prompt
 from fedbus.aggregator.strategies import LLM_STRATEGIES, PAPER_LLM_STRATEGIES, carry_out, concat, concat_unique
 
 # The authors' sentences, as the issue quotes them.
@@ -94,3 +94,13 @@ def test_concat_loses_no_character_of_any_client(pairs: list[tuple[str, str]]) -
         found = merged.find(text, position)
         assert found >= 0
         position = found + len(text)
+
+
+def test_an_llm_merge_in_buffered_or_async_mode_is_given_the_global_prompt_first() -> None:
+    """Sync: the round's updates as the paper merges them; with staleness weights (buffered/async) an update
+    changes a global prompt the others never saw, so the global prompt is merged too, first."""
+    updates = (("c1", "Count twice."), ("c2", "List items."))
+    assert merge_inputs("Global.", updates) == updates
+    assert merge_inputs("Global.", updates, (1.0, 0.5)) == (("global", "Global."), *updates)
+    request = merge_request("summarize", merge_inputs("Global.", updates, (1.0, 0.5)), 4000)
+    assert request.prompt.endswith("List of Prompts to Merge:\nGlobal.\nCount twice.\nList items.\n")
