@@ -159,6 +159,8 @@ def _parser() -> argparse.ArgumentParser:
                                               "finished run (a summary.json) unless --force")
     run.add_argument("--force", action="store_true", help="overwrite the finished run --out holds")
     run.add_argument("--seed", type=_int_within(0), help="override the scenario's seed")
+    run.add_argument("--data-seed", type=_int_within(0),
+                     help="override the scenario's data_seed (generates and shuffles the data; default: the seed)")
     run.add_argument("--broker", type=_broker_url,
                      help=f"external broker mqtt://[USER@]HOST:PORT, or mqtts:// for TLS (default: embedded "
                           f"rumqttd); the password comes from ${PASSWORD_ENV} or --password-file")
@@ -172,6 +174,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--run-id", type=_an_id("run id"),
                      help="run id (default: NAME-SEED-RANDOM); clients on other machines need it")
     run.add_argument("--quiet", action="store_true", help="no progress display")
+    from fedbus.dashboard.command import add_run_options as _add_dashboard_options
+
+    _add_dashboard_options(run)
     run.add_argument("--engine-url", metavar="URL", type=_http_url,
                      help="OpenAI-compatible server for engine openai, e.g. http://127.0.0.1:8000/v1 (vLLM), "
                           "http://127.0.0.1:11434/v1 (Ollama); default: the scenario's engine.base_url or "
@@ -250,6 +255,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="authorize this public key (a `fedbus keygen` .pub file; its id is the client's) "
                              "instead of minting one: the token then holds no private key (join with --key)")
 
+    from fedbus.dashboard.command import add_watch_parser
+
+    add_watch_parser(sub, _broker_url, _add_login_options)
     client = sub.add_parser("client", help="join a running federation as one client")
     client.add_argument("--join", metavar="TOKEN",
                         help="a join token from `fedbus invite`: broker, run, client id and keys in one (a secret: "
@@ -277,13 +285,58 @@ def _parser() -> argparse.ArgumentParser:
     client.add_argument("--threads", type=_int_within(1, 256), default=1, help="local: llama.cpp threads (default 1)")
     client.add_argument("--no-cache", action="store_true", help="LLM: do not reuse cached responses")
     client.add_argument("--strict", action="store_true", help="LLM: keep a step only on a strict improvement")
+    client.add_argument("--step-on-perfect-batch", action="store_true",
+                        help="LLM: step on a batch already answered all right, as the authors' code does")
     client.add_argument("--aggregator-timeout", type=float, default=120.0, metavar="SECONDS",
                         help="give up (exit 1) when nothing came from the aggregator for this long; it sends a "
                              "heartbeat every 5 s (default 120)")
     client.add_argument("--quiet", action="store_true", help="print only the last line")
     client.add_argument("--log-dir", type=Path, default=Path("fedbus-client"),
                         help="LLM: where TextGrad's and llama.cpp's logs go (default ./fedbus-client)")
+    _add_evaluate_parser(sub)
     return parser
+
+
+def _add_evaluate_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
+    evaluate = sub.add_parser("evaluate", help="score a saved prompt on an engine (prompt transfer): accuracy on a "
+                                               "task's test or validation set")
+    evaluate.add_argument("prompt_file", type=_a_file, metavar="PROMPT_FILE",
+                          help="a text file, a run's summary.json (its final prompt) or global_prompts.jsonl (the "
+                               "last round's prompt, or --round's)")
+    evaluate.add_argument("--engine-url", type=_http_url, metavar="URL",
+                          help="OpenAI-compatible server (default: the scenario's evaluator engine, or "
+                               "$FEDBUS_ENGINE_URL)")
+    evaluate.add_argument("--model", help="the server's model name (default: the scenario's)")
+    evaluate.add_argument("--api-key-env", help="the NAME of the environment variable holding the key")
+    evaluate.add_argument("--max-tokens", type=_int_within(1, 32_768), help="cap on each reply (default: the "
+                                                                             "scenario's, else 512)")
+    evaluate.add_argument("--scenario", type=_a_file, metavar="S.yaml",
+                          help="the questions (task, sizes, data seed) and engine of this scenario: a run's own")
+    evaluate.add_argument("--task", help="without --scenario: a generated task (default object_counting); with it: "
+                                         "one of its tasks")
+    evaluate.add_argument("--seed", type=_int_within(0), default=0, help="without --scenario: the data seed (0)")
+    evaluate.add_argument("--split", choices=("test", "val"), default="test", help="test (default) or val")
+    evaluate.add_argument("--round", type=_int_within(0), help="global_prompts.jsonl: this round's prompt")
+    evaluate.add_argument("--grader", choices=("exact", "judge"),
+                          help="exact (the Answer: line) or judge (the authors' LLM judge); default: the scenario's")
+    evaluate.add_argument("--no-cache", action="store_true", help="do not reuse cached responses")
+    evaluate.add_argument("--json", type=Path, metavar="FILE", help="also write the result as JSON to FILE")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from fedbus.runtime.evaluate import EvaluateRequest, evaluate_prompt, result_line
+
+    request = EvaluateRequest(prompt_file=args.prompt_file, split=args.split, round=args.round, scenario=args.scenario,
+                              task=args.task, seed=args.seed, engine_url=args.engine_url, model=args.model,
+                              api_key_env=args.api_key_env, max_tokens=args.max_tokens, cache=not args.no_cache,
+                              grader=args.grader)
+    result = asyncio.run(evaluate_prompt(request, dict(os.environ)))
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(result_line(result), flush=True)
+    return EXIT_OK
 
 
 def _default_client_id() -> str:
@@ -451,7 +504,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print("fedbus run: give a scenario file (or --resume RUN_DIR)", file=sys.stderr)
         return EXIT_INVALID
     try:
-        scenario = load_scenario(args.scenario, seed=args.seed)
+        scenario = load_scenario(args.scenario, seed=args.seed, data_seed=args.data_seed)
         if args.strategy or args.security:
             from fedbus.scenario.loader import scenario_from_mapping, scenario_to_mapping
 
@@ -464,6 +517,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ScenarioError as exc:
         for line in exc.lines():
             print(f"{args.scenario}: {line}", file=sys.stderr)
+        return EXIT_INVALID
+    if args.simulate and args.dashboard is not None:
+        print("fedbus run: --dashboard shows a run over a broker as it goes; --simulate has none", file=sys.stderr)
         return EXIT_INVALID
     if args.simulate and args.broker:
         print("fedbus run: --simulate uses an in-memory broker in virtual time; drop --broker", file=sys.stderr)
@@ -504,7 +560,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                          engine=EngineOverrides(base_url=args.engine_url, cache=False if args.no_cache else None),
                          environ=dict(os.environ), log_level=args.log_level, embedded_broker=embedded,
                          authorized_keys=args.authorized_keys)
-    return _run_to_end(scenario, options)
+    return _run_with_dashboard(args, scenario, options, address, embedded)
 
 
 def _check_authorized_keys(path: Path | None, scenario: Scenario) -> None:
@@ -548,7 +604,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     from fedbus.runtime.run import RunOptions
 
     if (args.scenario is not None or args.simulate or args.run_id or args.seed is not None or args.strategy
-            or args.security):
+            or args.security or args.data_seed is not None):
         print("fedbus run --resume: the scenario, seed, run id and strategy come from RUN_DIR/checkpoint.json; "
               "drop SCENARIO, --seed, --run-id, --strategy, --security and --simulate", file=sys.stderr)
         return EXIT_INVALID
@@ -567,7 +623,22 @@ def _cmd_resume(args: argparse.Namespace) -> int:
                          engine=EngineOverrides(base_url=args.engine_url, cache=False if args.no_cache else None),
                          environ=dict(os.environ), log_level=args.log_level, embedded_broker=embedded,
                          authorized_keys=args.authorized_keys)
-    return _run_to_end(scenario, options)
+    return _run_with_dashboard(args, scenario, options, address, embedded)
+
+
+def _run_with_dashboard(args: argparse.Namespace, scenario: Scenario, options: RunOptions,
+                        address: BrokerAddress | None, embedded: EmbeddedBrokerConfig) -> int:
+    """Run to the end, with the live page of --dashboard when asked (fedbus/dashboard/)."""
+    if args.dashboard is None:
+        return _run_to_end(scenario, options)
+    from fedbus.dashboard.command import run_access, run_with_dashboard
+
+    try:
+        access = run_access(args.dashboard, address, embedded.users, insecure=args.insecure)
+    except ValueError as exc:
+        raise _UsageError(f"--dashboard: {exc}") from None
+    return run_with_dashboard(access, options, scenario, args.dashboard_linger, _run_to_end,
+                              interrupted_code=EXIT_INTERRUPTED)
 
 
 def _run_to_end(scenario: Scenario, options: RunOptions) -> int:
@@ -804,6 +875,17 @@ def _joining(args: argparse.Namespace) -> tuple[str, str, BrokerAddress, Securit
     return token.run, token.client, address, Security.for_client(token.client, key, token.aggregator_key)
 
 
+def _cmd_watch(args: argparse.Namespace) -> int:
+    """``fedbus watch``: the dashboard of a run hosted elsewhere (fedbus/dashboard/watch.py)."""
+    from fedbus.dashboard.command import cmd_watch
+
+    address = _broker_login(args.broker, args, dict(os.environ))
+    try:
+        return cmd_watch(args, address)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+
+
 def _cmd_client(args: argparse.Namespace) -> int:
     from fedbus.protocol.ids import AGGREGATOR, check_id
     from fedbus.runtime.client_node import ClientConfig
@@ -878,7 +960,8 @@ async def _client_session(config: ClientConfig, args: argparse.Namespace) -> Cli
     args.log_dir.mkdir(parents=True, exist_ok=True)
     await load_optimizer_library(args.log_dir / "textgrad")
     async with open_engine(spec, environ=dict(os.environ), log_dir=args.log_dir) as engine:
-        make = optimizer_factory(engine, args.log_dir / "textgrad", strict=args.strict)
+        make = optimizer_factory(engine, args.log_dir / "textgrad", strict=args.strict,
+                                 step_on_perfect_batch=args.step_on_perfect_batch)
         return await run_client(config, events, make)
 
 
@@ -898,7 +981,7 @@ def main(argv: list[str] | None = None) -> int:
     configure(args.log_level, args.log_json)
     commands = {"run": _cmd_run, "validate": _cmd_validate, "broker": _cmd_broker, "client": _cmd_client,
                 "compare": _cmd_compare, "keygen": _cmd_keygen, "invite": _cmd_invite, "sweep": _cmd_sweep,
-                "report": _cmd_report}
+                "report": _cmd_report, "evaluate": _cmd_evaluate, "watch": _cmd_watch}
     try:
         try:
             return commands[args.command](args)

@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/install-mosquitto.sh
+bash scripts/install-chromium.sh  # the dashboard's browser test (skips, saying why, without it)
 export PATH="$PWD/.venv/bin:$PATH:/usr/sbin"
 echo "== ruff" && ruff check fedbus clients tests bench
 echo "== mypy" && mypy

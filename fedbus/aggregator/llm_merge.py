@@ -92,7 +92,7 @@ class Merged:
     """A parsed reply: the merged prompt, or ``None`` and why not."""
 
     prompt: str | None
-    problem: str = ""  # missing-tags | empty
+    problem: str = ""  # missing-tags | empty | truncated
 
 
 def merge_request(strategy: str, prompts: Sequence[tuple[str, str]], max_chars: int) -> MergeRequest:
@@ -121,9 +121,13 @@ def merge_inputs(current: str, prompts: Sequence[tuple[str, str]],
     return (("global", current), *prompts)
 
 
-def merged_prompt(request: MergeRequest, reply: str, format_line: str = FORMAT_LINE) -> Merged:
+def merged_prompt(request: MergeRequest, reply: str, format_line: str = FORMAT_LINE, *,
+                  truncated: bool = False) -> Merged:
     """The global prompt a reply to ``request`` gives: the authors' way (the reply as it came, then the format
-    line, no separator; an empty reply is unusable), or fedbus's tagged way (:func:`parse_merged`)."""
+    line, no separator; an empty reply is unusable), or fedbus's tagged way (:func:`parse_merged`). A reply the
+    server cut at max_tokens (``truncated``) is unusable either way: it lost the end of the merged prompt."""
+    if truncated:
+        return Merged(prompt=None, problem="truncated")
     if not request.paper:
         return parse_merged(reply)
     if not reply.strip():

@@ -2,9 +2,11 @@
 
 Each step samples a batch from the client's own training shard (seeded by run seed, client and
 round, so a rerun at temperature 0 with the response cache replays), runs
-:func:`fedbus.llm.textgrad_engine.local_step` in a worker thread, and bridges textgrad's synchronous
+:func:`fedbus.llm.textgrad_engine.local_step` in a thread of its own pool (not asyncio's default one, which
+the engine itself needs), and bridges textgrad's synchronous
 calls to the async engine on the event loop. Several clients in one process therefore optimize
-concurrently, bounded by the engine's own concurrency limit.
+concurrently, bounded by the engine's own concurrency limit. Given :class:`~fedbus.llm.roles.Engines`, the
+forward pass, the feedback and the update each go to their role's engine.
 
 A step that fails on the engine (timeouts, 5xx after retries, a malformed body) fails the round for
 this client: ``optimize`` raises ``EngineError``, the worker records ``local-error`` and reports the
@@ -16,17 +18,26 @@ prompt would exceed the run's budget (``max_chars``): it is reverted as ``revert
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from fedbus.client.optimizer import LocalOutcome
 from fedbus.errors import EngineError
 from fedbus.llm.engine import ChatEngine
-from fedbus.llm.textgrad_engine import local_step
+from fedbus.llm.judge import GRADERS
+from fedbus.llm.roles import Engines
+from fedbus.llm.textgrad_engine import StepChats, SyncChat, local_step
 from fedbus.protocol.messages import DataSpec
 from fedbus.tasks.answers import is_correct
 from fedbus.tasks.federation import client_data
+
+# The threads TextGrad's synchronous steps run in. Not asyncio's default executor: a step waits in its thread
+# on the engine, and the engine itself uses that executor (the response cache's SQLite calls), which has
+# cpu + 4 threads. Six clients stepping at once on 2 cores took them all and waited forever on each other.
+_STEP_THREADS = ThreadPoolExecutor(max_workers=1024, thread_name_prefix="textgrad-step")
 
 
 class _Bridge:
@@ -40,7 +51,10 @@ class _Bridge:
         self.cached = 0
 
     def __call__(self, prompt: str, system: str | None) -> str:
-        future = asyncio.run_coroutine_threadsafe(self._engine.complete(prompt, system=system), self._loop)
+        return self.ask(self._engine, prompt, system)
+
+    def ask(self, engine: ChatEngine, prompt: str, system: str | None) -> str:
+        future = asyncio.run_coroutine_threadsafe(engine.complete(prompt, system=system), self._loop)
         completion = future.result()
         with self._lock:
             if completion.cached:
@@ -49,17 +63,31 @@ class _Bridge:
                 self.tokens += completion.prompt_tokens + completion.completion_tokens
         return completion.text
 
+    def chats(self, engines: Engines, *, judged: bool = False) -> StepChats:
+        """One chat per role of a local step, all counted here (``judged``: the judge's too)."""
+        def on(engine: ChatEngine) -> SyncChat:
+            return lambda prompt, system: self.ask(engine, prompt, system)
+        return StepChats(forward=on(engines.forward), backward=on(engines.backward), optimizer=on(engines.optimizer),
+                         judge=on(engines.judge) if judged else None)
+
 
 class TextGradOptimizer:
     """FedTextGrad's client: ``steps`` TextGrad steps per round on this client's shard."""
 
-    def __init__(self, engine: ChatEngine, spec: DataSpec, shard: int, client: str, *, strict: bool = False,
-                 log_dir: Path | None = None) -> None:
-        self.engine = engine.name
-        self._chat_engine = engine
+    def __init__(self, engine: ChatEngine | Engines, spec: DataSpec, shard: int, client: str, *, strict: bool = False,
+                 step_on_perfect_batch: bool = False, grader: str = "exact", log_dir: Path | None = None) -> None:
+        """``grader``: ``exact`` (the ``Answer:`` line equals the target) or ``judge`` (the authors' LLM judge, on the
+        judge role's engine, grades the batch and is the loss)."""
+        if grader not in GRADERS:
+            raise ValueError(f"Invalid grader: {grader!r}")
+        self._grader = grader
+        self._engines = engine if isinstance(engine, Engines) else None
+        self._chat_engine = engine.forward if isinstance(engine, Engines) else engine
+        self.engine = self._chat_engine.name
         self._spec = spec
         self._client = client
         self._strict = strict
+        self._step_on_perfect_batch = step_on_perfect_batch
         self._log_dir = log_dir
         self._train = client_data(spec, shard).train
         if not self._train:
@@ -69,14 +97,19 @@ class TextGradOptimizer:
                        max_chars: int | None = None) -> LocalOutcome:
         rng = random.Random(f"textgrad/{self._spec.seed}/{self._client}/{round}")
         bridge = _Bridge(self._chat_engine, asyncio.get_running_loop())
+        engines = self._engines or (Engines.single(self._chat_engine) if self._grader == "judge" else None)
+        chat: SyncChat | StepChats = (bridge if engines is None
+                                      else bridge.chats(engines, judged=self._grader == "judge"))
         calls = accepted = 0
         reasons: list[str] = []
         first_before: float | None = None
         last_after = 0.0
         for _ in range(steps):
             batch = rng.sample(self._train, min(batch_size, len(self._train)))
-            outcome = await asyncio.to_thread(local_step, prompt, [(e.input, e.target) for e in batch], bridge,
-                                              is_correct, strict=self._strict, log_dir=self._log_dir)
+            step = functools.partial(local_step, prompt, [(e.input, e.target) for e in batch], chat, is_correct,
+                                     strict=self._strict, step_on_perfect_batch=self._step_on_perfect_batch,
+                                     log_dir=self._log_dir)
+            outcome = await asyncio.get_running_loop().run_in_executor(_STEP_THREADS, step)
             calls += outcome.llm_calls
             if outcome.reason.startswith("engine-error"):
                 raise EngineError(f"local step {len(reasons) + 1} of round {round}: {outcome.reason}")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fedbus.errors import FedbusError, ScenarioError
-from fedbus.experiments.grouping import RunRecord, flatten
+from fedbus.experiments.grouping import RunRecord, scenario_settings
 from fedbus.experiments.manifest import DONE, SCENARIO_FILE, SWEEP_FILE, read_manifest, read_summary
 
 
@@ -26,11 +26,11 @@ def settings_of(summary: dict[str, Any] | None, folder: Path) -> dict[str, Any]:
     """A run's scenario settings as dotted keys: from its summary's scenario record, else from the scenario.yaml a
     sweep wrote into its folder (normalized the same way), else none."""
     if summary is not None and isinstance(summary.get("scenario"), dict):
-        return flatten(summary["scenario"])
+        return scenario_settings(summary["scenario"])
     from fedbus.scenario import load_scenario, scenario_to_mapping
 
     try:
-        return flatten(scenario_to_mapping(load_scenario(folder / SCENARIO_FILE)))
+        return scenario_settings(scenario_to_mapping(load_scenario(folder / SCENARIO_FILE)))
     except ScenarioError:
         return {}
 

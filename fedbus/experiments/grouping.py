@@ -84,6 +84,15 @@ def shown(value: Any) -> str:
     return text if len(text) <= MAX_SHOWN_CHARS else text[:MAX_SHOWN_CHARS - 1] + "…"
 
 
+def scenario_settings(scenario: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's scenario record as dotted settings. ``data_seed`` counts only where it is not the seed: unset, it
+    follows the seed, and is then replicated over like the seed rather than a setting that varies."""
+    flat = flatten(scenario)
+    if "data_seed" in flat and flat["data_seed"] == flat.get("seed"):
+        del flat["data_seed"]
+    return flat
+
+
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested mappings as dotted keys (``{"clients": {"count": 4}}`` -> ``{"clients.count": 4}``); a list becomes
     its compact JSON text, so that every value compares and hashes."""

@@ -3,7 +3,9 @@
 - ``engine``: the pure part (``Sampling``, ``Completion``, ``EngineStatistics``, ``ChatEngine``,
   ``ScriptedEngine``, ``estimate_tokens``);
 - ``openai_compat``: ``OpenAIEngine`` for any OpenAI-compatible server (the aiohttp adapter);
-- ``cache``: ``ResponseCache`` on disk and ``CachedEngine`` in front of any engine.
+- ``cache``: ``ResponseCache`` on disk and ``CachedEngine`` in front of any engine;
+- ``roles``: ``Engines``, the engine of each role (forward, backward, optimizer, aggregator, evaluator, judge),
+  counted per role; ``judge``: the authors' LLM judge of answers (pure).
 
 The engine and cache classes are imported on first use, so importing ``fedbus.llm`` (or the pure
 ``fedbus.llm.engine``) does not pull in aiohttp, asyncio or sqlite3.

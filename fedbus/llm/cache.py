@@ -2,9 +2,12 @@
 
 One SQLite file (``<dir>/responses.sqlite``, WAL journal) keyed by the SHA-256 of canonical JSON of
 everything that decides a reply: the engine's identity (base URL or name), the model, max_tokens,
-temperature, seed, the system prompt and the prompt. (textgrad's own cache keys on the prompt
-alone, so a changed system prompt or model would return a stale answer.) Not caching is simply
-not wrapping the engine.
+temperature, seed, top_p (where set: keys written before it existed stay valid), the system prompt and
+the prompt. (textgrad's own cache keys on the prompt alone, so a changed system prompt or model would
+return a stale answer.) Not caching is simply not wrapping the engine.
+
+A stored reply keeps the server's ``finish_reason``, so a reply cut at ``max_tokens`` is still known as cut
+when it comes from the cache (entries written before the column existed read ``None``: not known).
 
 SQLite calls run in a worker thread (``asyncio.to_thread``): a lookup takes microseconds, but a
 write can wait on another process's lock on a shared cache directory (up to ``busy_timeout_s``),
@@ -19,13 +22,13 @@ import json
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Self, cast
 
 from fedbus.errors import EngineError
-from fedbus.llm.engine import ChatEngine, Completion, EngineStatistics, Sampling
+from fedbus.llm.engine import CallCounters, ChatEngine, Completion, EngineStatistics, Sampling
 
 CACHE_FILE = "responses.sqlite"
 KEY_VERSION = 1  # bump when the key's inputs change, so old entries are never misread
@@ -38,9 +41,11 @@ CREATE TABLE IF NOT EXISTS responses (
     completion_tokens INTEGER NOT NULL,
     engine TEXT NOT NULL,
     model TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    finish_reason TEXT
 )
 """
+_COLUMNS = "key, text, prompt_tokens, completion_tokens, engine, model, created_at, finish_reason"
 
 
 def cache_key(*, identity: str, model: str, sampling: Sampling, system: str | None, prompt: str) -> str:
@@ -55,6 +60,8 @@ def cache_key(*, identity: str, model: str, sampling: Sampling, system: str | No
         "system": system,
         "prompt": prompt,
     }
+    if sampling.top_p is not None:  # only where set, so the keys of earlier entries (no top_p sent) still match
+        document["top_p"] = float(sampling.top_p)
     canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
@@ -66,6 +73,7 @@ class CachedReply:
     text: str
     prompt_tokens: int
     completion_tokens: int
+    finish_reason: str | None = None
 
 
 class ResponseCache:
@@ -82,6 +90,9 @@ class ResponseCache:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across crashes of fedbus
             self._db.execute(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(responses)")}
+            if "finish_reason" not in columns:  # a cache written before replies kept their finish_reason
+                self._db.execute("ALTER TABLE responses ADD COLUMN finish_reason TEXT")
         except (OSError, sqlite3.Error) as exc:
             raise EngineError(f"response cache {self._path}: cannot open: {exc}") from exc
 
@@ -93,22 +104,24 @@ class ResponseCache:
         try:
             with self._lock:
                 row = self._db.execute(
-                    "SELECT text, prompt_tokens, completion_tokens FROM responses WHERE key = ?", (key,)
+                    "SELECT text, prompt_tokens, completion_tokens, finish_reason FROM responses WHERE key = ?",
+                    (key,)
                 ).fetchone()
         except sqlite3.Error as exc:
             raise EngineError(f"response cache {self._path}: read failed: {exc}") from exc
         if row is None:
             return None
-        text, prompt_tokens, completion_tokens = row
-        return CachedReply(text=str(text), prompt_tokens=int(prompt_tokens), completion_tokens=int(completion_tokens))
+        text, prompt_tokens, completion_tokens, finish_reason = row
+        return CachedReply(text=str(text), prompt_tokens=int(prompt_tokens), completion_tokens=int(completion_tokens),
+                           finish_reason=None if finish_reason is None else str(finish_reason))
 
     def put(self, key: str, completion: Completion, *, engine: str, model: str) -> None:
         try:
             with self._lock:
                 self._db.execute(
-                    "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT OR REPLACE INTO responses ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (key, completion.text, completion.prompt_tokens, completion.completion_tokens, engine, model,
-                     time.time()),
+                     time.time(), completion.finish_reason),
                 )
         except sqlite3.Error as exc:
             raise EngineError(f"response cache {self._path}: write failed: {exc}") from exc
@@ -137,15 +150,6 @@ class ResponseCache:
         return f"ResponseCache({str(self._path)!r})"
 
 
-@dataclass(slots=True)
-class _Counters:
-    calls: int = 0
-    cached_calls: int = 0
-    failures: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
 class CachedEngine:
     """A ``ChatEngine`` that answers from a ``ResponseCache`` and asks ``inner`` only on a miss.
 
@@ -158,7 +162,7 @@ class CachedEngine:
     def __init__(self, inner: ChatEngine, cache: ResponseCache) -> None:
         self._inner = inner
         self._cache = cache
-        self._counters = _Counters()
+        self._counters = CallCounters()
         self._pending: dict[str, asyncio.Future[Completion]] = {}
 
     @property
@@ -202,10 +206,9 @@ class CachedEngine:
         while True:
             hit = await asyncio.to_thread(self._cache.get, key)
             if hit is not None:
-                self._counters.cached_calls += 1
-                return Completion(text=hit.text, prompt_tokens=hit.prompt_tokens,
-                                  completion_tokens=hit.completion_tokens, cached=True,
-                                  latency_s=time.monotonic() - started)
+                return self._cached(Completion(text=hit.text, prompt_tokens=hit.prompt_tokens,
+                                               completion_tokens=hit.completion_tokens, cached=True,
+                                               latency_s=time.monotonic() - started, finish_reason=hit.finish_reason))
             pending = self._pending.get(key)
             if pending is None:
                 break
@@ -216,11 +219,13 @@ class CachedEngine:
                 if pending.cancelled() and (task is None or task.cancelling() == 0):
                     continue  # the caller that was asking got cancelled, not us: look again
                 raise
-            self._counters.cached_calls += 1
-            return Completion(text=shared.text, prompt_tokens=shared.prompt_tokens,
-                              completion_tokens=shared.completion_tokens, cached=True,
-                              latency_s=time.monotonic() - started)
+            return self._cached(replace(shared, cached=True, latency_s=time.monotonic() - started))
         return await self._ask_inner(key, prompt, system)
+
+    def _cached(self, completion: Completion) -> Completion:
+        self._counters.cached_calls += 1
+        self._counters.truncated += completion.truncated
+        return completion
 
     async def _ask_inner(self, key: str, prompt: str, system: str | None) -> Completion:
         future: asyncio.Future[Completion] = asyncio.get_running_loop().create_future()
@@ -240,6 +245,7 @@ class CachedEngine:
         future.set_result(completion)
         self._counters.prompt_tokens += completion.prompt_tokens
         self._counters.completion_tokens += completion.completion_tokens
+        self._counters.truncated += completion.truncated
         return completion
 
     def statistics(self) -> EngineStatistics:
@@ -252,6 +258,7 @@ class CachedEngine:
             prompt_tokens=c.prompt_tokens,
             completion_tokens=c.completion_tokens,
             usage_estimated=inner.usage_estimated,
+            truncated=c.truncated,
         )
 
     def __repr__(self) -> str:

@@ -29,11 +29,12 @@ def estimate_tokens(text: str) -> int:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Sampling:
-    """How to sample a reply. ``seed=None`` leaves the seed out of the request."""
+    """How to sample a reply. ``seed=None`` (and ``top_p=None``) leaves the setting out of the request."""
 
     max_tokens: int = 512
     temperature: float = 0.0
     seed: int | None = None
+    top_p: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -42,17 +43,29 @@ class Sampling:
             raise ValueError(f"Invalid temperature: {self.temperature!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise ValueError(f"Invalid seed: {self.seed!r}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:  # nucleus sampling keeps a share of the mass
+            raise ValueError(f"Invalid top_p: {self.top_p!r}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Completion:
-    """One reply. ``cached`` says it came from the response cache, not from the engine."""
+    """One reply. ``cached`` says it came from the response cache, not from the engine.
+
+    ``finish_reason`` is the server's word on why the reply ended (``stop``, ``length``, ...; ``None`` where it
+    gave none); ``length`` means the reply was cut at ``max_tokens``: :attr:`truncated`.
+    """
 
     text: str
     prompt_tokens: int
     completion_tokens: int
     cached: bool = False
     latency_s: float = 0.0
+    finish_reason: str | None = None
+
+    @property
+    def truncated(self) -> bool:
+        """Whether the server cut the reply at ``max_tokens`` (OpenAI's ``finish_reason: length``)."""
+        return self.finish_reason == "length"
 
     def __post_init__(self) -> None:
         if self.prompt_tokens < 0 or self.completion_tokens < 0:
@@ -68,7 +81,8 @@ class EngineStatistics:
     ``calls`` counts every ``complete()``, ``cached_calls`` those answered from the cache,
     ``failures`` those that raised, ``retries`` the extra attempts made. Tokens are those the
     server spent (a cached answer costs none); ``usage_estimated`` counts the replies whose token
-    counts came from ``estimate_tokens`` because the server did not report them.
+    counts came from ``estimate_tokens`` because the server did not report them; ``truncated`` counts the
+    replies cut at ``max_tokens`` (cached ones included: a cut reply is cut wherever it comes from).
     """
 
     calls: int = 0
@@ -78,6 +92,7 @@ class EngineStatistics:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     usage_estimated: int = 0
+    truncated: int = 0
 
 
 @runtime_checkable
@@ -117,6 +132,18 @@ class _Counters:
     failures: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+
+
+@dataclass(slots=True)
+class CallCounters:
+    """What an engine wrapper counts of the calls through it (the response cache, a role's view)."""
+
+    calls: int = 0
+    cached_calls: int = 0
+    failures: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    truncated: int = 0
 
 
 class ScriptedEngine:

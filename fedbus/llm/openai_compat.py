@@ -10,7 +10,8 @@ Requests wait on one semaphore per engine (``concurrency``). A 429, a 5xx, a con
 timeout or a malformed body is retried with exponential backoff and jitter (a ``Retry-After`` in
 seconds is honoured, capped by ``backoff_max_s``); any other 4xx fails at once. The API key is
 read once, from the environment variable the config names, and is never shown: not in ``repr``,
-errors, logs or statistics.
+errors, logs or statistics. A reply's ``finish_reason`` is kept on its ``Completion``; ``length``
+(cut at ``max_tokens``) is counted in ``truncated``.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ class _Reply:
     text: str
     prompt_tokens: int | None
     completion_tokens: int | None
+    finish_reason: str | None = None
 
 
 class _Retryable(Exception):  # an internal signal: never leaves this module
@@ -108,19 +110,21 @@ class _Counters:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     usage_estimated: int = 0
+    truncated: int = 0
 
 
 class OpenAIEngine:
     """A ``ChatEngine`` over HTTP. Use as ``async with OpenAIEngine(config) as engine``."""
 
     def __init__(self, config: OpenAIConfig, *, environ: Mapping[str, str] | None = None, sleep: Sleep = asyncio.sleep,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, semaphore: asyncio.Semaphore | None = None) -> None:
         """``environ``: where the key named by ``config.api_key_env`` is looked up (the CLI passes the process's
-        environment; nothing else reads it)."""
+        environment; nothing else reads it). ``semaphore``: one shared with other engines on the same server
+        (roles with their own sampling), instead of one of ``config.concurrency`` for this engine alone."""
         self._config = config
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
-        self._semaphore = asyncio.Semaphore(config.concurrency)
+        self._semaphore = semaphore if semaphore is not None else asyncio.Semaphore(config.concurrency)
         self._session: aiohttp.ClientSession | None = None
         self._counters = _Counters()
         self._headers = {"Content-Type": "application/json"}
@@ -217,6 +221,7 @@ class OpenAIEngine:
             prompt_tokens=c.prompt_tokens,
             completion_tokens=c.completion_tokens,
             usage_estimated=c.usage_estimated,
+            truncated=c.truncated,
         )
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -258,6 +263,8 @@ class OpenAIEngine:
         }
         if sampling.seed is not None:
             body["seed"] = sampling.seed
+        if sampling.top_p is not None:
+            body["top_p"] = sampling.top_p
         return body
 
     async def _attempt(self, session: aiohttp.ClientSession, body: dict[str, Any]) -> _Reply:
@@ -287,8 +294,11 @@ class OpenAIEngine:
             self._counters.usage_estimated += 1
         self._counters.prompt_tokens += prompt_tokens
         self._counters.completion_tokens += completion_tokens
+        if reply.finish_reason == "length":
+            self._counters.truncated += 1
+            _log.info("%s: a reply was cut at max_tokens=%d", self._where(), self._config.sampling.max_tokens)
         return Completion(text=reply.text, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                          cached=False, latency_s=max(0.0, latency_s))
+                          cached=False, latency_s=max(0.0, latency_s), finish_reason=reply.finish_reason)
 
     def _backoff_s(self, attempt: int, retry_after: float | None) -> float:
         """Seconds to wait after failed attempt ``attempt`` (0-based): the server's word, else 2**n with jitter."""
@@ -322,7 +332,8 @@ def _parse_retry_after(value: str | None) -> float | None:
 
 
 def _parse_reply(raw: bytes) -> _Reply:
-    """The first choice's message content and the usage, or ``_Retryable('malformed response: ...')``."""
+    """The first choice's message content, its ``finish_reason`` and the usage, or
+    ``_Retryable('malformed response: ...')``."""
     try:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -341,7 +352,9 @@ def _parse_reply(raw: bytes) -> _Reply:
     if isinstance(usage, dict):
         prompt_tokens = _count(usage.get("prompt_tokens"))
         completion_tokens = _count(usage.get("completion_tokens"))
-    return _Reply(text=content, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+    finish_reason = choices[0].get("finish_reason")
+    return _Reply(text=content, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                  finish_reason=finish_reason if isinstance(finish_reason, str) and finish_reason else None)
 
 
 def _count(value: object) -> int | None:

@@ -10,9 +10,11 @@ textgrad misbehaves at import and at run time in ways this module contains:
 - its optimizer indexes the reply with ``split("<IMPROVED_VARIABLE>")[1]``, an ``IndexError`` when a
   model ignores the tags: the step keeps the old prompt and says why.
 
-Our engine reaches textgrad as an ``EngineLM`` wrapping a synchronous ``chat(prompt, system)``; the
-caller runs :func:`local_step` in a worker thread and bridges ``chat`` to its async engine, so clients
-in one process optimize concurrently. Nothing here keeps state between calls.
+Our engines reach textgrad as ``EngineLM``s wrapping a synchronous ``chat(prompt, system)``, one per role
+(:class:`StepChats`: the forward pass, the backward pass's feedback, the optimizer's update, as TextGrad
+separates them; one ``chat`` serves all three where they share an engine); the caller runs :func:`local_step`
+in a worker thread and bridges each ``chat`` to its async engine, so clients in one process optimize
+concurrently. Nothing here keeps state between calls.
 """
 
 from __future__ import annotations
@@ -29,12 +31,28 @@ from typing import Any
 
 from fedbus.errors import EngineError
 from fedbus.llm.extras import not_installed
+from fedbus.llm.judge import JUDGE_INSTRUCTION, JUDGE_SYSTEM, PARSE_TAGS, ROLE_DESCRIPTIONS, judge_prompt, verdict
 
 SyncChat = Callable[[str, "str | None"], str]
 ROLE = ("structured system prompt to a somewhat capable language model that specifies the behavior and "
         "strategies for the QA task")
 _IMPORT_LOCK = threading.Lock()
 _LOG_FILE = "textgrad.jsonl"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepChats:
+    """The chat of each role a local step uses: ``forward`` answers the questions under the prompt (and
+    re-checks the new prompt), ``backward`` writes TextGrad's feedback, ``optimizer`` rewrites the prompt."""
+
+    forward: SyncChat
+    backward: SyncChat
+    optimizer: SyncChat
+    judge: SyncChat | None = None  # grades the answers (task.grader: judge): the loss is the authors' LLM judge
+
+    @classmethod
+    def one(cls, chat: SyncChat) -> StepChats:
+        return cls(forward=chat, backward=chat, optimizer=chat)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,20 +115,22 @@ class _InValueOrder(set):  # type: ignore[type-arg]
 
 
 class _Calls:
-    """Counts the calls one step makes and remembers the last reply (to tell an empty one from a tagless one)."""
+    """Counts the calls one step makes, whatever the role, and remembers the last reply (to tell an empty
+    optimizer reply from a tagless one)."""
 
-    def __init__(self, chat: SyncChat) -> None:
-        self.chat = chat
+    def __init__(self) -> None:
         self.count = 0
         self.last_reply = ""
 
-    def __call__(self, prompt: str, system: str | None) -> str:
-        self.count += 1
-        self.last_reply = self.chat(prompt, system)
-        return self.last_reply
+    def counted(self, chat: SyncChat) -> SyncChat:
+        def call(prompt: str, system: str | None) -> str:
+            self.count += 1
+            self.last_reply = chat(prompt, system)
+            return self.last_reply
+        return call
 
 
-def _engine(tg: ModuleType, calls: _Calls) -> Any:
+def _engine(tg: ModuleType, calls: SyncChat) -> Any:
     class FedbusEngine(tg.EngineLM):  # type: ignore[misc, name-defined]
         """textgrad's view of our engine: every generate() is one chat call."""
 
@@ -128,8 +148,8 @@ def _engine(tg: ModuleType, calls: _Calls) -> Any:
     return FedbusEngine()
 
 
-def local_step(prompt: str, batch: Sequence[tuple[str, str]], chat: SyncChat,
-               is_correct: Callable[[str, str], bool], *, strict: bool = False,
+def local_step(prompt: str, batch: Sequence[tuple[str, str]], chat: SyncChat | StepChats,
+               is_correct: Callable[[str, str], bool], *, strict: bool = False, step_on_perfect_batch: bool = False,
                log_dir: Path | None = None) -> StepOutcome:
     """One FedTextGrad local step on ``batch`` (question, target) pairs; never raises for a model's mistakes.
 
@@ -137,6 +157,12 @@ def local_step(prompt: str, batch: Sequence[tuple[str, str]], chat: SyncChat,
     textual feedback to the prompt, let TextGrad's optimizer rewrite it, then answer the same
     questions with the new prompt. Keep the new prompt if batch accuracy did not drop (``strict``:
     only if it rose, or the batch is now perfect); otherwise revert.
+
+    A batch answered all right is not stepped on (``perfect-batch``: it saves the 2B feedback calls, the
+    update and the B re-check answers of a batch of B) unless ``step_on_perfect_batch``, as the authors'
+    code does. ``chat``: one chat for every role, or :class:`StepChats`. With a ``judge`` chat the answers are
+    graded, and the loss computed, by the authors' LLM judge (TextGrad's ``MultiFieldTokenParsedEvaluation``)
+    instead of ``is_correct``: B more calls forward and B more in the re-check.
     """
     if not batch:
         raise ValueError("local_step needs at least one (question, target) pair")
@@ -148,17 +174,33 @@ def local_step(prompt: str, batch: Sequence[tuple[str, str]], chat: SyncChat,
         raise EngineError("textgrad's global backward engine is set in this process; fedbus passes its engine "
                           "explicitly and cannot run beside it")
 
-    calls = _Calls(chat)
-    engine = _engine(tg, calls)
+    chats = chat if isinstance(chat, StepChats) else StepChats.one(chat)
+    calls = _Calls()
+    forward = calls.counted(chats.forward)
+    backward_engine = _engine(tg, calls.counted(chats.backward))
     variable = tg.Variable(prompt, requires_grad=True, role_description=ROLE)
-    model = tg.BlackboxLLM(engine, system_prompt=variable)
-    optimizer = tg.TextualGradientDescent(engine=engine, parameters=[variable])
+    model = tg.BlackboxLLM(_engine(tg, forward), system_prompt=variable)
+    optimizer = tg.TextualGradientDescent(engine=_engine(tg, calls.counted(chats.optimizer)), parameters=[variable])
 
     def equality(prediction: Any, ground_truth_answer: Any) -> int:
         return int(is_correct(str(prediction.value), str(ground_truth_answer.value)))
 
     check = StringBasedFunction(equality, function_purpose="The runtime of string-based function that checks if "
                                                            "the prediction is correct.")
+    judge = None if chats.judge is None else calls.counted(chats.judge)
+    judged = None
+    if judge is not None:
+        from textgrad.loss import MultiFieldTokenParsedEvaluation
+
+        instruction = tg.Variable(JUDGE_INSTRUCTION, requires_grad=False,
+                                  role_description="evaluation instruction for the task")
+        judged = MultiFieldTokenParsedEvaluation(instruction, engine=_engine(tg, judge),
+                                                 role_descriptions=list(ROLE_DESCRIPTIONS), parse_tags=list(PARSE_TAGS))
+
+    def graded(question: str, target: str, reply: str) -> bool:  # the re-check's grading
+        if judge is None:
+            return is_correct(reply, target)
+        return verdict(judge(judge_prompt(question, target, reply), JUDGE_SYSTEM)) is True
 
     def outcome(new: str, accepted: bool, reason: str, before: float, after: float) -> StepOutcome:
         return StepOutcome(prompt=new, accepted=accepted, reason=reason, acc_before=before, acc_after=after,
@@ -171,12 +213,17 @@ def local_step(prompt: str, batch: Sequence[tuple[str, str]], chat: SyncChat,
             x = tg.Variable(question, requires_grad=False, role_description="question to the language model")
             y = tg.Variable(target, requires_grad=False, role_description="correct answer for the question")
             response = model(x)
-            right.append(is_correct(str(response.value), target))
-            losses.append(check(inputs={"prediction": response, "ground_truth_answer": y}))
+            if judged is None:
+                right.append(is_correct(str(response.value), target))
+                losses.append(check(inputs={"prediction": response, "ground_truth_answer": y}))
+            else:
+                loss = judged([x, y, response])
+                right.append(verdict(str(loss.value)) is True)
+                losses.append(loss)
         before = sum(right) / len(right) if right else 0.0
-        if right and all(right):
+        if right and all(right) and not step_on_perfect_batch:
             return outcome(prompt, False, "perfect-batch", before, before)
-        tg.sum(losses).backward(engine)
+        tg.sum(losses).backward(backward_engine)
         variable.gradients = _InValueOrder(variable.gradients)
         try:
             optimizer.step()
@@ -189,7 +236,7 @@ def local_step(prompt: str, batch: Sequence[tuple[str, str]], chat: SyncChat,
     if not new_prompt:
         return outcome(prompt, False, "optimizer-empty-prompt", before, before)
     try:
-        after_right = [is_correct(calls(question, new_prompt), target) for question, target in batch]
+        after_right = [graded(question, target, forward(question, new_prompt)) for question, target in batch]
     except EngineError as exc:
         return outcome(prompt, False, f"engine-error: {str(exc)[:200]}", before, before)
     after = sum(after_right) / len(after_right)

@@ -63,7 +63,9 @@ def _body(message: Message) -> dict[str, Any]:
             "status": message.status,
             "engine": message.engine,
             "rounds": message.rounds,
-            "data": {name: getattr(data, name) for name in DataSpec.__dataclass_fields__},
+            # an optional field left unset (None: data_seed, sources, split) is left out: older peers' bytes
+            "data": {name: value for name in DataSpec.__dataclass_fields__
+                     if (value := getattr(data, name)) is not None},
             "max_prompt_chars": message.max_prompt_chars,
             "max_message_bytes": message.max_message_bytes,
         }

@@ -73,7 +73,12 @@ class Envelope:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DataSpec:
-    """How a client builds its private data: which generated task, which seed, how many shards."""
+    """How a client builds its private data: which task (generated, or read from a file), which seed, how many shards.
+
+    ``seed`` is the run's seed (clients sample their batches with it); ``data_seed`` generates and shuffles the
+    data (None: ``seed``). ``sources``: ``task=path`` lines naming the file each sourced task is read from (every
+    client reads the same path), ``split``: the rule that cuts those files (None: ``textgrad``). The three are
+    None when a sender predates them."""
 
     task: str
     seed: int
@@ -82,6 +87,9 @@ class DataSpec:
     val_size: int
     test_size: int
     partition: str = "iid"
+    data_seed: int | None = None
+    sources: str | None = None
+    split: str | None = None
 
     def __post_init__(self) -> None:
         _check_str(self.task, "task")
@@ -91,6 +99,17 @@ class DataSpec:
         _check_int(self.train_size, "train_size", 1)
         _check_int(self.val_size, "val_size", 1)
         _check_int(self.test_size, "test_size", 1)
+        if self.data_seed is not None:
+            _check_int(self.data_seed, "data_seed")
+        if self.sources is not None:
+            _check_str(self.sources, "sources")
+        if self.split is not None:
+            _check_str(self.split, "split")
+
+    @property
+    def generation_seed(self) -> int:
+        """The seed the data is generated and shuffled with: ``data_seed``, else the run's seed."""
+        return self.seed if self.data_seed is None else self.data_seed
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

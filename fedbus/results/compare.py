@@ -149,10 +149,11 @@ def settings_columns(paths: Sequence[Path], summaries: Sequence[dict[str, Any]])
     ``clients.local_steps``, and ``seed``), and of the varied grid keys (two or more values) and seed of any
     sweep a path lies in (sweep.json in it or a folder above it); settings already in the fixed columns are left
     out. Keys in grid order, then in the order the scenario records list them; a run without a value has None."""
-    from fedbus.experiments.grouping import flatten, varied_keys
+    from fedbus.experiments.grouping import scenario_settings, varied_keys
     from fedbus.experiments.manifest import find_sweep, read_manifest
 
-    settings = [flatten(s["scenario"]) | {"seed": s.get("seed", s["scenario"].get("seed"))} for s in summaries]
+    settings = [scenario_settings(s["scenario"]) | {"seed": s.get("seed", s["scenario"].get("seed"))}
+                for s in summaries]
     grid: dict[str, None] = {}
     for path in paths:
         sweep = find_sweep(path)

@@ -1,4 +1,8 @@
-"""The progress display: one line per round on stdout, readable on a terminal and in a log file."""
+"""The progress display: one line per round on stdout, readable on a terminal and in a log file.
+
+Quiet (``enabled=False``) it prints only the footer (how the run ended, where the results are), on stderr, so that
+stdout stays empty for scripts.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,14 @@ from typing import Any, TextIO
 
 
 class Progress:
-    """Prints a header, a line per closed round, and a footer."""
+    """Prints a header, a line per closed round, a line when the clients the aggregator counts change (remote
+    ones joining, anyone leaving), and a footer."""
 
-    def __init__(self, enabled: bool = True, stream: TextIO | None = None) -> None:
+    def __init__(self, enabled: bool = True, stream: TextIO | None = None, quiet_stream: TextIO | None = None) -> None:
         self.enabled = enabled
         self.stream = stream or sys.stdout
+        self.quiet_stream = quiet_stream
+        self._clients: tuple[int, int] | None = None
 
     def _print(self, text: str) -> None:
         if self.enabled:
@@ -31,6 +38,20 @@ class Progress:
         self._print(f"{'round':>5}  {'selected':>8}  {'accepted':>8}  {'rejected':>8}  {'dropped':>7}  "
                     f"{'prompt':>7}  {'val acc':>7}  {'sim time':>9}  status")
 
+    def clients(self, live: int, known: int, own: int) -> None:
+        """A line when the aggregator's count changed: ``live`` online of ``known`` that ever announced; those
+        beyond the run's ``own`` clients are remote. The start (own clients announcing) is not news, nor is every
+        own client online with no remote one."""
+        if self._clients is None and known < own:
+            return
+        before = self._clients if self._clients is not None else (own, own)
+        self._clients = (live, known)
+        if (live, known) == before:
+            return
+        remote, delta = known - own, live - before[0]
+        self._print(f"clients: {live} live of {known} known" + (f", {remote} remote" if remote > 0 else "")
+                    + (f" ({delta:+d} live)" if delta else ""))
+
     def round(self, record: dict[str, Any]) -> None:
         acc = record.get("val_accuracy")
         acc_text = f"{acc:7.3f}" if isinstance(acc, float) else f"{'-':>7}"
@@ -45,8 +66,12 @@ class Progress:
         acc, initial = final.get("test_accuracy"), final.get("initial_test_accuracy")
         measured = (f"; test accuracy {_number(acc)} (initial prompt {_number(initial)})"
                     if acc is not None else "")
-        self._print(f"{summary['status']}: {summary['reason']}{measured}; "
-                    f"results in {out_dir}/summary.json and {out_dir}/events.jsonl")
+        line = (f"{summary['status']}: {summary['reason']}{measured}; "
+                f"results in {out_dir}/summary.json and {out_dir}/events.jsonl")
+        if self.enabled:
+            self._print(line)
+        else:
+            print(line, file=self.quiet_stream or sys.stderr, flush=True)
 
 
 def _number(value: object) -> str:

@@ -6,8 +6,10 @@
   ``gguf``, served by xllamacpp in a child process on 127.0.0.1, driven by the same OpenAI adapter;
 - both behind the response cache unless ``cache: false`` or ``--no-cache``.
 
-One engine serves every client and the aggregator of a ``fedbus run``; its concurrency limit is the
-scenario's ``engine.concurrency``.
+:func:`open_engines` opens the engine of each role (:mod:`fedbus.llm.roles`): one engine per distinct
+setting, shared by the roles that name none of their own (by default one engine serves every client, the
+aggregator and the evaluation). Engines on the same server share one concurrency limit, the scenario's
+``engine.concurrency``; a ``local`` base engine starts its server once, whatever the roles' sampling.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from typing import TYPE_CHECKING
 from fedbus.errors import EngineError
 from fedbus.llm.engine import ChatEngine, Sampling
 from fedbus.llm.local_model import default_cache_dir
+from fedbus.llm.roles import ROLES, Engines
 from fedbus.scenario.engine import EngineSpec
 
 if TYPE_CHECKING:
     from fedbus.llm.local_server import LocalServer
+    from fedbus.llm.openai_compat import OpenAIConfig
 
 ENGINE_URL_ENV = "FEDBUS_ENGINE_URL"
 
@@ -54,7 +58,62 @@ def response_cache_dir(environ: Mapping[str, str]) -> Path:
 
 
 def _sampling(spec: EngineSpec) -> Sampling:
-    return Sampling(max_tokens=spec.max_tokens, temperature=spec.temperature, seed=spec.seed)
+    return Sampling(max_tokens=spec.max_tokens, temperature=spec.temperature, seed=spec.seed, top_p=spec.top_p)
+
+
+@contextlib.asynccontextmanager
+async def open_engines(spec: EngineSpec, *, environ: Mapping[str, str],
+                       log_dir: Path | None = None) -> AsyncIterator[Engines]:
+    """The engine of every role ``spec`` describes (``engine.roles``), open for the ``async with``.
+
+    Roles with the same effective setting share one engine (and its response-cache lookups); engines at one
+    server URL share one semaphore of ``engine.concurrency``.
+    """
+    from fedbus.llm.cache import CachedEngine, ResponseCache
+    from fedbus.llm.openai_compat import OpenAIConfig, OpenAIEngine
+
+    async with contextlib.AsyncExitStack() as stack:
+        local: LocalServer | None = None
+        cache: ResponseCache | None = None
+        semaphores: dict[str, asyncio.Semaphore] = {}
+        opened: dict[EngineSpec, ChatEngine] = {}
+        by_role: dict[str, ChatEngine] = {}
+        for role in ROLES:
+            role_spec = spec.for_role(role)
+            if role_spec not in opened:
+                if role_spec.name == "local":
+                    if local is None:
+                        local = await stack.enter_async_context(await _local_server(role_spec, log_dir, environ))
+                    config = OpenAIConfig(base_url=local.base_url, model=local.model, timeout_s=role_spec.timeout_s,
+                                          max_retries=role_spec.max_retries, concurrency=role_spec.concurrency,
+                                          sampling=_sampling(role_spec), name="local",
+                                          identity=f"local:{local.model}")
+                else:
+                    config = _openai_config(role_spec, role)
+                semaphore = semaphores.setdefault(config.base_url.rstrip("/"),
+                                                  asyncio.Semaphore(role_spec.concurrency))
+                engine: ChatEngine = await stack.enter_async_context(
+                    OpenAIEngine(config, environ=environ, semaphore=semaphore))
+                if role_spec.cache:
+                    cache = cache or stack.enter_context(ResponseCache(response_cache_dir(environ)))
+                    engine = CachedEngine(engine, cache)
+                opened[role_spec] = engine
+            by_role[role] = opened[role_spec]
+        yield Engines(by_role)
+
+
+def _openai_config(spec: EngineSpec, role: str) -> OpenAIConfig:
+    from fedbus.llm.openai_compat import OpenAIConfig
+
+    if spec.name != "openai":
+        raise EngineError(f"engine {spec.name!r} is not an LLM engine")
+    if not spec.base_url:
+        raise EngineError(f"engine openai needs a server{'' if role == 'forward' else f' (role {role})'}: give "
+                          f"engine.base_url, --engine-url or ${ENGINE_URL_ENV} (vLLM: http://HOST:8000/v1, "
+                          "Ollama: http://HOST:11434/v1)")
+    return OpenAIConfig(base_url=spec.base_url, model=spec.model, api_key_env=spec.api_key_env,
+                        timeout_s=spec.timeout_s, max_retries=spec.max_retries, concurrency=spec.concurrency,
+                        sampling=_sampling(spec))
 
 
 @contextlib.asynccontextmanager

@@ -23,6 +23,7 @@ from fedbus.aggregator.strategies import LLM_STRATEGIES, carry_out
 from fedbus.client.optimizer import LocalOptimizer, OptimizerFactory, shard_for
 from fedbus.client.textgrad_optimizer import TextGradOptimizer
 from fedbus.llm.engine import ChatEngine
+from fedbus.llm.roles import Engines
 from fedbus.llm.textgrad_engine import load_textgrad
 from fedbus.protocol.messages import DataSpec
 from fedbus.results.eventlog import EventLog
@@ -44,9 +45,11 @@ class LLMReducer:
         inputs = merge_inputs(effect.current_prompt, effect.prompts, effect.weights)
         request = merge_request(effect.strategy, inputs, effect.max_chars)
         reply = await self._engine.complete(request.prompt, system=request.system)
-        merged = merged_prompt(request, reply.text, self._format_line)
+        merged = merged_prompt(request, reply.text, self._format_line, truncated=reply.truncated)
         record: dict[str, Any] = {"strategy": effect.strategy, "llm_calls": 1, "cached": reply.cached,
                                   "tokens": 0 if reply.cached else reply.prompt_tokens + reply.completion_tokens}
+        if reply.truncated:
+            record["truncated"] = True  # cut at the aggregator's max_tokens: not used, concat instead
         if effect.weights:  # buffered / async: the global prompt was merged too; the weights were not applied
             record["inputs"] = ["global", *(client for client, _p in effect.prompts)]
             record["staleness_weights"] = list(effect.weights)
@@ -68,11 +71,14 @@ async def load_optimizer_library(log_dir: Path) -> None:
     await asyncio.to_thread(load_textgrad, log_dir)
 
 
-def optimizer_factory(engine: ChatEngine, log_dir: Path, strict: bool = False) -> OptimizerFactory:
-    """``make(engine_name, spec, client, shard)`` for the worker: TextGrad clients sharing ``engine``."""
+def optimizer_factory(engine: ChatEngine | Engines, log_dir: Path, strict: bool = False,
+                      step_on_perfect_batch: bool = False, grader: str = "exact") -> OptimizerFactory:
+    """``make(engine_name, spec, client, shard)`` for the worker: TextGrad clients sharing ``engine`` (or the
+    forward, backward, optimizer and judge engines of ``Engines``)."""
     def make(_engine_name: str, spec: DataSpec, client: str, shard: int | None) -> LocalOptimizer:
         index = shard_for(client, spec.num_shards) if shard is None else shard
-        return TextGradOptimizer(engine, spec, index, client, strict=strict, log_dir=log_dir)
+        return TextGradOptimizer(engine, spec, index, client, strict=strict,
+                                 step_on_perfect_batch=step_on_perfect_batch, grader=grader, log_dir=log_dir)
     return make
 
 
@@ -96,9 +102,14 @@ async def count_tokens(engine: ChatEngine | None, text: str) -> int | None:
     return None if count is None else cast("int | None", await count(text))
 
 
-def llm_summary(spec: EngineSpec, engine: ChatEngine, events_path: Path) -> dict[str, Any]:
-    """What summary.json adds for a run on an LLM: the clients' local steps, the engine and what it cost."""
-    return {"local_steps": local_step_totals(events_path),
-            "llm": {"engine": spec.name, "model": engine.model, "base_url": spec.base_url or None,
-                    "sampling": {"max_tokens": spec.max_tokens, "temperature": spec.temperature, "seed": spec.seed},
-                    "cache": spec.cache, **asdict(engine.statistics())}}
+def llm_summary(spec: EngineSpec, engine: ChatEngine | Engines, events_path: Path) -> dict[str, Any]:
+    """What summary.json adds for a run on an LLM: the clients' local steps, the engine and what it cost (with
+    ``Engines``: also each role's model, sampling, calls, tokens and truncated replies, in ``llm.by_role``)."""
+    llm: dict[str, Any] = {
+        "engine": spec.name, "model": engine.model, "base_url": spec.base_url or None,
+        "sampling": {"max_tokens": spec.max_tokens, "temperature": spec.temperature, "seed": spec.seed,
+                     "top_p": spec.top_p},
+        "cache": spec.cache, **asdict(engine.statistics())}
+    if isinstance(engine, Engines):
+        llm["by_role"] = engine.by_role()
+    return {"local_steps": local_step_totals(events_path), "llm": llm}

@@ -11,17 +11,18 @@ from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from fedbus.aggregator.base import AggregatorBase
 from fedbus.aggregator.effects import RoundResult
 from fedbus.aggregator.session import NodeOutcome
 from fedbus.aggregator.strategies import BUILT_IN_STRATEGIES
 from fedbus.client.optimizer import OptimizerFactory, scenario_optimizer
 from fedbus.errors import FedbusError, ScenarioError
-from fedbus.llm.engine import ChatEngine
 from fedbus.llm.extras import require_libraries
+from fedbus.llm.roles import Engines
 from fedbus.plan import RunSecurity, client_plans, make_core, run_security
 from fedbus.plugins import is_reference
 from fedbus.results.eventlog import EventLog
@@ -33,16 +34,20 @@ from fedbus.runtime.aggregator_node import AggregatorNode
 from fedbus.runtime.broker import EmbeddedBroker, EmbeddedBrokerConfig
 from fedbus.runtime.checkpoint import Checkpoint, core_known
 from fedbus.runtime.client_node import ClientConfig
-from fedbus.runtime.engines import EngineOverrides, effective_spec, open_engine
+from fedbus.runtime.engines import EngineOverrides, effective_spec, open_engines
+from fedbus.runtime.graded_scoring import llm_scoring
 from fedbus.runtime.identity import clear_retained, refuse_used_run_id
 from fedbus.runtime.journal import JOURNAL, Journal, ResumeError, read_journal, write_atomically
 from fedbus.runtime.limits import ensure_open_files
 from fedbus.runtime.llm_run import LLMReducer, llm_summary, load_optimizer_library, optimizer_factory
 from fedbus.runtime.pool import WorkerPool, auto_workers, run_guarded
 from fedbus.runtime.run_keys import RemoteKeys, authorized_path, run_secret, write_aggregator_key
-from fedbus.runtime.scoring import LLMScoring, Scoring, SurrogateScoring
+from fedbus.runtime.scoring import Scoring, SurrogateScoring
 from fedbus.scenario import Scenario
 from fedbus.scenario.engine import EngineSpec
+
+if TYPE_CHECKING:
+    from fedbus.dashboard.live import RunObserver
 
 log = structlog.get_logger("fedbus.run")
 CLIENT_EXIT_GRACE_S = 10.0
@@ -50,6 +55,7 @@ CLIENT_EXIT_GRACE_S = 10.0
 UNMEASURED = {"test_accuracy": None, "initial_test_accuracy": None,
               "note": "not measured: the run stopped early"}
 BROKER_CHECK_S = 0.5  # how often fedbus run checks that its embedded broker still runs
+CLIENT_COUNT_S = 0.25  # how often the progress display looks at the aggregator's count of clients
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,6 +78,7 @@ class RunOptions:
     # remote clients' public keys (authorized-keys format) the aggregator accepts besides its own clients and those
     # `fedbus invite` added to RUN_DIR/keys/authorized_keys; re-read when it changes
     authorized_keys: Path | None = None
+    observer: RunObserver | None = None  # the dashboard (fedbus run --dashboard): told the header, rounds, summary
 
 
 def new_run_id(scenario: Scenario) -> str:
@@ -106,11 +113,11 @@ async def _run_scenario(scenario: Scenario, options: RunOptions) -> dict[str, An
     Progress(options.progress).note(f"starting engine {spec.name} ({spec.model or 'default model'}"
                                     f"{', ' + spec.base_url if spec.base_url else ''}) ...")
     await load_optimizer_library(options.out_dir / "textgrad")
-    async with open_engine(spec, environ=options.environ, log_dir=options.out_dir) as engine:
-        return await _run(scenario, options, engine, spec)
+    async with open_engines(spec, environ=options.environ, log_dir=options.out_dir) as engines:
+        return await _run(scenario, options, engines, spec)
 
 
-async def _run(scenario: Scenario, options: RunOptions, engine: ChatEngine | None,
+async def _run(scenario: Scenario, options: RunOptions, engine: Engines | None,
                spec: EngineSpec) -> dict[str, Any]:
     started = time.monotonic()
     out = options.out_dir
@@ -120,9 +127,9 @@ async def _run(scenario: Scenario, options: RunOptions, engine: ChatEngine | Non
     ensure_open_files(2 * scenario.expected_clients + 256)
     events = EventLog(out / "events.jsonl", append=checkpoint is not None)
     progress = Progress(options.progress)
-    reducer = LLMReducer(engine, events, scenario.aggregation.format_line)
+    reducer = LLMReducer(None if engine is None else engine.aggregator, events, scenario.aggregation.format_line)
     window = context_window(scenario)
-    scoring: Scoring = (LLMScoring(engine, scenario.data, reducer) if engine is not None
+    scoring: Scoring = (llm_scoring(engine, scenario.data, reducer, scenario.grader) if engine is not None
                         else SurrogateScoring(scenario.engine, scenario.data))
 
     with ExitStack() as stack, structlog.contextvars.bound_contextvars(run=run_id):
@@ -143,6 +150,8 @@ async def _run(scenario: Scenario, options: RunOptions, engine: ChatEngine | Non
         log.info("run started", scenario=scenario.name, engine=scenario.engine, broker=broker_info["url"],
                  resume=len(checkpoint.resumes))
         core = make_core(scenario, run_id)
+        if options.observer is not None:
+            options.observer.run_started(_header(scenario, run_id, broker_info), out / "events.jsonl", core.statistics)
         secret = None if scenario.security == "none" else run_secret(out, resume=bool(checkpoint.resumes))
         security = _run_security(scenario, secret, options, events, fresh=not checkpoint.resumes)
         t0 = asyncio.get_running_loop().time()
@@ -152,6 +161,8 @@ async def _run(scenario: Scenario, options: RunOptions, engine: ChatEngine | Non
         async def on_round(result: RoundResult) -> dict[str, Any]:
             extra: dict[str, Any] = {**prompt_record(result, window), **await scoring.round_extra(result)}
             progress.round(round_record(result, extra))
+            if options.observer is not None:
+                options.observer.round_closed(round_record(result, extra), result.prompt)
             log.info("round closed", round=result.round, status=result.status, accepted=len(result.accepted),
                      rejected=len(result.rejected), prompt_chars=len(result.prompt),
                      val_accuracy=extra["val_accuracy"])
@@ -193,6 +204,7 @@ async def _run(scenario: Scenario, options: RunOptions, engine: ChatEngine | Non
                 if embedded is not None:
                     group.create_task(_supervise(embedded, events), name=f"broker[{run_id}]")
                 node_task = group.create_task(node.run(), name=f"aggregator[{run_id}]")
+                group.create_task(_count_clients(core, progress, scenario.clients.count), name=f"clients[{run_id}]")
                 clients.start(group, in_process=engine is not None or not _reaches_workers(scenario))
                 outcome = await node_task
                 await clients.wait_in_process()
@@ -220,10 +232,20 @@ async def _run(scenario: Scenario, options: RunOptions, engine: ChatEngine | Non
             await clear_retained(address, run_id, list(core_known(core)), checkpoint.mqtt_identifier)
         summary = summarize(outcome, final)
         _write_summary(out, summary)
+        if options.observer is not None:
+            options.observer.run_ended(summary)
         checkpoint.ended(summary["status"])
     progress.footer(summary, str(out))
     log.info("run finished", status=summary["status"], reason=summary["reason"], wall_s=summary["totals"]["wall_s"])
     return summary
+
+
+def _header(scenario: Scenario, run_id: str, broker: dict[str, str]) -> dict[str, Any]:
+    """What the dashboard's header shows."""
+    return {"run": run_id, "scenario": scenario.name, "seed": scenario.seed, "engine": scenario.engine,
+            "broker": broker["url"], "security": scenario.security, "mode": scenario.aggregation.mode,
+            "rounds": scenario.rounds, "clients": scenario.expected_clients, "time_scale": scenario.time_scale,
+            "initial_prompt": scenario.initial_prompt}
 
 
 class _Done(Exception):
@@ -243,6 +265,14 @@ def _write_partial(summary: dict[str, Any], status: str, why: str, *, out: Path,
     _write_summary(out, summary)
     checkpoint.ended(status)
     progress.footer(summary, str(out))
+
+
+async def _count_clients(core: AggregatorBase, progress: Progress, own: int) -> None:
+    """Show the aggregator's count of clients as it changes (remote clients joining, clients leaving)."""
+    while True:
+        await asyncio.sleep(CLIENT_COUNT_S)
+        stats = core.statistics()
+        progress.clients(stats.live_clients, stats.known_clients, own)
 
 
 async def _supervise(broker: EmbeddedBroker, events: EventLog) -> None:
@@ -299,10 +329,11 @@ def _run_security(scenario: Scenario, secret: bytes | None, options: RunOptions,
     return security
 
 
-def _optimizer_factory(scenario: Scenario, engine: ChatEngine | None, out: Path) -> OptimizerFactory:
+def _optimizer_factory(scenario: Scenario, engine: Engines | None, out: Path) -> OptimizerFactory:
     if scenario.clients.optimizer is not None or engine is None:  # the user's optimizer wins over the engine's
         return scenario_optimizer(scenario.clients.optimizer)
-    return optimizer_factory(engine, out / "textgrad", strict=scenario.clients.strict)
+    return optimizer_factory(engine, out / "textgrad", strict=scenario.clients.strict,
+                             step_on_perfect_batch=scenario.clients.step_on_perfect_batch, grader=scenario.grader)
 
 
 def _reaches_workers(scenario: Scenario) -> bool:

@@ -14,9 +14,10 @@ from fedbus.aggregator.effects import RoundResult
 from fedbus.llm.engine import ChatEngine
 from fedbus.protocol.messages import DataSpec
 from fedbus.results.prompt_log import best_record
-from fedbus.runtime.llm_evaluation import LLMEvaluator
+from fedbus.runtime.llm_evaluation import Evaluation, LLMEvaluator
 from fedbus.runtime.llm_run import LLMReducer, count_tokens
 from fedbus.surrogate.evaluation import make_evaluator
+from fedbus.tasks.federation import client_mean_accuracy
 
 
 class Scoring(Protocol):
@@ -30,6 +31,16 @@ class Scoring(Protocol):
         ``best`` (the best-by-validation round, its accuracy and prompt) also that prompt's test accuracy."""
         ...
 
+
+
+def per_task_final(data: DataSpec, final: Evaluation) -> dict[str, Any]:
+    """For a run of several tasks: each task's test accuracy and size, and the mean over the clients of each
+    one's accuracy on its own test set (``per-task``: its task's); ``test_accuracy`` is the mean over tasks."""
+    if len(final.per_task) < 2:
+        return {}
+    return {"per_task": {name: {"test_accuracy": round(accuracy, 4), "questions": final.per_task_questions[name]}
+                         for name, accuracy in final.per_task.items()},
+            "test_accuracy_client_mean": client_mean_accuracy(data, final.per_task, final.per_task_questions)}
 
 
 class SurrogateScoring:
@@ -54,6 +65,7 @@ class LLMScoring:
 
     def __init__(self, engine: ChatEngine, data: DataSpec, reducer: LLMReducer) -> None:
         self._engine = engine
+        self._data = data
         self._evaluator = LLMEvaluator(engine, data)
         self._reducer = reducer
 
@@ -72,7 +84,7 @@ class LLMScoring:
         initial = await self._evaluator.evaluate(initial_prompt, "test")
         final = await self._evaluator.evaluate(prompt, "test")
         out = {"test_accuracy": final.accuracy, "initial_test_accuracy": initial.accuracy,
-               "test": final.record(), "initial_test": initial.record()}
+               "test": final.record(), "initial_test": initial.record(), **per_task_final(self._data, final)}
         if best is not None and best[2] == prompt:
             return out | best_record(best, final.accuracy)  # the same prompt: the same answers, no second pass
         tested = None if best is None else await self._evaluator.evaluate(best[2], "test")

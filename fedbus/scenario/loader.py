@@ -18,7 +18,7 @@ from fedbus.aggregator.strategies import LLM_STRATEGIES
 from fedbus.errors import ScenarioError
 from fedbus.protocol.messages import DataSpec
 from fedbus.scenario.conditions import ClientGroup
-from fedbus.scenario.engine import engine_to_mapping, read_engine
+from fedbus.scenario.engine import GRADERS, engine_to_mapping, read_engine
 from fedbus.scenario.groups import LATENCY_NEEDS, read_groups
 from fedbus.scenario.model import (
     LLM_TASKS,
@@ -33,10 +33,11 @@ from fedbus.scenario.model import (
 from fedbus.scenario.population import virtual_obstacles
 from fedbus.scenario.reader import Reader, at_least, one_of, settings_of, shown, valid_id, within
 from fedbus.security.policy import secured_size
+from fedbus.tasks.sources import DEFAULT_SPLIT, SPLIT_RULES, decode_sources, encode_sources, scenario_sources
 
-_TOP = {"name", "seed", "engine", "rounds", "initial_prompt", "task", "clients", "participation",
+_TOP = {"name", "seed", "data_seed", "engine", "rounds", "initial_prompt", "task", "clients", "participation",
         "aggregation", "max_message_bytes", "time_scale"} | {f.name for f in settings_of(Scenario)}
-_TASK = {"name", "train_size", "val_size", "test_size", "partition", "alpha"}
+_TASK = {"name", "train_size", "val_size", "test_size", "partition", "alpha", "source", "split", "grader"}
 _CLIENTS = {f.name for f in settings_of(ClientsSpec)} | {"count", "groups"}
 _PARTICIPATION = {f.name for f in settings_of(ParticipationSpec)} | {"adaptive_deadline"}
 _ADAPTIVE = {"k", "window"}
@@ -46,8 +47,11 @@ _WEIGHTING = {"kind", "a", "b"}
 DEFAULT_PROMPT = "You will answer a reasoning question. The last line of your answer should be 'Answer: $VALUE'."
 
 
-def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None) -> Scenario:
-    """Build a scenario from parsed YAML. Raises ``ScenarioError`` listing every problem."""
+def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None,
+                          data_seed: int | None = None) -> Scenario:
+    """Build a scenario from parsed YAML. Raises ``ScenarioError`` listing every problem.
+
+    ``seed`` and ``data_seed`` replace the file's; ``task.source`` paths are taken from ``source``'s folder."""
     r = Reader()
     if not isinstance(doc, Mapping):
         raise ScenarioError([("", f"a scenario must be a mapping, got {type(doc).__name__}")], source)
@@ -56,6 +60,10 @@ def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None) -
     file_seed = r.get(doc, "seed", "", int, default=0, check=at_least(0))
     if seed is not None and (type(seed) is not int or seed < 0):
         r.problem("seed", f"the seed given instead of the file's must be an integer >= 0, got {shown(seed)}")
+    file_data_seed = r.get(doc, "data_seed", "", int, default=None, check=at_least(0))
+    if data_seed is not None and (type(data_seed) is not int or data_seed < 0):
+        r.problem("data_seed", f"the data seed given instead of the file's must be an integer >= 0, "
+                  f"got {shown(data_seed)}")
     engine_spec = read_engine(r, doc.get("engine"))
     engine = engine_spec.name
     if engine_spec.base_url and not engine_spec.base_url.startswith(("http://", "https://")):
@@ -90,6 +98,9 @@ def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None) -
         r.problem("task.alpha", "applies to partition: dirichlet only")
     elif alpha is not None:
         partition = f"dirichlet:{alpha:g}"
+    grader = r.get(t, "grader", "task", str, default="exact", check=one_of(GRADERS))
+    if grader == "judge" and engine == "surrogate":
+        r.problem("task.grader", "judge needs an LLM engine (openai or local): the judge role grades the answers")
     surrogate_task = task_name in SURROGATE_TASKS
     if isinstance(task_name, str) and (engine == "surrogate") != surrogate_task:
         r.problem("task.name", f"engine {engine} runs the task(s) "
@@ -98,6 +109,18 @@ def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None) -
         r.problem("task.partition", "by-skill applies to the surrogate task; use iid, dirichlet or per-task")
     if partition in ("dirichlet", "per-task") and surrogate_task:
         r.problem("task.partition", f"{partition} applies to the LLM tasks; the surrogate task takes iid or by-skill")
+    split = r.get(t, "split", "task", str, default=DEFAULT_SPLIT, check=one_of(SPLIT_RULES))
+    sources: dict[str, str] = {}
+    if surrogate_task and ("source" in t or "split" in t):
+        r.problem("task.source" if "source" in t else "task.split", "applies to the LLM tasks, not the surrogate's")
+    elif "split" in t and "source" not in t:
+        r.problem("task.split", "applies to the files of task.source; generated tasks take train/val/test_size")
+    elif isinstance(task_name, str) and split in SPLIT_RULES and not any(p.startswith("task.name")
+                                                                         for p, _ in r.problems):
+        base = Path(source).parent if source else Path.cwd()
+        sources, source_problems = scenario_sources(t.get("source"), task_name.split("+"), base, split)
+        for where, message in source_problems:
+            r.problem(where, message)
 
     c = r.section(doc, "clients", "", _CLIENTS)
     if "clients" not in doc:
@@ -136,9 +159,8 @@ def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None) -
     weighting_b = r.get(w, "b", "aggregation.weighting", float, default=4.0, check=at_least(0.0))
     if mode == "async" and "buffer_size" in a and buffer_size != 1:
         r.problem("aggregation.buffer_size", "must be 1 in async mode (every update is merged on its own)")
-    if strategy in LLM_STRATEGIES:
-        if engine == "surrogate":
-            r.problem("aggregation.strategy", f"{strategy} needs an LLM engine (openai or local), not the surrogate")
+    if strategy in LLM_STRATEGIES and engine == "surrogate":
+        r.problem("aggregation.strategy", f"{strategy} needs an LLM engine (openai or local), not the surrogate")
     if mode != "sync" and participation["overcommit"]:
         r.problem("participation.overcommit", "applies to sync mode only")
 
@@ -161,15 +183,19 @@ def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None) -
         raise ScenarioError(r.problems, source)
 
     chosen_seed = file_seed if seed is None else seed
+    chosen_data_seed = file_data_seed if data_seed is None else data_seed
     scenario = Scenario(
         name=name,
         seed=chosen_seed,
         engine=engine,
         engine_spec=engine_spec,
+        grader=grader,
         rounds=rounds,
         initial_prompt=prompt,
         data=DataSpec(task=task_name, seed=chosen_seed, num_shards=count + remote, train_size=train,
-                      val_size=val, test_size=test, partition=partition),
+                      val_size=val, test_size=test, partition=partition,
+                      data_seed=None if chosen_data_seed in (None, chosen_seed) else chosen_data_seed,
+                      sources=encode_sources(sources) or None, split=split if sources else None),
         clients=ClientsSpec(count=count, groups=groups, **client_settings),
         participation=ParticipationSpec(adaptive_deadline_k=adaptive_k, adaptive_window=adaptive_window,
                                         **participation),
@@ -307,9 +333,9 @@ def read_yaml(path: str | Path) -> Any:
         raise ScenarioError([("", _yaml_problem(exc, text))], source) from exc
 
 
-def load_scenario(path: str | Path, seed: int | None = None) -> Scenario:
+def load_scenario(path: str | Path, seed: int | None = None, data_seed: int | None = None) -> Scenario:
     """Read and check a scenario file. Raises ``ScenarioError`` (with YAML paths)."""
-    return scenario_from_mapping(read_yaml(path), str(path), seed)
+    return scenario_from_mapping(read_yaml(path), str(path), seed, data_seed)
 
 
 def _group_mapping(g: ClientGroup) -> dict[str, Any]:
@@ -339,6 +365,10 @@ def _task_mapping(d: DataSpec) -> dict[str, Any]:
                            "val_size": d.val_size, "test_size": d.test_size, "partition": kind}
     if alpha:
         out["alpha"] = float(alpha)
+    sources = decode_sources(d.sources)
+    if sources:
+        out["source"] = next(iter(sources.values())) if len(names) == 1 else sources
+        out["split"] = d.split or DEFAULT_SPLIT
     return out
 
 
@@ -363,12 +393,13 @@ def scenario_to_mapping(scenario: Scenario) -> dict[str, Any]:
     return {
         "name": scenario.name,
         "seed": scenario.seed,
+        "data_seed": scenario.data.generation_seed,
         "engine": engine_to_mapping(scenario.engine_spec),
         "rounds": scenario.rounds,
         "time_scale": scenario.time_scale,
         "initial_prompt": scenario.initial_prompt,
         "max_message_bytes": scenario.max_message_bytes,
-        "task": _task_mapping(d),
+        "task": {**_task_mapping(d), **({"grader": scenario.grader} if scenario.grader != "exact" else {})},
         "clients": clients,
         "participation": participation,
         "aggregation": {**_settings(a), "buffer_size": a.buffer_size, "weighting": dataclasses.asdict(a.weighting)},

@@ -17,7 +17,8 @@ from fedbus.scenario.reader import at_least, one_of, setting, valid_id, within
 from fedbus.security.policy import DEFAULT_SECURITY, SECURITY_MODES
 
 SURROGATE_TASKS = ("surrogate-skills",)
-LLM_TASKS = ("object_counting", "multistep_arithmetic_two")  # generated in BIG-Bench Hard's format
+# generated in BIG-Bench Hard's format, generated GSM8K-style word problems (not GSM8K), and GSM8K (task.source only)
+LLM_TASKS = ("object_counting", "multistep_arithmetic_two", "word_problems", "gsm8k")
 TASKS = SURROGATE_TASKS + LLM_TASKS
 PARTITIONS = ("iid", "by-skill", "dirichlet", "per-task")
 POPULATIONS = ("auto", "eager", "virtual")  # fedbus.scenario.population
@@ -66,6 +67,9 @@ class ClientsSpec:
     groups: tuple[ClientGroup, ...] = ()  # empty: one honest group of `count` clients named id_prefix
     # TextGrad clients: keep a step only if batch accuracy rose (or is perfect)
     strict: bool = setting(False)
+    # TextGrad clients: step on a batch already answered all right (the authors' code does); false: skip the step
+    # ("perfect-batch"), saving 3B+1 LLM calls for a batch of B
+    step_on_perfect_batch: bool = setting(False)
     # a registered optimizer or package.module:function; None: the engine's
     optimizer: str | None = setting(None, check=known_optimizer)
     # eager: every client runs from the start; virtual (--simulate only): a client exists once selected;
@@ -119,6 +123,7 @@ class Scenario:
     max_message_bytes: int = 256 * 1024
     time_scale: float = 1.0  # simulated seconds per wall-clock second
     engine_spec: EngineSpec = field(default_factory=EngineSpec)
+    grader: str = "exact"  # task.grader (read by hand): exact, or judge (the authors' LLM judge, engine role judge)
     # protocol v2 (docs/SECURITY.md): signed+sealed (every message signed, updates sealed to the aggregator),
     # signed (bodies in clear), or none (protocol v1: anyone on the broker can post as anyone)
     security: str = setting(DEFAULT_SECURITY, check=one_of(SECURITY_MODES))

@@ -107,7 +107,7 @@ def generate(spec: DataSpec) -> Dataset:
     process and shared (it is frozen), not once per client; each build costs ~50 ms of CPU, and a worker
     process's clients building theirs on their first task stalled its event loop past round deadlines.
     With :func:`per_shard` the training split is empty here: each shard is generated on its own."""
-    rng = random.Random(f"surrogate-skills/{spec.seed}")
+    rng = random.Random(f"surrogate-skills/{spec.generation_seed}")
     uniform = [1.0] * len(SKILLS)
     train = () if per_shard(spec) else tuple(_example(rng, f"train-{i}", uniform) for i in range(spec.train_size))
     val = tuple(_example(rng, f"val-{i}", uniform) for i in range(spec.val_size))
@@ -138,7 +138,7 @@ def _generated_shard(spec: DataSpec, index: int) -> tuple[Example, ...]:
     ``train_size`` (near-equal shares, at least one example). 'iid': examples drawn as for the pool; 'by-skill':
     only examples that need skill ``index`` or the next one (mod 8), as the pooled partition prefers."""
     size = max(1, spec.train_size // spec.num_shards + (index < spec.train_size % spec.num_shards))
-    rng = random.Random(f"surrogate-skills/{spec.seed}/shard/{index}")
+    rng = random.Random(f"surrogate-skills/{spec.generation_seed}/shard/{index}")
     uniform = [1.0] * len(SKILLS)
     favoured = {SKILL_NAMES[index % len(SKILLS)], SKILL_NAMES[(index + 1) % len(SKILLS)]}
     out: list[Example] = []
@@ -155,7 +155,7 @@ def _generated_shard(spec: DataSpec, index: int) -> tuple[Example, ...]:
 # size (an O(train_size) shuffle per client made 1,000 clients' first tasks cost seconds of CPU).
 @functools.lru_cache(maxsize=4)
 def _shuffled(spec: DataSpec, dataset: Dataset) -> tuple[Example, ...]:
-    rng = random.Random(f"partition/{spec.seed}/{spec.partition}")
+    rng = random.Random(f"partition/{spec.generation_seed}/{spec.partition}")
     order = list(dataset.train)
     rng.shuffle(order)
     return tuple(order)

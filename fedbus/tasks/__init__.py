@@ -1,7 +1,8 @@
 """The tasks and data of the FedTextGrad experiments, as plain frozen values.
 
 Generated BIG-Bench Hard ``object_counting`` and ``multistep_arithmetic_two`` questions
-(seeded, exactly in BBH's format), loaders for the real BBH and GSM8K files, IID / Dirichlet /
+(seeded, exactly in BBH's format), generated GSM8K-style ``word_problems`` (not GSM8K), loaders for
+the real BBH and GSM8K files with TextGrad's and the FedTextGrad authors' splits, IID / Dirichlet /
 per-task partitions across clients, and the ``Answer: <number>`` parser that grades replies.
 Pure: stdlib only, randomness injected, no IO except the loaders reading the file they are given.
 """
@@ -29,10 +30,13 @@ from fedbus.tasks.loaders import (
 )
 from fedbus.tasks.object_counting import CATEGORIES, generate_object_counting
 from fedbus.tasks.partition import Partition, dirichlet_partition, iid_partition, per_task_partition
+from fedbus.tasks.sources import SPLIT_RULES, load_source, split_gsm8k_fedtextgrad
+from fedbus.tasks.word_problems import generate_word_problems, worked_solution
 
 __all__ = [
     "ANSWER_INSTRUCTION",
     "CATEGORIES",
+    "SPLIT_RULES",
     "TASK_NAMES",
     "DatasetError",
     "Example",
@@ -45,15 +49,19 @@ __all__ = [
     "generate_arithmetic",
     "generate_object_counting",
     "generate_splits",
+    "generate_word_problems",
     "iid_partition",
     "is_correct",
     "load_bbh_json",
     "load_bbh_splits",
     "load_gsm8k_jsonl",
     "load_gsm8k_splits",
+    "load_source",
     "parse_answer",
     "parse_target",
     "per_task_partition",
     "split_bbh",
     "split_gsm8k",
+    "split_gsm8k_fedtextgrad",
+    "worked_solution",
 ]

@@ -6,7 +6,7 @@ import random
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
-from fedbus.tasks import arithmetic, object_counting
+from fedbus.tasks import arithmetic, object_counting, word_problems
 from fedbus.tasks.example import Example, Splits
 
 Generator = Callable[[random.Random], Example]
@@ -14,6 +14,7 @@ Generator = Callable[[random.Random], Example]
 GENERATORS: Mapping[str, Generator] = MappingProxyType({
     object_counting.TASK: object_counting.generate_object_counting,
     arithmetic.TASK: arithmetic.generate_arithmetic,
+    word_problems.TASK: word_problems.generate_word_problems,  # generated GSM8K-style problems, not GSM8K
 })
 TASK_NAMES: tuple[str, ...] = tuple(GENERATORS)
 

@@ -5,7 +5,8 @@ musical instruments do I have?" Items are joined with ", " and the last one with
 writes the comma even for two items: "I have a car, and a toaster."). A quantity of one is
 "a"/"an", larger ones are "two" to "five". The vocabulary is BBH's own. Some questions list
 distractors from other categories, which the target does not count; a question about
-"objects" never has distractors, as in BBH (any thing is an object).
+"objects" never has distractors, as in BBH (any thing is an object). Calibrated to BBH's file: the
+answers average about 8.3 and about 18% of the questions list distractors (tests/unit/test_tasks_generators.py).
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ CATEGORIES: tuple[str, ...] = ("fruits", "vegetables", "animals", "musical instr
 NUMBER_WORDS: tuple[str, ...] = ("two", "three", "four", "five")
 MAX_COUNT = 1 + len(NUMBER_WORDS)
 
-_SINGLE_P = 0.75  # chance that an item is listed once ("a flute"), as most BBH items are
-_DISTRACTOR_P = 0.3  # chance that a question lists items from other categories
+# BBH's object_counting: mean answer 8.3, distractors in 18% of the questions (9.8 and 25% before calibration)
+_SINGLE_P = 0.785  # chance that an item is listed once ("a flute"), as most BBH items are
+_DISTRACTOR_P = 0.225  # chance that a question not about "objects" (4 in 5) lists items from other categories
 _MAX_DISTRACTORS = 3
 _MIN_ITEMS = 2
-_MAX_ITEMS = 10
+_MAX_ITEMS = 9
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -95,8 +97,8 @@ def render(listed: Sequence[tuple[Item, int]], category: str) -> str:
     return f"I have {body}. How many {category} do I have?"
 
 
-def generate_object_counting(rng: random.Random) -> Example:
-    """One question; its target counts the listed items of the asked category."""
+def draw_listing(rng: random.Random) -> tuple[str, tuple[tuple[Item, int], ...]]:
+    """The asked category and the listed items with their counts, in the order the question lists them."""
     category = rng.choice(CATEGORIES)
     pool = items_in(category)
     asked = rng.sample(pool, rng.randint(_MIN_ITEMS, min(_MAX_ITEMS, len(pool))))
@@ -105,6 +107,12 @@ def generate_object_counting(rng: random.Random) -> Example:
         others = [item for item in ITEMS if item.category != category]
         listed += [(item, _count(rng)) for item in rng.sample(others, rng.randint(1, _MAX_DISTRACTORS))]
     rng.shuffle(listed)
+    return category, tuple(listed)
+
+
+def generate_object_counting(rng: random.Random) -> Example:
+    """One question; its target counts the listed items of the asked category."""
+    category, listed = draw_listing(rng)
     target = sum(count for item, count in listed if item.category == category)
     return Example(input=render(listed, category), target=str(target), task=TASK, category=category)
 

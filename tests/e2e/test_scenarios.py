@@ -236,9 +236,10 @@ CHECKS: dict[str, Callable[[Summary, list[dict[str, Any]]], None]] = {
 }
 
 
-# Scenarios on real LLMs: exercised by tests/integration/test_llm_federation.py (scripted server) and
-# tests/integration/test_local_federation.py (the embedded model), not run whole here.
-LLM_SCENARIOS = {"local-llm", "openai-compatible", "paper-heterogeneous"}
+# Scenarios on real LLMs: exercised by tests/integration/test_llm_federation.py and test_paper_scenarios.py
+# (scripted server) and tests/integration/test_local_federation.py (the embedded model), not run whole here.
+LLM_SCENARIOS = {"local-llm", "openai-compatible", "paper-heterogeneous", "paper-homogeneous", "paper-centralized",
+                 "paper-concat-overflow", "paper-local"}
 
 
 def test_every_scenario_file_has_an_end_to_end_check() -> None:

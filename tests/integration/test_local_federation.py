@@ -88,3 +88,27 @@ def test_a_reduced_real_federation_finishes_and_records_tokens(model: Path, tmp_
     assert 0.0 <= round_["val_accuracy"] <= 1.0 and round_["val"]["questions"] == 2
     assert sum(a["tokens"] for a in round_["accepted"]) > 0
     assert "local" in result.stdout and "NOT an LLM" not in result.stdout
+
+
+def test_a_sweep_on_the_embedded_model_is_reported_with_intervals_over_seeds(model: Path, tmp_path: Path) -> None:
+    """`fedbus sweep` + `fedbus report` on the real (embedded) model: the paper-local scenario shrunk to one
+    client, one round and one question per split, over two seeds; the report's page gives a mean ± CI."""
+    shrink = ["clients.count=1", "participation.min_clients=1", "rounds=1", "task.train_size=2", "task.val_size=1",
+              "task.test_size=1", "clients.batch_size=1", "engine.max_tokens=160"]
+    out = tmp_path / "sweep"
+    grid = [arg for key in shrink for arg in ("--grid", key)]
+    swept = subprocess.run([sys.executable, "-m", "fedbus", "sweep", "scenarios/paper-local.yaml", *grid,
+                            "--seeds", "1..2", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                           timeout=1200, stdin=subprocess.DEVNULL, check=False)
+    assert swept.returncode == 0, swept.stdout[-3000:] + swept.stderr[-3000:]
+    manifest = json.loads((out / "sweep.json").read_text())
+    assert [c["status"] for c in manifest["cells"]] == ["completed", "completed"]
+    summaries = [json.loads((out / c["folder"] / "summary.json").read_text()) for c in manifest["cells"]]
+    assert all(s["engine"]["name"] == "local" and s["llm"]["completion_tokens"] > 0 for s in summaries)
+    report = subprocess.run([sys.executable, "-m", "fedbus", "report", str(out), "--out", str(tmp_path / "report")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+                            check=False)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "2 of 2 runs completed" in report.stdout
+    assert (tmp_path / "report" / "accuracy.png").stat().st_size > 5_000
+    assert " ± " in (tmp_path / "report" / "index.html").read_text(encoding="utf-8")

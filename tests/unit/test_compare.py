@@ -39,8 +39,8 @@ def summary(run_id: str = "run-a", **totals: Any) -> dict[str, Any]:
         "totals": {"rounds_closed": 2, "updates_accepted": 5, "updates_rejected": 1, "tokens": 300, "wall_s": 12.5,
                    **totals},
         "rounds": [
-            {"round": 1, "status": "aggregated", "val_accuracy": 0.25, "global_prompt_chars": 400, "sentence_overlap": 0.75,
-             "accepted": [{}, {}, {}], "rejected": [{}], "duration_s": 3.25},
+            {"round": 1, "status": "aggregated", "val_accuracy": 0.25, "global_prompt_chars": 400,
+             "sentence_overlap": 0.75, "accepted": [{}, {}, {}], "rejected": [{}], "duration_s": 3.25},
             {"round": 2, "status": "no-quorum", "global_prompt_chars": 400, "accepted": [{}, {}], "rejected": [],
              "duration_s": 20.0},
         ],
@@ -169,12 +169,13 @@ def test_rows_of_real_runs_match_their_summaries(simulated: list[dict[str, Any]]
 
 
 def test_round_rows_of_real_runs_match_their_summaries(simulated: list[dict[str, Any]]) -> None:
-    """Per-round rows carry each round's validation accuracy, prompt size and sentence overlap as summary.json has them."""
+    """Per-round rows carry each round's validation accuracy, prompt size and sentence overlap as summary.json
+    has them."""
     rows = rounds_table(simulated)
     expected = [(s["run_id"], x["round"], x["val_accuracy"], x["global_prompt_chars"], x["sentence_overlap"],
                  len(x["accepted"]), x["duration_s"]) for s in simulated for x in s["rounds"]]
-    assert [(r["run"], r["round"], r["val_acc"], r["prompt_chars"], r["sentence_overlap"], r["accepted"], r["duration_s"])
-            for r in rows] == expected
+    assert [(r["run"], r["round"], r["val_acc"], r["prompt_chars"], r["sentence_overlap"], r["accepted"],
+             r["duration_s"]) for r in rows] == expected
     assert len(rows) == 6
 
 
@@ -267,3 +268,12 @@ def test_runs_of_a_sweep_show_its_grid_keys_and_seed(tmp_path: Path) -> None:
     assert settings_columns([cell, cell / "summary.json"], runs) == [{"clients.local_steps": 2, "seed": 1}] * 2
     text = render(with_settings([row(runs[0])], {"clients.local_steps": 2, "seed": 1}))
     assert parse_table(text)[0]["clients.local_steps"] == "2"
+
+
+def test_a_data_seed_that_follows_the_seed_is_not_a_varied_setting() -> None:
+    """Unset, data_seed is the seed: runs over seeds 1 and 2 vary by seed alone. Set apart from the seed (a grid
+    over data_seed), it is a setting of its own."""
+    from fedbus.experiments.grouping import scenario_settings
+
+    assert "data_seed" not in scenario_settings({"seed": 2, "data_seed": 2, "clients": {"count": 3}})
+    assert scenario_settings({"seed": 2, "data_seed": 7})["data_seed"] == 7

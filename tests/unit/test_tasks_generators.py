@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from fedbus.tasks import Example, Splits, generate_splits
 from fedbus.tasks.arithmetic import evaluate, generate_arithmetic, outer_operator
 from fedbus.tasks.generate import draw_distinct
-from fedbus.tasks.object_counting import asked_category, generate_object_counting, items_in, render
+from fedbus.tasks.object_counting import asked_category, draw_listing, generate_object_counting, items_in, render
 
 # Verbatim inputs and targets from suzgunmirac/BIG-Bench-Hard bbh/object_counting.json: they pin the
 # regexes and the oracles below to the real format, so the generator is checked against BBH, not itself.
@@ -151,6 +151,18 @@ def test_some_questions_have_distractors_but_never_objects_questions() -> None:
     assert 50 < with_distractors < 400
 
 
+def test_generated_object_counting_is_calibrated_to_bbh() -> None:
+    """Over 2,000 questions the answers average about 8.3 and about 18% list distractors, as BBH's file does."""
+    rng = random.Random(20)
+    answers, with_distractors = [], 0
+    for _ in range(2000):
+        category, listed = draw_listing(rng)
+        answers.append(sum(count for item, count in listed if item.category == category))
+        with_distractors += any(item.category != category for item, _ in listed)
+    assert abs(sum(answers) / len(answers) - 8.3) < 0.35
+    assert abs(with_distractors / 2000 - 0.18) < 0.03
+
+
 def test_items_are_distinct_within_a_question() -> None:
     """A noun is listed once per question, its quantity carried by the number word."""
     rng = random.Random(3)
@@ -223,7 +235,7 @@ def test_evaluate_matches_python_precedence(operands: tuple[list[int], list[str]
     assert evaluate(values, ops) == safe_eval(text)
 
 
-@pytest.mark.parametrize("task", ["object_counting", "multistep_arithmetic_two"])
+@pytest.mark.parametrize("task", ["object_counting", "multistep_arithmetic_two", "word_problems"])
 def test_splits_are_disjoint_sized_and_deterministic(task: str) -> None:
     """Same seed, same splits; no input in two splits; sizes as asked."""
     splits = generate_splits(task, 3, 40, 30, 50)
