@@ -193,6 +193,11 @@ class CachedEngine:
         count = getattr(self._inner, "count_tokens", None)
         return None if count is None else cast("int | None", await count(text))
 
+    async def prompt_logprobs(self, text: str) -> list[float] | None:
+        """The inner engine's log-probabilities of ``text``'s tokens, where it gives them (not cached)."""
+        logprobs = getattr(self._inner, "prompt_logprobs", None)
+        return None if logprobs is None else cast("list[float] | None", await logprobs(text))
+
     async def complete(self, prompt: str, *, system: str | None = None) -> Completion:
         self._counters.calls += 1
         try:

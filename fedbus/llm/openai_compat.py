@@ -130,6 +130,7 @@ class OpenAIEngine:
         self._headers = {"Content-Type": "application/json"}
         self._secret = ""
         self._no_tokenizer = False
+        self._no_prompt_logprobs = False
         if config.api_key_env is not None:
             key = (environ or {}).get(config.api_key_env, "")
             if not key:
@@ -210,6 +211,31 @@ class OpenAIEngine:
             return len(tokens)
         except (TimeoutError, aiohttp.ClientError, ValueError):
             self._no_tokenizer = True
+            return None
+
+    async def prompt_logprobs(self, text: str) -> list[float] | None:
+        """The natural-log probability of each of ``text``'s tokens given the ones before it, by the model itself
+        (the first token has none), or ``None`` where the server does not give them.
+
+        Asks ``POST /v1/completions`` with ``echo`` and ``logprobs``, the completions API's way of scoring a
+        prompt, which vLLM serves. llama.cpp's server (the local engine), Ollama and OpenAI's chat models return
+        log-probabilities of generated tokens only (llama.cpp issue #27174); after one such answer the engine
+        stops asking. A forward pass over ``text``, not counted as an LLM call.
+        """
+        session = self._session
+        if session is None or session.closed or self._no_prompt_logprobs:
+            return None
+        body = {"model": self._config.model, "prompt": text, "max_tokens": 1, "temperature": 0.0, "echo": True,
+                "logprobs": 1}
+        try:
+            async with self._semaphore, session.post(f"{self._config.base_url.rstrip('/')}/completions", json=body,
+                                                     headers=self._headers) as response:
+                if response.status != 200:
+                    raise ValueError(f"status {response.status}")
+                document = await response.json(content_type=None)
+            return _echoed_prompt_logprobs(document)
+        except (TimeoutError, aiohttp.ClientError, ValueError, KeyError, IndexError, TypeError):
+            self._no_prompt_logprobs = True
             return None
 
     def statistics(self) -> EngineStatistics:
@@ -318,6 +344,20 @@ class OpenAIEngine:
         text = " ".join(raw.decode("utf-8", errors="replace").split())
         text = self._redact(text)
         return text if len(text) <= SNIPPET_CHARS else text[:SNIPPET_CHARS] + "..."
+
+
+def _echoed_prompt_logprobs(document: Any) -> list[float]:
+    """The prompt's token log-probabilities from an ``echo`` completions reply: the first ``usage.prompt_tokens``
+    entries of ``token_logprobs`` (the reply's own tokens follow), without the first token's ``null``. A reply
+    that holds fewer entries than the prompt has tokens did not echo: ``ValueError``."""
+    prompt_tokens = int(document["usage"]["prompt_tokens"])
+    values = document["choices"][0]["logprobs"]["token_logprobs"]
+    if prompt_tokens < 2 or not isinstance(values, list) or len(values) < prompt_tokens:
+        raise ValueError("no log-probabilities of the prompt's tokens")
+    scored = [float(v) for v in values[1:prompt_tokens] if v is not None]
+    if len(scored) != prompt_tokens - 1:
+        raise ValueError("a prompt token without its log-probability")
+    return scored
 
 
 def _parse_retry_after(value: str | None) -> float | None:

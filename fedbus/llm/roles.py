@@ -87,6 +87,11 @@ class RoleEngine:
         count = getattr(self._inner, "count_tokens", None)
         return None if count is None else cast("int | None", await count(text))
 
+    async def prompt_logprobs(self, text: str) -> list[float] | None:
+        """The inner engine's log-probabilities of ``text``'s tokens, where it gives them (not a call of the role)."""
+        logprobs = getattr(self._inner, "prompt_logprobs", None)
+        return None if logprobs is None else cast("list[float] | None", await logprobs(text))
+
     def statistics(self) -> EngineStatistics:
         """This role's counts (``retries`` and ``usage_estimated`` belong to the engine: see :class:`Engines`)."""
         c = self._counters

@@ -5,15 +5,19 @@ The authors (``utils/prompt_complexity.py``) report, per prompt, its token lengt
 (bits per character), and, for the Uniform Information Density analysis, the mean and variance of per-token
 surprisal under a language model. The first three need no model and are computed here for every global prompt;
 token length is an estimate (characters / 4) unless the engine counts tokens itself (``global_prompt_tokens``
-beside it). Surprisal needs the log-probabilities of the prompt's own tokens under a model, which fedbus's
-engines do not report: it is recorded as unavailable rather than approximated.
+beside it). Surprisal needs the log-probabilities of the prompt's own tokens under a model: :func:`surprisal`
+turns the ones the run's engine gives (vLLM does) into the authors' figures; where the engine gives none it is
+recorded as unavailable rather than approximated. The authors used GPT-2 XL; fedbus uses the run's model, so
+figures from different models do not compare.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 import zlib
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from fedbus.llm.engine import estimate_tokens
@@ -33,6 +37,15 @@ def char_entropy(text: str) -> float:
         return 0.0
     total = len(text)
     return -sum(n / total * math.log2(n / total) for n in Counter(text).values())
+
+
+def surprisal(logprobs: Sequence[float], model: str) -> dict[str, Any]:
+    """The authors' UID figures from per-token log-probabilities (natural log): surprisal (-log p, in nats) mean,
+    max and variance (n - 1 in the denominator, as torch's ``var``); lower variance is more uniform."""
+    values = [-v for v in logprobs]
+    return {"mean_nats": round(statistics.fmean(values), 4), "max_nats": round(max(values), 4),
+            "variance": round(statistics.variance(values), 4) if len(values) > 1 else 0.0,
+            "tokens": len(values), "model": model}
 
 
 def complexity(text: str) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from fedbus.llm.roles import Engines
 from fedbus.llm.textgrad_engine import load_textgrad
 from fedbus.protocol.messages import DataSpec
 from fedbus.results.eventlog import EventLog
+from fedbus.results.prompt_measures import surprisal
 from fedbus.scenario.engine import EngineSpec
 
 
@@ -94,6 +95,15 @@ def local_step_totals(events_path: Path) -> dict[str, Any]:
             elif event.get("event") == "local-error":
                 failures += 1
     return {"step_reasons": dict(sorted(reasons.items())), "failed_rounds": failures}
+
+
+async def prompt_surprisal(engine: ChatEngine | None, text: str) -> dict[str, Any] | None:
+    """The authors' surprisal figures of ``text`` under the engine's model, where the engine scores prompts."""
+    logprobs = None if engine is None else getattr(engine, "prompt_logprobs", None)
+    if engine is None or logprobs is None:
+        return None
+    scored = await logprobs(text)
+    return surprisal(scored, engine.model) if scored else None
 
 
 async def count_tokens(engine: ChatEngine | None, text: str) -> int | None:

@@ -160,6 +160,8 @@ async def _run(scenario: Scenario, options: RunOptions, engine: Engines | None,
 
         async def on_round(result: RoundResult) -> dict[str, Any]:
             extra: dict[str, Any] = {**prompt_record(result, window), **await scoring.round_extra(result)}
+            if "surprisal" in extra:  # the engine scored the prompt's tokens
+                extra["complexity"] = {**extra["complexity"], "surprisal": extra.pop("surprisal")}
             progress.round(round_record(result, extra))
             if options.observer is not None:
                 options.observer.round_closed(round_record(result, extra), result.prompt)

@@ -15,7 +15,7 @@ from fedbus.llm.engine import ChatEngine
 from fedbus.protocol.messages import DataSpec
 from fedbus.results.prompt_log import best_record
 from fedbus.runtime.llm_evaluation import Evaluation, LLMEvaluator
-from fedbus.runtime.llm_run import LLMReducer, count_tokens
+from fedbus.runtime.llm_run import LLMReducer, count_tokens, prompt_surprisal
 from fedbus.surrogate.evaluation import make_evaluator
 from fedbus.tasks.federation import client_mean_accuracy
 
@@ -75,6 +75,9 @@ class LLMScoring:
         counted = await count_tokens(self._engine, result.prompt)
         if counted is not None:
             extra["global_prompt_tokens"] = counted  # by the engine's own tokenizer
+        scored = await prompt_surprisal(self._engine, result.prompt)
+        if scored is not None:
+            extra["surprisal"] = scored  # run.py files it under complexity
         if result.round in self._reducer.by_round:
             extra["aggregation"] = self._reducer.by_round.pop(result.round)
         return extra

@@ -57,7 +57,7 @@ def scripted_model(system: str | None, user: str) -> tuple[int, str]:
 @pytest.fixture
 async def server() -> AsyncIterator[tuple[str, dict[str, Any]]]:
     state: dict[str, Any] = {"script": scripted_model, "requests": 0, "tokenizer": True, "tokenized": 0,
-                             "hold_feedback": None}
+                             "hold_feedback": None, "scored_prompts": 0}
 
     async def chat(request: web.Request) -> web.Response:
         body = await request.json()
@@ -81,8 +81,21 @@ async def server() -> AsyncIterator[tuple[str, dict[str, Any]]]:
             return web.Response(status=404, text="404: Not Found")
         return web.json_response({"tokens": list(range(len(body["content"].split())))})
 
+    async def completions(request: web.Request) -> web.Response:  # as vLLM: echo scores the prompt's tokens
+        body = await request.json()
+        if not (body.get("echo") and body.get("logprobs") is not None and state["tokenizer"]):
+            return web.Response(status=404, text="404: Not Found")
+        state["scored_prompts"] += 1
+        words = body["prompt"].split()  # one token per word; the i-th word has log-probability -(i % 3) - 0.5
+        return web.json_response({
+            "choices": [{"text": body["prompt"] + " x", "finish_reason": "length",
+                         "logprobs": {"token_logprobs": [None, *(-(i % 3) - 0.5 for i in range(1, len(words))),
+                                                         -0.1]}}],
+            "usage": {"prompt_tokens": len(words), "completion_tokens": 1}})
+
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/v1/completions", completions)
     app.router.add_post("/tokenize", tokenize)
     runner = web.AppRunner(app)
     await runner.setup()
@@ -137,6 +150,12 @@ async def test_a_textgrad_federation_runs_against_an_openai_compatible_server(
     assert rounds[0]["sentence_overlap"] == 1.0
     assert [r["global_prompt_tokens"] for r in rounds] == [7, 7]  # the server's tokenizer: one per word here
     assert state["tokenized"] == 2  # once per round, not an LLM call
+    surprisals = [-(i % 3) - 0.5 for i in range(1, 7)]  # the server's scores of the 7-word prompt's last 6 words
+    mean = sum(-v for v in surprisals) / 6
+    assert rounds[0]["complexity"]["surprisal"] == {
+        "mean_nats": round(mean, 4), "max_nats": 2.5, "tokens": 6, "model": "scripted-model",
+        "variance": round(sum((-v - mean) ** 2 for v in surprisals) / 5, 4)}
+    assert state["scored_prompts"] == 2  # once per round, not an LLM call
     llm = summary["llm"]
     assert llm["calls"] - llm["cached_calls"] == state["requests"]  # repeated questions come from the cache
     assert llm["prompt_tokens"] > 0 and llm["failures"] == 0
@@ -160,6 +179,7 @@ async def test_a_reply_without_tags_falls_back_to_concat(server: tuple[str, dict
     assert all(r["aggregation"]["fallback"] == "concat (missing-tags)" for r in summary["rounds"])
     assert sum(e["event"] == "aggregation-fallback" for e in events) == 2
     assert not any("global_prompt_tokens" in r for r in summary["rounds"])  # no count rather than a guess
+    assert all(r["complexity"]["surprisal"].startswith("unavailable") for r in summary["rounds"])
     assert state["tokenized"] == 1  # asked once, then never again
 
 
