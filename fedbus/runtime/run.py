@@ -41,6 +41,7 @@ from fedbus.runtime.journal import JOURNAL, Journal, ResumeError, read_journal, 
 from fedbus.runtime.limits import ensure_open_files
 from fedbus.runtime.llm_run import LLMReducer, llm_summary, load_optimizer_library, optimizer_factory
 from fedbus.runtime.pool import WorkerPool, auto_workers, run_guarded
+from fedbus.runtime.retention import RetentionJudge
 from fedbus.runtime.run_keys import RemoteKeys, authorized_path, run_secret, write_aggregator_key
 from fedbus.runtime.scoring import Scoring, SurrogateScoring
 from fedbus.scenario import Scenario
@@ -131,6 +132,8 @@ async def _run(scenario: Scenario, options: RunOptions, engine: Engines | None,
     window = context_window(scenario)
     scoring: Scoring = (llm_scoring(engine, scenario.data, reducer, scenario.grader) if engine is not None
                         else SurrogateScoring(scenario.engine, scenario.data))
+    retention = (RetentionJudge(engine.judge, scenario.initial_prompt)
+                 if engine is not None and scenario.aggregation.judge_retention else None)
 
     with ExitStack() as stack, structlog.contextvars.bound_contextvars(run=run_id):
         address, broker_info, embedded = _open_broker(stack, scenario, options, out)
@@ -162,6 +165,8 @@ async def _run(scenario: Scenario, options: RunOptions, engine: Engines | None,
             extra: dict[str, Any] = {**prompt_record(result, window), **await scoring.round_extra(result)}
             if "surprisal" in extra:  # the engine scored the prompt's tokens
                 extra["complexity"] = {**extra["complexity"], "surprisal": extra.pop("surprisal")}
+            if retention is not None and (judged := await retention(result)) is not None:
+                extra["instruction_retention"] = judged
             progress.round(round_record(result, extra))
             if options.observer is not None:
                 options.observer.round_closed(round_record(result, extra), result.prompt)

@@ -161,6 +161,8 @@ def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None,
         r.problem("aggregation.buffer_size", "must be 1 in async mode (every update is merged on its own)")
     if strategy in LLM_STRATEGIES and engine == "surrogate":
         r.problem("aggregation.strategy", f"{strategy} needs an LLM engine (openai or local), not the surrogate")
+    if aggregation["judge_retention"] and engine == "surrogate":
+        r.problem("aggregation.judge_retention", "needs an LLM engine (openai or local): an LLM judges retention")
     if mode != "sync" and participation["overcommit"]:
         r.problem("participation.overcommit", "applies to sync mode only")
 

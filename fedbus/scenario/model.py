@@ -105,6 +105,8 @@ class AggregationSpec:
     format_line: str = setting(FORMAT_LINE, check=lambda v: None if v.strip() else "must not be blank")
     # the engine's context window in tokens, for the context-overflow record (default: the local engine's slot)
     context_tokens: int | None = setting(None, check=at_least(1))
+    # LLM runs: the judge role asks, per instruction a client added, whether its content survived in the global prompt
+    judge_retention: bool = setting(False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -50,6 +50,10 @@ def scripted_model(system: str | None, user: str) -> tuple[int, str]:
         return 200, "<MERGED_PROMPT>List every item before counting. Answer: $VALUE</MERGED_PROMPT>"
     if "List of Prompts to Merge:" in user:  # the authors' code appends the format line itself
         return 200, "List every item before counting."
+    if "<INSTRUCTION>" in user:  # the retention judge: present when the words are there
+        merged, instruction = (user.split(f"<{tag}>\n", 1)[1].split(f"\n</{tag}>", 1)[0]
+                               for tag in ("PROMPT", "INSTRUCTION"))
+        return 200, f"<PRESENT>{'yes' if instruction in merged else 'no'}</PRESENT>"
     right = system is not None and "List every item" in system
     return 200, f"Answer: {TARGETS[user] if right else -1}"
 
@@ -113,9 +117,10 @@ def written_events(path: Path) -> list[dict[str, Any]]:
 
 
 async def fedbus_run(tmp_path: Path, url: str, strategy: str,
-                     deadline: float = 60) -> tuple[int, dict[str, Any], list[dict[str, Any]]]:
+                     deadline: float = 60,
+                    text: str | None = None) -> tuple[int, dict[str, Any], list[dict[str, Any]]]:
     scenario = tmp_path / "scenario.yaml"
-    scenario.write_text(SCENARIO.format(strategy=strategy, deadline=deadline))
+    scenario.write_text(text if text is not None else SCENARIO.format(strategy=strategy, deadline=deadline))
     out = tmp_path / "out"
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "FEDBUS_CACHE": str(tmp_path / "cache")}
     process = await asyncio.create_subprocess_exec(
@@ -181,6 +186,24 @@ async def test_a_reply_without_tags_falls_back_to_concat(server: tuple[str, dict
     assert not any("global_prompt_tokens" in r for r in summary["rounds"])  # no count rather than a guess
     assert all(r["complexity"]["surprisal"].startswith("unavailable") for r in summary["rounds"])
     assert state["tokenized"] == 1  # asked once, then never again
+
+
+async def test_instruction_retention_is_judged_per_instruction_each_client_added(
+        server: tuple[str, dict[str, Any]], tmp_path: Path) -> None:
+    """aggregation.judge_retention: the judge role reads each round's global prompt against the sentences each
+    client's update added to the prompt it started from."""
+    url, _state = server
+    scenario = SCENARIO.format(strategy="summarize", deadline=60).replace(
+        'format_line: " Answer: $VALUE"}', 'format_line: " Answer: $VALUE", judge_retention: true}')
+    code, summary, _events = await fedbus_run(tmp_path, url, "summarize", text=scenario)
+    assert code == 0, summary.get("reason")
+    first = summary["rounds"][0]["instruction_retention"]
+    # each client added "List every item before counting." and "Answer: $VALUE"; the merge kept both
+    assert (first["instructions"], first["judged"], first["kept"], first["share"]) == (2, 2, 2, 1.0)
+    assert first["by_client"] == {c: {"instructions": 2, "kept": 2} for c in ("client-0", "client-1")}
+    assert first["model"] == "scripted-model"
+    second = summary["rounds"][1]["instruction_retention"]  # round 2's updates add nothing to the global prompt
+    assert (second["instructions"], second["share"]) == (0, None)
 
 
 async def test_an_empty_paper_merge_falls_back_to_concat(server: tuple[str, dict[str, Any]], tmp_path: Path) -> None:

@@ -1,0 +1,94 @@
+"""Instruction retention judged by an LLM (``aggregation.judge_retention``): did the content of each instruction a
+client added survive into the global prompt, in any wording?
+
+``sentence_overlap`` is lexical: a faithful paraphrase scores low. Here the judge role reads the global prompt and
+one instruction at a time and answers between ``<PRESENT>`` tags. A client's instructions are the sentences of its
+update that were not in the global prompt it started from (its ``base_version``), at most
+``MAX_PER_CLIENT`` of them; one instruction sent by several clients is judged once and counts for each. A reply
+without the tags is no verdict and is counted as ``unjudged``. The prompt is fedbus's own (the paper judged no
+retention); its calls go through the response cache like any other. The pure parts (which instructions, the
+request, the verdict) are functions; :class:`RetentionJudge` carries the calls out.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from fedbus.aggregator.effects import Accepted, RoundResult
+from fedbus.aggregator.strategies import sentences
+from fedbus.llm.engine import ChatEngine
+
+MAX_PER_CLIENT = 20
+SYSTEM = ("You check whether instructions survived when several system prompts were merged into one. You never "
+          "answer the task the prompts are about.")
+TEMPLATE = """Below is a system prompt, then one instruction.
+
+<PROMPT>
+{prompt}
+</PROMPT>
+
+<INSTRUCTION>
+{instruction}
+</INSTRUCTION>
+
+Is the content of the instruction present in the system prompt, in any wording? Reply with <PRESENT>yes</PRESENT> \
+or <PRESENT>no</PRESENT> and nothing else."""
+_VERDICT = re.compile(r"<PRESENT>\s*(yes|no)\s*</PRESENT>", re.IGNORECASE)
+
+
+def added_instructions(base: str, update: str, limit: int = MAX_PER_CLIENT) -> list[str]:
+    """The sentences of ``update`` that ``base`` does not have, in order, each once, at most ``limit``."""
+    known = set(sentences(base))
+    out: dict[str, None] = {}
+    for sentence in sentences(update):
+        if sentence not in known:
+            out.setdefault(sentence, None)
+    return list(out)[:limit]
+
+
+def retention_request(prompt: str, instruction: str) -> str:
+    return TEMPLATE.format(prompt=prompt, instruction=instruction)
+
+
+def present(reply: str) -> bool | None:
+    """``True`` for yes, ``False`` for no, ``None`` when the reply has no verdict between the tags."""
+    found = _VERDICT.search(reply)
+    return None if found is None else found.group(1).lower() == "yes"
+
+
+def tally(by_client: dict[str, list[str]], verdicts: dict[str, bool | None], model: str) -> dict[str, Any]:
+    """The round's record from each client's instructions and the verdict on each instruction."""
+    judged = {i: v for i, v in verdicts.items() if v is not None}
+    kept = sum(judged.values())
+    return {"instructions": len(verdicts), "judged": len(judged), "kept": kept,
+            "share": round(kept / len(judged), 4) if judged else None,
+            "unjudged": len(verdicts) - len(judged), "model": model,
+            "by_client": {c: {"instructions": len(ins), "kept": sum(verdicts.get(i) is True for i in ins)}
+                          for c, ins in sorted(by_client.items())}}
+
+
+class RetentionJudge:
+    """Judges each aggregated round's global prompt against the instructions its updates added."""
+
+    def __init__(self, judge: ChatEngine, initial_prompt: str) -> None:
+        self._judge = judge
+        self._by_version: dict[int, str] = {0: initial_prompt}
+
+    async def __call__(self, result: RoundResult) -> dict[str, Any] | None:
+        self._by_version[result.version_after] = result.prompt
+        if result.status != "aggregated" or not result.accepted:
+            return None
+        by_client = {a.client: self._instructions(a) for a in result.accepted}
+        verdicts: dict[str, bool | None] = {}
+        for instruction in dict.fromkeys(i for ins in by_client.values() for i in ins):
+            reply = await self._judge.complete(retention_request(result.prompt, instruction), system=SYSTEM)
+            verdicts[instruction] = present(reply.text)
+        return tally(by_client, verdicts, self._judge.model)
+
+    def _instructions(self, update: Accepted) -> list[str]:
+        return added_instructions(self._by_version.get(update.base_version, ""), update.prompt)
+
+
+__all__ = ["MAX_PER_CLIENT", "SYSTEM", "RetentionJudge", "added_instructions", "present", "retention_request",
+           "tally"]
