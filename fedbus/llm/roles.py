@@ -106,11 +106,13 @@ class RoleEngine:
 class Engines:
     """One :class:`RoleEngine` per role; roles without an engine of their own share ``base``'s."""
 
-    def __init__(self, by_role: Mapping[str, ChatEngine]) -> None:
+    def __init__(self, by_role: Mapping[str, ChatEngine], local_url: str | None = None) -> None:
+        """``local_url``: the OpenAI-compatible URL of the run's embedded model server, where it started one."""
         missing = [role for role in ROLES if role not in by_role]
         if missing:
             raise ValueError(f"no engine for the role(s) {', '.join(missing)}")
         self._roles = {role: RoleEngine(role, by_role[role]) for role in ROLES}
+        self.local_url = local_url
 
     @classmethod
     def single(cls, engine: ChatEngine) -> Engines:

@@ -42,6 +42,19 @@ class EngineOverrides:
     cache: bool | None = None
 
 
+def worker_engine_spec(spec: EngineSpec, engines: Engines, workers: int) -> EngineSpec:
+    """The engine a worker process's TextGrad clients open: the run's, its ``concurrency`` shared out among the
+    ``workers``; a ``local`` engine becomes the run's own embedded server, reached as an OpenAI-compatible one
+    (one model in memory for the whole run)."""
+    concurrency = max(1, -(-spec.concurrency // workers))
+    if spec.name != "local":
+        return replace(spec, concurrency=concurrency)
+    if engines.local_url is None:
+        raise EngineError("a local engine without its server: cannot hand it to worker processes")
+    return replace(spec, name="openai", model=engines.forward.model, base_url=engines.local_url,
+                   concurrency=concurrency)
+
+
 def effective_spec(spec: EngineSpec, overrides: EngineOverrides, environ: Mapping[str, str]) -> EngineSpec:
     """The engine after ``--engine-url`` / ``$FEDBUS_ENGINE_URL`` and ``--no-cache``."""
     url = overrides.base_url or (environ.get(ENGINE_URL_ENV, "").strip() if spec.name == "openai" else "")
@@ -99,7 +112,7 @@ async def open_engines(spec: EngineSpec, *, environ: Mapping[str, str],
                     engine = CachedEngine(engine, cache)
                 opened[role_spec] = engine
             by_role[role] = opened[role_spec]
-        yield Engines(by_role)
+        yield Engines(by_role, local_url=None if local is None else local.base_url)
 
 
 def _openai_config(spec: EngineSpec, role: str) -> OpenAIConfig:

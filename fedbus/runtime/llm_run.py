@@ -122,4 +122,27 @@ def llm_summary(spec: EngineSpec, engine: ChatEngine | Engines, events_path: Pat
         "cache": spec.cache, **asdict(engine.statistics())}
     if isinstance(engine, Engines):
         llm["by_role"] = engine.by_role()
+    workers = _worker_llm(events_path)
+    if workers:  # clients in worker processes had engines of their own: their counts join the run's
+        for counts in workers:
+            for key in _COUNTS:
+                llm[key] += counts.get(key, 0)
+            for role, stats in counts.get("by_role", {}).items():
+                if role in llm.get("by_role", {}):
+                    for key in ("calls", "cached_calls", "failures", "prompt_tokens", "completion_tokens",
+                                "truncated"):
+                        llm["by_role"][role][key] += stats.get(key, 0)
+        llm["worker_processes"] = len(workers)
     return {"local_steps": local_step_totals(events_path), "llm": llm}
+
+
+_COUNTS = ("calls", "cached_calls", "failures", "retries", "prompt_tokens", "completion_tokens", "usage_estimated",
+           "truncated")
+
+
+def _worker_llm(events_path: Path) -> list[dict[str, Any]]:
+    """The ``worker-llm`` lines worker processes wrote: what their engines counted."""
+    if not events_path.exists():
+        return []
+    lines = events_path.read_text(encoding="utf-8").splitlines()
+    return [event for event in map(json.loads, lines) if event.get("event") == "worker-llm"]

@@ -25,7 +25,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,6 +78,9 @@ class WorkerSpec:
     log_level: str = "WARNING"
     boot: str = "0"  # message-id token of the run's clients: '0', or 'r1', 'r2', ... in a resumed run
     secret: str = ""  # hex: the run's key secret (its clients' keys derive from it); the file is 0600
+    # LLM runs: the engine this worker's TextGrad clients open (engine_to_mapping), and their textgrad log folder
+    engine: dict[str, Any] | str | None = None
+    textgrad_dir: str = ""
 
     def dump(self, path: Path) -> None:
         """Write the spec for the worker, readable by this user only: it may hold the broker password."""
@@ -108,7 +111,7 @@ class WorkerPool:
 
     def start(self, *, run_id: str, broker_url: str, scenario: Scenario, members: Sequence[tuple[str, int, str]],
               workers: int, loop_t0: float, log_t0: float, log_level: str = "WARNING", boot: str = "0",
-              secret: str = "") -> None:
+              secret: str = "", engine: dict[str, Any] | str | None = None, textgrad_dir: str = "") -> None:
         """Start the workers. Call it from the run's main thread: Linux sends the parent-death signal when the
         thread that forked a worker ends, not only when the whole process does."""
         from fedbus.scenario.loader import scenario_to_mapping
@@ -119,7 +122,8 @@ class WorkerPool:
             part = self.workdir / f"events-{k}.jsonl"
             WorkerSpec(run_id=run_id, broker_url=broker_url, scenario=scenario_to_mapping(scenario),
                        members=chunk, loop_t0=loop_t0, log_t0=log_t0, events_path=str(part),
-                       parent_pid=os.getpid(), log_level=log_level, boot=boot, secret=secret).dump(spec_path)
+                       parent_pid=os.getpid(), log_level=log_level, boot=boot, secret=secret, engine=engine,
+                       textgrad_dir=textgrad_dir).dump(spec_path)
             self.parts.append(part)
             command = [sys.executable, "-m", "fedbus.runtime.worker_process", str(spec_path)]
             self.processes.append(subprocess.Popen(command, stdin=subprocess.DEVNULL))
@@ -142,12 +146,41 @@ class WorkerPool:
                 process.wait()
 
 
-async def run_slice(spec: WorkerSpec) -> None:
+async def run_slice(spec: WorkerSpec, environ: Mapping[str, str] | None = None) -> None:
     """A worker process's clients, each guarded, until the run finishes; its events go to its own part."""
     from fedbus.scenario.loader import scenario_from_mapping
 
     scenario = scenario_from_mapping(spec.scenario)
-    make = scenario_optimizer(scenario.clients.optimizer)
+    if spec.engine is not None and scenario.clients.optimizer is None:
+        await _run_llm_slice(spec, scenario, environ or {})
+        return
+    await _run_clients(spec, scenario, scenario_optimizer(scenario.clients.optimizer))
+
+
+async def _run_llm_slice(spec: WorkerSpec, scenario: Scenario, environ: Mapping[str, str]) -> None:
+    """TextGrad clients on the worker's own engines (the run's server, the run's response cache); what they cost
+    goes to the event log as ``worker-llm`` for the run's totals."""
+    from fedbus.runtime.engines import open_engines
+    from fedbus.runtime.llm_run import load_optimizer_library, optimizer_factory
+    from fedbus.scenario.engine import read_engine
+    from fedbus.scenario.reader import Reader
+
+    engine_spec = read_engine(Reader(), spec.engine)
+    log_dir = Path(spec.textgrad_dir)
+    await load_optimizer_library(log_dir)
+    async with open_engines(engine_spec, environ=environ, log_dir=log_dir) as engines:
+        make = optimizer_factory(engines, log_dir, strict=scenario.clients.strict,
+                                 step_on_perfect_batch=scenario.clients.step_on_perfect_batch,
+                                 grader=scenario.grader)
+        try:
+            await _run_clients(spec, scenario, make)
+        finally:
+            part = EventLog(Path(spec.events_path), clock=lambda: time.monotonic() - spec.log_t0, append=True)
+            part.record("worker-llm", **asdict(engines.statistics()), by_role=engines.by_role())
+            part.close()
+
+
+async def _run_clients(spec: WorkerSpec, scenario: Scenario, make: OptimizerFactory) -> None:
     plans = {plan.client: plan for plan in client_plans(scenario)}
     security = run_security(scenario, bytes.fromhex(spec.secret) if spec.secret else None)
     broker = parse_broker_url(spec.broker_url)

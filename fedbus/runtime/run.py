@@ -34,7 +34,7 @@ from fedbus.runtime.aggregator_node import AggregatorNode
 from fedbus.runtime.broker import EmbeddedBroker, EmbeddedBrokerConfig
 from fedbus.runtime.checkpoint import Checkpoint, core_known
 from fedbus.runtime.client_node import ClientConfig
-from fedbus.runtime.engines import EngineOverrides, effective_spec, open_engines
+from fedbus.runtime.engines import EngineOverrides, effective_spec, open_engines, worker_engine_spec
 from fedbus.runtime.graded_scoring import llm_scoring
 from fedbus.runtime.identity import clear_retained, refuse_used_run_id
 from fedbus.runtime.journal import JOURNAL, Journal, ResumeError, read_journal, write_atomically
@@ -45,7 +45,7 @@ from fedbus.runtime.retention import RetentionJudge
 from fedbus.runtime.run_keys import RemoteKeys, authorized_path, run_secret, write_aggregator_key
 from fedbus.runtime.scoring import Scoring, SurrogateScoring
 from fedbus.scenario import Scenario
-from fedbus.scenario.engine import EngineSpec
+from fedbus.scenario.engine import EngineSpec, engine_to_mapping
 
 if TYPE_CHECKING:
     from fedbus.dashboard.live import RunObserver
@@ -205,14 +205,14 @@ async def _run(scenario: Scenario, options: RunOptions, engine: Engines | None,
         clients = _Clients(stack, scenario, options, run_id=run_id, address=address, events=events, t0=t0,
                            make=_optimizer_factory(scenario, engine, out),
                            boot=f"r{len(checkpoint.resumes)}" if checkpoint.resumes else "0", secret=secret,
-                           security=security)
+                           security=security, llm=None if engine is None else (spec, engine))
         try:
             async with asyncio.TaskGroup() as group:
                 if embedded is not None:
                     group.create_task(_supervise(embedded, events), name=f"broker[{run_id}]")
                 node_task = group.create_task(node.run(), name=f"aggregator[{run_id}]")
                 group.create_task(_count_clients(core, progress, scenario.clients.count), name=f"clients[{run_id}]")
-                clients.start(group, in_process=engine is not None or not _reaches_workers(scenario))
+                clients.start(group, in_process=not _reaches_workers(scenario))
                 outcome = await node_task
                 await clients.wait_in_process()
                 raise _Done()
@@ -355,8 +355,10 @@ class _Clients:
 
     def __init__(self, stack: ExitStack, scenario: Scenario, options: RunOptions, *, run_id: str,
                  address: BrokerAddress, events: EventLog, t0: float, make: OptimizerFactory,
-                 boot: str = "0", secret: bytes | None = None, security: RunSecurity | None = None) -> None:
+                 boot: str = "0", secret: bytes | None = None, security: RunSecurity | None = None,
+                 llm: tuple[EngineSpec, Engines] | None = None) -> None:
         self.stack, self.scenario, self.options, self.run_id = stack, scenario, options, run_id
+        self.llm = llm  # an LLM run: the engine and the open engines, for worker processes to reach the same ones
         self.address, self.events, self.t0, self.make, self.boot = address, events, t0, make, boot
         self.secret = secret or b""
         self.security = security or run_security(scenario, secret)
@@ -368,15 +370,20 @@ class _Clients:
         return len(self.pool.processes) if self.pool is not None else 0
 
     def start(self, group: asyncio.TaskGroup, *, in_process: bool) -> None:
-        """``in_process``: LLM clients share the run's engine (and its concurrency limit) in this process."""
+        """``in_process``: the clients stay in this process (a plugin registered by name lives here only). In an
+        LLM run, clients in worker processes open their own engines on the run's server, the concurrency shared
+        out; in this process they share the run's engines."""
         s, options = self.scenario, self.options
         members = [(p.client, p.shard, p.group.name) for p in client_plans(s)]
         workers = auto_workers(len(members)) if options.workers is None else options.workers
         if workers and not in_process:
             self.pool = WorkerPool(self.stack, options.out_dir / "workers")
+            engine = (None if self.llm is None
+                      else engine_to_mapping(worker_engine_spec(*self.llm, min(workers, len(members)))))
             self.pool.start(run_id=self.run_id, broker_url=self.address.url(redact=False), scenario=s,
                             members=members, workers=workers, loop_t0=self.t0, log_t0=self.events.started,
-                            log_level=options.log_level, boot=self.boot, secret=self.secret.hex())
+                            log_level=options.log_level, boot=self.boot, secret=self.secret.hex(), engine=engine,
+                            textgrad_dir=str(options.out_dir / "textgrad"))
             self.events.record("workers-started", workers=len(self.pool.processes), clients=len(members))
             return
         for plan in client_plans(s):

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = WorkerSpec.load(path)
     path.unlink()  # it may hold the broker password
     configure(spec.log_level, json_lines=True)
-    asyncio.run(run_slice(spec))
+    asyncio.run(run_slice(spec, environ=dict(os.environ)))  # an LLM engine's key, by the name the scenario gives
     return 0
 
 

@@ -36,7 +36,9 @@ aggregation: {{strategy: {strategy}, max_prompt_chars: 4000, format_line: " Answ
 
 Script = Callable[[str | None, str], tuple[int, str]]
 DATA = DataSpec(task="object_counting", seed=5, num_shards=2, train_size=8, val_size=3, test_size=3)
-TARGETS = {e.input: e.target for s in task_splits(DATA).values() for e in (*s.train, *s.val, *s.test)}
+WORKERS_DATA = DataSpec(task="object_counting", seed=5, num_shards=4, train_size=16, val_size=3, test_size=3)
+TARGETS = {e.input: e.target for d in (DATA, WORKERS_DATA) for s in task_splits(d).values()
+           for e in (*s.train, *s.val, *s.test)}
 
 
 def scripted_model(system: str | None, user: str) -> tuple[int, str]:
@@ -116,16 +118,16 @@ def written_events(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
 
 
-async def fedbus_run(tmp_path: Path, url: str, strategy: str,
-                     deadline: float = 60,
-                    text: str | None = None) -> tuple[int, dict[str, Any], list[dict[str, Any]]]:
+async def fedbus_run(tmp_path: Path, url: str, strategy: str, *,
+                     deadline: float = 60, text: str | None = None,
+                    extra: tuple[str, ...] = ()) -> tuple[int, dict[str, Any], list[dict[str, Any]]]:
     scenario = tmp_path / "scenario.yaml"
     scenario.write_text(text if text is not None else SCENARIO.format(strategy=strategy, deadline=deadline))
     out = tmp_path / "out"
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "FEDBUS_CACHE": str(tmp_path / "cache")}
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "fedbus", "run", str(scenario), "--out", str(out), "--engine-url", url, "--quiet",
-        cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        *extra, cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
     _stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=240)
     code = await process.wait()
@@ -204,6 +206,26 @@ async def test_instruction_retention_is_judged_per_instruction_each_client_added
     assert first["model"] == "scripted-model"
     second = summary["rounds"][1]["instruction_retention"]  # round 2's updates add nothing to the global prompt
     assert (second["instructions"], second["share"]) == (0, None)
+
+
+async def test_textgrad_clients_run_in_worker_processes_on_the_runs_engine(
+        server: tuple[str, dict[str, Any]], tmp_path: Path) -> None:
+    """--workers 2: four TextGrad clients in two worker processes, each opening the run's engine with half its
+    concurrency; every call any process made is in the run's totals."""
+    url, state = server
+    scenario = SCENARIO.format(strategy="summarize", deadline=120).replace("count: 2", "count: 4").replace(
+        "min_clients: 2", "min_clients: 4").replace("train_size: 8", "train_size: 16")
+    code, summary, events = await fedbus_run(tmp_path, url, "summarize", text=scenario, extra=("--workers", "2"))
+    assert code == 0, summary.get("reason")
+    assert summary["client_processes"] == 2
+    assert [len(r["accepted"]) for r in summary["rounds"]] == [4, 4]
+    llm = summary["llm"]
+    assert llm["worker_processes"] == 2
+    assert llm["calls"] - llm["cached_calls"] == state["requests"]  # the workers' calls are counted too
+    client_calls = sum(a["llm_calls"] for r in summary["rounds"] for a in r["accepted"])
+    assert llm["by_role"]["forward"]["calls"] + llm["by_role"]["optimizer"]["calls"] <= llm["calls"]
+    assert client_calls > 0 and llm["by_role"]["backward"]["calls"] > 0  # the clients' feedback, in the workers
+    assert sum(e["event"] == "worker-llm" for e in events) == 2
 
 
 async def test_an_empty_paper_merge_falls_back_to_concat(server: tuple[str, dict[str, Any]], tmp_path: Path) -> None:

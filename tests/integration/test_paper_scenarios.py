@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,8 +46,13 @@ async def sweep(tmp_path: Path, url: str, scenario: str, *grid: str, train: int 
         sys.executable, "-m", "fedbus", "sweep", f"scenarios/{scenario}.yaml", *grid, *SMALL,
         "--grid", f"task.train_size={train}", "--seeds", "1",
         "--out", str(out), "--engine-url", url, cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    output, _ = await asyncio.wait_for(process.communicate(), timeout=400)
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), timeout=400)
+    finally:
+        if process.returncode is None:  # a hung sweep must not outlive the test, nor its runs
+            os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
     assert await process.wait() == 0, output.decode()[-3000:]
     manifest = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
     assert all(c["status"] == "completed" for c in manifest["cells"]), manifest["cells"]
