@@ -8,7 +8,8 @@ let last = null;
 let chosenRound = null;
 
 function headerHtml(h) {
-  const items = [["scenario", h.scenario], ["engine", h.engine], ["broker", h.broker], ["security", h.security],
+  const engine = h.engine === "surrogate" ? "surrogate (NOT an LLM: a seeded model)" : h.engine;
+  const items = [["scenario", h.scenario], ["engine", engine], ["broker", h.broker], ["security", h.security],
     ["mode", h.mode], ["clients", h.clients], ["rounds", h.rounds], ["seed", h.seed], ["time scale", h.time_scale === 1 ? "" : h.time_scale], ["source", h.source]];
   return items.filter(([, v]) => v !== undefined && v !== null && v !== "")
     .map(([k, v]) => `${k} <b>${esc(v)}</b>`).join(" · ");
@@ -19,7 +20,10 @@ function counters(v) {
   const planned = v.header.rounds ? ` / ${v.header.rounds}` : "";
   const cards = [["rounds closed", `${c.rounds_closed}${planned}`], ["updates accepted", c.updates_accepted],
     ["updates rejected", c.updates_rejected], ["clients live / known", `${c.clients_live} / ${c.clients_known}`],
-    ["LLM calls", sum(c.llm_calls)], ["tokens", sum(c.tokens)], ["bus messages", sum(c.bus_messages)]];
+    ...(v.header.engine === "surrogate"
+      ? [["surrogate calls (not an LLM)", sum(c.llm_calls)], ["surrogate tokens", sum(c.tokens)]]
+      : [["LLM calls", sum(c.llm_calls)], ["tokens", sum(c.tokens)]]),
+    ["bus messages", sum(c.bus_messages)]];
   if (Object.keys(c.bus_bytes || {}).length) cards.push(["bus bytes", sum(c.bus_bytes)]);
   if (v.final && typeof v.final.test_accuracy === "number") cards.push(["final test accuracy", num(v.final.test_accuracy)]);
   return cards.map(([k, val]) => `<div class="card" data-counter="${esc(k)}"><div class="v">${esc(val)}</div><div class="k">${esc(k)}</div></div>`).join("");
