@@ -75,9 +75,12 @@ class TextGradOptimizer:
     """FedTextGrad's client: ``steps`` TextGrad steps per round on this client's shard."""
 
     def __init__(self, engine: ChatEngine | Engines, spec: DataSpec, shard: int, client: str, *, strict: bool = False,
-                 step_on_perfect_batch: bool = False, grader: str = "exact", log_dir: Path | None = None) -> None:
+                 step_on_perfect_batch: bool = False, grader: str = "exact", log_dir: Path | None = None,
+                 validation_revert: bool = False) -> None:
         """``grader``: ``exact`` (the ``Answer:`` line equals the target) or ``judge`` (the authors' LLM judge, on the
-        judge role's engine, grades the batch and is the loss)."""
+        judge role's engine, grades the batch and is the loss). ``validation_revert``: TextGrad's
+        ``run_validation_revert``: a step the batch kept is also scored on the validation set, and reverted when
+        the new prompt scores lower there than the old one (exact grading)."""
         if grader not in GRADERS:
             raise ValueError(f"Invalid grader: {grader!r}")
         self._grader = grader
@@ -89,7 +92,10 @@ class TextGradOptimizer:
         self._strict = strict
         self._step_on_perfect_batch = step_on_perfect_batch
         self._log_dir = log_dir
-        self._train = client_data(spec, shard).train
+        data = client_data(spec, shard)
+        self._train = data.train
+        self._val = data.val if validation_revert else ()
+        self._val_scores: dict[str, tuple[float, int, int]] = {}  # prompt -> (accuracy, calls, tokens) once
         if not self._train:
             raise EngineError(f"client {client} has no training examples (shard {shard})")
 
@@ -100,7 +106,7 @@ class TextGradOptimizer:
         engines = self._engines or (Engines.single(self._chat_engine) if self._grader == "judge" else None)
         chat: SyncChat | StepChats = (bridge if engines is None
                                       else bridge.chats(engines, judged=self._grader == "judge"))
-        calls = accepted = 0
+        calls = accepted = val_tokens = 0
         reasons: list[str] = []
         first_before: float | None = None
         last_after = 0.0
@@ -118,10 +124,30 @@ class TextGradOptimizer:
                 reasons.append(f"reverted-over-budget: {len(outcome.prompt)} > {max_chars} characters")
                 last_after = outcome.acc_before
                 continue
+            if self._val and outcome.prompt != prompt:
+                (before, asked_before, spent_before) = await self._val_accuracy(prompt)
+                (after, asked, spent) = await self._val_accuracy(outcome.prompt)
+                calls += asked_before + asked
+                val_tokens += spent_before + spent
+                if after < before:
+                    reasons.append(f"reverted-validation: {after:.3f} < {before:.3f}")
+                    last_after = outcome.acc_before
+                    continue
             reasons.append(outcome.reason)
             last_after = outcome.acc_after
             accepted += outcome.accepted
             prompt = outcome.prompt
         return LocalOutcome(prompt=prompt, steps=steps, accepted_steps=accepted,
                             batch_acc_before=first_before or 0.0, batch_acc_after=last_after, llm_calls=calls,
-                            tokens=bridge.tokens, step_reasons=tuple(reasons))
+                            tokens=bridge.tokens + val_tokens, step_reasons=tuple(reasons))
+
+    async def _val_accuracy(self, prompt: str) -> tuple[float, int, int]:
+        """The forward engine's accuracy on the validation set under ``prompt``, and the calls and tokens it took
+        (the first time: a prompt is scored once per client)."""
+        if prompt in self._val_scores:
+            return self._val_scores[prompt][0], 0, 0
+        replies = await asyncio.gather(*(self._chat_engine.complete(e.input, system=prompt) for e in self._val))
+        right = sum(is_correct(r.text, e.target) for r, e in zip(replies, self._val, strict=True))
+        spent = sum(0 if r.cached else r.prompt_tokens + r.completion_tokens for r in replies)
+        self._val_scores[prompt] = (right / len(self._val), len(replies), spent)
+        return self._val_scores[prompt]

@@ -72,14 +72,16 @@ async def load_optimizer_library(log_dir: Path) -> None:
     await asyncio.to_thread(load_textgrad, log_dir)
 
 
-def optimizer_factory(engine: ChatEngine | Engines, log_dir: Path, strict: bool = False,
-                      step_on_perfect_batch: bool = False, grader: str = "exact") -> OptimizerFactory:
+def optimizer_factory(engine: ChatEngine | Engines, log_dir: Path, *, strict: bool = False,
+                      step_on_perfect_batch: bool = False, grader: str = "exact",
+                      validation_revert: bool = False) -> OptimizerFactory:
     """``make(engine_name, spec, client, shard)`` for the worker: TextGrad clients sharing ``engine`` (or the
     forward, backward, optimizer and judge engines of ``Engines``)."""
     def make(_engine_name: str, spec: DataSpec, client: str, shard: int | None) -> LocalOptimizer:
         index = shard_for(client, spec.num_shards) if shard is None else shard
         return TextGradOptimizer(engine, spec, index, client, strict=strict,
-                                 step_on_perfect_batch=step_on_perfect_batch, grader=grader, log_dir=log_dir)
+                                 step_on_perfect_batch=step_on_perfect_batch, grader=grader, log_dir=log_dir,
+                                 validation_revert=validation_revert)
     return make
 
 

@@ -171,7 +171,7 @@ async def _run_llm_slice(spec: WorkerSpec, scenario: Scenario, environ: Mapping[
     async with open_engines(engine_spec, environ=environ, log_dir=log_dir) as engines:
         make = optimizer_factory(engines, log_dir, strict=scenario.clients.strict,
                                  step_on_perfect_batch=scenario.clients.step_on_perfect_batch,
-                                 grader=scenario.grader)
+                                 grader=scenario.grader, validation_revert=scenario.clients.validation_revert)
         try:
             await _run_clients(spec, scenario, make)
         finally:

@@ -340,7 +340,8 @@ def _optimizer_factory(scenario: Scenario, engine: Engines | None, out: Path) ->
     if scenario.clients.optimizer is not None or engine is None:  # the user's optimizer wins over the engine's
         return scenario_optimizer(scenario.clients.optimizer)
     return optimizer_factory(engine, out / "textgrad", strict=scenario.clients.strict,
-                             step_on_perfect_batch=scenario.clients.step_on_perfect_batch, grader=scenario.grader)
+                             step_on_perfect_batch=scenario.clients.step_on_perfect_batch, grader=scenario.grader,
+                             validation_revert=scenario.clients.validation_revert)
 
 
 def _reaches_workers(scenario: Scenario) -> bool:

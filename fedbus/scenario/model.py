@@ -70,6 +70,8 @@ class ClientsSpec:
     # TextGrad clients: step on a batch already answered all right (the authors' code does); false: skip the step
     # ("perfect-batch"), saving 3B+1 LLM calls for a batch of B
     step_on_perfect_batch: bool = setting(False)
+    # TextGrad clients: a kept step is also scored on the validation set and reverted if it scores lower there
+    validation_revert: bool = setting(False)
     # a registered optimizer or package.module:function; None: the engine's
     optimizer: str | None = setting(None, check=known_optimizer)
     # eager: every client runs from the start; virtual (--simulate only): a client exists once selected;

@@ -91,3 +91,36 @@ def test_a_judged_step_grades_and_learns_from_the_authors_judge(tmp_path: Path) 
     question, target = BATCH[0]
     assert (judge_prompt(question, target, "Answer: 7"), JUDGE_SYSTEM) in judged  # textgrad's call, built by fedbus
     assert (judge_prompt(question, target, f"Answer: {target}"), JUDGE_SYSTEM) in judged  # the re-check's
+
+
+@pytest.mark.parametrize("validation_revert", [False, True])
+async def test_validation_revert_undoes_a_step_the_batch_liked_and_the_validation_set_did_not(
+        tmp_path: Path, validation_revert: bool) -> None:
+    """clients.validation_revert (TextGrad's run_validation_revert): the new prompt fixes the batch but breaks the
+    validation questions, so the step is kept by the batch rule and reverted by the validation set."""
+    from fedbus.client.textgrad_optimizer import TextGradOptimizer
+    from fedbus.llm.engine import ScriptedEngine
+    from fedbus.protocol.messages import DataSpec
+    from fedbus.tasks.federation import task_splits
+
+    spec = DataSpec(task="object_counting", seed=3, num_shards=1, train_size=4, val_size=3, test_size=2)
+    [splits] = task_splits(spec).values()
+    train, val = {e.input: e.target for e in splits.train}, {e.input: e.target for e in splits.val}
+
+    def model(prompt: str, system: str | None) -> str:
+        if prompt.startswith("You will give feedback"):
+            return "The prompt should ask the model to list every item before counting."
+        if prompt.startswith("Here is the role of the variable you will improve"):
+            return f"<IMPROVED_VARIABLE>{BETTER}</IMPROVED_VARIABLE>"
+        if prompt in train:  # BETTER fixes the training questions ...
+            return f"Answer: {train[prompt]}" if system == BETTER else "Answer: -1"
+        return f"Answer: {val[prompt]}" if system != BETTER else "Answer: -1"  # ... and breaks the validation ones
+
+    optimizer = TextGradOptimizer(ScriptedEngine(model), spec, 0, "client-0", log_dir=tmp_path,
+                                  validation_revert=validation_revert)
+    out = await optimizer.optimize("Answer the question.", round=1, steps=1, batch_size=2)
+    if validation_revert:
+        assert (out.prompt, out.step_reasons) == ("Answer the question.", ("reverted-validation: 0.000 < 1.000",))
+        assert out.llm_calls == 4 * 2 + 1 + 2 * len(val)  # the step, then each prompt on the validation set
+    else:
+        assert (out.prompt, out.step_reasons) == (BETTER, ("improved",))
