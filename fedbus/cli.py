@@ -606,7 +606,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     if (args.scenario is not None or args.simulate or args.run_id or args.seed is not None or args.strategy
             or args.security or args.data_seed is not None):
         print("fedbus run --resume: the scenario, seed, run id and strategy come from RUN_DIR/checkpoint.json; "
-              "drop SCENARIO, --seed, --run-id, --strategy, --security and --simulate", file=sys.stderr)
+              "drop SCENARIO, --seed, --data-seed, --run-id, --strategy, --security and --simulate", file=sys.stderr)
         return EXIT_INVALID
     checkpoint = Checkpoint.open(args.resume)
     scenario = checkpoint.scenario()

@@ -44,7 +44,7 @@ class DashboardAccess:
     """Who may read the page: anyone who reaches it (``logins`` empty) or one of ``logins`` (user -> password)."""
 
     address: DashboardAddress
-    logins: dict[str, str] = field(default_factory=dict)
+    logins: dict[str, str] = field(default_factory=dict, repr=False)  # passwords: never in a repr or a log
 
 
 def parse_address(text: str) -> DashboardAddress:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -58,13 +59,17 @@ class EventTail:
         self.path = path
         self.offset = 0
         self._partial = b""
+        self._inode: int | None = None
 
     def read(self) -> list[dict[str, Any]]:
         try:
             with self.path.open("rb") as handle:
                 size = handle.seek(0, 2)
-                if size < self.offset:  # rewritten (sorted after worker parts were merged): nothing new to trust
-                    self.offset = size
+                inode = os.fstat(handle.fileno()).st_ino
+                replaced = self._inode is not None and inode != self._inode
+                self._inode = inode
+                if replaced or size < self.offset:  # merged with the worker parts (already tailed): nothing new
+                    self.offset, self._partial = size, b""
                     return []
                 handle.seek(self.offset)
                 chunk = handle.read()
@@ -99,6 +104,7 @@ class RunDashboard:
         self._stop: asyncio.Event | None = None
         self._error: BaseException | None = None
         self._tail: EventTail | None = None
+        self._parts: dict[Path, EventTail] = {}  # worker processes' event logs, tailed while the run goes
         self._statistics: Callable[[], CoreStatistics] | None = None
         self._web_apply: Callable[[dict[str, Any]], None] = self._early
 
@@ -186,6 +192,10 @@ class RunDashboard:
         if self._tail is not None:
             for record in self._tail.read():
                 web.apply(record)
+            for part in sorted((self._tail.path.parent / "workers").glob("events-*.jsonl")):
+                tail = self._parts.setdefault(part, EventTail(part))
+                for record in tail.read():
+                    web.apply(record)
         if self._statistics is not None:
             try:
                 stats = self._statistics()  # the run's thread owns the core: a read here may race a change

@@ -31,6 +31,8 @@ def asset(name: str) -> bytes:
     return resources.files("fedbus.dashboard").joinpath("static", name).read_bytes()
 
 
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
 class DashboardWeb:
     """Serves ``state``; :meth:`apply` folds a record and wakes the open pages."""
 
@@ -57,7 +59,8 @@ class DashboardWeb:
 
     async def start(self) -> None:
         """Listen; :attr:`port` is then the actual port. ``FedbusError`` if the address cannot be bound."""
-        app = web.Application(middlewares=[self._guard] if self.access.logins else [])
+        guards = [self._loopback_host] if self.access.address.loopback else []
+        app = web.Application(middlewares=[*guards, self._guard] if self.access.logins else guards)
         app.router.add_get("/", self._page)
         app.router.add_get("/static/{name}", self._static)
         app.router.add_get("/events", self._events)
@@ -86,6 +89,16 @@ class DashboardWeb:
             self._runner = None
 
     # ------------------------------------------------------------------ handlers
+    @web.middleware
+    async def _loopback_host(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """On loopback, only a Host of a loopback name: a web page elsewhere cannot read the run through DNS
+        rebinding (its requests carry its own host name)."""
+        host = (request.host or "").rsplit(":", 1)[0].strip("[]").lower() if request.host else ""
+        if host not in LOOPBACK_HOSTS and host != self.access.address.host:
+            return web.Response(status=421, text=f"this dashboard answers to 127.0.0.1 or localhost, not {host!r}\n")
+        response: web.StreamResponse = await handler(request)
+        return response
+
     @web.middleware
     async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
         """HTTP Basic against the broker's users (beyond loopback only)."""

@@ -89,7 +89,8 @@ def plan(base: dict[str, Any], axes: Sequence[Axis], seeds: Sequence[int], *, si
     runs: list[PlannedRun] = []
     for cell in cells:
         built = [apply_overrides(base, cell.overrides, seed) for seed in seeds]
-        docs = [doc for doc, _ in built]
+        folder = Path(source).parent if source else Path()
+        docs = [absolute_sources(doc, folder) for doc, _ in built]  # a run reads its copy from its own folder
         problems = list(built[0][1])
         try:
             scenario = scenario_from_mapping(docs[0], source)  # the seed changes nothing a check looks at
@@ -110,6 +111,23 @@ def plan(base: dict[str, Any], axes: Sequence[Axis], seeds: Sequence[int], *, si
         raise ScenarioError([(path, f"{message} ({_which(names, len(cells))})")
                              for (path, message), names in found.items()], source)
     return tuple(runs)
+
+
+def absolute_sources(doc: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``doc`` with each relative ``task.source`` path made absolute from ``folder`` (the base scenario's): the
+    copy a run reads lies in the run's own folder, where a relative path would point elsewhere. Pure."""
+    task = doc.get("task")
+    if not isinstance(task, dict) or "source" not in task:
+        return doc
+
+    def absolute(path: Any) -> Any:
+        if not isinstance(path, str) or not path.strip() or Path(path).expanduser().is_absolute():
+            return path
+        return str((folder / path).resolve())
+
+    raw = task["source"]
+    fixed = {k: absolute(v) for k, v in raw.items()} if isinstance(raw, dict) else absolute(raw)
+    return {**doc, "task": {**task, "source": fixed}}
 
 
 def _which(cells: Sequence[str], total: int) -> str:

@@ -220,7 +220,8 @@ class OpenAIEngine:
         Asks ``POST /v1/completions`` with ``echo`` and ``logprobs``, the completions API's way of scoring a
         prompt, which vLLM serves. llama.cpp's server (the local engine), Ollama and OpenAI's chat models return
         log-probabilities of generated tokens only (llama.cpp issue #27174); after one such answer the engine
-        stops asking. A forward pass over ``text``, not counted as an LLM call.
+        stops asking (a timeout, a 429 or a 5xx only skips this prompt). A forward pass over ``text``, not counted
+        as an LLM call.
         """
         session = self._session
         if session is None or session.closed or self._no_prompt_logprobs:
@@ -230,11 +231,15 @@ class OpenAIEngine:
         try:
             async with self._semaphore, session.post(f"{self._config.base_url.rstrip('/')}/completions", json=body,
                                                      headers=self._headers) as response:
+                if response.status == 429 or response.status >= 500:
+                    return None  # not this time: ask again next round
                 if response.status != 200:
                     raise ValueError(f"status {response.status}")
                 document = await response.json(content_type=None)
             return _echoed_prompt_logprobs(document)
-        except (TimeoutError, aiohttp.ClientError, ValueError, KeyError, IndexError, TypeError):
+        except (TimeoutError, aiohttp.ClientError):
+            return None  # a transient failure: not measured this round
+        except (ValueError, KeyError, IndexError, TypeError):  # the server's answer: it does not score prompts
             self._no_prompt_logprobs = True
             return None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -82,6 +83,30 @@ class EventLog:
             self._file.write("\n".join(lines) + "\n")
         return len(lines)
 
+    def merge(self, parts: list[Path]) -> int:
+        """Absorb other processes' logs (worker parts) and order the whole log by ``t``, written whole to a new file
+        that replaces this one (a reader tailing the log sees a new file, never a half-sorted one). Returns how
+        many events came from the parts."""
+        self.close()
+        lines: list[str] = []
+        for part in parts:
+            if part.exists():
+                for line in part.read_text(encoding="utf-8", errors="replace").splitlines():
+                    event = _parsed(line)
+                    if event is not None:
+                        lines.append(line)
+                        self.count += 1
+                        self.counts[event.get("event", "")] += 1
+        if self._path is not None:
+            own = self._path.read_text(encoding="utf-8", errors="replace").splitlines() if self._path.exists() else []
+            timed = [(float(e["t"]), line) for line in (*own, *lines)
+                     if (e := _parsed(line)) is not None and isinstance(e.get("t"), int | float)]
+            timed.sort(key=lambda pair: pair[0])
+            fresh = self._path.with_name(self._path.name + ".merging")
+            fresh.write_text("".join(f"{line}\n" for _t, line in timed), encoding="utf-8")
+            os.replace(fresh, self._path)
+        return len(lines)
+
     def sort_by_time(self) -> None:
         """Order the written log by ``t`` (stable), after parts from other processes were absorbed; torn lines go."""
         if self._path is None:
@@ -99,6 +124,13 @@ class EventLog:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """Every whole event of a log (none when it does not exist); a line a kill cut short is skipped."""
+    if not path.exists():
+        return []
+    return [event for event in map(_parsed, path.read_text(encoding="utf-8").splitlines()) if event is not None]
 
 
 def _parsed(line: str) -> dict[str, Any] | None:

@@ -44,15 +44,14 @@ class EngineOverrides:
 
 def worker_engine_spec(spec: EngineSpec, engines: Engines, workers: int) -> EngineSpec:
     """The engine a worker process's TextGrad clients open: the run's, its ``concurrency`` shared out among the
-    ``workers``; a ``local`` engine becomes the run's own embedded server, reached as an OpenAI-compatible one
-    (one model in memory for the whole run)."""
+    ``workers``; a ``local`` engine names the run's own embedded server (``base_url``), which the worker reaches
+    instead of starting one (one model in memory for the whole run, the same response-cache keys)."""
     concurrency = max(1, -(-spec.concurrency // workers))
     if spec.name != "local":
         return replace(spec, concurrency=concurrency)
     if engines.local_url is None:
         raise EngineError("a local engine without its server: cannot hand it to worker processes")
-    return replace(spec, name="openai", model=engines.forward.model, base_url=engines.local_url,
-                   concurrency=concurrency)
+    return replace(spec, model=engines.forward.model, base_url=engines.local_url, concurrency=concurrency)
 
 
 def effective_spec(spec: EngineSpec, overrides: EngineOverrides, environ: Mapping[str, str]) -> EngineSpec:
@@ -94,7 +93,12 @@ async def open_engines(spec: EngineSpec, *, environ: Mapping[str, str],
         for role in ROLES:
             role_spec = spec.for_role(role)
             if role_spec not in opened:
-                if role_spec.name == "local":
+                if role_spec.name == "local" and role_spec.base_url:  # the run's server, from a worker process
+                    config = OpenAIConfig(base_url=role_spec.base_url, model=role_spec.model,
+                                          timeout_s=role_spec.timeout_s, max_retries=role_spec.max_retries,
+                                          concurrency=role_spec.concurrency, sampling=_sampling(role_spec),
+                                          name="local", identity=f"local:{role_spec.model}")
+                elif role_spec.name == "local":
                     if local is None:
                         local = await stack.enter_async_context(await _local_server(role_spec, log_dir, environ))
                     config = OpenAIConfig(base_url=local.base_url, model=local.model, timeout_s=role_spec.timeout_s,

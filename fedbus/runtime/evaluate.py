@@ -129,8 +129,13 @@ def _data_and_engine(request: EvaluateRequest) -> tuple[DataSpec, EngineSpec, En
 async def evaluate_prompt(request: EvaluateRequest, environ: Mapping[str, str]) -> dict[str, Any]:
     """Score the prompt; the result as ``--json`` writes it."""
     prompt, origin = read_prompt(request.prompt_file, request.round)
-    data, spec, judge_spec = _data_and_engine(request)
-    spec = effective_spec(spec, EngineOverrides(base_url=request.engine_url), environ)  # the flag over the env
+    data, raw_spec, raw_judge = _data_and_engine(request)
+    overrides = EngineOverrides(base_url=request.engine_url)
+    spec = effective_spec(raw_spec, overrides, environ)  # the flag over the env
+    # a judge that is the evaluated engine follows it to the server the flag or $FEDBUS_ENGINE_URL names
+    judge_spec = spec if raw_judge == raw_spec else (
+        None if raw_judge is None else effective_spec(raw_judge, overrides, environ) if not raw_judge.base_url
+        else raw_judge)
     if "local" in (spec.name, judge_spec and judge_spec.name):
         from fedbus.llm.extras import require_libraries
 

@@ -11,7 +11,6 @@ the round as ``reduce-failed``.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -26,7 +25,7 @@ from fedbus.llm.engine import ChatEngine
 from fedbus.llm.roles import Engines
 from fedbus.llm.textgrad_engine import load_textgrad
 from fedbus.protocol.messages import DataSpec
-from fedbus.results.eventlog import EventLog
+from fedbus.results.eventlog import EventLog, read_events
 from fedbus.results.prompt_measures import surprisal
 from fedbus.scenario.engine import EngineSpec
 
@@ -89,13 +88,11 @@ def local_step_totals(events_path: Path) -> dict[str, Any]:
     """How the clients' local steps went, from events.jsonl: reasons counted, failures counted."""
     reasons: Counter[str] = Counter()
     failures = 0
-    if events_path.exists():
-        for line in events_path.read_text(encoding="utf-8").splitlines():
-            event = json.loads(line)
-            if event.get("event") == "local-steps":
-                reasons.update(r.split(":")[0] for r in event.get("reasons", ()))
-            elif event.get("event") == "local-error":
-                failures += 1
+    for event in read_events(events_path):  # a line a kill cut short (then resumed) is skipped
+        if event.get("event") == "local-steps":
+            reasons.update(r.split(":")[0] for r in event.get("reasons", ()))
+        elif event.get("event") == "local-error":
+            failures += 1
     return {"step_reasons": dict(sorted(reasons.items())), "failed_rounds": failures}
 
 
@@ -144,7 +141,4 @@ _COUNTS = ("calls", "cached_calls", "failures", "retries", "prompt_tokens", "com
 
 def _worker_llm(events_path: Path) -> list[dict[str, Any]]:
     """The ``worker-llm`` lines worker processes wrote: what their engines counted."""
-    if not events_path.exists():
-        return []
-    lines = events_path.read_text(encoding="utf-8").splitlines()
-    return [event for event in map(json.loads, lines) if event.get("event") == "worker-llm"]
+    return [event for event in read_events(events_path) if event.get("event") == "worker-llm"]

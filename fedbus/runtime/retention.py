@@ -5,18 +5,22 @@ client added survive into the global prompt, in any wording?
 one instruction at a time and answers between ``<PRESENT>`` tags. A client's instructions are the sentences of its
 update that were not in the global prompt it started from (its ``base_version``), at most
 ``MAX_PER_CLIENT`` of them; one instruction sent by several clients is judged once and counts for each. A reply
-without the tags is no verdict and is counted as ``unjudged``. The prompt is fedbus's own (the paper judged no
-retention); its calls go through the response cache like any other. The pure parts (which instructions, the
+without the tags, or a call that failed after its retries, is no verdict and is counted as ``unjudged``. The
+prompt is fedbus's own (the paper judged no retention); its calls go through the response cache like any other,
+all of a round's at once (the engine's concurrency limits them). The pure parts (which instructions, the
 request, the verdict) are functions; :class:`RetentionJudge` carries the calls out.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from fedbus.aggregator.effects import Accepted, RoundResult
 from fedbus.aggregator.strategies import sentences
+from fedbus.errors import EngineError
 from fedbus.llm.engine import ChatEngine
 
 MAX_PER_CLIENT = 20
@@ -79,15 +83,30 @@ class RetentionJudge:
         self._by_version[result.version_after] = result.prompt
         if result.status != "aggregated" or not result.accepted:
             return None
-        by_client = {a.client: self._instructions(a) for a in result.accepted}
-        verdicts: dict[str, bool | None] = {}
-        for instruction in dict.fromkeys(i for ins in by_client.values() for i in ins):
-            reply = await self._judge.complete(retention_request(result.prompt, instruction), system=SYSTEM)
-            verdicts[instruction] = present(reply.text)
-        return tally(by_client, verdicts, self._judge.model)
+        known = [a for a in result.accepted if a.base_version in self._by_version]
+        by_client = {a.client: self._instructions(a) for a in known}
+        distinct = list(dict.fromkeys(i for ins in by_client.values() for i in ins))
+        answers = await asyncio.gather(*(self._verdict(result.prompt, i) for i in distinct))  # the engine limits
+        record = tally(by_client, dict(zip(distinct, answers, strict=True)), self._judge.model)
+        if len(known) < len(result.accepted):  # e.g. based on a version from before a resume: nothing to compare
+            record["unknown_base"] = sorted(a.client for a in result.accepted if a not in known)
+        return record
+
+    def remember(self, rounds: Sequence[RoundResult]) -> None:
+        """The global prompts of rounds closed before (a resumed run's), for updates based on them."""
+        for result in rounds:
+            self._by_version[result.version_after] = result.prompt
+
+    async def _verdict(self, prompt: str, instruction: str) -> bool | None:
+        """The judge's verdict; a call that failed after its retries is no verdict (the run goes on)."""
+        try:
+            reply = await self._judge.complete(retention_request(prompt, instruction), system=SYSTEM)
+        except EngineError:
+            return None
+        return present(reply.text)
 
     def _instructions(self, update: Accepted) -> list[str]:
-        return added_instructions(self._by_version.get(update.base_version, ""), update.prompt)
+        return added_instructions(self._by_version[update.base_version], update.prompt)
 
 
 __all__ = ["MAX_PER_CLIENT", "SYSTEM", "RetentionJudge", "added_instructions", "present", "retention_request",

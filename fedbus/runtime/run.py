@@ -186,6 +186,8 @@ async def _run(scenario: Scenario, options: RunOptions, engine: Engines | None,
             if replayed.finished is not None and not replayed.unevaluated:
                 raise ResumeError(f"{out}: run {run_id} already finished ({replayed.finished.status}); "
                                   "nothing to resume")
+            if retention is not None:
+                retention.remember([result for result, _extra in node.outcome.rounds])
             progress.note(f"resumed {run_id} from {replayed.lines} journal entries: "
                           f"{len(node.outcome.rounds)} rounds closed, global version {core.version}")
 
@@ -406,7 +408,6 @@ class _Clients:
         if self.pool is None:
             return
         await asyncio.to_thread(self.pool.finish, CLIENT_EXIT_GRACE_S)
+        self.events.merge(self.pool.parts)  # one new file: the dashboard's tail sees it replaced, not rewritten
         for part in self.pool.parts:
-            self.events.absorb(part)
             part.unlink(missing_ok=True)
-        self.events.sort_by_time()

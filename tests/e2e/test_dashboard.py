@@ -164,3 +164,31 @@ def test_dashboard_beyond_loopback_on_an_open_broker_is_refused(tmp_path: Path) 
     assert result.returncode == 2, result.stderr
     assert "refusing to serve the dashboard on 0.0.0.0" in result.stderr and "--users" in result.stderr
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_dashboard_of_a_run_with_worker_processes_counts_their_clients(tmp_path: Path) -> None:
+    """--workers 2: the clients' events live in the workers' own logs while the run goes, and are merged into
+    events.jsonl at the end; the page follows both and counts each event once (its /metrics equal summary.json)."""
+    out, stdout_path = tmp_path / "run", tmp_path / "stdout.txt"
+    with stdout_path.open("w") as stdout:
+        process = subprocess.Popen([*FEDBUS, "run", "scenarios/quickstart.yaml", "--workers", "2", "--out", str(out),
+                                    "--dashboard", "127.0.0.1:0", "--dashboard-linger", "300"], cwd=ROOT,
+                                   stdout=stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        url = announced_url(stdout_path, process)
+        wait_until((out / "summary.json").exists, "summary.json", 120)
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["client_processes"] == 2
+        wait_until(lambda: json.loads(fetch(url + "api/summary"))["status"] == "completed", "the page's end", 30)
+        api = json.loads(fetch(url + "api/summary"))
+        assert {c["client"] for c in api["clients"]} == set(summary["clients"])
+        assert all(c["cells"] for c in api["clients"])  # every client's rounds, from the workers' logs
+        metrics = fetch(url + "metrics")
+        accepted = re.search(r"^fedbus_updates_accepted_total\{[^}]*\} (\S+)$", metrics, re.MULTILINE)
+        assert accepted is not None and float(accepted.group(1)) == summary["totals"]["updates_accepted"]
+        calls = sum(float(v) for v in re.findall(r"^fedbus_llm_calls_total\{[^}]*\} (\S+)$", metrics, re.MULTILINE))
+        assert calls == summary["totals"]["llm_calls"]  # the workers' updates, counted once
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)  # ends the linger
+    assert process.wait(60) == 0, stdout_path.read_text()

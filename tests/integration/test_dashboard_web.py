@@ -78,3 +78,22 @@ async def test_the_page_fetches_nothing_from_elsewhere() -> None:
                 assert response.status == 404
     finally:
         await web.close()
+
+
+async def test_on_loopback_a_request_for_another_host_name_is_refused() -> None:
+    """DNS rebinding: a page on evil.example whose name now points at 127.0.0.1 sends Host: evil.example; the
+    dashboard answers only to loopback names, and never shows a login's password in its repr."""
+    access = DashboardAccess(address=DashboardAddress(port=0), logins={"ops": "s3cret"})
+    assert "s3cret" not in repr(access)
+    web = DashboardWeb(DashboardState(), DashboardAccess(address=DashboardAddress(port=0)))
+    await web.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(web.url + "api/summary", headers={"Host": "evil.example"}) as response:
+                assert response.status == 421
+            async with http.get(web.url + "api/summary", headers={"Host": f"localhost:{web.port}"}) as response:
+                assert response.status == 200
+            async with http.get(web.url + "metrics") as response:  # Host: 127.0.0.1:PORT
+                assert response.status == 200
+    finally:
+        await web.close()

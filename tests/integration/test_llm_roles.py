@@ -90,8 +90,9 @@ async def server() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
     await runner.cleanup()
 
 
-async def fedbus(tmp_path: Path, *args: str) -> tuple[int, str, str]:
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "FEDBUS_CACHE": str(tmp_path / "cache")}
+async def fedbus(tmp_path: Path, *args: str, url_env: str | None = None) -> tuple[int, str, str]:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "FEDBUS_CACHE": str(tmp_path / "cache"),
+           **({} if url_env is None else {"FEDBUS_ENGINE_URL": url_env})}
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "fedbus", *args, cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -172,6 +173,10 @@ async def test_fedbus_evaluate_scores_a_saved_prompt_on_another_engine(
     assert code == 0 and (result["grader"], result["accuracy"], result["unjudged"]) == ("judge", 1.0, 0)
     judged = [b for b in bodies[before:] if b["messages"][-1]["content"].startswith("Below is a question")]
     assert len(judged) == 3  # the scenario's judge role names no server of its own: the evaluated engine judges
+    code, out, stderr = await fedbus(tmp_path, "evaluate", str(prompts), "--scenario", str(scenario), "--grader",
+                                     "judge", "--model", "other-model", "--no-cache", url_env=url)
+    assert code == 0, stderr  # the server from $FEDBUS_ENGINE_URL serves the judge too
+    assert out.startswith("test accuracy 1.0000 on 3 questions")
 
 
 async def test_a_judged_federation_grades_by_the_judge_role(
@@ -195,3 +200,21 @@ async def test_a_judged_federation_grades_by_the_judge_role(
     assert summary["local_steps"]["step_reasons"].get("improved") == 2
     assert summary["final"]["test_accuracy"] == 1.0 > summary["final"]["initial_test_accuracy"]
     assert [r["aggregation"].get("fallback") for r in summary["rounds"]] == [None, None]
+
+
+async def test_a_worker_reaches_the_runs_embedded_server_by_its_url_with_the_runs_cache_keys(
+        server: tuple[str, list[dict[str, Any]]], tmp_path: Path) -> None:
+    """engine local with a base_url (what a worker process gets): no server of its own is started; the calls go
+    to that URL, under the local engine's cache identity (so the run and its workers share cache entries)."""
+    from fedbus.runtime.engines import open_engines
+    from fedbus.scenario.engine import EngineSpec
+
+    url, bodies = server
+    spec = EngineSpec(name="local", model="qwen-local", base_url=url)
+    async with open_engines(spec, environ={"FEDBUS_CACHE": str(tmp_path)}) as engines:
+        first = await engines.forward.complete("What is 2 + 2?")
+        again = await engines.evaluator.complete("What is 2 + 2?")
+    assert engines.local_url is None  # nothing was started
+    assert engines.forward.identity == "local:qwen-local" and engines.forward.name == "local"
+    assert bodies[-1]["model"] == "qwen-local" and len(bodies) == 1
+    assert not first.cached and again.cached

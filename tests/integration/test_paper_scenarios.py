@@ -23,8 +23,8 @@ pytestmark = [needs_library("textgrad"), pytest.mark.slow]
 
 IMPROVED = ("List every item and count them one by one. The last line of your response should be of the "
             "following format: 'Answer: $VALUE' where VALUE is a numerical value.")
-SMALL = ["--grid", "task.val_size=2", "--grid", "task.test_size=2", "--grid", "rounds=2",
-         "--grid", "clients.local_steps=1", "--grid", "clients.batch_size=1"]
+SMALL = ["--grid", "task.val_size=2", "--grid", "task.test_size=2", "--grid", "rounds=2"]
+ONE_STEP = ["--grid", "clients.local_steps=1", "--grid", "clients.batch_size=1"]
 
 
 def scripted(system: str | None, user: str) -> tuple[int, str]:
@@ -39,11 +39,12 @@ def scripted(system: str | None, user: str) -> tuple[int, str]:
     return 200, "Let me count.\nAnswer: 3"
 
 
-async def sweep(tmp_path: Path, url: str, scenario: str, *grid: str, train: int = 6) -> list[dict[str, Any]]:
+async def sweep(tmp_path: Path, url: str, scenario: str, *grid: str, train: int = 6,
+                steps: tuple[str, ...] = tuple(ONE_STEP)) -> list[dict[str, Any]]:
     out = tmp_path / "sweep"
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "FEDBUS_CACHE": str(tmp_path / "cache")}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "fedbus", "sweep", f"scenarios/{scenario}.yaml", *grid, *SMALL,
+        sys.executable, "-m", "fedbus", "sweep", f"scenarios/{scenario}.yaml", *grid, *SMALL, *steps,
         "--grid", f"task.train_size={train}", "--seeds", "1",
         "--out", str(out), "--engine-url", url, cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
@@ -61,19 +62,22 @@ async def sweep(tmp_path: Path, url: str, scenario: str, *grid: str, train: int 
 
 async def test_the_homogeneous_experiments_sweep_local_steps_clients_and_batch_size(
         server: tuple[str, dict[str, Any]], tmp_path: Path) -> None:  # noqa: F811
-    """The README's local-steps row, with a second axis standing in for the clients and batch-size rows
-    (the same scenario, another --grid key)."""
+    """The README's three homogeneous rows at once: local steps, clients and batch size as grid axes of the one
+    scenario (two values each would be eight runs: one axis varies, the others take one value each)."""
     url, state = server
     state["script"] = scripted
-    summaries = await sweep(tmp_path, url, "paper-homogeneous", "--grid", "clients.count=3,4")
-    assert [s["scenario"]["clients"]["count"] for s in summaries] == [3, 4]
+    summaries = await sweep(tmp_path, url, "paper-homogeneous", "--grid", "clients.count=3,4",
+                            steps=("--grid", "clients.local_steps=1,2", "--grid", "clients.batch_size=2"))
+    assert [(s["scenario"]["clients"]["count"], s["scenario"]["clients"]["local_steps"]) for s in summaries] == [
+        (3, 1), (3, 2), (4, 1), (4, 2)]
+    assert [sum(a["steps"] for a in s["rounds"][0]["accepted"]) for s in summaries] == [3, 6, 4, 8]
     for s in summaries:
         assert s["status"] == "completed" and s["scenario"]["aggregation"]["strategy"] == "concat"
         first = s["rounds"][0]
         assert first["status"] == "aggregated"
         assert first["global_prompt_chars"] == first["aggregate_chars"] > len(IMPROVED)  # concat, nothing cut
         assert first["context"]["window_tokens"] == 8192 and first["context"]["overflow"] is False
-        assert "best_val_test_accuracy" in s["final"]
+        assert 0.0 <= s["final"]["best_val_test_accuracy"] <= 1.0 and s["final"]["best_val_round"] in (0, 1, 2)
 
 
 async def test_the_centralized_baseline_is_one_client_on_all_the_data(

@@ -54,7 +54,8 @@ def test_the_runtime_does_not_import_the_simulator() -> None:
 
 def test_environment_variables_are_read_in_the_cli_only() -> None:
     """Configuration flows one way: only fedbus/cli.py touches os.environ, besides textgrad_engine.py, which sets
-    what textgrad reads at import (to contain it)."""
+    what textgrad reads at import (to contain it), and a worker process's entry point (its process's cli.py: the
+    key of the run's LLM engine, by the name the scenario gives)."""
     import ast
     from pathlib import Path
 
@@ -66,4 +67,4 @@ def test_environment_variables_are_read_in_the_cli_only() -> None:
                    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))))
 
     readers = sorted(str(p.relative_to(root)) for p in root.rglob("*.py") if touches_environ(p))
-    assert readers == ["cli.py", "llm/textgrad_engine.py"], readers
+    assert readers == ["cli.py", "llm/textgrad_engine.py", "runtime/worker_process.py"], readers

@@ -211,3 +211,21 @@ def test_fedbus_run_data_seed_reaches_the_summary(tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["scenario"]["data_seed"] == 5
     assert summary["seed"] == summary["scenario"]["seed"] == load_scenario(scenario).seed != 5
+
+
+def test_a_sweep_gives_each_run_the_source_paths_the_base_scenario_meant(tmp_path: Path) -> None:
+    """A relative task.source is from the base scenario's folder; each run reads a copy in its own folder, so the
+    sweep writes the paths absolute, and the copy loads from anywhere."""
+    from fedbus.experiments.grid import Axis
+    from fedbus.experiments.sweep import plan
+    from fedbus.scenario import scenario_from_mapping
+
+    write_bbh(tmp_path / "data" / "object_counting.json")
+    base = scenario_doc({"name": "object_counting", "source": "data/object_counting.json"})
+    runs = plan(base, [Axis(key="rounds", values=(1,), texts=("1",))], [1], simulate=False,
+                source=str(tmp_path / "base.yaml"))
+    [run] = runs
+    assert run.scenario["task"]["source"] == str((tmp_path / "data" / "object_counting.json").resolve())
+    elsewhere = tmp_path / "sweep" / "cells" / "rounds-1" / "seed-1"
+    scenario = scenario_from_mapping(run.scenario, str(elsewhere / "scenario.yaml"))
+    assert scenario.data.sources  # the file was found from the run's folder

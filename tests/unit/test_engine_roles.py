@@ -156,8 +156,8 @@ def test_one_engine_serves_every_role_by_default() -> None:
 
 
 def test_worker_processes_reach_the_runs_engine_with_the_concurrency_shared_out() -> None:
-    """A local engine becomes the run's embedded server as an OpenAI-compatible one (one model in memory); the
-    concurrency is split over the workers, rounded up; an openai engine keeps its server."""
+    """A local engine names the run's embedded server, for the worker to reach rather than start (one model in
+    memory); the concurrency is split over the workers, rounded up; an openai engine keeps its server."""
     from fedbus.llm.engine import ScriptedEngine
     from fedbus.llm.roles import Engines
     from fedbus.runtime.engines import worker_engine_spec
@@ -167,7 +167,7 @@ def test_worker_processes_reach_the_runs_engine_with_the_concurrency_shared_out(
                                   ScriptedEngine([], model="qwen-local")), local_url="http://127.0.0.1:4321/v1")
     spec = worker_engine_spec(EngineSpec(name="local", concurrency=3, max_tokens=160), local, 2)
     assert (spec.name, spec.model, spec.base_url, spec.concurrency, spec.max_tokens) == (
-        "openai", "qwen-local", "http://127.0.0.1:4321/v1", 2, 160)
+        "local", "qwen-local", "http://127.0.0.1:4321/v1", 2, 160)
     remote = EngineSpec(name="openai", model="m", base_url="http://gpu:8000/v1", concurrency=8)
     assert worker_engine_spec(remote, Engines.single(ScriptedEngine([])), 3) == EngineSpec(
         name="openai", model="m", base_url="http://gpu:8000/v1", concurrency=3)

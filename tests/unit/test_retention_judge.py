@@ -74,3 +74,26 @@ async def test_later_rounds_measure_against_the_global_prompt_each_update_starte
     judged = await judge(result(first + " Count twice.", update("a", first + " Count twice.", base_version=1),
                                 version_after=2))
     assert judged is not None and judged["instructions"] == 1  # "List every item." was already in version 1
+
+
+async def test_a_judge_that_fails_leaves_its_instructions_unjudged_and_the_run_goes_on() -> None:
+    from fedbus.errors import EngineError
+
+    def judge(prompt: str, _system: str | None) -> str:
+        if "Count twice." in prompt.split("<INSTRUCTION>", 1)[1]:
+            raise EngineError("scripted: the judge's server is down")
+        return "<PRESENT>yes</PRESENT>"
+
+    judged = await RetentionJudge(ScriptedEngine(judge), BASE)(
+        result("Merged.", update("a", BASE + " List every item. Count twice.")))
+    assert judged is not None and (judged["judged"], judged["kept"], judged["unjudged"]) == (1, 1, 1)
+
+
+async def test_an_update_on_a_prompt_the_judge_never_saw_is_named_not_judged() -> None:
+    """After a resume the judge knows the rounds it is told of (remember); an update on another base is listed."""
+    judge = RetentionJudge(ScriptedEngine(lambda _p, _s: "<PRESENT>yes</PRESENT>"), BASE)
+    second = result(BASE + " Count twice.", update("a", BASE + " Count twice.", base_version=1),
+                    update("b", BASE + " Verify.", base_version=2), version_after=3)
+    judge.remember([result(BASE, update("x", BASE), version_after=1)])
+    judged = await judge(second)
+    assert judged is not None and judged["unknown_base"] == ["b"] and judged["instructions"] == 1
