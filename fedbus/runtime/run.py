@@ -277,9 +277,12 @@ def _write_partial(summary: dict[str, Any], status: str, why: str, *, out: Path,
 
 
 async def _count_clients(core: AggregatorBase, progress: Progress, own: int) -> None:
-    """Show the aggregator's count of clients as it changes (remote clients joining, clients leaving)."""
-    while True:
+    """Show the aggregator's count of clients as it changes (remote clients joining, clients leaving) while the
+    run goes; once it finished, clients leaving is the end, not news."""
+    while core.phase != "finished":
         await asyncio.sleep(CLIENT_COUNT_S)
+        if core.phase == "finished":
+            return
         stats = core.statistics()
         progress.clients(stats.live_clients, stats.known_clients, own)
 
