@@ -25,10 +25,10 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Self, cast
+from typing import Self
 
 from fedbus.errors import EngineError
-from fedbus.llm.engine import CallCounters, ChatEngine, Completion, EngineStatistics, Sampling
+from fedbus.llm.engine import CallCounters, ChatEngine, Completion, EngineStatistics, EngineWrapper, Sampling
 
 CACHE_FILE = "responses.sqlite"
 KEY_VERSION = 1  # bump when the key's inputs change, so old entries are never misread
@@ -150,7 +150,7 @@ class ResponseCache:
         return f"ResponseCache({str(self._path)!r})"
 
 
-class CachedEngine:
+class CachedEngine(EngineWrapper):
     """A ``ChatEngine`` that answers from a ``ResponseCache`` and asks ``inner`` only on a miss.
 
     Concurrent calls with the same key share one request to ``inner`` (the others count as cached).
@@ -160,43 +160,13 @@ class CachedEngine:
     """
 
     def __init__(self, inner: ChatEngine, cache: ResponseCache) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._cache = cache
         self._counters = CallCounters()
         self._pending: dict[str, asyncio.Future[Completion]] = {}
 
-    @property
-    def name(self) -> str:
-        return self._inner.name
-
-    @property
-    def model(self) -> str:
-        return self._inner.model
-
-    @property
-    def identity(self) -> str:
-        return self._inner.identity
-
-    @property
-    def sampling(self) -> Sampling:
-        return self._inner.sampling
-
-    @property
-    def inner(self) -> ChatEngine:
-        return self._inner
-
     def key(self, prompt: str, *, system: str | None = None) -> str:
         return cache_key(identity=self.identity, model=self.model, sampling=self.sampling, system=system, prompt=prompt)
-
-    async def count_tokens(self, text: str) -> int | None:
-        """The inner engine's tokenizer count, where it has one."""
-        count = getattr(self._inner, "count_tokens", None)
-        return None if count is None else cast("int | None", await count(text))
-
-    async def prompt_logprobs(self, text: str) -> list[float] | None:
-        """The inner engine's log-probabilities of ``text``'s tokens, where it gives them (not cached)."""
-        logprobs = getattr(self._inner, "prompt_logprobs", None)
-        return None if logprobs is None else cast("list[float] | None", await logprobs(text))
 
     async def complete(self, prompt: str, *, system: str | None = None) -> Completion:
         self._counters.calls += 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 from fedbus.errors import EngineError
 
@@ -132,6 +132,45 @@ class _Counters:
     failures: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+
+
+class EngineWrapper:
+    """What an engine in front of another (the response cache, a role's view) passes through unchanged: its
+    name, model, identity and sampling, and the calls that are not chat calls (token counts, log-probabilities
+    of a prompt's tokens), where the inner engine has them."""
+
+    def __init__(self, inner: ChatEngine) -> None:
+        self._inner = inner
+
+    @property
+    def inner(self) -> ChatEngine:
+        return self._inner
+
+    @property
+    def name(self) -> str:
+        return self._inner.name
+
+    @property
+    def model(self) -> str:
+        return self._inner.model
+
+    @property
+    def identity(self) -> str:
+        return self._inner.identity
+
+    @property
+    def sampling(self) -> Sampling:
+        return self._inner.sampling
+
+    async def count_tokens(self, text: str) -> int | None:
+        """The inner engine's tokenizer count, where it has one (not a chat call)."""
+        count = getattr(self._inner, "count_tokens", None)
+        return None if count is None else cast("int | None", await count(text))
+
+    async def prompt_logprobs(self, text: str) -> list[float] | None:
+        """The inner engine's log-probabilities of ``text``'s tokens, where it gives them (not a chat call)."""
+        logprobs = getattr(self._inner, "prompt_logprobs", None)
+        return None if logprobs is None else cast("list[float] | None", await logprobs(text))
 
 
 @dataclass(slots=True)

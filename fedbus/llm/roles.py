@@ -20,16 +20,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict
-from typing import Any, cast
+from typing import Any
 
 from fedbus.errors import EngineError
-from fedbus.llm.engine import CallCounters, ChatEngine, Completion, EngineStatistics, Sampling
+from fedbus.llm.engine import CallCounters, ChatEngine, Completion, EngineStatistics, EngineWrapper
 
 ROLES = ("forward", "backward", "optimizer", "aggregator", "evaluator", "judge")
 STEP_ROLES = ("forward", "backward", "optimizer")  # what a TextGrad local step asks for
 
 
-class RoleEngine:
+class RoleEngine(EngineWrapper):
     """``inner`` as seen by one role: every call passes through, and is counted for the role.
 
     Tokens are counted for replies that did not come from the cache (what the server spent); a truncated
@@ -39,33 +39,13 @@ class RoleEngine:
     def __init__(self, role: str, inner: ChatEngine) -> None:
         if role not in ROLES:
             raise ValueError(f"Invalid role: {role!r} (one of {', '.join(ROLES)})")
+        super().__init__(inner)
         self._role = role
-        self._inner = inner
         self._counters = CallCounters()
 
     @property
     def role(self) -> str:
         return self._role
-
-    @property
-    def inner(self) -> ChatEngine:
-        return self._inner
-
-    @property
-    def name(self) -> str:
-        return self._inner.name
-
-    @property
-    def model(self) -> str:
-        return self._inner.model
-
-    @property
-    def identity(self) -> str:
-        return self._inner.identity
-
-    @property
-    def sampling(self) -> Sampling:
-        return self._inner.sampling
 
     async def complete(self, prompt: str, *, system: str | None = None) -> Completion:
         self._counters.calls += 1
@@ -81,16 +61,6 @@ class RoleEngine:
             self._counters.completion_tokens += completion.completion_tokens
         self._counters.truncated += completion.truncated
         return completion
-
-    async def count_tokens(self, text: str) -> int | None:
-        """The inner engine's tokenizer count, where it has one (not a call of the role)."""
-        count = getattr(self._inner, "count_tokens", None)
-        return None if count is None else cast("int | None", await count(text))
-
-    async def prompt_logprobs(self, text: str) -> list[float] | None:
-        """The inner engine's log-probabilities of ``text``'s tokens, where it gives them (not a call of the role)."""
-        logprobs = getattr(self._inner, "prompt_logprobs", None)
-        return None if logprobs is None else cast("list[float] | None", await logprobs(text))
 
     def statistics(self) -> EngineStatistics:
         """This role's counts (``retries`` and ``usage_estimated`` belong to the engine: see :class:`Engines`)."""
