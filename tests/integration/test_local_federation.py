@@ -92,13 +92,15 @@ def test_a_reduced_real_federation_finishes_and_records_tokens(model: Path, tmp_
 
 def test_a_sweep_on_the_embedded_model_is_reported_with_intervals_over_seeds(model: Path, tmp_path: Path) -> None:
     """`fedbus sweep` + `fedbus report` on the real (embedded) model: the paper-local scenario shrunk to one
-    client, one round and one question per split, over two seeds; the report's page gives a mean ± CI."""
+    client, one round and one question per split, over two seeds; the report's page gives a mean ± CI. No response
+    cache: the model answers every call (a cache an earlier run filled would answer them instead)."""
     shrink = ["clients.count=1", "participation.min_clients=1", "rounds=1", "task.train_size=2", "task.val_size=1",
               "task.test_size=1", "clients.batch_size=1", "engine.max_tokens=160"]
     out = tmp_path / "sweep"
     grid = [arg for key in shrink for arg in ("--grid", key)]
     swept = subprocess.run([sys.executable, "-m", "fedbus", "sweep", "scenarios/paper-local.yaml", *grid,
-                            "--seeds", "1..2", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                            "--seeds", "1..2", "--no-cache", "--out", str(out)], cwd=ROOT, capture_output=True,
+                           text=True,
                            timeout=1200, stdin=subprocess.DEVNULL, check=False)
     assert swept.returncode == 0, swept.stdout[-3000:] + swept.stderr[-3000:]
     manifest = json.loads((out / "sweep.json").read_text())
