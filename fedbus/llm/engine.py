@@ -126,14 +126,6 @@ ScriptFunction = Callable[[str, str | None], str]
 """A script as a function: ``(prompt, system) -> reply``; it may raise ``EngineError``."""
 
 
-@dataclass(slots=True)
-class _Counters:
-    calls: int = 0
-    failures: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
 class EngineWrapper:
     """What an engine in front of another (the response cache, a role's view) passes through unchanged: its
     name, model, identity and sampling, and the calls that are not chat calls (token counts, log-probabilities
@@ -207,7 +199,7 @@ class ScriptedEngine:
         self._model = model
         self._sampling = sampling if sampling is not None else Sampling()
         self._requests: list[tuple[str | None, str]] = []
-        self._counters = _Counters()
+        self._counters = CallCounters()
 
     @property
     def name(self) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, cast
 
@@ -21,7 +21,7 @@ from fedbus.aggregator.llm_merge import FORMAT_LINE, merge_inputs, merge_request
 from fedbus.aggregator.strategies import LLM_STRATEGIES, carry_out
 from fedbus.client.optimizer import LocalOptimizer, OptimizerFactory, shard_for
 from fedbus.client.textgrad_optimizer import TextGradOptimizer
-from fedbus.llm.engine import ChatEngine
+from fedbus.llm.engine import CallCounters, ChatEngine, EngineStatistics
 from fedbus.llm.roles import Engines
 from fedbus.llm.textgrad_engine import load_textgrad
 from fedbus.protocol.messages import DataSpec
@@ -124,19 +124,18 @@ def llm_summary(spec: EngineSpec, engine: ChatEngine | Engines, events_path: Pat
     workers = _worker_llm(events_path)
     if workers:  # clients in worker processes had engines of their own: their counts join the run's
         for counts in workers:
-            for key in _COUNTS:
+            for key in _TOTALS:
                 llm[key] += counts.get(key, 0)
             for role, stats in counts.get("by_role", {}).items():
                 if role in llm.get("by_role", {}):
-                    for key in ("calls", "cached_calls", "failures", "prompt_tokens", "completion_tokens",
-                                "truncated"):
+                    for key in _ROLE_COUNTS:
                         llm["by_role"][role][key] += stats.get(key, 0)
         llm["worker_processes"] = len(workers)
     return {"local_steps": local_step_totals(events_path), "llm": llm}
 
 
-_COUNTS = ("calls", "cached_calls", "failures", "retries", "prompt_tokens", "completion_tokens", "usage_estimated",
-           "truncated")
+_TOTALS = tuple(f.name for f in fields(EngineStatistics))  # what summary.json's llm block counts
+_ROLE_COUNTS = tuple(f.name for f in fields(CallCounters))  # what llm.by_role counts for each role
 
 
 def _worker_llm(events_path: Path) -> list[dict[str, Any]]:

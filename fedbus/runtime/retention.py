@@ -88,8 +88,9 @@ class RetentionJudge:
         distinct = list(dict.fromkeys(i for ins in by_client.values() for i in ins))
         answers = await asyncio.gather(*(self._verdict(result.prompt, i) for i in distinct))  # the engine limits
         record = tally(by_client, dict(zip(distinct, answers, strict=True)), self._judge.model)
-        if len(known) < len(result.accepted):  # e.g. based on a version from before a resume: nothing to compare
-            record["unknown_base"] = sorted(a.client for a in result.accepted if a not in known)
+        unknown = sorted(a.client for a in result.accepted if a.base_version not in self._by_version)
+        if unknown:  # e.g. based on a version from before a resume: nothing to compare against
+            record["unknown_base"] = unknown
         return record
 
     def remember(self, rounds: Sequence[RoundResult]) -> None:
