@@ -69,6 +69,12 @@ def announced_url(stdout: Path, process: subprocess.Popen[bytes], prefix: str = 
     return url
 
 
+def wait_lingering(stdout: Path) -> None:
+    """Until the run has finished and its page lingers: a Ctrl-C before that interrupts the run itself (summary.json
+    is written a moment before the run ends)."""
+    wait_until(lambda: "dashboard stays up" in stdout.read_text(), "the dashboard lingering after the run", 60)
+
+
 def watch_page(chromium: str, profile: Path, start: Callable[[], str], screenshot: Path,
                wait_s: float = 180) -> list[dict[str, Any]]:
     """Start Chromium, then ``start()`` what serves the page (it returns the URL); open the page once (never
@@ -149,6 +155,7 @@ def test_dashboard_shows_rounds_live_and_metrics_match_the_summary(tmp_path: Pat
         assert api["status"] == summary["status"] == "completed"
         assert [(r["accepted"], r["rejected_total"], r["late"]) for r in api["rounds"]] == [
             (len(r["accepted"]), len(r["rejected"]), len(r["late"])) for r in summary["rounds"]]
+        wait_lingering(stdout_path)
     finally:
         for process in processes:
             if process.poll() is None:
@@ -188,6 +195,7 @@ def test_dashboard_of_a_run_with_worker_processes_counts_their_clients(tmp_path:
         assert accepted is not None and float(accepted.group(1)) == summary["totals"]["updates_accepted"]
         calls = sum(float(v) for v in re.findall(r"^fedbus_llm_calls_total\{[^}]*\} (\S+)$", metrics, re.MULTILINE))
         assert calls == summary["totals"]["llm_calls"]  # the workers' updates, counted once
+        wait_lingering(stdout_path)
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)  # ends the linger
