@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import math
@@ -238,6 +239,10 @@ def decode(payload: bytes, limit: int = MAX_MESSAGE_BYTES) -> dict[str, Any]:
 
 SIGNED_MAGIC = b"FB2S"  # SECURITY.md § The signed frame
 SIGN_DOMAIN = b"fedbus/v2 signed\n"
+PAIRED_MAGIC = b"FB2M"  # SECURITY.md § The paired frame
+PAIRED_DOMAIN = b"fedbus/v2 paired\n"
+PAIR_KEY_INFO = b"fedbus/v2 pair key\n"
+TAG_BYTES = 32
 MAX_SIGNER_ID = 64
 SIGNATURE_BYTES = 64
 SEALED_MAGIC = b"FB2E"  # SECURITY.md § The sealed box
@@ -472,26 +477,53 @@ def sign_frame(payload: bytes, key: PrivateKey) -> bytes:
     return SIGNED_MAGIC + bytes([len(raw_id)]) + raw_id + signature + payload
 
 
-def verify_frame(wire: bytes, keys: Mapping[str, PublicKey], signer: str) -> tuple[str, bytes]:
-    """SECURITY.md § Verifying, checks 1-5 in order: (signer id, payload), or ``Forged`` with the reason."""
+def pair_key(own: PrivateKey, aggregator: PublicKey) -> bytes:
+    """SECURITY.md § The paired frame: the key this client shares with the aggregator,
+    ``HKDF-SHA256(X25519(own, aggregator), salt = aggregator's X25519 key ‖ own, info = "fedbus/v2 pair key" ‖ 0x0A
+    ‖ client id, 32 bytes)``."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+    from cryptography.hazmat.primitives.hashes import SHA256
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    secret = X25519PrivateKey.from_private_bytes(own.x25519_secret)
+    shared = secret.exchange(X25519PublicKey.from_public_bytes(aggregator.seal))
+    salt = aggregator.seal + secret.public_key().public_bytes_raw()
+    return HKDF(algorithm=SHA256(), length=TAG_BYTES, salt=salt, info=PAIR_KEY_INFO + own.owner.encode("ascii")
+                ).derive(shared)
+
+
+def verify_frame(wire: bytes, keys: Mapping[str, PublicKey], signer: str,
+                 pair: bytes | None = None) -> tuple[str, bytes]:
+    """SECURITY.md § Verifying, checks 1-5 in order: (signer id, payload), or ``Forged`` with the reason. A paired
+    frame (``FB2M``) checks its tag with ``pair``, the key shared with the signer."""
+    import hmac
+
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    if wire[: len(SIGNED_MAGIC)] != SIGNED_MAGIC:  # 1
-        raise Forged("unsigned", "not a signed frame (no FB2S magic)")
+    magic = wire[: len(SIGNED_MAGIC)]
+    if magic not in (SIGNED_MAGIC, PAIRED_MAGIC):  # 1
+        raise Forged("unsigned", "not a signed frame (no FB2S or FB2M magic)")
+    auth_bytes = SIGNATURE_BYTES if magic == SIGNED_MAGIC else TAG_BYTES
     n = wire[4] if len(wire) > 4 else 0
     start = 5 + n
     signer_id = wire[5:start].decode("ascii", errors="replace")
-    if not (1 <= n <= MAX_SIGNER_ID and len(wire) >= start + SIGNATURE_BYTES and is_valid_id(signer_id)):  # 2
+    if not (1 <= n <= MAX_SIGNER_ID and len(wire) >= start + auth_bytes and is_valid_id(signer_id)):  # 2
         raise Forged("malformed", "the frame is cut, or its signer id is not a fedbus id")
     if signer_id != signer:  # 3
         raise Forged("wrong-signer", f"signed by {signer_id!r}, expected {signer!r}")
     key = keys.get(signer_id)
-    if key is None:  # 4
+    if key is None or (magic == PAIRED_MAGIC and pair is None):  # 4
         raise Forged("unknown-signer", f"no key for {signer_id!r}")
-    signature, payload = wire[start : start + SIGNATURE_BYTES], wire[start + SIGNATURE_BYTES :]
+    auth, payload = wire[start : start + auth_bytes], wire[start + auth_bytes :]
+    if magic == PAIRED_MAGIC:  # 5, for a paired frame: the HMAC-SHA256 tag under the pair's key
+        raw_id = signer_id.encode("ascii")
+        tag = hmac.digest(pair or b"", PAIRED_DOMAIN + bytes([len(raw_id)]) + raw_id + payload, "sha256")
+        if not hmac.compare_digest(auth, tag):
+            raise Forged("bad-signature", f"the tag does not match the key shared with {signer_id!r}")
+        return signer_id, payload
     try:  # 5
-        Ed25519PublicKey.from_public_bytes(key.sign).verify(signature, signed_data(signer_id, payload))
+        Ed25519PublicKey.from_public_bytes(key.sign).verify(auth, signed_data(signer_id, payload))
     except InvalidSignature:
         raise Forged("bad-signature", f"the signature does not match {signer_id!r}'s key") from None
     return signer_id, payload
@@ -551,7 +583,12 @@ class V2:
         """SECURITY.md § Receiving: the size of the frame, then its signature by the pinned aggregator key."""
         if len(wire) > limit:
             raise Forged("oversized", f"{len(wire)} bytes > {limit}")
-        return verify_frame(wire, {AGGREGATOR: self.aggregator_key}, AGGREGATOR)
+        return verify_frame(wire, {AGGREGATOR: self.aggregator_key}, AGGREGATOR, self.pair)
+
+    @functools.cached_property
+    def pair(self) -> bytes:
+        """The key shared with the aggregator, for its paired frames (tasks, receipts)."""
+        return pair_key(self.key, self.aggregator_key)
 
 
 # ------------------------------------------------------------------ what the MQTT thread reports

@@ -24,6 +24,7 @@ reappear nearly verbatim in the global prompt (it does not judge whether their c
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -150,6 +151,7 @@ def parse_merged(reply: str) -> Merged:
 _WORD = re.compile(r"[a-z0-9$']+")
 
 
+@functools.lru_cache(maxsize=4096)  # a round's clients often send the same sentences, and rounds repeat them
 def instructions(prompt: str) -> tuple[str, ...]:
     """The prompt's distinct instructions: its sentences, normalized (lower case, words only), deduplicated."""
     seen: dict[str, None] = {}

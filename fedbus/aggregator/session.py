@@ -215,7 +215,9 @@ class AggregatorSession:
     def _wire(self, m: Message) -> bytes:
         """``m`` as published: encoded (v1), signed as ``aggregator`` under v2; ``MessageTooLarge`` past the
         run's limit, which applies to what the broker carries."""
-        wire = self.security.wrap(codec.encode(m, self.limits))
+        # a task or receipt is for its client alone: a paired frame, which it checks in microseconds
+        to = m.client if isinstance(m, Task | Receipt) else None
+        wire = self.security.wrap(codec.encode(m, self.limits), to=to)
         if len(wire) > self.limits.max_bytes:
             raise codec.MessageTooLarge(KIND_OF[type(m)], len(wire), self.limits.max_bytes)
         return wire

@@ -13,6 +13,7 @@ before sending it (:class:`fedbus.client.core.ClientCore`).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import random
 import zlib
@@ -154,6 +155,11 @@ def scenario_optimizer(name: str | None) -> OptimizerFactory:
 
 def takes_budget(method: Callable[..., object]) -> bool:
     """True if an optimizer's ``optimize`` (or ``optimize_now``) accepts the keyword ``max_chars``."""
+    return _takes_budget(getattr(method, "__func__", method))  # a bound method is new on every access
+
+
+@functools.lru_cache(maxsize=256)
+def _takes_budget(method: Callable[..., object]) -> bool:
     try:
         parameters = inspect.signature(method).parameters.values()
     except (TypeError, ValueError):  # no signature to read (a builtin): do not guess

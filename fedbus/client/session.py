@@ -417,7 +417,8 @@ class ClientSession:
         m = send.message
         limits = self.send_limits
         try:
-            payload = self.security.wrap(codec.encode(m, limits), sealed=isinstance(m, Update | Failure))
+            mine = isinstance(m, Update | Failure)  # for the aggregator alone: sealed, in a paired frame
+            payload = self.security.wrap(codec.encode(m, limits), sealed=mine, to=AGGREGATOR if mine else None)
             if len(payload) > limits.max_bytes:  # signed and sealed, it grew: the broker carries the frame
                 raise codec.MessageTooLarge(KIND_OF[type(m)], len(payload), limits.max_bytes)
         except codec.MessageTooLarge as exc:  # the aggregator would drop it as oversized: say so here

@@ -216,9 +216,10 @@ class MqttBus:
         """
         # a fresh random topic under the login, never the identifier: that one must stay secret
         probe = f"{PROBE_ROOT}/{self.address.username or 'anonymous'}/{secrets.token_hex(8)}"
-        try:
-            for topic_filter in (*filters, probe) if verify else filters:
-                await self._client.subscribe(topic_filter, qos=QOS)
+        wanted = (*filters, probe) if verify else filters
+        try:  # one SUBSCRIBE for all: one round trip to the broker per connection, not one per filter
+            if wanted:
+                await self._client.subscribe([(topic_filter, QOS) for topic_filter in wanted])
         except aiomqtt.MqttError as exc:
             raise TransportError(f"subscribe failed: {exc}") from exc
         if verify:

@@ -19,7 +19,7 @@ from fedbus.security.crypto import PrivateKey
 from fedbus.security.errors import WireRejected
 from fedbus.security.keys import PublicKey
 from fedbus.security.sealing import open_body
-from fedbus.security.signing import verify
+from fedbus.security.signing import pair_key, verify
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +60,12 @@ def check(job: Job, opener: PrivateKey, *, sealing_required: bool) -> Checked:
     """The aggregator's checks of ``job``: verify the frame against ``job.key`` as ``job.signer``'s, then (update
     topics only) open the body with the aggregator's key ``opener``. Never raises."""
     keys = {} if job.key is None else {job.signer: job.key}
+
+    def pairs(signer: str, key: PublicKey) -> bytes | None:
+        return pair_key(opener, key, signer, aggregator=True)
+
     try:
-        inner = verify(job.wire, keys, signer=job.signer).payload
+        inner = verify(job.wire, keys, signer=job.signer, pairs=pairs).payload
     except WireRejected as exc:
         return Checked(inner=Refused(exc.reason, exc.detail))
     if not job.update:

@@ -124,16 +124,44 @@ def x25519_public(secret: bytes) -> bytes:
     return _raw_public(X25519PrivateKey.from_private_bytes(secret).public_key())
 
 
-def x25519_shared(secret: bytes | PrivateKey, public: bytes) -> bytes | None:
+def x25519_ephemeral(secret: bytes, public: bytes) -> tuple[bytes, bytes | None]:
+    """``(x25519_public(secret), x25519_shared(secret, public))`` with the secret loaded once (loading one costs
+    as much as the exchange)."""
+    own = X25519PrivateKey.from_private_bytes(secret)
+    return _raw_public(own.public_key()), _exchange(own, public, known=True)
+
+
+@functools.lru_cache(maxsize=1024)
+def _x25519_peer(public: bytes) -> X25519PublicKey:
+    return X25519PublicKey.from_public_bytes(public)
+
+
+def x25519_shared(secret: bytes | PrivateKey, public: bytes, *, known: bool = False) -> bytes | None:
     """The X25519 shared secret of ``secret`` (32 bytes, or a party's key) and a 32-byte public key; None when
-    ``public`` is not usable (wrong length, or a low-order point that makes the secret all zeros)."""
+    ``public`` is not usable (wrong length, or a low-order point that makes the secret all zeros). ``known``: a
+    party's long-term key, which is loaded once and remembered (an ephemeral one is not worth remembering)."""
+    own = secret._opener if isinstance(secret, PrivateKey) else X25519PrivateKey.from_private_bytes(secret)
+    return _exchange(own, public, known=known)
+
+
+def _exchange(own: X25519PrivateKey, public: bytes, *, known: bool) -> bytes | None:
     if len(public) != KEY_BYTES:
         return None
-    own = secret._opener if isinstance(secret, PrivateKey) else X25519PrivateKey.from_private_bytes(secret)
     try:
-        return own.exchange(X25519PublicKey.from_public_bytes(public))
+        return own.exchange(_x25519_peer(bytes(public)) if known else X25519PublicKey.from_public_bytes(public))
     except ValueError:
         return None
+
+
+# ---------------------------------------------------------------------------------------------- HMAC
+def hmac_sha256(key: bytes, data: bytes) -> bytes:
+    """HMAC-SHA256 (RFC 2104) of ``data`` under ``key``: 32 bytes."""
+    return hmac.digest(key, data, "sha256")
+
+
+def hmac_equal(a: bytes, b: bytes) -> bool:
+    """Compare two tags in time independent of where they differ."""
+    return hmac.compare_digest(a, b)
 
 
 # ---------------------------------------------------------------------------------------------- HKDF, AEAD

@@ -28,7 +28,7 @@ from fedbus.security.keys import KEY_BYTES, KeyLookup, PublicKey, fingerprint
 from fedbus.security.sealing import OVERHEAD as SEAL_OVERHEAD
 from fedbus.security.sealing import open_body, seal_body
 from fedbus.security.signing import MAGIC as SIGNED_MAGIC
-from fedbus.security.signing import MAX_SIGNER_ID, sign, verify
+from fedbus.security.signing import MAX_SIGNER_ID, pair_key, paired, sign, verify
 
 SECURITY_MODES = ("signed+sealed", "signed", "none")
 DEFAULT_SECURITY = "signed+sealed"
@@ -128,17 +128,32 @@ class Security:
                 else None, "fingerprint": own}
 
     # ------------------------------------------------------------------ going out
-    def wrap(self, payload: bytes, *, sealed: bool = False) -> bytes:
+    def wrap(self, payload: bytes, *, sealed: bool = False, to: str | None = None) -> bytes:
         """What goes on the wire for ``payload`` (a v1 message as the codec wrote it): in mode ``none`` the
         payload itself; else, with ``sealed`` (an update or failure) and a sealing mode, its body sealed to the
-        aggregator, and then the whole signed as ``owner``."""
+        aggregator, and then the whole signed as ``owner``. ``to``: the one party it is for (``aggregator`` from a
+        client, a client id from the aggregator): then a paired frame under the key the two share, where there is
+        one (the aggregator knows the client's key); a broadcast, or a message read back by its sender, is signed."""
         if not self.signs or self.key is None:
             return payload
         if sealed and self.seals:
             if self.aggregator_key is None:
                 raise LocalProtocolError(f"{self.owner} has no aggregator key to seal to")
             payload = seal_body(payload, self.aggregator_key, ephemeral=self._ephemeral(payload))
+        if to is not None and (peer := self._peers.get(to)) is not None:
+            shared = self._pair(to, peer)
+            if shared is not None:
+                return paired(payload, shared, self.owner)
         return sign(payload, self.key, self.owner)
+
+    def _pair(self, other: str, key: PublicKey) -> bytes | None:
+        """The key this party shares with ``other`` (whose public key is ``key``): a client only with the
+        aggregator, the aggregator with each client."""
+        if self.key is None:
+            return None
+        if self.owner == AGGREGATOR:
+            return None if other == AGGREGATOR else pair_key(self.key, key, other, aggregator=True)
+        return pair_key(self.key, key, self.owner, aggregator=False) if other == AGGREGATOR else None
 
     def _ephemeral(self, payload: bytes) -> bytes | None:
         if self.ephemeral_seed is None:
@@ -155,7 +170,7 @@ class Security:
         ``signer``."""
         if not self.signs:
             return wire
-        return verify(wire, self._peers, signer=signer).payload
+        return verify(wire, self._peers, signer=signer, pairs=self._pair).payload
 
     def authenticate_own(self, wire: bytes) -> bytes:
         """The v1 payload inside ``wire``, once verified as signed by this party itself (its own key): for a

@@ -64,8 +64,7 @@ def seal(plaintext: bytes, recipient: PublicKey, context: bytes, *, ephemeral: b
     secret = crypto.random_bytes(KEY_BYTES) if ephemeral is None else ephemeral
     if len(secret) != KEY_BYTES:
         raise LocalProtocolError("the ephemeral secret must be 32 bytes")
-    ephemeral_public = crypto.x25519_public(secret)
-    shared = crypto.x25519_shared(secret, recipient.seal)
+    ephemeral_public, shared = crypto.x25519_ephemeral(secret, recipient.seal)
     if shared is None:
         raise LocalProtocolError("the recipient's X25519 key is unusable (a low-order point)")
     key, nonce = _key_and_nonce(shared, ephemeral_public, recipient.seal)

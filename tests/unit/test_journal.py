@@ -179,8 +179,10 @@ def test_a_resumed_aggregator_sends_the_global_and_the_open_tasks_again(journals
     replay(_fresh(scenario), lines[:opened + 1], resend)
     sends = resend.sends()
     assert sends[0].retain and sends[0].topic.endswith("/global")
-    client = simulated_security(scenario, sim_run_id(scenario)).client("client-0")  # pins the aggregator's key
-    tasks = [codec.decode(client.authenticate(s.payload, signer=AGGREGATOR)) for s in sends[1:]]
+    security = simulated_security(scenario, sim_run_id(scenario))  # each client pins the aggregator's key
+    # a task is a paired frame: each verifies with the key its own client shares with the aggregator
+    tasks = [codec.decode(security.client(s.topic.rsplit("/", 1)[1]).authenticate(s.payload, signer=AGGREGATOR))
+             for s in sends[1:]]
     assert sorted(t.client for t in tasks) == [f"client-{i}" for i in range(scenario.clients.count)]
     assert {t.round for t in tasks} == {2}
 

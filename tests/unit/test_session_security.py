@@ -272,14 +272,29 @@ def test_forgeries_are_counted_and_the_first_few_kept() -> None:
 
 
 def test_everything_the_aggregator_publishes_is_signed_as_aggregator() -> None:
-    """Presence, Will, global, tasks and receipts verify with the pinned key; without security they are the
-    codec's bytes (protocol v1)."""
+    """Presence, Will, global, tasks and receipts verify with the pinned key; broadcasts are signed frames, a task
+    or receipt a paired frame that only its own client verifies; without security they are the codec's bytes
+    (protocol v1)."""
     session = aggregator_session()
-    client = keys().client("c-0")
     actions = online(session, "c-0", "c-1") + feed(session, UPDATE_C0, signed("c-0", update("c-0")))
-    wires = [s.payload for s in actions if isinstance(s, Send)] + [session.presence(1.0, "online").payload,
-                                                                    session.will(1.0)[1]]
-    kinds = {type(codec.decode(client.authenticate(w, signer=AGGREGATOR))).__name__ for w in wires}
+    sends = [s for s in actions if isinstance(s, Send)]
+    kinds = set()
+    for send in sends:
+        kind, recipient = send.topic.split("/")[-2:]
+        if kind in ("task", "receipt"):
+            assert send.payload.startswith(b"FB2M")
+            mine = keys().client(recipient)
+            other = keys().client("c-1" if recipient == "c-0" else "c-0")
+            with pytest.raises(WireRejected, match="bad-signature"):
+                other.authenticate(send.payload, signer=AGGREGATOR)
+        else:
+            assert send.payload.startswith(b"FB2S")
+            mine = keys().client("c-0")
+        kinds.add(type(codec.decode(mine.authenticate(send.payload, signer=AGGREGATOR))).__name__)
+    client = keys().client("c-1")
+    for wire in (session.presence(1.0, "online").payload, session.will(1.0)[1]):
+        assert wire.startswith(b"FB2S")
+        kinds.add(type(codec.decode(client.authenticate(wire, signer=AGGREGATOR))).__name__)
     assert kinds == {"GlobalState", "Task", "Receipt", "Presence"}
     will = aggregator_session("none").will(1.0)[1]
     assert will.startswith(b"{") and will == codec.encode(codec.decode(will))
