@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -494,8 +495,6 @@ def _broker_login(url: str, args: argparse.Namespace, environ: dict[str, str]) -
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from fedbus.runtime.engines import EngineOverrides
-    from fedbus.runtime.run import RunOptions, new_run_id
     from fedbus.scenario import load_scenario
 
     if args.resume is not None:
@@ -533,24 +532,45 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.simulate:
         from fedbus.sim.run import sim_run_id
 
-        run_id = args.run_id or sim_run_id(scenario)
-    else:
-        run_id = args.run_id or new_run_id(scenario)
+        return _simulate(args, scenario, args.run_id or sim_run_id(scenario))
+    from fedbus.runtime import worker_process
+
+    # worker processes import while this one imports the run and starts the broker (they wait for their spec)
+    standby = worker_process.standby(worker_process.auto_workers(scenario.clients.count)
+                                     if args.workers is None else args.workers)
+    try:
+        return _run_over_broker(args, scenario, address, embedded, standby)
+    finally:
+        worker_process.release(standby)
+
+
+def _simulate(args: argparse.Namespace, scenario: Scenario, run_id: str) -> int:
     out = args.out or Path("runs") / run_id
     problem = _out_problem(out, args.force)
     if problem is not None:
         print(f"fedbus run: --out {out}: {problem}", file=sys.stderr)
         return EXIT_INVALID
-    if args.simulate:
-        from fedbus.sim.run import simulate
+    from fedbus.sim.run import simulate
 
-        try:
-            summary = simulate(scenario, out, run_id=run_id, progress=not args.quiet,
-                               scenario_file=str(args.scenario))
-        except EngineError as exc:
-            print(f"fedbus run --simulate: {exc}", file=sys.stderr)
-            return EXIT_INVALID
-        return EXIT_OK if summary["status"] == "completed" else EXIT_ABORTED
+    try:
+        summary = simulate(scenario, out, run_id=run_id, progress=not args.quiet, scenario_file=str(args.scenario))
+    except EngineError as exc:
+        print(f"fedbus run --simulate: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    return EXIT_OK if summary["status"] == "completed" else EXIT_ABORTED
+
+
+def _run_over_broker(args: argparse.Namespace, scenario: Scenario, address: BrokerAddress | None,
+                     embedded: EmbeddedBrokerConfig, standby: list[subprocess.Popen[bytes]]) -> int:
+    from fedbus.runtime.engines import EngineOverrides
+    from fedbus.runtime.run import RunOptions, new_run_id
+
+    run_id = args.run_id or new_run_id(scenario)
+    out = args.out or Path("runs") / run_id
+    problem = _out_problem(out, args.force)
+    if problem is not None:
+        print(f"fedbus run: --out {out}: {problem}", file=sys.stderr)
+        return EXIT_INVALID
     if address is not None:
         asyncio.run(_check_broker(address, f"{run_id}.check"))
     # the password travels inside this process (and to its worker processes); run.py records url() redacted
@@ -559,7 +579,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                          scenario_file=str(args.scenario), workers=args.workers,
                          engine=EngineOverrides(base_url=args.engine_url, cache=False if args.no_cache else None),
                          environ=dict(os.environ), log_level=args.log_level, embedded_broker=embedded,
-                         authorized_keys=args.authorized_keys)
+                         authorized_keys=args.authorized_keys, standby=standby)
     return _run_with_dashboard(args, scenario, options, address, embedded)
 
 

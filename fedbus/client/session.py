@@ -187,7 +187,7 @@ class ClientSession:
     def will(self, now: float) -> tuple[str, bytes]:
         """The Last Will to register before connecting: topic and payload of a retained 'offline' presence."""
         send = self.core.will(now)
-        return send.topic, self.security.wrap(codec.encode(send.message))
+        return send.topic, self.security.wrap(codec.encode(send.message), to=AGGREGATOR)
 
     def data(self) -> tuple[str, DataSpec] | None:
         """The engine and data description the federation announced, once a global state arrived."""
@@ -417,8 +417,9 @@ class ClientSession:
         m = send.message
         limits = self.send_limits
         try:
-            mine = isinstance(m, Update | Failure)  # for the aggregator alone: sealed, in a paired frame
-            payload = self.security.wrap(codec.encode(m, limits), sealed=mine, to=AGGREGATOR if mine else None)
+            # for the aggregator alone (only it subscribes to a client's topics): a paired frame; updates sealed
+            payload = self.security.wrap(codec.encode(m, limits), sealed=isinstance(m, Update | Failure),
+                                         to=AGGREGATOR)
             if len(payload) > limits.max_bytes:  # signed and sealed, it grew: the broker carries the frame
                 raise codec.MessageTooLarge(KIND_OF[type(m)], len(payload), limits.max_bytes)
         except codec.MessageTooLarge as exc:  # the aggregator would drop it as oversized: say so here

@@ -39,12 +39,15 @@ from fedbus.results.eventlog import EventLog
 from fedbus.runtime.address import parse_broker_url
 from fedbus.runtime.client_node import ClientConfig, run_client
 from fedbus.runtime.limits import ensure_open_files
+from fedbus.runtime.worker_process import CLIENTS_PER_WORKER, auto_workers, release
+
+__all__ = ["CLIENTS_PER_WORKER", "WorkerPool", "WorkerSpec", "auto_workers", "release", "run_guarded", "run_slice",
+           "slices"]
 
 if TYPE_CHECKING:
     from fedbus.scenario import Scenario
 
 log = structlog.get_logger("fedbus.client")
-CLIENTS_PER_WORKER = 100
 
 
 async def run_guarded(config: ClientConfig, events: EventLog, make: OptimizerFactory = make_optimizer) -> None:
@@ -54,13 +57,6 @@ async def run_guarded(config: ClientConfig, events: EventLog, make: OptimizerFac
     except FedbusError as exc:
         events.record("client-failed", client=config.client, reason=str(exc))
         log.warning("client failed", client=config.client, reason=str(exc))
-
-
-def auto_workers(clients: int, cpus: int | None = None) -> int:
-    """How many worker processes ``fedbus run`` uses by default: none up to 100 clients."""
-    if clients <= CLIENTS_PER_WORKER:
-        return 0
-    return max(1, min(cpus or os.cpu_count() or 1, -(-clients // CLIENTS_PER_WORKER)))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,12 +107,16 @@ class WorkerPool:
 
     def start(self, *, run_id: str, broker_url: str, scenario: Scenario, members: Sequence[tuple[str, int, str]],
               workers: int, loop_t0: float, log_t0: float, log_level: str = "WARNING", boot: str = "0",
-              secret: str = "", engine: dict[str, Any] | str | None = None, textgrad_dir: str = "") -> None:
+              secret: str = "", engine: dict[str, Any] | str | None = None, textgrad_dir: str = "",
+              standby: list[subprocess.Popen[bytes]] | None = None) -> None:
         """Start the workers. Call it from the run's main thread: Linux sends the parent-death signal when the
-        thread that forked a worker ends, not only when the whole process does."""
+        thread that forked a worker ends, not only when the whole process does. ``standby``: processes
+        :func:`fedbus.runtime.worker_process.standby` started earlier, which take the first slices (and are
+        taken off the list)."""
         from fedbus.scenario.loader import scenario_to_mapping
 
         self.workdir.mkdir(parents=True, exist_ok=True)
+        waiting = standby if standby is not None else []
         for k, chunk in enumerate(slices(members, workers)):
             spec_path = self.workdir / f"worker-{k}.json"
             part = self.workdir / f"events-{k}.jsonl"
@@ -125,8 +125,9 @@ class WorkerPool:
                        parent_pid=os.getpid(), log_level=log_level, boot=boot, secret=secret, engine=engine,
                        textgrad_dir=textgrad_dir).dump(spec_path)
             self.parts.append(part)
-            command = [sys.executable, "-m", "fedbus.runtime.worker_process", str(spec_path)]
-            self.processes.append(subprocess.Popen(command, stdin=subprocess.DEVNULL))
+            self.processes.append(_hand_over(waiting.pop(0), spec_path) if waiting else
+                                  subprocess.Popen([sys.executable, "-m", "fedbus.runtime.worker_process",
+                                                    str(spec_path)], stdin=subprocess.DEVNULL))
 
     def finish(self, timeout_s: float) -> list[int | None]:
         """Wait up to ``timeout_s`` for the workers to end (their clients stop when the run finishes); kill the rest."""
@@ -144,6 +145,20 @@ class WorkerPool:
             if process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+def _hand_over(process: subprocess.Popen[bytes], spec_path: Path) -> subprocess.Popen[bytes]:
+    """Give a standby worker its spec; a worker that died waiting is replaced by a fresh one."""
+    assert process.stdin is not None
+    try:
+        process.stdin.write(f"{spec_path}\n".encode())
+        process.stdin.close()
+    except OSError:  # it is gone (killed): start one the ordinary way
+        process.kill()
+        process.wait()
+        return subprocess.Popen([sys.executable, "-m", "fedbus.runtime.worker_process", str(spec_path)],
+                                stdin=subprocess.DEVNULL)
+    return process
 
 
 async def run_slice(spec: WorkerSpec, environ: Mapping[str, str] | None = None) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import secrets
 import signal
+import subprocess
 import time
 from collections.abc import Mapping
 from contextlib import ExitStack
@@ -80,6 +81,9 @@ class RunOptions:
     # `fedbus invite` added to RUN_DIR/keys/authorized_keys; re-read when it changes
     authorized_keys: Path | None = None
     observer: RunObserver | None = None  # the dashboard (fedbus run --dashboard): told the header, rounds, summary
+    # worker processes started ahead (fedbus.runtime.worker_process.standby), importing while the run starts: the
+    # worker pool takes them; whoever started them lets the rest go (worker_process.release)
+    standby: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
 
 def new_run_id(scenario: Scenario) -> str:
@@ -389,7 +393,7 @@ class _Clients:
             self.pool.start(run_id=self.run_id, broker_url=self.address.url(redact=False), scenario=s,
                             members=members, workers=workers, loop_t0=self.t0, log_t0=self.events.started,
                             log_level=options.log_level, boot=self.boot, secret=self.secret.hex(), engine=engine,
-                            textgrad_dir=str(options.out_dir / "textgrad"))
+                            textgrad_dir=str(options.out_dir / "textgrad"), standby=options.standby)
             self.events.record("workers-started", workers=len(self.pool.processes), clients=len(members))
             return
         for plan in client_plans(s):

@@ -179,7 +179,11 @@ class Security:
         :class:`~fedbus.security.errors.WireRejected`."""
         if not self.signs or self.key is None:
             return wire
-        return verify(wire, {self.owner: self.key.public}, signer=self.owner).payload
+
+        def own_pair(_signer: str, _key: PublicKey) -> bytes | None:  # a client's paired frame to the aggregator
+            return None if self.aggregator_key is None else self._pair(AGGREGATOR, self.aggregator_key)
+
+        return verify(wire, {self.owner: self.key.public}, signer=self.owner, pairs=own_pair).payload
 
     def open_sealed(self, payload: bytes) -> bytes:
         """An authenticated update or failure with its body opened (the aggregator's key); a plain body is
