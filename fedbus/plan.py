@@ -23,7 +23,7 @@ from fedbus.scenario import Scenario
 from fedbus.scenario.conditions import ClientGroup
 from fedbus.scenario.population import Roll, roll
 from fedbus.security.crypto import derive
-from fedbus.security.keys import AuthorizedKeys, KeyChain, KeyLookup, PublicKey
+from fedbus.security.keys import KeyChain, KeyLookup, PublicKey
 from fedbus.security.policy import Security
 
 
@@ -132,19 +132,38 @@ def run_security(scenario: Scenario, secret: bytes | None, *, ephemeral_seed: by
     if secret is None:
         raise ValueError(f"security {mode} needs a secret to derive the run's keys from")
     aggregator_key = derive(secret, AGGREGATOR)
-    client_keys = tuple((cid, derive(secret, cid)) for cid in ids)
-    own = AuthorizedKeys(tuple((cid, key.public) for cid, key in client_keys))
+    # each key derived when first needed (~100 µs apiece): a worker process derives only its own clients', and a
+    # 1,000-client aggregator does not spend its start-up on keys it needs as its clients come
+    own = OwnKeys(secret, frozenset(ids))
     authorized: KeyLookup = own if remote is None else KeyChain((own, remote))
+    known = secret
+
+    def client(cid: str) -> Security | None:
+        if cid not in own.ids:
+            return None
+        return Security.for_client(cid, derive(known, cid), aggregator_key.public, mode=mode,
+                                   ephemeral_seed=ephemeral_seed)
+
     return RunSecurity(
         aggregator=Security.for_aggregator(aggregator_key, authorized, mode=mode, ephemeral_seed=ephemeral_seed),
-        clients={cid: Security.for_client(cid, key, aggregator_key.public, mode=mode, ephemeral_seed=ephemeral_seed)
-                 for cid, key in client_keys},
+        on_demand=client,
     )
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=1 << 16)
 def _derived_public(secret: bytes, owner: str) -> PublicKey:
     return derive(secret, owner).public
+
+
+@dataclass(frozen=True, slots=True)
+class OwnKeys:
+    """A run's own clients' public keys, each derived from the run's secret when first asked."""
+
+    secret: bytes = field(repr=False)
+    ids: frozenset[str]
+
+    def get(self, signer_id: str, /) -> PublicKey | None:
+        return _derived_public(self.secret, signer_id) if signer_id in self.ids else None
 
 
 @dataclass(frozen=True, slots=True)

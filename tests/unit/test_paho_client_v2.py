@@ -420,3 +420,45 @@ def test_a_v1_client_does_not_import_cryptography() -> None:
             "print('cryptography' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert result.stdout.strip() == "False", result.stderr
+
+
+# ---------------------------------------------------------------------------------------------- paired frames
+def paired_task() -> bytes:
+    """A task as the fedbus aggregator sends it to client-0: a paired frame under their shared key."""
+    authorized = {"client-0": FEDBUS_CLIENT.public}
+    return Security.for_aggregator(FEDBUS_AGG, authorized).wrap(task_payload(), to="client-0")
+
+
+def fedbus_client_reason(wire: bytes) -> str:
+    """What fedbus's own client-0 says of ``wire`` (it holds the pair key, as the paho client does)."""
+    try:
+        Security.for_client("client-0", FEDBUS_CLIENT, FEDBUS_AGG.public).authenticate(wire, signer="aggregator")
+    except WireRejected as exc:
+        return exc.reason
+    return ""
+
+
+def test_the_client_accepts_the_paired_task_the_fedbus_aggregator_sends() -> None:
+    """SECURITY.md § The paired frame, written from the document: the client derives the same pair key."""
+    wire = paired_task()
+    assert wire.startswith(b"FB2M")
+    signer, payload = pc.V2(key=CLIENT, aggregator_key=AGG_PUBLIC).authenticate(wire, pc.MAX_MESSAGE_BYTES)
+    assert (signer, payload) == ("aggregator", task_payload())
+
+
+def test_every_altered_paired_frame_is_rejected_with_fedbus_s_reason() -> None:
+    wire = paired_task()
+    variants = [wire[:i] for i in range(len(wire))]
+    variants += [wire[:i] + bytes([wire[i] ^ flip]) + wire[i + 1 :] for i in range(len(wire)) for flip in (1, 0x80)]
+    reasons = {}
+    for variant in variants:
+        assert client_reason(variant) == fedbus_client_reason(variant) != "", variant
+        reasons[fedbus_client_reason(variant)] = True
+    assert set(reasons) == {"unsigned", "malformed", "wrong-signer", "bad-signature"}
+
+
+def test_a_paired_frame_for_another_client_does_not_verify() -> None:
+    other = PrivateKey(bytes([7]) * 32, bytes([8]) * 32)
+    wire = Security.for_aggregator(FEDBUS_AGG, {"client-1": other.public}).wrap(task_payload(), to="client-1")
+    assert wire.startswith(b"FB2M")
+    assert client_reason(wire) == fedbus_client_reason(wire) == "bad-signature"

@@ -7,6 +7,7 @@ import hashlib
 import json
 import re
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -37,8 +38,19 @@ from fedbus.security.keys import (
     parse_authorized,
     parse_public,
 )
+from fedbus.security.policy import Security
 from fedbus.security.sealing import open_body, seal, seal_body, seal_context, unseal
-from fedbus.security.signing import MAGIC, is_signed, sign, signed_data, signer_of, verify
+from fedbus.security.signing import (
+    MAGIC,
+    is_signed,
+    pair_key,
+    paired,
+    sign,
+    signed_data,
+    signer_of,
+    unverified_payload,
+    verify,
+)
 from fedbus.security.token import (
     JoinToken,
     b64url_encode,
@@ -714,3 +726,59 @@ def test_the_worked_example_checks_out() -> None:
     presence = bytes.fromhex(WORKED["presence.frame"].replace("\n", ""))
     assert verify(presence, KEYS).payload == WORKED["presence.payload"].encode()
     assert decode_token(WORKED["token"]) == TOKEN
+
+
+# ---------------------------------------------------------------------------------------------- paired frames
+def test_both_sides_of_a_pair_compute_the_same_key_and_nobody_else_does() -> None:
+    ours = pair_key(CLIENT, AGGREGATOR.public, "client-0", aggregator=False)
+    assert ours == pair_key(AGGREGATOR, CLIENT.public, "client-0", aggregator=True)
+    assert ours is not None and len(ours) == 32
+    assert pair_key(OTHER, AGGREGATOR.public, "client-0", aggregator=False) != ours  # another client's key
+    assert pair_key(CLIENT, AGGREGATOR.public, "client-1", aggregator=False) != ours  # bound to the id
+
+
+def pairs_of(own: PrivateKey, *, aggregator: bool) -> Callable[[str, PublicKey], bytes | None]:
+    """A receiver's pair keys: the aggregator's with each client, or client-0's with the aggregator."""
+    def pairs(signer: str, key: PublicKey) -> bytes | None:
+        return pair_key(own, key, signer if aggregator else "client-0", aggregator=aggregator)
+    return pairs
+
+
+def test_a_paired_frame_verifies_only_at_the_other_party_of_its_pair() -> None:
+    payload = b'{"kind":"update"}'
+    wire = paired(payload, pair_key(CLIENT, AGGREGATOR.public, "client-0", aggregator=False) or b"", "client-0")
+    assert wire.startswith(b"FB2M") and is_signed(wire) and signer_of(wire) == "client-0"
+    assert unverified_payload(wire) == payload
+    got = verify(wire, KEYS, signer="client-0", pairs=pairs_of(AGGREGATOR, aggregator=True))
+    assert (got.payload, got.signer_id) == (payload, "client-0")
+    with pytest.raises(WireRejected, match="unknown-signer"):  # a receiver that shares no key with client-0
+        verify(wire, KEYS, signer="client-0")
+    with pytest.raises(WireRejected, match="bad-signature"):  # the aggregator of another federation
+        verify(wire, KEYS, signer="client-0", pairs=pairs_of(OTHER, aggregator=True))
+    tampered = wire[:-1] + bytes([wire[-1] ^ 1])
+    with pytest.raises(WireRejected, match="bad-signature"):
+        verify(tampered, KEYS, signer="client-0", pairs=pairs_of(AGGREGATOR, aggregator=True))
+
+
+def test_a_client_cannot_pass_its_own_paired_frame_off_as_the_aggregator_s() -> None:
+    """Both directions share the key: the sender id inside the tagged bytes tells them apart."""
+    shared = pair_key(CLIENT, AGGREGATOR.public, "client-0", aggregator=False) or b""
+    mine = paired(b"{}", shared, "client-0")
+    relabelled = b"FB2M" + bytes([10]) + b"aggregator" + mine[5 + len("client-0"):]
+    with pytest.raises(WireRejected, match="bad-signature"):
+        verify(relabelled, KEYS, signer="aggregator", pairs=pairs_of(AGGREGATOR, aggregator=True))
+    with pytest.raises(WireRejected, match="wrong-signer"):
+        verify(mine, KEYS, signer="aggregator", pairs=pairs_of(AGGREGATOR, aggregator=True))
+
+
+def test_the_check_pool_s_check_takes_paired_updates_as_the_session_does() -> None:
+    from fedbus.security.checks import Job, check
+
+    sender = Security.for_client("client-0", CLIENT, AGGREGATOR.public)
+    body = update_payload()
+    wire = sender.wrap(body, sealed=True, to="aggregator")
+    assert wire.startswith(b"FB2M")
+    found = check(Job(wire, "client-0", CLIENT.public, True), AGGREGATOR, sealing_required=True)
+    assert found.opened == body
+    receiver = Security.for_aggregator(AGGREGATOR, {"client-0": CLIENT.public})
+    assert receiver.open_sealed(receiver.authenticate(wire, signer="client-0")) == body
