@@ -74,6 +74,7 @@ from fedbus.protocol.topics import TopicRef
 from fedbus.security.checks import Checked, Job, Refused
 from fedbus.security.errors import WireRejected
 from fedbus.security.policy import Security
+from fedbus.security.signing import PAIRED_MAGIC
 
 FINISH_GRACE_S = 0.3  # wall seconds to collect messages already in flight when the run finishes
 FORGERIES_KEPT = 20  # forgeries listed one by one in the outcome (all are counted, and each is in events.jsonl)
@@ -306,8 +307,10 @@ class AggregatorSession:
 
     def job(self, topic: str, payload: bytes) -> Job | None:
         """What a driver may check ahead for this delivery (:mod:`fedbus.security.checks`), or None where there is
-        nothing costly to check: protocol v1, a topic the aggregator does not read, an unknown signer."""
-        if not self.security.signs or self.security.authorized is None or len(payload) > self.limits.max_bytes:
+        nothing costly to check: protocol v1, a paired frame (a tag and at most one X25519 exchange: cheaper here
+        than the hop to another process), a topic the aggregator does not read, an unknown signer."""
+        if (not self.security.signs or self.security.authorized is None or len(payload) > self.limits.max_bytes
+                or payload[:len(PAIRED_MAGIC)] == PAIRED_MAGIC):
             return None
         ref = topics.parse(topic)
         if (ref is None or ref.run != self.run_id or ref.client is None or ref.client == AGGREGATOR

@@ -201,6 +201,7 @@ class Prechecker(Generic[T]):
         self._depth = depth
         self._ready: deque[tuple[T, Checked | None]] = deque()
         self._inflight: deque[tuple[list[T], list[int], asyncio.Future[list[_Result]] | None]] = deque()
+        self._costly = False  # the last item taken had costly checks: only then is the pool worth starting
 
     def empty(self) -> bool:
         """Nothing waits: no item ready, in flight or queued."""
@@ -210,10 +211,13 @@ class Prechecker(Generic[T]):
         pool = self._pool
         if pool is None or pool.broken:
             return
-        # The pool starts the first time min_batch deliveries wait; once up, whatever waits goes to it (batches
-        # grow by themselves while the last one is being checked)
+        # The pool starts the first time min_batch deliveries wait behind one with costly checks (a signed frame;
+        # paired frames are cheaper checked here than sent away); once up, whatever waits goes to it (batches grow
+        # by themselves while the last one is being checked)
         while len(self._inflight) < self._depth and self._queue.qsize() >= (1 if pool.ready else self._min_batch):
             if not pool.ready:
+                if not self._costly:
+                    return
                 pool.start()
                 return
             self._submit([])
@@ -250,7 +254,9 @@ class Prechecker(Generic[T]):
                 self._fill()
                 continue
             item = await self._queue.get()
-            if self._pool is None or not self._pool.ready or self._job_of(item) is None:
+            job = self._job_of(item)
+            self._costly = job is not None
+            if self._pool is None or not self._pool.ready or job is None:
                 return item, None
             self._submit([item])  # through the pool too once it is up, with whatever arrived beside it
         return self._ready.popleft()
