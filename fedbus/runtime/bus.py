@@ -157,6 +157,8 @@ class MqttBus:
         # what paho receives goes straight here, the end of the connection as None (see _receive_directly)
         self._inbox: asyncio.Queue[Incoming | None] = asyncio.Queue()
         self._max_incoming = max_incoming  # 0: no bound
+        self._deliver: Callable[[Incoming], None] | None = None  # on_receive's: then no inbox
+        self._lost: Callable[[str], None] | None = None
         self._early: list[Incoming] = []  # received while verifying, before the driver reads
         self._acks: dict[int, asyncio.Future[None]] = {}  # publishes awaiting their PUBACK, by message id
         self._receive_directly()
@@ -178,11 +180,16 @@ class MqttBus:
         aiomqtt_on_publish = paho.on_publish
 
         def on_message(_client: Any, _userdata: Any, message: Any) -> None:
+            incoming = Incoming(topic=message.topic, payload=bytes(message.payload), retained=bool(message.retain))
+            deliver = self._deliver
+            if deliver is not None:
+                if not incoming.topic.startswith(PROBE_ROOT):
+                    deliver(incoming)
+                return
             if self._max_incoming and inbox.qsize() >= self._max_incoming:
                 log.warning("incoming queue full; message dropped", client=self.identifier, topic=message.topic)
                 return
-            inbox.put_nowait(Incoming(topic=message.topic, payload=bytes(message.payload),
-                                      retained=bool(message.retain)))
+            inbox.put_nowait(incoming)
 
         def on_publish(paho_client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
             waiting = acks.pop(mid, None)
@@ -201,6 +208,9 @@ class MqttBus:
 
         def ended(_future: asyncio.Future[None]) -> None:
             inbox.put_nowait(None)
+            if self._deliver is not None and self._lost is not None:
+                self._deliver = None
+                self._lost(self._why_ended())
 
         self._client._disconnected.add_done_callback(ended)
 
@@ -378,6 +388,30 @@ class MqttBus:
         disconnected = self._client._disconnected
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.shield(disconnected), 5.0)
+
+    def on_receive(self, deliver: Callable[[Incoming], None] | None, lost: Callable[[str], None] | None = None) -> None:
+        """Hand each message to ``deliver`` as it arrives (on the event loop, in order), instead of through
+        :meth:`messages`; ``lost(reason)`` once the connection ends. What arrived before goes first. ``None``:
+        back to :meth:`messages` (what arrives then waits there)."""
+        self._deliver, self._lost = deliver, lost
+        if deliver is None:
+            return
+        pending = [*self._early, *self._drain()]
+        self._early.clear()
+        ended = None in pending
+        for message in pending:
+            if message is not None and not message.topic.startswith(PROBE_ROOT):
+                deliver(message)
+        if ended:
+            self._deliver = None
+            if lost is not None:
+                lost(self._why_ended())
+
+    def _drain(self) -> list[Incoming | None]:
+        out = []
+        while self._inbox.qsize():
+            out.append(self._inbox.get_nowait())
+        return out
 
     async def messages(self) -> AsyncIterator[Incoming]:
         """Received messages until the connection ends (then ``TransportError``)."""

@@ -262,7 +262,7 @@ class _Driver:
             return Leave(abrupt=True, reason="connection lost", back_at=self.now())
         self.bus = bus
         self.connected_at = self.loop.time()
-        receiver = self.loop.create_task(self._receive(bus), name=f"client[{self.config.client}].receive")
+        bus.on_receive(functools.partial(self._incoming, bus), functools.partial(self._lost, bus))
         try:
             leave = await self._carry_out(self.session.connected_now(self.now()))
             while leave is None:
@@ -284,7 +284,7 @@ class _Driver:
                     leave = await self._carry_out(self.session.handle(item))
         finally:
             self.bus = None
-            receiver.cancel()
+            bus.on_receive(None)  # what still arrives stays with this connection, which closes
         await self._carry_out(self.session.disconnected(leave))
         if leave.abrupt:
             await bus.abort()
@@ -363,18 +363,14 @@ class _Driver:
                                        error_type=error_type))
 
     # ------------------------------------------------------------------ incoming
-    async def _receive(self, bus: MqttBus) -> None:
-        try:
-            async for incoming in bus.messages():
-                await self._incoming(incoming)
-        except TransportError as exc:
-            if self.bus is bus:
-                self.events.record("connection-lost", client=self.config.client, reason=str(exc))
-                # the session decides, in order, in the consumer
-                self.queue.put_nowait(_Lost(self.now(), self.session.connections))
-
-    async def _incoming(self, incoming: Incoming) -> None:
+    def _incoming(self, bus: MqttBus, incoming: Incoming) -> None:
         self.queue.put_nowait(_Delivery(incoming.topic, incoming.payload, self.now()))
+
+    def _lost(self, bus: MqttBus, reason: str) -> None:
+        if self.bus is bus:
+            self.events.record("connection-lost", client=self.config.client, reason=f"connection lost: {reason}")
+            # the session decides, in order, in the consumer
+            self.queue.put_nowait(_Lost(self.now(), self.session.connections))
 
 
 async def run_client(

@@ -185,3 +185,26 @@ async def test_a_connect_storm_opens_a_few_connections_at_a_time(embedded_broker
         assert peak == 3
     finally:
         await asyncio.gather(*(b.__aexit__(None, None, None) for b in buses), return_exceptions=True)
+
+
+async def test_on_receive_hands_over_every_message_in_order_then_the_end(broker: BrokerAddress, run_id: str) -> None:
+    """A bus that delivers by callback (the client driver's way): what waited first, then each message as it
+    comes, in order; and once another connection takes its identity over, ``lost`` once, with a reason."""
+    got: list[bytes] = []
+    lost: list[str] = []
+    done, ended = asyncio.Event(), asyncio.Event()
+    ident = f"{run_id}.c1"
+    topic = topics.task_topic(run_id, "c1")
+    async with MqttBus(broker, ident, clean_session=False) as old, \
+            MqttBus(broker, f"{run_id}.pub", clean_session=True) as pub:
+        await old.subscribe(topic)
+        await pub.publish(topic, b"0")  # it may wait in the inbox until the callback takes over: it comes first
+        old.on_receive(lambda m: (got.append(m.payload), len(got) == 20 and done.set()),
+                       lambda why: (lost.append(why), ended.set()))
+        for n in range(1, 20):
+            await pub.publish(topic, str(n).encode())
+        await asyncio.wait_for(done.wait(), 30)
+        assert got == [str(n).encode() for n in range(20)]
+        async with MqttBus(broker, ident, clean_session=False):  # takes the session over: the old one ends
+            await asyncio.wait_for(ended.wait(), 30)
+    assert len(lost) == 1 and lost[0]
