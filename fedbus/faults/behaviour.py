@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 
@@ -50,6 +51,7 @@ def hostile(prompt: str, rng: random.Random) -> str:
     return f"{prompt.rstrip()} {attack}" if rng.random() < 0.5 else attack
 
 
+@functools.lru_cache(maxsize=1024)  # the surrogate asks it of the same few prompts again and again
 def is_hijack(prompt: str) -> bool:
     """True when ``prompt`` carries one of the known hijacking or off-task instructions."""
     text = prompt.lower()

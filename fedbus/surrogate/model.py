@@ -24,6 +24,7 @@ clients, prompts that grow under concatenation) that make aggregation interestin
 
 from __future__ import annotations
 
+import functools
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -62,6 +63,7 @@ class LocalResult:
     cost: StepCost
 
 
+@functools.lru_cache(maxsize=1024)  # a round's clients start from one prompt, and their edits repeat
 def covered_skills(prompt: str) -> frozenset[str]:
     """The skills whose instruction sentences appear in ``prompt``."""
     text = prompt.lower()
