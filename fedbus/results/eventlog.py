@@ -24,8 +24,13 @@ class EventLog:
     records thousands, and a write per line cost more than the rest of the log's work. Readers that tail the
     file (the dashboard, ``fedbus watch``) see every line within that delay; :meth:`close` writes the rest."""
 
-    def __init__(self, path: Path | None, clock: Callable[[], float] | None = None, *, append: bool = False) -> None:
+    def __init__(self, path: Path | None, clock: Callable[[], float] | None = None, *, append: bool = False,
+                 batched: bool = False) -> None:
         # append: a resumed run goes on with the log it had, its ``t`` carrying on from the last line's
+        # batched: outside an event loop too, lines reach the file in batches, at most FLUSH_S (wall) apart (the
+        # simulator: it records as fast as it can, a line at a time would be a write per line)
+        self._batched = batched
+        self._flushed_at = time.monotonic()
         offset = _last_t(path) if append and path is not None else 0.0
         self.started = time.monotonic() - offset  # t = 0 on time.monotonic(), which other processes share
         self._clock = clock or (lambda: time.monotonic() - self.started)
@@ -75,7 +80,8 @@ class EventLog:
         except RuntimeError:
             loop = None
         if loop is None:
-            self.flush()
+            if not self._batched or time.monotonic() - self._flushed_at >= FLUSH_S:
+                self.flush()
             return
         self._flush_due = True
         loop.call_later(FLUSH_S, self.flush)
@@ -83,6 +89,7 @@ class EventLog:
     def flush(self) -> None:
         """Write what was recorded so far to the file."""
         self._flush_due = False
+        self._flushed_at = time.monotonic()
         if self._file is not None:
             self._file.flush()
 

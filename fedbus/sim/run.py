@@ -166,7 +166,7 @@ def simulate(scenario: Scenario, out_dir: Path, *, run_id: str | None = None, pr
     run_id = run_id or sim_run_id(scenario)
     out_dir.mkdir(parents=True, exist_ok=True)
     timeline = Timeline()
-    events = EventLog(out_dir / "events.jsonl", clock=lambda: timeline.now)
+    events = EventLog(out_dir / "events.jsonl", clock=lambda: timeline.now, batched=True)
     show = Progress(progress)
     security = simulated_security(scenario, run_id)
     virtual = VirtualClients(scenario, run_id, security, timeline, events) if is_virtual(scenario) else None
