@@ -292,8 +292,9 @@ class RoundAggregator(AggregatorBase):
             aggregate_chars=aggregate_chars)
         self._results.append(result)
         self._current = None
-        if status == "aggregated":
-            out.append(self._global("running", now))
+        announce = self._global("running", now) if status == "aggregated" else None
+        if announce is not None:
+            out.append(announce)
         out.append(RoundClosed(result=result))
         if self._round >= self.config.rounds:
             self._finish("completed", f"{self.config.rounds} rounds", now, out)
@@ -301,5 +302,10 @@ class RoundAggregator(AggregatorBase):
         self._phase = "waiting"
         self._waiting_since = now
         self._maybe_open(now, out)
+        if announce is not None and self._phase == "collecting":
+            # the next round opened at once, and its global carries the new version and prompt: the aggregated
+            # one would be replaced on the broker (it is retained) before anyone needed it, after every client
+            # had received and checked it (a thousand deliveries a round at 1,000 clients)
+            out[:] = [effect for effect in out if effect is not announce]
         if self._phase == "waiting":
             out.append(ArmTimer(at=now + self.config.join_timeout_s))

@@ -434,3 +434,24 @@ def test_tasks_and_global_states_announce_the_prompt_budget() -> None:
     messages = [e.message for e in of(effects, Publish)]
     assert {type(m) for m in messages} == {GlobalState, Task}
     assert all(m.max_prompt_chars == 345 for m in messages if isinstance(m, GlobalState | Task))
+
+
+def test_a_round_that_opens_at_once_carries_the_new_version_in_the_only_global() -> None:
+    """After an aggregation the next round opens in the same step when enough clients are live: its global (the new
+    version and prompt, the next round) is the one published; the aggregated round's own would be replaced on the
+    broker before any client needed it. When the next round has to wait, the aggregated global goes out."""
+    agg = make(rounds=3)
+    started(agg)
+    for c in "abc":
+        agg.handle(UpdateReceived(update=update(c), now=1.0))
+    effects = agg.handle(Reduced(round=1, prompt="MERGED", now=1.3))
+    globals_ = [e.message for e in of(effects, Publish) if isinstance(e.message, GlobalState)]
+    assert [(g.round, g.version, g.prompt) for g in globals_] == [(2, 1, "MERGED")]
+    assert of(effects, RoundOpened)[0].round == 2
+    agg.handle(ClientOffline(client="b", now=1.4))  # round 3 must wait: one live client, min_clients 2
+    agg.handle(ClientOffline(client="c", now=1.4))
+    agg.handle(UpdateReceived(update=update("a", 2, base=1), now=1.5))
+    effects = agg.handle(TimerFired(now=11.3)) + agg.handle(Reduced(round=2, prompt="M2", now=11.4))
+    globals_ = [e.message for e in of(effects, Publish) if isinstance(e.message, GlobalState)]
+    assert [(g.round, g.version, g.prompt) for g in globals_] == [(2, 2, "M2")]
+    assert of(effects, RoundOpened) == []
