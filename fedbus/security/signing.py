@@ -62,19 +62,27 @@ class Verified:
 
 def signed_data(signer_id: str, payload: bytes) -> bytes:
     """The bytes the signature is over: the domain string, the id's length byte, the id, the payload."""
-    raw_id = signer_id.encode("ascii")
-    return DOMAIN + bytes([len(raw_id)]) + raw_id + payload
+    return _covered(DOMAIN, signer_id, payload)
 
 
 def sign(payload: bytes, signer: PrivateKey, signer_id: str) -> bytes:
     """The signed frame of ``payload`` by ``signer_id`` with ``signer``'s key.
 
     Raises :class:`~fedbus.errors.LocalProtocolError` if ``signer_id`` is not a fedbus id (our bug)."""
+    return _frame(MAGIC, DOMAIN, signer_id, payload, lambda data: crypto.ed25519_sign(signer, data))
+
+
+def _covered(domain: bytes, signer_id: str, payload: bytes) -> bytes:
+    raw_id = signer_id.encode("ascii")
+    return domain + bytes([len(raw_id)]) + raw_id + payload
+
+
+def _frame(magic: bytes, domain: bytes, signer_id: str, payload: bytes, auth: Callable[[bytes], bytes]) -> bytes:
+    """``magic ‖ n ‖ signer id ‖ auth(domain ‖ n ‖ signer id ‖ payload) ‖ payload``."""
     if not is_valid_id(signer_id):
         raise LocalProtocolError(f"cannot sign as {signer_id!r}: not a fedbus id")
     raw_id = signer_id.encode("ascii")
-    signature = crypto.ed25519_sign(signer, signed_data(signer_id, payload))
-    return MAGIC + bytes([len(raw_id)]) + raw_id + signature + payload
+    return magic + bytes([len(raw_id)]) + raw_id + auth(_covered(domain, signer_id, payload)) + payload
 
 
 # ---------------------------------------------------------------------------------------------- paired frames
@@ -100,17 +108,12 @@ def paired(payload: bytes, key: bytes, signer_id: str) -> bytes:
     """The paired frame of ``payload`` from ``signer_id`` under the pair's ``key`` (from :func:`pair_key`).
 
     Raises :class:`~fedbus.errors.LocalProtocolError` if ``signer_id`` is not a fedbus id (our bug)."""
-    if not is_valid_id(signer_id):
-        raise LocalProtocolError(f"cannot sign as {signer_id!r}: not a fedbus id")
-    raw_id = signer_id.encode("ascii")
-    tag = crypto.hmac_sha256(key, paired_data(signer_id, payload))
-    return PAIRED_MAGIC + bytes([len(raw_id)]) + raw_id + tag + payload
+    return _frame(PAIRED_MAGIC, PAIRED_DOMAIN, signer_id, payload, lambda data: crypto.hmac_sha256(key, data))
 
 
 def paired_data(signer_id: str, payload: bytes) -> bytes:
     """The bytes a paired frame's tag is over: the domain string, the id's length byte, the id, the payload."""
-    raw_id = signer_id.encode("ascii")
-    return PAIRED_DOMAIN + bytes([len(raw_id)]) + raw_id + payload
+    return _covered(PAIRED_DOMAIN, signer_id, payload)
 
 
 def is_signed(wire: bytes) -> bool:
