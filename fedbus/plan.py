@@ -124,24 +124,22 @@ def run_security(scenario: Scenario, secret: bytes | None, *, ephemeral_seed: by
     ``remote``: the keys of clients from elsewhere (``fedbus invite``, ``--authorized-keys``) that the aggregator
     accepts too, after the scenario's own: a remote entry never stands in for one of the run's own clients."""
     mode = scenario.security
-    if is_virtual(scenario):
-        return _virtual_security(scenario, secret, ephemeral_seed)
-    ids = scenario.client_ids()
+    member = _membership(scenario)
     if mode == "none":
-        return RunSecurity(aggregator=Security.off(), clients=dict.fromkeys(ids, Security.off()))
+        return RunSecurity(aggregator=Security.off(), on_demand=lambda cid: Security.off() if member(cid) else None)
     if secret is None:
         raise ValueError(f"security {mode} needs a secret to derive the run's keys from")
     aggregator_key = derive(secret, AGGREGATOR)
-    # each key derived when first needed (~100 µs apiece): a worker process derives only its own clients', and a
-    # 1,000-client aggregator does not spend its start-up on keys it needs as its clients come
-    own = OwnKeys(secret, frozenset(ids))
+    # each key derived when first needed (~100 µs apiece): a worker process derives only its own clients', a
+    # 1,000-client aggregator does not spend its start-up on keys it needs as its clients come, and one over a
+    # virtual population of a million authorizes them all without a million keys up front
+    own = DerivedKeys(secret, member)
     authorized: KeyLookup = own if remote is None else KeyChain((own, remote))
-    known = secret
 
     def client(cid: str) -> Security | None:
-        if cid not in own.ids:
+        if not member(cid):
             return None
-        return Security.for_client(cid, derive(known, cid), aggregator_key.public, mode=mode,
+        return Security.for_client(cid, derive(secret, cid), aggregator_key.public, mode=mode,
                                    ephemeral_seed=ephemeral_seed)
 
     return RunSecurity(
@@ -150,55 +148,28 @@ def run_security(scenario: Scenario, secret: bytes | None, *, ephemeral_seed: by
     )
 
 
+def _membership(scenario: Scenario) -> Callable[[str], bool]:
+    """Whether an id is one of the scenario's own clients (a virtual population's census, looked up)."""
+    if is_virtual(scenario):
+        census = roll(scenario)
+        return lambda cid: census.index(cid) is not None
+    return frozenset(scenario.client_ids()).__contains__
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def _derived_public(secret: bytes, owner: str) -> PublicKey:
     return derive(secret, owner).public
 
 
 @dataclass(frozen=True, slots=True)
-class OwnKeys:
-    """A run's own clients' public keys, each derived from the run's secret when first asked."""
+class DerivedKeys:
+    """The run's own clients' public keys (``member``), each derived from the run's secret when first asked."""
 
     secret: bytes = field(repr=False)
-    ids: frozenset[str]
+    member: Callable[[str], bool]
 
     def get(self, signer_id: str, /) -> PublicKey | None:
-        return _derived_public(self.secret, signer_id) if signer_id in self.ids else None
-
-
-@dataclass(frozen=True, slots=True)
-class DerivedKeys:
-    """A census's clients' public keys, each derived from the run's secret when first asked: an aggregator over
-    a virtual population of a million clients authorizes them all without a million keys up front."""
-
-    secret: bytes
-    census: Roll
-
-    def get(self, signer_id: str, /) -> PublicKey | None:
-        return None if self.census.index(signer_id) is None else _derived_public(self.secret, signer_id)
-
-
-def _virtual_security(scenario: Scenario, secret: bytes | None, ephemeral_seed: bytes | None) -> RunSecurity:
-    """:func:`run_security` for a virtual population: the same keys, derived for each party when first needed."""
-    mode = scenario.security
-    census = roll(scenario)
-    if mode == "none":
-        return RunSecurity(aggregator=Security.off(),
-                           on_demand=lambda cid: None if census.index(cid) is None else Security.off())
-    if secret is None:
-        raise ValueError(f"security {mode} needs a secret to derive the run's keys from")
-    aggregator_key = derive(secret, AGGREGATOR)
-    known = secret
-
-    def client(cid: str) -> Security | None:
-        if census.index(cid) is None:
-            return None
-        return Security.for_client(cid, derive(known, cid), aggregator_key.public, mode=mode,
-                                   ephemeral_seed=ephemeral_seed)
-
-    return RunSecurity(aggregator=Security.for_aggregator(aggregator_key, DerivedKeys(secret, census), mode=mode,
-                                                          ephemeral_seed=ephemeral_seed),
-                       on_demand=client)
+        return _derived_public(self.secret, signer_id) if self.member(signer_id) else None
 
 
 def simulated_security(scenario: Scenario, run_id: str) -> RunSecurity:

@@ -292,20 +292,21 @@ class RoundAggregator(AggregatorBase):
             aggregate_chars=aggregate_chars)
         self._results.append(result)
         self._current = None
-        announce = self._global("running", now) if status == "aggregated" else None
-        if announce is not None:
-            out.append(announce)
+        closed = len(out)
         out.append(RoundClosed(result=result))
         if self._round >= self.config.rounds:
+            if status == "aggregated":
+                out.insert(closed, self._global("running", now))
             self._finish("completed", f"{self.config.rounds} rounds", now, out)
             return
         self._phase = "waiting"
         self._waiting_since = now
         self._maybe_open(now, out)
-        if announce is not None and self._phase == "collecting":
-            # the next round opened at once, and its global carries the new version and prompt: the aggregated
-            # one would be replaced on the broker (it is retained) before anyone needed it, after every client
-            # had received and checked it (a thousand deliveries a round at 1,000 clients)
-            out[:] = [effect for effect in out if effect is not announce]
+        # The new version is announced before the close. When the next round opened at once, its global carries
+        # the new version and prompt, and one of the aggregated round would be replaced on the broker (it is
+        # retained) before anyone needed it, after every client had received and checked it (a thousand
+        # deliveries a round at 1,000 clients): then there is none.
+        if status == "aggregated" and self._phase != "collecting":
+            out.insert(closed, self._global("running", now))
         if self._phase == "waiting":
             out.append(ArmTimer(at=now + self.config.join_timeout_s))

@@ -262,7 +262,7 @@ class _Driver:
             return Leave(abrupt=True, reason="connection lost", back_at=self.now())
         self.bus = bus
         self.connected_at = self.loop.time()
-        bus.on_receive(functools.partial(self._incoming, bus), functools.partial(self._lost, bus))
+        bus.on_receive(self._incoming, functools.partial(self._lost, bus))
         try:
             leave = await self._carry_out(self.session.connected_now(self.now()))
             while leave is None:
@@ -363,7 +363,7 @@ class _Driver:
                                        error_type=error_type))
 
     # ------------------------------------------------------------------ incoming
-    def _incoming(self, bus: MqttBus, incoming: Incoming) -> None:
+    def _incoming(self, incoming: Incoming) -> None:
         self.queue.put_nowait(_Delivery(incoming.topic, incoming.payload, self.now()))
 
     def _lost(self, bus: MqttBus, reason: str) -> None:

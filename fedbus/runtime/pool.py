@@ -125,9 +125,7 @@ class WorkerPool:
                        parent_pid=os.getpid(), log_level=log_level, boot=boot, secret=secret, engine=engine,
                        textgrad_dir=textgrad_dir).dump(spec_path)
             self.parts.append(part)
-            self.processes.append(_hand_over(waiting.pop(0), spec_path) if waiting else
-                                  subprocess.Popen([sys.executable, "-m", "fedbus.runtime.worker_process",
-                                                    str(spec_path)], stdin=subprocess.DEVNULL))
+            self.processes.append(_hand_over(waiting.pop(0), spec_path) if waiting else _spawn(spec_path))
 
     def finish(self, timeout_s: float) -> list[int | None]:
         """Wait up to ``timeout_s`` for the workers to end (their clients stop when the run finishes); kill the rest."""
@@ -156,9 +154,13 @@ def _hand_over(process: subprocess.Popen[bytes], spec_path: Path) -> subprocess.
     except OSError:  # it is gone (killed): start one the ordinary way
         process.kill()
         process.wait()
-        return subprocess.Popen([sys.executable, "-m", "fedbus.runtime.worker_process", str(spec_path)],
-                                stdin=subprocess.DEVNULL)
+        return _spawn(spec_path)
     return process
+
+
+def _spawn(spec_path: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "fedbus.runtime.worker_process", str(spec_path)],
+                            stdin=subprocess.DEVNULL)
 
 
 async def run_slice(spec: WorkerSpec, environ: Mapping[str, str] | None = None) -> None:
