@@ -144,6 +144,8 @@ class NodeOutcome:
     messages_received: int = 0
     messages_sent: int = 0
     forgeries: Forgeries = field(default_factory=Forgeries)
+    stalls: int = 0  # times the driver's event loop stood still (its clock, and so the deadlines, left them out)
+    stalled_s: float = 0.0  # wall seconds it stood still in all
     security: dict[str, object] = field(default_factory=lambda: Security.off().describe())
 
 

@@ -170,6 +170,8 @@ def build_summary(*, run_id: str, scenario: Scenario, scenario_file: str, broker
             "failures_reported": sum(len(r["failed"]) for r in rounds),
             "duplicates_dropped": outcome.duplicates_dropped,
             "forgeries": outcome.forgeries.total,
+            "loop_stalls": outcome.stalls,
+            "loop_stalled_s": round(outcome.stalled_s, 3),
             "llm_calls": sum(a["llm_calls"] for r in rounds for a in r["accepted"]),
             "tokens": sum(a["tokens"] for r in rounds for a in r["accepted"]),
             "messages_sent": outcome.messages_sent,

@@ -35,6 +35,7 @@ from fedbus.runtime.address import BrokerAddress
 from fedbus.runtime.bus import Backoff, LastWill, MqttBus, connect_retrying
 from fedbus.runtime.check_pool import CheckPool, Prechecker
 from fedbus.runtime.journal import Journal, Replayed, Resendable, delivery_line, event_line, replay
+from fedbus.runtime.stalls import StallWatch
 from fedbus.security.checks import Checked, Job
 from fedbus.security.policy import Security
 
@@ -122,6 +123,8 @@ class AggregatorNode:
         self._scale = time_scale
         self._offset = clock_offset
         self._timers: list[asyncio.TimerHandle] = []
+        self._stalls = StallWatch(self._loop, self._stalled)
+        self._stalled0 = 0.0  # what the stall watch had counted at _t0
         self._bus: MqttBus | None = None
         # Everything published and not acknowledged, in the order it goes out: first what the connection has
         # (_in_flight, oldest first), then what waits for room or a connection (_outbox). Each send carries
@@ -145,13 +148,14 @@ class AggregatorNode:
 
     def now(self) -> float:
         """Simulated seconds since the run started (a resumed run goes on from where its journal ends)."""
-        return self._offset + (self._loop.time() - self._t0) * self._scale
+        return self._offset + (self._loop.time() - self._t0 - self._stalls.stalled() + self._stalled0) * self._scale
 
     def resume(self, lines: list[dict[str, Any]]) -> Replayed:
         """Rebuild the session from a journal before :meth:`run`; the clock goes on from its last entry."""
         state = replay(self.session, lines, self.resend)
         self._offset = state.last_now
         self._t0 = self._loop.time()
+        self._stalled0 = self._stalls.stalled()
         self._resumed = state
         self.replayed_lines = state.lines
         return state
@@ -166,6 +170,7 @@ class AggregatorNode:
             # aggregator reconnects is kept for it (mosquitto with persistence)
             self._bus = await self._make_bus().__aenter__()
             self._publisher = self._bus
+            self._stalls.start()
             try:
                 async with asyncio.TaskGroup() as group:
                     self._group = group
@@ -189,6 +194,7 @@ class AggregatorNode:
                     if pool.batches or pool.broken:
                         self.events.record("check-pool", client=AGGREGATOR, workers=pool.workers,
                                            batches=pool.batches, checked=pool.checked, broken=pool.broken)
+                self._stalls.stop()
                 for timer in self._timers:
                     timer.cancel()
                 if self._bus is not None:
@@ -412,8 +418,7 @@ class AggregatorNode:
         elif isinstance(action, Send):
             self._publish(action)
         elif isinstance(action, ArmTimer):
-            handle = self._loop.call_at(self._t0 + (action.at - self._offset) / self._scale, self._fire_timer)
-            self._timers = [t for t in self._timers if not t.cancelled()] + [handle]
+            self._arm_at(action.at)
         elif isinstance(action, Reduce):
             group.create_task(self._reduce(action), name=f"aggregator[{self.run_id}].reduce-{action.round}")
         elif isinstance(action, RoundClosed):
@@ -438,8 +443,23 @@ class AggregatorNode:
             for record in self.session.round_evaluated(result, extra):
                 self._carry_out(record, group)
 
-    def _fire_timer(self) -> None:
+    def _arm_at(self, at: float) -> None:
+        """A timer for ``at`` on the run's clock, which does not run while the loop stalls (see :meth:`now`)."""
+        due = self._t0 + self._stalls.stalled() - self._stalled0 + (at - self._offset) / self._scale
+        handle = self._loop.call_at(due, self._fire_timer, at)
+        self._timers = [t for t in self._timers if not t.cancelled()] + [handle]
+
+    def _fire_timer(self, at: float) -> None:
+        if self.now() < at:  # the loop stalled while the timer ran: the run's clock is not there yet
+            self._arm_at(at)
+            return
         self._queue.put_nowait(TimerFired(now=self.now()))
+
+    def _stalled(self, seconds: float) -> None:
+        self.outcome.stalls += 1
+        self.outcome.stalled_s += seconds
+        self.events.record("loop-stalled", client=AGGREGATOR, stalled_s=round(seconds, 3))
+        log.debug("the event loop stood still; the run's clock left it out", stalled_s=round(seconds, 3))
 
     async def _reduce(self, effect: Reduce) -> None:
         try:

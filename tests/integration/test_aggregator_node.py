@@ -307,3 +307,33 @@ async def test_what_a_failed_connection_left_unacknowledged_goes_out_first_after
         await node._wait_acknowledged()
     assert next_one.topics == [f"t/{i}" for i in range(2, 8)]
     assert not node._in_flight and not node._outbox
+
+
+STALL_S = 3.0  # longer than round 2's whole deadline
+
+
+async def test_a_stalled_event_loop_does_not_eat_into_the_next_rounds_deadline(
+        broker: BrokerAddress, run_id: str, tmp_path: Path) -> None:
+    """Round 1's evaluation blocks the event loop for 3 s (a CPU-bound scorer; a paused VM or a starved process
+    looks the same) just after round 2 opened with a 2 s deadline. The aggregator's clock leaves the stall out, so
+    both clients' updates (0.3 s of work once they get their tasks, after the stall) still make round 2, and the
+    stall is reported: a 'loop-stalled' event, and the totals in summary.json."""
+    spec = scenario(rounds=2, clients={"count": 2, "local_steps": 1, "step_latency_s": 0.3},
+                    participation={"min_updates": 2, "round_deadline_s": 2})
+    path = tmp_path / "events.jsonl"
+    events = EventLog(path)
+
+    async def on_round(result: RoundResult) -> dict[str, object]:
+        if result.round == 1:
+            time.sleep(STALL_S)  # noqa: ASYNC251 - the stall under test: nothing else runs on the loop meanwhile
+        return {"val_accuracy": None}
+
+    node = make_node(spec, broker=broker, run_id=run_id, events=events, on_round=on_round)
+    summary = await run_node(node, spec, broker, events)
+    assert summary["status"] == "completed"
+    assert [r["status"] for r in summary["rounds"]] == ["aggregated", "aggregated"], summary["rounds"]
+    assert sorted(a["client"] for a in summary["rounds"][1]["accepted"]) == ["client-0", "client-1"]
+    assert summary["totals"]["loop_stalls"] >= 1
+    assert summary["totals"]["loop_stalled_s"] >= STALL_S - 0.1
+    stalls = [e["stalled_s"] for e in logged(path) if e["event"] == "loop-stalled"]
+    assert max(stalls) >= STALL_S - 0.1, stalls
