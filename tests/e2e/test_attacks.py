@@ -411,7 +411,7 @@ async def pre_publish_victims_ids(outsider: Outsider, broker: BrokerAddress) -> 
 
 async def test_4_pre_published_ids_censor_nobody(broker: BrokerAddress, tmp_path: Path) -> None:
     """The victim's next 20 ids published first in forged updates: all recorded as forgeries; the victim's real
-    updates, with those very ids and sent after them, each enter their round's aggregate; nothing is dropped as a
+    updates, with those very ids and sent after them, each enter their round's aggregate; no update is dropped as a
     duplicate but a client's own resend of an update (under load a receipt can come after the resend timer)."""
     run, outsider = await attacked_run(broker, tmp_path, run_id(), pre_publish_victims_ids)
     assert_completed(run)
@@ -426,7 +426,10 @@ async def test_4_pre_published_ids_censor_nobody(broker: BrokerAddress, tmp_path
         if b"sealed" in payload:
             genuine[(topic, message.get("id"))] += 1
     resends = sum(n - 1 for n in genuine.values())
-    assert run.summary["totals"]["duplicates_dropped"] <= resends  # no forgery made a real update a duplicate
+    # no forgery made a real update a duplicate. Only updates count: a client's retained presence, published while
+    # the aggregator's subscription is being set up, reaches it twice (live and retained), and is rightly dropped once
+    dropped = [e for e in run.events if e["event"] == "duplicate-delivery" and "/update/" in e["topic"]]
+    assert len(dropped) <= resends, (dropped, genuine)
     censored = [i for i in run.accepted(VICTIM).values() if i in CENSORED and not first_seen.get(i, True)]
     assert len(censored) >= ROUNDS - 1, f"the forgeries came first for only {censored}"
 
