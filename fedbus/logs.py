@@ -8,8 +8,33 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TYPE_CHECKING, Any
 
-import structlog
+
+def _load_structlog() -> Any:
+    """structlog, loaded without rich: structlog.dev imports rich, when it is installed (Flower, textual and many ML
+    setups bring it), for tracebacks that fedbus's renderers never draw, which is ~80 modules and a tenth of a
+    `fedbus client` process's start. rich is hidden only while structlog loads; anyone importing it later gets it.
+    Loaded here, where the CLI and the worker processes first import structlog."""
+    if "structlog" in sys.modules or "rich" in sys.modules:
+        import structlog as loaded
+        return loaded
+    sys.modules["rich"] = None  # type: ignore[assignment]  # `import rich` raises ImportError meanwhile
+    try:
+        import structlog as loaded
+    finally:
+        del sys.modules["rich"]
+    return loaded
+
+
+if TYPE_CHECKING:
+    import structlog
+else:
+    structlog = _load_structlog()
+
+
+def get_logger(name: str) -> Any:
+    return structlog.get_logger(name)
 
 
 def configure(level: str = "INFO", json_lines: bool | None = None) -> None:

@@ -16,7 +16,7 @@ import secrets
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -35,7 +35,6 @@ from fedbus.client.session import (
     Work,
 )
 from fedbus.errors import EngineError, TransportError, failure_text
-from fedbus.plan import ClientPlan
 from fedbus.protocol import codec, topics
 from fedbus.protocol.messages import Task
 from fedbus.results.eventlog import EventLog
@@ -44,6 +43,9 @@ from fedbus.runtime.bus import Backoff, Incoming, LastWill, MqttBus, connect_ret
 from fedbus.scenario.conditions import ClientGroup
 from fedbus.security.policy import Security
 from fedbus.security.signing import is_signed
+
+if TYPE_CHECKING:  # a client process plans nothing: fedbus.plan would load the aggregator's modules
+    from fedbus.plan import ClientPlan
 
 log = structlog.get_logger("fedbus.client")
 STALL_S = 20.0  # wall seconds without a message from an online aggregator (heartbeats every 5 s): reconnect

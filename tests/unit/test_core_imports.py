@@ -68,3 +68,18 @@ def test_environment_variables_are_read_in_the_cli_only() -> None:
 
     readers = sorted(str(p.relative_to(root)) for p in root.rglob("*.py") if touches_environ(p))
     assert readers == ["cli.py", "llm/textgrad_engine.py", "runtime/worker_process.py"], readers
+
+
+def test_a_client_process_loads_neither_rich_nor_the_aggregator() -> None:
+    """What `fedbus client` imports before it connects: no rich (structlog.dev would pull it in, ~80 modules, when
+    installed; the test extras install it) and none of the aggregator's modules (a client plans nothing). rich
+    stays importable for whoever wants it afterwards."""
+    import importlib.util
+
+    if importlib.util.find_spec("rich") is None:
+        pytest.skip("rich is not installed here: nothing to keep out")
+    code = ("import sys, json, fedbus.cli, fedbus.runtime.client_node, fedbus.security.token; "
+            "loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'rich' or m.startswith('fedbus.aggregator')"
+            " or m == 'fedbus.plan'); import rich; print(json.dumps(loaded))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []
