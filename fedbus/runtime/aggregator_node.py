@@ -209,7 +209,7 @@ class AggregatorNode:
         # the Last Will tells clients at once when the aggregator dies
         topic, payload = self.session.will(self.now())
         return MqttBus(self.broker, identifier=self.identifier, clean_session=fresh,
-                       will=LastWill(topic=topic, payload=payload))
+                       will=LastWill(topic=topic, payload=payload), max_in_flight=MAX_IN_FLIGHT)
 
     async def _subscribed(self) -> None:
         bus = self._bus

@@ -131,6 +131,7 @@ class MqttBus:
         clean_session: bool = False,
         keepalive: int = 30,
         max_incoming: int = 0,
+        max_in_flight: int | None = None,
     ) -> None:
         self.address = address
         self.identifier = identifier
@@ -149,6 +150,8 @@ class MqttBus:
             will=aio_will,
             keepalive=keepalive,
             max_queued_incoming_messages=max_incoming,
+            # paho sends at most this many QoS 1 publishes before their PUBACKs (its own default: 20)
+            max_inflight_messages=max_in_flight,
             timeout=CONNECT_TIMEOUT_S,
             tls_params=tls,
         )
