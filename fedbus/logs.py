@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 def _load_structlog() -> Any:
     """structlog, loaded without rich: structlog.dev imports rich, when it is installed (Flower, textual and many ML
-    setups bring it), for tracebacks that fedbus's renderers never draw, which is ~80 modules and a tenth of a
-    `fedbus client` process's start. rich is hidden only while structlog loads; anyone importing it later gets it.
-    Loaded here, where the CLI and the worker processes first import structlog."""
+    setups bring it), to format exceptions in its console renderer, which is ~80 modules and a tenth of a
+    `fedbus client` process's start; without it a logged exception on a terminal is a plain traceback. rich is
+    hidden only while structlog loads; anyone importing it later gets it. Loaded here, where the CLI and the worker
+    processes first import structlog (a library user who imports another fedbus module first loads it as usual)."""
     if "structlog" in sys.modules or "rich" in sys.modules:
         import structlog as loaded
         return loaded

@@ -188,13 +188,13 @@ class AggregatorNode:
                     link.cancel()
                     self._take_back()  # what a lost connection left unacknowledged: the run is over
             finally:
+                self._stalls.stop()
                 if self.check_pool is not None:
                     pool = self.check_pool
                     pool.close()
                     if pool.batches or pool.broken:
                         self.events.record("check-pool", client=AGGREGATOR, workers=pool.workers,
                                            batches=pool.batches, checked=pool.checked, broken=pool.broken)
-                self._stalls.stop()
                 for timer in self._timers:
                     timer.cancel()
                 if self._bus is not None:
@@ -447,7 +447,8 @@ class AggregatorNode:
         """A timer for ``at`` on the run's clock, which does not run while the loop stalls (see :meth:`now`)."""
         due = self._t0 + self._stalls.stalled() - self._stalled0 + (at - self._offset) / self._scale
         handle = self._loop.call_at(due, self._fire_timer, at)
-        self._timers = [t for t in self._timers if not t.cancelled()] + [handle]
+        now = self._loop.time()
+        self._timers = [t for t in self._timers if not t.cancelled() and t.when() > now] + [handle]
 
     def _fire_timer(self, at: float) -> None:
         if self.now() < at:  # the loop stalled while the timer ran: the run's clock is not there yet

@@ -18,8 +18,10 @@ STALL_S = 0.05  # a gap this much longer than a tick is a stall (asyncio is late
 
 
 class StallWatch:
-    """The wall seconds ``loop`` stood still, seen at each tick (from :meth:`start` to :meth:`stop`) and at each
-    call of :meth:`stalled`; ``on_stall(seconds)`` hears of each stall once, when it is first seen."""
+    """The wall seconds ``loop`` stood still, from :meth:`start` to :meth:`stop`: how late its own tick runs, counted as
+    soon as the tick is ``stall_s`` overdue and up to date at each :meth:`stalled` (a long stretch of busy work that
+    looks at the clock often is still a stall: the tick did not run); ``on_stall(seconds)`` hears of each stall once,
+    when its tick finally runs."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, on_stall: Callable[[float], None] | None = None, *,
                  tick_s: float = TICK_S, stall_s: float = STALL_S) -> None:
@@ -27,31 +29,37 @@ class StallWatch:
         self._on_stall = on_stall
         self._tick_s = tick_s
         self._stall_s = stall_s
-        self._seen = loop.time()
+        self._due = 0.0  # when the pending tick should run
+        self._counted = 0.0  # how late the pending tick is already counted as
         self._total = 0.0
         self._handle: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
-        self._seen = self._loop.time()
-        self._handle = self._loop.call_later(self._tick_s, self._tick)
+        self._schedule()
 
     def stop(self) -> None:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+        self._counted = 0.0
 
     def stalled(self) -> float:
-        """Wall seconds the loop stood still so far, a stall that has just ended included."""
-        now = self._loop.time()
-        gap = now - self._seen
-        self._seen = now
-        if self._handle is not None and gap > self._tick_s + self._stall_s:  # not ticking: a gap says nothing
-            stall = gap - self._tick_s
-            self._total += stall
-            if self._on_stall is not None:
-                self._on_stall(stall)
+        """Wall seconds the loop stood still so far, a stall still going on counted up to now."""
+        if self._handle is not None:
+            late = self._loop.time() - self._due
+            if late > self._stall_s and late > self._counted:
+                self._total += late - self._counted
+                self._counted = late
         return self._total
+
+    def _schedule(self) -> None:
+        self._due = self._loop.time() + self._tick_s
+        self._counted = 0.0
+        self._handle = self._loop.call_later(self._tick_s, self._tick)
 
     def _tick(self) -> None:
         self.stalled()
-        self._handle = self._loop.call_later(self._tick_s, self._tick)
+        stall = self._counted
+        self._schedule()
+        if stall and self._on_stall is not None:
+            self._on_stall(stall)

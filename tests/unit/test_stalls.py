@@ -105,3 +105,19 @@ def test_time_before_start_and_after_stop_is_no_stall() -> None:
     assert clock.pending == []
     clock.t += 5.0
     assert stalls.stalled() == 0.0
+
+
+def test_a_busy_stretch_that_looks_at_the_clock_often_is_still_a_stall() -> None:
+    """A second of work that reads the clock every 30 ms (deliveries handled back to back, each stamped with the
+    time) never lets the tick run: it counts, and is up to date at every look."""
+    clock, stalls = watch()
+    stalls.start()
+    clock.run_until(clock.t + 0.1)
+    seen = []
+    for _ in range(34):
+        clock.t += 0.03
+        seen.append(stalls.stalled())
+    assert seen == sorted(seen)
+    assert seen[-1] >= 1.0 - TICK_S - 0.03
+    clock.run_until(clock.t)  # the overdue tick runs at last
+    assert stalls.stalled() == seen[-1]
