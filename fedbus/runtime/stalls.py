@@ -3,8 +3,8 @@
 A round's deadline is measured on the run's clock, which runs on wall time; but wall time in which the aggregator's
 loop stood still is time in which it could read nothing, and in which clients that share its process (a one-machine
 run) could compute nothing. On a fast-clock scenario a stall of 0.3 s is a whole collection window: the round would
-close as no-quorum with every update on its way. :class:`StallWatch` wakes every ``tick_s`` and counts a longer gap
-between two looks at the clock as stalled; the aggregator's clock leaves that time out
+close as no-quorum with every update on its way. :class:`StallWatch` schedules a tick every ``tick_s`` and counts
+how late a tick runs, past ``stall_s``, as stalled; the aggregator's clock leaves that time out
 (:mod:`fedbus.runtime.aggregator_node`), so a stall delays its deadlines instead of eating into them.
 """
 
@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Callable
 
 TICK_S = 0.02  # wall seconds between looks at the clock
-STALL_S = 0.05  # a gap this much longer than a tick is a stall (asyncio is late by far less on a busy machine)
+STALL_S = 0.05  # a tick this late is a stall (asyncio is late by far less on a busy machine)
 
 
 class StallWatch:
