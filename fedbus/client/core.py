@@ -166,6 +166,11 @@ class ClientCore:
     def client(self) -> str:
         return self.profile.client
 
+    @property
+    def idle(self) -> bool:
+        """Up, with no task in hand or waiting."""
+        return self._state == "up" and self._working is None and self._next_task is None
+
     # ------------------------------------------------------------ messages it sends
     def _next_id(self) -> str:
         self._seq += 1

@@ -168,6 +168,13 @@ class ClientSession:
         return self._aggregator_online
 
     @property
+    def idle(self) -> bool:
+        """Connected with nothing in hand: no task, no update without its receipt, nothing queued to send, no
+        partition pending. A virtual population's client sleeps then, until it is next selected."""
+        return (self.connected and not self.partitioned and not self.stopped and self._pending_cut is None
+                and not self._unreceipted and not self.offline and self.core.idle)
+
+    @property
     def last_heard(self) -> float | None:
         """When a message from the aggregator (global, task, receipt, presence) last arrived; None: never."""
         return self._last_heard

@@ -2,14 +2,14 @@
 
 It keeps what fedbus relies on from a real broker (../../docs/PROTOCOL.md): topic filters with
 ``+`` and ``#``, retained messages delivered on subscribe, persistent sessions that queue QoS 1
-messages while a client is away and deliver them when it reconnects, and the Last Will published
-when a connection drops without DISCONNECT. Every delivery takes ``latency_s`` of virtual time.
-Payloads are bytes: senders and receivers go through the real codec.
+messages while a client is away and deliver them when it reconnects (or wake it: :meth:`MemoryBroker.sleep`),
+and the Last Will published when a connection drops without DISCONNECT. Every delivery takes ``latency_s``
+of virtual time. Payloads are bytes: senders and receivers go through the real codec.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from fedbus.protocol.topics import matches
@@ -33,6 +33,7 @@ class _Session:
     queued: list[tuple[str, bytes]] = field(default_factory=list)
     will: tuple[str, bytes] | None = None
     persistent: bool = True
+    wake: Callable[[], None] | None = None  # asleep: called when a message is queued for it
 
 
 class MemoryBroker:
@@ -65,6 +66,7 @@ class MemoryBroker:
             self._order.setdefault(ident, len(self._order))
         session.deliver = deliver
         session.will = will
+        session.wake = None
         queued, session.queued = session.queued, []
         for topic, payload in queued:
             self._send(session, topic, payload, retained=False)
@@ -94,6 +96,24 @@ class MemoryBroker:
                 if not idents:
                     del index[topic_filter]
 
+    def sleep(self, ident: str, keep: Collection[str], wake: Callable[[], None]) -> None:
+        """End ``ident``'s connection cleanly (no Last Will) and keep only its filters in ``keep``: a message for
+        those is queued and ``wake`` called, once, as a push notification wakes a phone's app. What else it
+        subscribed to (the run's broadcasts) no longer costs a delivery while it sleeps."""
+        session = self._sessions[ident]
+        self._unindex(ident, [f for f in session.filters if f not in keep])
+        session.filters = [f for f in session.filters if f in keep]
+        session.deliver = None
+        session.will = None
+        session.persistent = True
+        session.wake = wake
+
+    def _queue(self, session: _Session, topic: str, payload: bytes) -> None:
+        session.queued.append((topic, payload))
+        wake, session.wake = session.wake, None
+        if wake is not None:
+            wake()
+
     def _subscribers(self, topic: str) -> list[str]:
         found = set(self._exact.get(topic, ()))
         for topic_filter, idents in self._wildcard.items():
@@ -115,7 +135,7 @@ class MemoryBroker:
             if session.deliver is not None:
                 self._send(session, topic, payload, retained=False)
             elif session.persistent:
-                session.queued.append((topic, payload))
+                self._queue(session, topic, payload)
 
     def disconnect(self, ident: str, *, abrupt: bool) -> None:
         """End ``ident``'s connection; ``abrupt`` (no DISCONNECT) publishes its Last Will."""
@@ -132,7 +152,9 @@ class MemoryBroker:
             if session.deliver is not None:  # the connection it was sent on, or the one that resumed the session
                 self.delivered += 1
                 session.deliver(topic, payload, retained)
+            elif session.wake is not None and not any(matches(f, topic) for f in session.filters):
+                pass  # asleep, and no longer subscribed to it: a broadcast that was on its way is not kept
             elif session.persistent and not retained:
-                session.queued.append((topic, payload))  # unacknowledged QoS 1: redelivered on reconnect
+                self._queue(session, topic, payload)  # unacknowledged QoS 1: redelivered on reconnect
 
         self._timeline.after(self._latency, arrive)

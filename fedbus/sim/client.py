@@ -26,7 +26,7 @@ from fedbus.client.session import (
 )
 from fedbus.errors import EngineError, failure_text
 from fedbus.plan import ClientPlan
-from fedbus.protocol import codec
+from fedbus.protocol import codec, topics
 from fedbus.protocol.messages import Task
 from fedbus.results.eventlog import EventLog
 from fedbus.security.policy import Security
@@ -55,6 +55,9 @@ class SimClient:
         self.session = ClientSession(profile, codec.Limits(max_bytes=plan.max_message_bytes), config.security)
         self.ident = f"{config.run}.{plan.client}"
         self.optimizer: LocalOptimizer | None = None
+        self.sleeps = False  # a virtual population's client: asleep between the rounds it is selected for
+        self._own = (topics.task_topic(config.run, plan.client), topics.receipt_topic(config.run, plan.client))
+        self._later = 0  # link deliveries and pushes scheduled and not yet carried out
 
     def start(self) -> None:
         for interval in self.plan.group.network.partitions:
@@ -63,7 +66,9 @@ class SimClient:
 
     def join_now(self) -> None:
         """Connect and subscribe at once: a virtual population's client, instantiated by its first task's publish
-        (it has no partitions: :func:`fedbus.scenario.population.virtual_obstacles`)."""
+        (it has no partitions: :func:`fedbus.scenario.population.virtual_obstacles`). From then on it sleeps
+        whenever it has nothing in hand after a receipt, and its next task wakes it (:meth:`_sleep`)."""
+        self.sleeps = True
         self._connect()
 
     # ------------------------------------------------------------------ connection
@@ -73,6 +78,13 @@ class SimClient:
         self.broker.connect(self.ident, self._incoming, will=self.session.will(self.timeline.now))
         self.broker.subscribe(self.ident, *self.session.subscriptions())
         self._carry_out(self.session.connected_now(self.timeline.now))
+
+    def _sleep(self) -> None:
+        """Disconnect cleanly, keeping the broker session for its own topics: until its next task (or a late
+        receipt) wakes it, the run's broadcasts cost it nothing, so a round costs its participants however many
+        clients earlier rounds selected. It says nothing to the aggregator: asleep is not offline."""
+        self.broker.sleep(self.ident, keep=self._own, wake=self._connect)
+        self._carry_out(self.session.disconnected(Leave(abrupt=False, reason="asleep until selected")))
 
     def _leave(self, leave: Leave) -> None:
         if not self.session.connected:
@@ -90,7 +102,12 @@ class SimClient:
         self._carry_out(self.session.handle(event))  # nothing, once the client stopped
 
     def _push(self, deliveries: Deliveries) -> None:
+        self._later -= 1
         self._carry_out(self.session.push(deliveries))
+
+    def _feed_later(self, event: ClientEvent) -> None:
+        self._later -= 1
+        self._feed(event)
 
     def _carry_out(self, actions: list[Action]) -> None:
         leave: Leave | None = None
@@ -102,9 +119,11 @@ class SimClient:
                     self.broker.publish(action.send.topic, action.payload, retain=action.send.retain)
                 self._carry_out(self.session.published(action))
             elif isinstance(action, PushLater):
+                self._later += 1
                 self.timeline.after(action.delay_s, functools.partial(self._push, action.deliveries))
             elif isinstance(action, FeedLater):
-                self.timeline.after(action.delay_s, functools.partial(self._feed, action.event))
+                self._later += 1
+                self.timeline.after(action.delay_s, functools.partial(self._feed_later, action.event))
             elif isinstance(action, WakeAt):
                 self.timeline.at(action.at, lambda: self._feed(Alarm(now=self.timeline.now)))
             elif isinstance(action, Work):
@@ -135,3 +154,5 @@ class SimClient:
     def _incoming(self, topic: str, payload: bytes, retained: bool) -> None:
         if not self.session.stopped:
             self._carry_out(self.session.receive(topic, payload, self.timeline.now))
+            if self.sleeps and topic == self._own[1] and not self._later and self.session.idle:
+                self._sleep()

@@ -287,3 +287,36 @@ def test_a_publish_costs_what_it_matches_not_the_number_of_sessions(timeline: Ti
     assert calls <= 2  # one wildcard filter per publish, however many sessions
     settle(timeline)
     assert broker.delivered == 2
+
+
+def test_a_sleeping_session_costs_no_broadcast_and_its_own_message_wakes_it(timeline: Timeline,
+                                                                             broker: MemoryBroker) -> None:
+    inbox = connected(broker, timeline, "c", "run/global", "run/task/c")
+    woken: list[float] = []
+    broker.sleep("c", keep=("run/task/c",), wake=lambda: woken.append(timeline.now))
+    broker.publish("run/global", b"g1")
+    settle(timeline)
+    assert inbox.got == [] and woken == [] and broker.delivered == 0  # a broadcast is not even queued
+    broker.publish("run/task/c", b"t1")
+    broker.publish("run/task/c", b"t2")
+    assert woken == [0.0]  # once, at the first message
+    broker.connect("c", inbox)  # what the woken client does
+    settle(timeline)
+    assert inbox.payloads == [b"t1", b"t2"]
+    broker.publish("run/global", b"g2")
+    settle(timeline)
+    assert inbox.payloads == [b"t1", b"t2"]  # until it subscribes to the broadcasts again
+
+
+def test_a_broadcast_on_its_way_to_a_session_that_fell_asleep_is_dropped_its_own_wakes_it(
+        timeline: Timeline, broker: MemoryBroker) -> None:
+    inbox = connected(broker, timeline, "c", "run/global", "run/task/c")
+    woken: list[str] = []
+    broker.publish("run/global", b"g")
+    broker.publish("run/task/c", b"t")
+    broker.sleep("c", keep=("run/task/c",), wake=lambda: woken.append("c"))  # before either arrives
+    settle(timeline)
+    assert inbox.got == [] and woken == ["c"]
+    broker.connect("c", inbox)
+    settle(timeline)
+    assert inbox.payloads == [b"t"]

@@ -1,0 +1,57 @@
+"""A virtual population's clients sleep between the rounds they are selected for (fedbus/sim/client.py): a
+round costs its participants, not every client that earlier rounds selected, and a client selected again
+wakes with its session, and its message ids, where it left them."""
+
+from __future__ import annotations
+
+import collections
+import json
+from pathlib import Path
+
+from fedbus import Scenario, scenario_from_mapping, simulate
+from tests.e2e.test_scenarios import assert_no_update_lost
+
+
+def scenario(rounds: int) -> Scenario:
+    return scenario_from_mapping({"name": "sleepers", "seed": 3, "engine": "surrogate", "rounds": rounds,
+            "task": {"name": "surrogate-skills", "train_size": 4000, "val_size": 20, "test_size": 20},
+            "clients": {"count": 2000, "population": "virtual", "local_steps": 1, "batch_size": 1},
+            "participation": {"fraction": 0.01, "min_clients": 20, "min_updates": 20},
+            "aggregation": {"strategy": "concat", "max_prompt_chars": 4000}})
+
+
+def test_deliveries_grow_with_the_rounds_not_with_the_clients_selected_so_far(tmp_path: Path) -> None:
+    short = simulate(scenario(4), tmp_path / "short")["simulated"]
+    summary = simulate(scenario(16), tmp_path / "long")
+    long = summary["simulated"]
+    assert long["clients_instantiated"] > 3 * short["clients_instantiated"]
+    # awake for good, every client ever selected would get each later global: 16 rounds ~ 7x the deliveries
+    # of 4 (quadratic), asleep ~ 4x (each round the same few messages per participant)
+    assert long["messages_delivered"] < 4.5 * short["messages_delivered"], (short, long)
+    events = [json.loads(line) for line in (tmp_path / "long" / "events.jsonl").read_text().splitlines()]
+    assert_no_update_lost(summary, events)
+    assert [r["status"] for r in summary["rounds"]] == ["aggregated"] * 16
+    asleep = [e for e in events if e["event"] == "disconnected" and e["reason"] == "asleep until selected"]
+    assert len(asleep) == sum(len(r["accepted"]) for r in summary["rounds"])  # each one, after its receipt
+
+
+def test_a_client_selected_again_wakes_and_its_update_counts(tmp_path: Path) -> None:
+    summary = simulate(scenario(16), tmp_path / "run")
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    times = collections.Counter(c for r in summary["rounds"] for c in r["selected"])
+    again = sorted(c for c, n in times.items() if n > 1)
+    assert again, "no client was selected twice (320 draws from 2,000)"
+    for client in again:
+        mine = [e for e in events if e.get("client") == client]
+        connections = [e["n"] for e in mine if e["event"] == "connected"]
+        assert connections == list(range(1, times[client] + 1))  # one connection per round it took part in
+        accepted = [r["round"] for r in summary["rounds"] if client in {a["client"] for a in r["accepted"]}]
+        assert len(accepted) == times[client], (client, accepted)
+        sent = [e["id"] for e in mine if e["event"] == "sent"]
+        assert len(sent) == len(set(sent))  # ids go on from where they were: none repeats
+
+
+def test_the_same_seed_gives_the_same_bytes_with_sleepers(tmp_path: Path) -> None:
+    simulate(scenario(6), tmp_path / "a")
+    simulate(scenario(6), tmp_path / "b")
+    assert (tmp_path / "a" / "events.jsonl").read_bytes() == (tmp_path / "b" / "events.jsonl").read_bytes()
