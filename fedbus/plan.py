@@ -22,7 +22,7 @@ from fedbus.protocol.ids import AGGREGATOR
 from fedbus.scenario import Scenario
 from fedbus.scenario.conditions import ClientGroup
 from fedbus.scenario.population import Roll, roll
-from fedbus.security.crypto import derive
+from fedbus.security.crypto import PrivateKey, derive
 from fedbus.security.keys import KeyChain, KeyLookup, PublicKey
 from fedbus.security.policy import Security
 
@@ -139,7 +139,7 @@ def run_security(scenario: Scenario, secret: bytes | None, *, ephemeral_seed: by
     def client(cid: str) -> Security | None:
         if not member(cid):
             return None
-        return Security.for_client(cid, derive(secret, cid), aggregator_key.public, mode=mode,
+        return Security.for_client(cid, _derived(secret, cid), aggregator_key.public, mode=mode,
                                    ephemeral_seed=ephemeral_seed)
 
     return RunSecurity(
@@ -156,9 +156,15 @@ def _membership(scenario: Scenario) -> Callable[[str], bool]:
     return frozenset(scenario.client_ids()).__contains__
 
 
+@functools.lru_cache(maxsize=1 << 12)
+def _derived(secret: bytes, owner: str) -> PrivateKey:
+    # the last few, so that a client and the aggregator in one process (the simulator) derive its key once
+    return derive(secret, owner)
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def _derived_public(secret: bytes, owner: str) -> PublicKey:
-    return derive(secret, owner).public
+    return _derived(secret, owner).public
 
 
 @dataclass(frozen=True, slots=True)
