@@ -145,8 +145,9 @@ class ClientCore:
         self.profile = profile
         p = profile
         self._rng = random.Random(f"client/{p.seed}/{p.client}")
-        self._behaviour_rng = random.Random(f"behaviour/{p.seed}/{p.client}")
-        self.straggler = random.Random(f"straggler/{p.seed}/{p.client}").random() < p.group.stragglers.fraction
+        self._behaviour: random.Random | None = None  # a noisy or hostile client's, made when first needed
+        fraction = p.group.stragglers.fraction
+        self.straggler = fraction > 0 and random.Random(f"straggler/{p.seed}/{p.client}").random() < fraction
         self._seq = 0
         self._state = "new"  # new | up | down | stopped
         self._hang_until = -1.0
@@ -286,6 +287,12 @@ class ClientCore:
             queued, self._next_task = self._next_task, None
             self._start(queued, event.now, out)
 
+    def _behaviour_rng(self) -> random.Random:
+        if self._behaviour is None:
+            p = self.profile
+            self._behaviour = random.Random(f"behaviour/{p.seed}/{p.client}")
+        return self._behaviour
+
     def _failure_for(self, task: Task, event: WorkDone, now: float) -> Failure:
         p = self.profile
         return Failure(run=p.run, round=task.round, client=p.client, msg_id=self._next_id(), sent=now,
@@ -298,9 +305,9 @@ class ClientCore:
         rnd, base = task.round, task.version
         kind = p.group.behaviour
         if kind == "noisy":
-            prompt = behaviour.noisy(prompt, self._behaviour_rng, p.group.noise)
+            prompt = behaviour.noisy(prompt, self._behaviour_rng(), p.group.noise)
         elif kind == "hostile":
-            prompt = behaviour.hostile(prompt, self._behaviour_rng)
+            prompt = behaviour.hostile(prompt, self._behaviour_rng())
         elif kind == "stale" and self._last_update is not None:
             old = self._last_update  # replay its first update (round, base, prompt) under a new id
             prompt, rnd, base = old.prompt, old.round, old.base_version

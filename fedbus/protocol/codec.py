@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -197,7 +198,16 @@ _BODY_FIELDS: dict[str, tuple[str, ...]] = {
 
 
 def decode(payload: bytes, limits: Limits = Limits()) -> Message:
-    """Parse and check ``payload``. Raises :class:`MessageRejected` and nothing else."""
+    """Parse and check ``payload``. Raises :class:`MessageRejected` and nothing else.
+
+    The same bytes always give the same message, and messages are frozen: the last few are remembered, so a
+    process hosting many clients parses a broadcast (the round's global, the aggregator's presence) once, not
+    once per client, and its clients share one copy of it."""
+    return _decoded(bytes(payload), limits)
+
+
+@functools.lru_cache(maxsize=8)
+def _decoded(payload: bytes, limits: Limits) -> Message:
     document = _parse(payload, limits)
     version = document.get("v")
     if type(version) is not int or version != SCHEMA_VERSION:  # True == 1 and 1.0 == 1 are not version 1

@@ -118,6 +118,16 @@ def test_a_valid_update_decodes() -> None:
     assert isinstance(decode(raw(sample_update())), Update)
 
 
+def test_the_same_bytes_decode_once_and_the_limits_still_apply_to_every_copy() -> None:
+    document = sample_update()
+    document["body"]["prompt"] = "x" * 5000
+    payload = raw(document)
+    first = decode(payload)
+    assert decode(bytes(bytearray(payload))) is first  # a broadcast's copies share one frozen message
+    assert rejected(payload, Limits(max_bytes=4096)) == "oversized"  # remembered under other limits only
+    assert decode(bytearray(payload)) is first
+
+
 def test_oversized_payload_is_rejected_before_parsing() -> None:
     assert rejected(b"{" * 1000, Limits(max_bytes=999)) == "oversized"
     assert rejected(raw(sample_update(body={"prompt": "x" * 5000})), Limits(max_bytes=4096)) == "oversized"
