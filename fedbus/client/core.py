@@ -138,13 +138,30 @@ class ClientProfile:
     boot: str = "0"  # distinguishes message ids across process restarts
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Carried:
+    """What a core that goes to sleep keeps (a virtual population's client between the rounds it is selected
+    for: :mod:`fedbus.sim.run`), a few hundred bytes: its message ids go on, a round it handled stays handled,
+    and its scheduled events and a stale client's replay still hold. Its decisions draw from a generator of
+    this wake's own (seeded by scenario seed, client id and ``wakes``), so a replay takes the same ones."""
+
+    seq: int
+    done_rounds: frozenset[int]
+    tasks_seen: int
+    fired: frozenset[int]
+    hang_until: float
+    last_update: Update | None  # kept for a stale client only (it replays its first update)
+    wakes: int
+
+
 class ClientCore:
     """One client's decisions. ``handle`` never blocks and never reads a clock."""
 
-    def __init__(self, profile: ClientProfile) -> None:
+    def __init__(self, profile: ClientProfile, carried: Carried | None = None) -> None:
         self.profile = profile
         p = profile
-        self._rng = random.Random(f"client/{p.seed}/{p.client}")
+        wake = f"/{carried.wakes}" if carried is not None and carried.wakes else ""
+        self._rng = random.Random(f"client/{p.seed}/{p.client}{wake}")
         self._behaviour: random.Random | None = None  # a noisy or hostile client's, made when first needed
         fraction = p.group.stragglers.fraction
         self.straggler = fraction > 0 and random.Random(f"straggler/{p.seed}/{p.client}").random() < fraction
@@ -158,6 +175,18 @@ class ClientCore:
         self._last_update: Update | None = None
         self._fired: set[int] = set()  # indices of scheduled events already triggered
         self._tasks_seen = 0
+        self._wakes = 0
+        if carried is not None:
+            self._seq, self._tasks_seen, self._hang_until = carried.seq, carried.tasks_seen, carried.hang_until
+            self._done_rounds, self._fired = set(carried.done_rounds), set(carried.fired)
+            self._last_update, self._wakes = carried.last_update, carried.wakes
+
+    def carried(self) -> Carried:
+        """What to build this core again from when it wakes (see :class:`Carried`)."""
+        stale = self.profile.group.behaviour == "stale"
+        return Carried(seq=self._seq, done_rounds=frozenset(self._done_rounds), tasks_seen=self._tasks_seen,
+                       fired=frozenset(self._fired), hang_until=self._hang_until,
+                       last_update=self._last_update if stale else None, wakes=self._wakes + 1)
 
     @property
     def state(self) -> str:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from fedbus.client.core import (
+    Carried,
     ClientCore,
     ClientEffect,
     ClientEvent,
@@ -126,15 +127,26 @@ class Leave:
 Action = Record | Publish | PushLater | FeedLater | Work | WakeAt | Leave
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Asleep:
+    """A sleeping client: its core's :class:`~fedbus.client.core.Carried` and its session's counts. What it
+    drops (seen ids, link generators, the last global, keys) comes again, or is made again, when it wakes."""
+
+    core: Carried
+    connections: int
+    rounds_done: int
+
+
 class ClientSession:
     """One client between the broker and its decisions."""
 
-    def __init__(self, profile: ClientProfile, limits: codec.Limits, security: Security | None = None) -> None:
+    def __init__(self, profile: ClientProfile, limits: codec.Limits, security: Security | None = None,
+                 carried: Asleep | None = None) -> None:
         self.profile = profile
         self.security = Security.off() if security is None else security
         if self.security.signs and self.security.owner != profile.client:
             raise ValueError(f"client {profile.client} cannot sign as {self.security.owner!r}")
-        self.core = ClientCore(profile)
+        self.core = ClientCore(profile, None if carried is None else carried.core)
         net = profile.group.network
         self.up: LinkQueue[Send] = LinkQueue(LinkFaults(net, profile.seed, profile.client, "up"))
         self.down: LinkQueue[ClientEvent] = LinkQueue(LinkFaults(net, profile.seed, profile.client, "down"))
@@ -151,8 +163,12 @@ class ClientSession:
         self._pending_cut: float | None = None  # a partition that began while the connection was down
         self.offline: list[Send] = []
         self.last_global: GlobalState | None = None
-        self.connections = 0
-        self.rounds_done = 0
+        self.connections = 0 if carried is None else carried.connections
+        self.rounds_done = 0 if carried is None else carried.rounds_done
+
+    def asleep(self) -> Asleep:
+        """What this session is built again from when it wakes: an :attr:`idle` one goes to sleep."""
+        return Asleep(core=self.core.carried(), connections=self.connections, rounds_done=self.rounds_done)
 
     @property
     def client(self) -> str:

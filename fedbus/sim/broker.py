@@ -2,9 +2,10 @@
 
 It keeps what fedbus relies on from a real broker (../../docs/PROTOCOL.md): topic filters with
 ``+`` and ``#``, retained messages delivered on subscribe, persistent sessions that queue QoS 1
-messages while a client is away and deliver them when it reconnects (or wake it: :meth:`MemoryBroker.sleep`),
-and the Last Will published when a connection drops without DISCONNECT. Every delivery takes ``latency_s``
-of virtual time. Payloads are bytes: senders and receivers go through the real codec.
+messages while a client is away and deliver them when it reconnects, and the Last Will published when a
+connection drops without DISCONNECT; and one thing a real broker lacks: a session forgotten while its client
+sleeps (:meth:`MemoryBroker.forget`). Every delivery takes ``latency_s`` of virtual time. Payloads are bytes:
+senders and receivers go through the real codec.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class _Session:
     queued: list[tuple[str, bytes]] = field(default_factory=list)
     will: tuple[str, bytes] | None = None
     persistent: bool = True
-    wake: Callable[[], None] | None = None  # asleep: called when a message is queued for it
+    gone: bool = False  # forgotten (its client sleeps): ``filters`` are its own topics, which summon it again
 
 
 class MemoryBroker:
@@ -66,10 +67,9 @@ class MemoryBroker:
             self._order.setdefault(ident, len(self._order))
         session.deliver = deliver
         session.will = will
-        session.wake = None
         queued, session.queued = session.queued, []
         for topic, payload in queued:
-            self._send(session, topic, payload, retained=False)
+            self._send(ident, session, topic, payload, retained=False)
 
     def subscribe(self, ident: str, *filters: str) -> None:
         session = self._sessions[ident]
@@ -81,11 +81,11 @@ class MemoryBroker:
             if not _is_wildcard(topic_filter):
                 payload = self._retained.get(topic_filter)
                 if payload is not None:
-                    self._send(session, topic_filter, payload, retained=True)
+                    self._send(ident, session, topic_filter, payload, retained=True)
                 continue
             for topic, payload in self._retained.items():
                 if matches(topic_filter, topic):
-                    self._send(session, topic, payload, retained=True)
+                    self._send(ident, session, topic, payload, retained=True)
 
     def _unindex(self, ident: str, filters: list[str]) -> None:
         for topic_filter in filters:
@@ -96,23 +96,29 @@ class MemoryBroker:
                 if not idents:
                     del index[topic_filter]
 
-    def sleep(self, ident: str, keep: Collection[str], wake: Callable[[], None]) -> None:
-        """End ``ident``'s connection cleanly (no Last Will) and keep only its filters in ``keep``: a message for
-        those is queued and ``wake`` called, once, as a push notification wakes a phone's app. What else it
-        subscribed to (the run's broadcasts) no longer costs a delivery while it sleeps."""
-        session = self._sessions[ident]
-        self._unindex(ident, [f for f in session.filters if f not in keep])
-        session.filters = [f for f in session.filters if f in keep]
+    def forget(self, ident: str, own: Collection[str]) -> None:
+        """End ``ident``'s connection cleanly (no Last Will) and drop its session: a client gone to sleep costs
+        nothing here, the run's broadcasts no longer reach it, and a publish to one of its ``own`` topics asks
+        the summoner for it again (as a push notification wakes a phone's app). One already on its way when it
+        fell asleep does the same on arrival; a broadcast on its way is dropped."""
+        session = self._sessions.pop(ident, None)
+        if session is None:
+            return
+        self._unindex(ident, session.filters)
+        session.filters = list(own)
         session.deliver = None
         session.will = None
-        session.persistent = True
-        session.wake = wake
+        session.queued = []
+        session.gone = True
 
-    def _queue(self, session: _Session, topic: str, payload: bytes) -> None:
-        session.queued.append((topic, payload))
-        wake, session.wake = session.wake, None
-        if wake is not None:
-            wake()
+    def _redeliver(self, ident: str, gone: _Session, topic: str, payload: bytes) -> None:
+        if not any(matches(f, topic) for f in gone.filters):
+            return  # a broadcast on its way to a client that went to sleep
+        if ident not in self._sessions and self._summon is not None:
+            self._summon(topic)
+        session = self._sessions.get(ident)
+        if session is not None and session.deliver is not None:
+            self._send(ident, session, topic, payload, retained=False)
 
     def _subscribers(self, topic: str) -> list[str]:
         found = set(self._exact.get(topic, ()))
@@ -133,9 +139,9 @@ class MemoryBroker:
         for ident in self._subscribers(topic):
             session = self._sessions[ident]
             if session.deliver is not None:
-                self._send(session, topic, payload, retained=False)
+                self._send(ident, session, topic, payload, retained=False)
             elif session.persistent:
-                self._queue(session, topic, payload)
+                session.queued.append((topic, payload))
 
     def disconnect(self, ident: str, *, abrupt: bool) -> None:
         """End ``ident``'s connection; ``abrupt`` (no DISCONNECT) publishes its Last Will."""
@@ -147,14 +153,14 @@ class MemoryBroker:
         if abrupt and will is not None:
             self.publish(will[0], will[1], retain=True)
 
-    def _send(self, session: _Session, topic: str, payload: bytes, *, retained: bool) -> None:
+    def _send(self, ident: str, session: _Session, topic: str, payload: bytes, *, retained: bool) -> None:
         def arrive() -> None:
             if session.deliver is not None:  # the connection it was sent on, or the one that resumed the session
                 self.delivered += 1
                 session.deliver(topic, payload, retained)
-            elif session.wake is not None and not any(matches(f, topic) for f in session.filters):
-                pass  # asleep, and no longer subscribed to it: a broadcast that was on its way is not kept
+            elif session.gone:
+                self._redeliver(ident, session, topic, payload)
             elif session.persistent and not retained:
-                self._queue(session, topic, payload)  # unacknowledged QoS 1: redelivered on reconnect
+                session.queued.append((topic, payload))  # unacknowledged QoS 1: redelivered on reconnect
 
         self._timeline.after(self._latency, arrive)

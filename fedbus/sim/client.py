@@ -8,12 +8,14 @@ connects, publishes, schedules what the session asks for and runs the surrogate 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fedbus.client.core import Alarm, ClientEvent, ClientProfile, WorkDone
 from fedbus.client.optimizer import LocalOptimizer, LocalOutcome, optimize_task_now, scenario_optimizer
 from fedbus.client.session import (
     Action,
+    Asleep,
     ClientSession,
     Deliveries,
     FeedLater,
@@ -39,6 +41,7 @@ class SimClientConfig:
     run: str
     plan: ClientPlan
     security: Security | None = None  # None: protocol v1
+    asleep: Asleep | None = None  # a virtual population's client woken: what it kept (None: its first start)
 
 
 class SimClient:
@@ -52,10 +55,13 @@ class SimClient:
         self.events = events
         profile = ClientProfile(run=config.run, client=plan.client, seed=plan.seed, group=plan.group,
                                 step_latency_s=plan.step_delay_s, boot="0")
-        self.session = ClientSession(profile, codec.Limits(max_bytes=plan.max_message_bytes), config.security)
+        self.session = ClientSession(profile, codec.Limits(max_bytes=plan.max_message_bytes), config.security,
+                                     config.asleep)
         self.ident = f"{config.run}.{plan.client}"
         self.optimizer: LocalOptimizer | None = None
-        self.sleeps = False  # a virtual population's client: asleep between the rounds it is selected for
+        # a virtual population's client: told when it falls asleep, between the rounds it is selected for
+        self._on_sleep: Callable[[str, Asleep], None] | None = None
+        self.retired = False  # asleep: this object is done with, the next wake builds another from what it kept
         self._own = (topics.task_topic(config.run, plan.client), topics.receipt_topic(config.run, plan.client))
         self._later = 0  # link deliveries and pushes scheduled and not yet carried out
 
@@ -64,27 +70,33 @@ class SimClient:
             self.timeline.at(interval.start_s, functools.partial(self._partition, interval.end_s))
         self.timeline.at(0.0, self._connect)
 
-    def join_now(self) -> None:
-        """Connect and subscribe at once: a virtual population's client, instantiated by its first task's publish
-        (it has no partitions: :func:`fedbus.scenario.population.virtual_obstacles`). From then on it sleeps
-        whenever it has nothing in hand after a receipt, and its next task wakes it (:meth:`_sleep`)."""
-        self.sleeps = True
+    def join_now(self, on_sleep: Callable[[str, Asleep], None] | None = None) -> None:
+        """Connect and subscribe at once: a virtual population's client, instantiated by a task's publish (it
+        has no partitions: :func:`fedbus.scenario.population.virtual_obstacles`). With ``on_sleep``, it sleeps
+        whenever it has nothing in hand after a receipt (:meth:`_sleep`), unless an availability trace of its
+        own has it come and go."""
+        if not self.plan.group.availability.online:
+            self._on_sleep = on_sleep
         self._connect()
 
     # ------------------------------------------------------------------ connection
     def _connect(self) -> None:
-        if self.session.stopped or self.session.connected:
+        if self.session.stopped or self.session.connected or self.retired:
             return
         self.broker.connect(self.ident, self._incoming, will=self.session.will(self.timeline.now))
         self.broker.subscribe(self.ident, *self.session.subscriptions())
         self._carry_out(self.session.connected_now(self.timeline.now))
 
-    def _sleep(self) -> None:
-        """Disconnect cleanly, keeping the broker session for its own topics: until its next task (or a late
-        receipt) wakes it, the run's broadcasts cost it nothing, so a round costs its participants however many
-        clients earlier rounds selected. It says nothing to the aggregator: asleep is not offline."""
-        self.broker.sleep(self.ident, keep=self._own, wake=self._connect)
+    def _sleep(self, on_sleep: Callable[[str, Asleep], None]) -> None:
+        """Disconnect cleanly and hand what the client keeps (a few hundred bytes) to ``on_sleep``: until its
+        next task summons it again, neither the run's broadcasts nor its session and keys cost anything, so a
+        round costs its participants however many clients earlier rounds selected, and memory grows by that
+        little per client ever selected. It says nothing to the aggregator: asleep is not offline."""
+        asleep = self.session.asleep()
+        self.broker.forget(self.ident, own=self._own)
         self._carry_out(self.session.disconnected(Leave(abrupt=False, reason="asleep until selected")))
+        self.retired = True
+        on_sleep(self.plan.client, asleep)
 
     def _leave(self, leave: Leave) -> None:
         if not self.session.connected:
@@ -99,6 +111,8 @@ class SimClient:
 
     # ------------------------------------------------------------------ actions
     def _feed(self, event: ClientEvent) -> None:
+        if self.retired:
+            return
         self._carry_out(self.session.handle(event))  # nothing, once the client stopped
 
     def _push(self, deliveries: Deliveries) -> None:
@@ -154,5 +168,6 @@ class SimClient:
     def _incoming(self, topic: str, payload: bytes, retained: bool) -> None:
         if not self.session.stopped:
             self._carry_out(self.session.receive(topic, payload, self.timeline.now))
-            if self.sleeps and topic == self._own[1] and not self._later and self.session.idle:
-                self._sleep()
+            on_sleep = self._on_sleep
+            if on_sleep is not None and topic == self._own[1] and not self._later and self.session.idle:
+                self._sleep(on_sleep)

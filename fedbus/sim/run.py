@@ -24,6 +24,7 @@ from fedbus.aggregator.rounds import RoundAggregator
 from fedbus.aggregator.session import FINISH_GRACE_S, Action, AggregatorSession, NodeOutcome, Record, Send
 from fedbus.aggregator.strategies import carry_out
 from fedbus.aggregator.stream import StreamAggregator
+from fedbus.client.session import Asleep
 from fedbus.errors import EngineError, failure_text
 from fedbus.plan import RunSecurity, client_plan, client_plans, is_virtual, make_core, simulated_security
 from fedbus.protocol import codec, topics
@@ -137,20 +138,25 @@ class VirtualClients:
         self.events = events
         self.broker: MemoryBroker | None = None
         self.started: set[str] = set()
+        self.asleep: dict[str, Asleep] = {}  # what each client asleep kept, until a task summons it again
 
     def summon(self, topic: str) -> bool:
         ref = topics.parse(topic)
         if ref is None or ref.channel != "task" or ref.run != self.run_id or ref.client is None:
             return False
-        if ref.client in self.started or self.broker is None:
-            return False
+        if (ref.client in self.started and ref.client not in self.asleep) or self.broker is None:
+            return False  # awake (or never to be)
         plan = client_plan(self.scenario, self.census, ref.client)
         if plan is None:
             return False
         self.started.add(plan.client)
-        config = SimClientConfig(run=self.run_id, plan=plan, security=self.security.client(plan.client))
-        SimClient(config, self.timeline, self.broker, self.events).join_now()
+        config = SimClientConfig(run=self.run_id, plan=plan, security=self.security.client(plan.client),
+                                 asleep=self.asleep.pop(plan.client, None))
+        SimClient(config, self.timeline, self.broker, self.events).join_now(self._fell_asleep)
         return True
+
+    def _fell_asleep(self, client: str, asleep: Asleep) -> None:
+        self.asleep[client] = asleep
 
 
 def simulate(scenario: Scenario, out_dir: Path, *, run_id: str | None = None, progress: bool = True,

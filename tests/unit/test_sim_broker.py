@@ -289,34 +289,56 @@ def test_a_publish_costs_what_it_matches_not_the_number_of_sessions(timeline: Ti
     assert broker.delivered == 2
 
 
-def test_a_sleeping_session_costs_no_broadcast_and_its_own_message_wakes_it(timeline: Timeline,
-                                                                             broker: MemoryBroker) -> None:
-    inbox = connected(broker, timeline, "c", "run/global", "run/task/c")
-    woken: list[float] = []
-    broker.sleep("c", keep=("run/task/c",), wake=lambda: woken.append(timeline.now))
-    broker.publish("run/global", b"g1")
+
+class Summoner:
+    """The simulator's summoner in small: a publish to ``run/task/<id>`` with no subscriber connects ``id``."""
+
+    def __init__(self, timeline: Timeline) -> None:
+        self.timeline = timeline
+        self.broker: MemoryBroker | None = None
+        self.inboxes: dict[str, Inbox] = {}
+        self.summoned: list[tuple[str, float]] = []
+
+    def __call__(self, topic: str) -> bool:
+        if not topic.startswith("run/task/") or self.broker is None:
+            return False
+        ident = topic.removeprefix("run/task/")
+        self.summoned.append((ident, self.timeline.now))
+        self.inboxes[ident] = connected(self.broker, self.timeline, ident, "run/global", topic)
+        return True
+
+
+@pytest.fixture
+def summoner(timeline: Timeline) -> Summoner:
+    summoner = Summoner(timeline)
+    summoner.broker = MemoryBroker(timeline, summon=summoner)
+    return summoner
+
+
+def test_a_forgotten_session_costs_no_broadcast_and_its_own_topic_summons_it(timeline: Timeline,
+                                                                            summoner: Summoner) -> None:
+    broker = summoner.broker
+    assert broker is not None
+    first = connected(broker, timeline, "c", "run/global", "run/task/c")
+    broker.forget("c", own=("run/task/c",))
+    broker.publish("run/global", b"g1", retain=True)
     settle(timeline)
-    assert inbox.got == [] and woken == [] and broker.delivered == 0  # a broadcast is not even queued
+    assert first.got == [] and summoner.summoned == [] and broker.delivered == 0  # not even queued
     broker.publish("run/task/c", b"t1")
-    broker.publish("run/task/c", b"t2")
-    assert woken == [0.0]  # once, at the first message
-    broker.connect("c", inbox)  # what the woken client does
+    assert summoner.summoned == [("c", 0.0)]
     settle(timeline)
-    assert inbox.payloads == [b"t1", b"t2"]
-    broker.publish("run/global", b"g2")
-    settle(timeline)
-    assert inbox.payloads == [b"t1", b"t2"]  # until it subscribes to the broadcasts again
+    # the new connection gets the retained global it subscribed to, then its task
+    assert summoner.inboxes["c"].payloads == [b"g1", b"t1"] and first.got == []
 
 
-def test_a_broadcast_on_its_way_to_a_session_that_fell_asleep_is_dropped_its_own_wakes_it(
-        timeline: Timeline, broker: MemoryBroker) -> None:
-    inbox = connected(broker, timeline, "c", "run/global", "run/task/c")
-    woken: list[str] = []
+def test_a_message_on_its_way_when_its_client_fell_asleep_summons_it_a_broadcast_is_dropped(
+        timeline: Timeline, summoner: Summoner) -> None:
+    broker = summoner.broker
+    assert broker is not None
+    first = connected(broker, timeline, "c", "run/global", "run/task/c")
     broker.publish("run/global", b"g")
     broker.publish("run/task/c", b"t")
-    broker.sleep("c", keep=("run/task/c",), wake=lambda: woken.append("c"))  # before either arrives
+    broker.forget("c", own=("run/task/c",))  # before either arrives
     settle(timeline)
-    assert inbox.got == [] and woken == ["c"]
-    broker.connect("c", inbox)
-    settle(timeline)
-    assert inbox.payloads == [b"t"]
+    assert first.got == [] and [ident for ident, _ in summoner.summoned] == ["c"]
+    assert summoner.inboxes["c"].payloads == [b"t"]  # the task, not the broadcast (it was not retained)

@@ -5,10 +5,17 @@ wakes with its session, and its message ids, where it left them."""
 from __future__ import annotations
 
 import collections
+import gc
 import json
+import weakref
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from fedbus import Scenario, scenario_from_mapping, simulate
+from fedbus.results.progress import Progress
+from fedbus.sim.client import SimClient
 from tests.e2e.test_scenarios import assert_no_update_lost
 
 
@@ -55,3 +62,27 @@ def test_the_same_seed_gives_the_same_bytes_with_sleepers(tmp_path: Path) -> Non
     simulate(scenario(6), tmp_path / "a")
     simulate(scenario(6), tmp_path / "b")
     assert (tmp_path / "a" / "events.jsonl").read_bytes() == (tmp_path / "b" / "events.jsonl").read_bytes()
+
+
+def test_a_sleeping_client_is_not_kept_only_what_it_carries(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    live: weakref.WeakSet[SimClient] = weakref.WeakSet()
+    made = SimClient.__init__
+
+    def init(self: SimClient, *args: Any, **kwargs: Any) -> None:
+        made(self, *args, **kwargs)
+        live.add(self)
+
+    counts: list[int] = []
+    shown = Progress.round
+
+    def round_closed(self: Progress, record: dict[str, Any]) -> None:
+        gc.collect()
+        counts.append(len(live))
+        shown(self, record)
+
+    monkeypatch.setattr(SimClient, "__init__", init)
+    monkeypatch.setattr(Progress, "round", round_closed)
+    summary = simulate(scenario(16), tmp_path / "run")
+    assert len(counts) == 16 and summary["simulated"]["clients_instantiated"] > 250
+    assert max(counts) <= 20, counts  # the round's 20 participants at most, not every client selected so far
