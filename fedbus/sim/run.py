@@ -125,8 +125,9 @@ class SimAggregator:
 
 
 class VirtualClients:
-    """A virtual population's clients, each instantiated when its first task is published (the broker asks: see
-    :data:`fedbus.sim.broker.Summon`) and kept from then on, so that no id is ever played by two clients."""
+    """A virtual population's clients, each instantiated when a task for it is published (the broker asks: see
+    :data:`fedbus.sim.broker.Summon`). Asleep between its rounds, a client is only what it carried to its next
+    wake (:class:`~fedbus.client.session.Asleep`), so its ids go on and no id is ever played by two clients."""
 
     def __init__(self, scenario: Scenario, run_id: str, security: RunSecurity, timeline: Timeline,
                  events: EventLog) -> None:
