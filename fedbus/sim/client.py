@@ -11,7 +11,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fedbus.client.core import Alarm, ClientEvent, ClientProfile, WorkDone
+from fedbus.client.core import Alarm, ClientEvent, ClientProfile, TaskSeen, WorkDone
 from fedbus.client.optimizer import LocalOptimizer, LocalOutcome, optimize_task_now, scenario_optimizer
 from fedbus.client.session import (
     Action,
@@ -73,8 +73,8 @@ class SimClient:
     def join_now(self, on_sleep: Callable[[str, Asleep], None] | None = None) -> None:
         """Connect and subscribe at once: a virtual population's client, instantiated by a task's publish (it
         has no partitions: :func:`fedbus.scenario.population.virtual_obstacles`). With ``on_sleep``, it sleeps
-        whenever it has nothing in hand after a receipt (:meth:`_sleep`), unless an availability trace of its
-        own has it come and go."""
+        (:meth:`_sleep`) whenever it has nothing in hand after a receipt, a task it skipped or work that failed,
+        unless an availability trace of its own has it come and go."""
         if not self.plan.group.availability.online:
             self._on_sleep = on_sleep
         self._connect()
@@ -114,6 +114,13 @@ class SimClient:
         if self.retired:
             return
         self._carry_out(self.session.handle(event))  # nothing, once the client stopped
+        if isinstance(event, TaskSeen | WorkDone):  # a task it skipped (a dropout), or work that failed
+            self._sleep_if_idle()
+
+    def _sleep_if_idle(self) -> None:
+        on_sleep = self._on_sleep
+        if on_sleep is not None and not self.retired and not self._later and self.session.idle:
+            self._sleep(on_sleep)
 
     def _push(self, deliveries: Deliveries) -> None:
         self._later -= 1
@@ -168,6 +175,5 @@ class SimClient:
     def _incoming(self, topic: str, payload: bytes, retained: bool) -> None:
         if not self.session.stopped:
             self._carry_out(self.session.receive(topic, payload, self.timeline.now))
-            on_sleep = self._on_sleep
-            if on_sleep is not None and topic == self._own[1] and not self._later and self.session.idle:
-                self._sleep(on_sleep)
+            if topic == self._own[1]:  # a receipt: the update it waited for is answered
+                self._sleep_if_idle()

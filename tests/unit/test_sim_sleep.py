@@ -19,10 +19,11 @@ from fedbus.sim.client import SimClient
 from tests.e2e.test_scenarios import assert_no_update_lost
 
 
-def scenario(rounds: int) -> Scenario:
+def scenario(rounds: int, dropout_p: float = 0.0) -> Scenario:
     return scenario_from_mapping({"name": "sleepers", "seed": 3, "engine": "surrogate", "rounds": rounds,
             "task": {"name": "surrogate-skills", "train_size": 4000, "val_size": 20, "test_size": 20},
-            "clients": {"count": 2000, "population": "virtual", "local_steps": 1, "batch_size": 1},
+            "clients": {"population": "virtual", "local_steps": 1, "batch_size": 1,
+                        "groups": [{"name": "phone", "count": 2000, "availability": {"dropout_p": dropout_p}}]},
             "participation": {"fraction": 0.01, "min_clients": 20, "min_updates": 20},
             "aggregation": {"strategy": "concat", "max_prompt_chars": 4000}})
 
@@ -86,3 +87,12 @@ def test_a_sleeping_client_is_not_kept_only_what_it_carries(tmp_path: Path,
     summary = simulate(scenario(16), tmp_path / "run")
     assert len(counts) == 16 and summary["simulated"]["clients_instantiated"] > 250
     assert max(counts) <= 20, counts  # the round's 20 participants at most, not every client selected so far
+
+
+def test_a_client_that_skips_its_round_sleeps_too(tmp_path: Path) -> None:
+    summary = simulate(scenario(16, dropout_p=0.3), tmp_path / "run")
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    skipped = [e for e in events if e["event"] == "dropout"]
+    asleep = [e for e in events if e["event"] == "disconnected" and e["reason"] == "asleep until selected"]
+    accepted = sum(len(r["accepted"]) for r in summary["rounds"])
+    assert skipped and len(asleep) == accepted + len(skipped)  # none stays awake for the rest of the run
