@@ -156,9 +156,10 @@ def _membership(scenario: Scenario) -> Callable[[str], bool]:
     return frozenset(scenario.client_ids()).__contains__
 
 
-@functools.lru_cache(maxsize=1 << 12)
+@functools.lru_cache(maxsize=256)
 def _derived(secret: bytes, owner: str) -> PrivateKey:
-    # the last few, so that a client and the aggregator in one process (the simulator) derive its key once
+    # the last few (a round's worth of the simulator's virtual clients), so that a client and the aggregator in
+    # one process derive its key once
     return derive(secret, owner)
 
 

@@ -142,8 +142,9 @@ class ClientProfile:
 class Carried:
     """What a core that goes to sleep keeps (a virtual population's client between the rounds it is selected
     for: :mod:`fedbus.sim.run`), a few hundred bytes: its message ids go on, a round it handled stays handled,
-    and its scheduled events and a stale client's replay still hold. Its decisions draw from a generator of
-    this wake's own (seeded by scenario seed, client id and ``wakes``), so a replay takes the same ones."""
+    and its scheduled events and a stale client's replay still hold. Its decisions, its link's fates and a noisy
+    or hostile client's edits draw from generators of this wake's own (seeded by scenario seed, client id and
+    ``wakes``), so a replay takes the same ones and a wake does not repeat the last one's."""
 
     seq: int
     done_rounds: frozenset[int]
@@ -319,7 +320,8 @@ class ClientCore:
     def _behaviour_rng(self) -> random.Random:
         if self._behaviour is None:
             p = self.profile
-            self._behaviour = random.Random(f"behaviour/{p.seed}/{p.client}")
+            wake = f"/{self._wakes}" if self._wakes else ""
+            self._behaviour = random.Random(f"behaviour/{p.seed}/{p.client}{wake}")
         return self._behaviour
 
     def _failure_for(self, task: Task, event: WorkDone, now: float) -> Failure:

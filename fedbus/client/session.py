@@ -148,8 +148,9 @@ class ClientSession:
             raise ValueError(f"client {profile.client} cannot sign as {self.security.owner!r}")
         self.core = ClientCore(profile, None if carried is None else carried.core)
         net = profile.group.network
-        self.up: LinkQueue[Send] = LinkQueue(LinkFaults(net, profile.seed, profile.client, "up"))
-        self.down: LinkQueue[ClientEvent] = LinkQueue(LinkFaults(net, profile.seed, profile.client, "down"))
+        wake = 0 if carried is None else carried.core.wakes
+        self.up: LinkQueue[Send] = LinkQueue(LinkFaults(net, profile.seed, profile.client, "up", wake))
+        self.down: LinkQueue[ClientEvent] = LinkQueue(LinkFaults(net, profile.seed, profile.client, "down", wake))
         self.limits = limits  # the driver's: what it decodes until the aggregator announces the run's
         self._announced_bytes: int | None = None  # the run's max_message_bytes, once a global or task said it
         self._error_types: dict[str, str] = {}  # task id -> type of the exception its optimizer raised
@@ -185,10 +186,11 @@ class ClientSession:
 
     @property
     def idle(self) -> bool:
-        """Connected with nothing in hand: no task, no update without its receipt, nothing queued to send, no
-        partition pending. A virtual population's client sleeps then, until it is next selected."""
+        """Connected with nothing in hand: no task, no update without its receipt, nothing queued to send or held
+        back by its link, no partition pending. A virtual population's client sleeps then, until next selected."""
         return (self.connected and not self.partitioned and not self.stopped and self._pending_cut is None
-                and not self._unreceipted and not self.offline and self.core.idle)
+                and not self._unreceipted and not self.offline and not self.up.holding and not self.down.holding
+                and self.core.idle)
 
     @property
     def last_heard(self) -> float | None:

@@ -34,9 +34,10 @@ PERFECT = Fate(copies=1, delay_s=0.0, held=False)
 class LinkFaults:
     """The fates of successive messages on one link, and whether the link is partitioned at a time."""
 
-    def __init__(self, network: Network, seed: int, client: str, direction: str) -> None:
+    def __init__(self, network: Network, seed: int, client: str, direction: str, wake: int = 0) -> None:
         self.network = network
-        self._seed = f"link/{seed}/{client}/{direction}"
+        # ``wake``: a sleeping virtual client woken for the wake-th time draws fates of its own, not its first ones
+        self._seed = f"link/{seed}/{client}/{direction}" + (f"/{wake}" if wake else "")
         self._rng: random.Random | None = None  # made at the first fate a fault could change (~10 µs, ~2.5 KB)
         self.sent = 0
         self.lost = 0
@@ -97,6 +98,11 @@ class LinkQueue(Generic[T]):
     def __init__(self, faults: LinkFaults) -> None:
         self.faults = faults
         self._held: list[T] = []
+
+    @property
+    def holding(self) -> bool:
+        """Whether an item waits for the next one to go out (reordered)."""
+        return bool(self._held)
 
     def route(self, item: T) -> Route[T]:
         fate = self.faults.next_fate()
