@@ -214,6 +214,7 @@ def simulate(scenario: Scenario, out_dir: Path, *, run_id: str | None = None, pr
                             wall_s=time.monotonic() - started)
     summary["simulated"] = {"virtual_s": round(timeline.now, 6), "steps": timeline.steps,
                             "messages_published": broker.published, "messages_delivered": broker.delivered,
+                            "messages_undeliverable": broker.undeliverable,
                             "population": scenario.clients.population,
                             "clients_instantiated": scenario.clients.count if virtual is None else len(virtual.started)}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

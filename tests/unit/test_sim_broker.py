@@ -342,3 +342,15 @@ def test_a_message_on_its_way_when_its_client_fell_asleep_summons_it_a_broadcast
     settle(timeline)
     assert first.got == [] and [ident for ident, _ in summoner.summoned] == ["c"]
     assert summoner.inboxes["c"].payloads == [b"t"]  # the task, not the broadcast (it was not retained)
+
+
+def test_a_message_for_a_sleeping_clients_own_topic_that_no_summon_takes_is_counted(
+        timeline: Timeline, summoner: Summoner) -> None:
+    broker = summoner.broker
+    assert broker is not None
+    connected(broker, timeline, "c", "run/global", "run/task/c", "run/receipt/c")
+    broker.publish("run/receipt/c", b"r")
+    broker.forget("c", own=("run/task/c", "run/receipt/c"))
+    broker.publish("run/global", b"g")  # a broadcast: not its own, not counted
+    settle(timeline)
+    assert summoner.summoned == [] and broker.undeliverable == 1

@@ -125,6 +125,7 @@ def test_no_client_falls_asleep_holding_what_its_link_held_back(tmp_path: Path) 
             assert not held[client], (client, held[client])  # it would take them to sleep, unsent
     assert slept and any(e["event"] == "link-held" for e in events)
     assert_no_update_lost(summary, events)
+    assert summary["simulated"]["messages_undeliverable"] == 0
 
 
 def test_a_woken_client_draws_new_link_fates_not_its_first_ones_again(tmp_path: Path) -> None:
