@@ -161,8 +161,9 @@ class ClientCore:
     def __init__(self, profile: ClientProfile, carried: Carried | None = None) -> None:
         self.profile = profile
         p = profile
-        wake = f"/{carried.wakes}" if carried is not None and carried.wakes else ""
-        self._rng = random.Random(f"client/{p.seed}/{p.client}{wake}")
+        self._wakes = 0 if carried is None else carried.wakes
+        self._wake = f"/{self._wakes}" if self._wakes else ""  # in every generator's seed: each wake its own
+        self._rng = random.Random(f"client/{p.seed}/{p.client}{self._wake}")
         self._behaviour: random.Random | None = None  # a noisy or hostile client's, made when first needed
         fraction = p.group.stragglers.fraction
         self.straggler = fraction > 0 and random.Random(f"straggler/{p.seed}/{p.client}").random() < fraction
@@ -176,11 +177,10 @@ class ClientCore:
         self._last_update: Update | None = None
         self._fired: set[int] = set()  # indices of scheduled events already triggered
         self._tasks_seen = 0
-        self._wakes = 0
         if carried is not None:
             self._seq, self._tasks_seen, self._hang_until = carried.seq, carried.tasks_seen, carried.hang_until
             self._done_rounds, self._fired = set(carried.done_rounds), set(carried.fired)
-            self._last_update, self._wakes = carried.last_update, carried.wakes
+            self._last_update = carried.last_update
 
     def carried(self) -> Carried:
         """What to build this core again from when it wakes (see :class:`Carried`)."""
@@ -320,8 +320,7 @@ class ClientCore:
     def _behaviour_rng(self) -> random.Random:
         if self._behaviour is None:
             p = self.profile
-            wake = f"/{self._wakes}" if self._wakes else ""
-            self._behaviour = random.Random(f"behaviour/{p.seed}/{p.client}{wake}")
+            self._behaviour = random.Random(f"behaviour/{p.seed}/{p.client}{self._wake}")
         return self._behaviour
 
     def _failure_for(self, task: Task, event: WorkDone, now: float) -> Failure:

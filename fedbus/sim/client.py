@@ -62,7 +62,8 @@ class SimClient:
         # a virtual population's client: told when it falls asleep, between the rounds it is selected for
         self._on_sleep: Callable[[str, Asleep], None] | None = None
         self.retired = False  # asleep: this object is done with, the next wake builds another from what it kept
-        self._own = (topics.task_topic(config.run, plan.client), topics.receipt_topic(config.run, plan.client))
+        self._receipts = topics.receipt_topic(config.run, plan.client)
+        self._own = (topics.task_topic(config.run, plan.client), self._receipts)  # what summons it asleep
         self._later = 0  # link deliveries and pushes scheduled and not yet carried out
 
     def start(self) -> None:
@@ -119,7 +120,7 @@ class SimClient:
 
     def _sleep_if_idle(self) -> None:
         on_sleep = self._on_sleep
-        if on_sleep is not None and not self.retired and not self._later and self.session.idle:
+        if on_sleep is not None and not self._later and self.session.idle:
             self._sleep(on_sleep)
 
     def _push(self, deliveries: Deliveries) -> None:
@@ -175,5 +176,5 @@ class SimClient:
     def _incoming(self, topic: str, payload: bytes, retained: bool) -> None:
         if not self.session.stopped:
             self._carry_out(self.session.receive(topic, payload, self.timeline.now))
-            if topic == self._own[1]:  # a receipt: the update it waited for is answered
+            if topic == self._receipts:  # the update it waited for is answered
                 self._sleep_if_idle()
