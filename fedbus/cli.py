@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import ipaddress
 import os
@@ -14,9 +13,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 from fedbus import __version__
@@ -33,6 +32,7 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_ABORTED = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130
+T = TypeVar("T")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # the broker password, for clients (with --broker mqtt[s]://USER@...) and for `fedbus broker --user NAME`;
 # --password-file takes precedence. Never on the command line, where `ps` shows it to every user.
@@ -332,7 +332,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                               task=args.task, seed=args.seed, engine_url=args.engine_url, model=args.model,
                               api_key_env=args.api_key_env, max_tokens=args.max_tokens, cache=not args.no_cache,
                               grader=args.grader)
-    result = asyncio.run(evaluate_prompt(request, dict(os.environ)))
+    result = _run_async(evaluate_prompt(request, dict(os.environ)))
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(result_line(result), flush=True)
@@ -571,7 +571,7 @@ def _run_over_broker(args: argparse.Namespace, scenario: Scenario, address: Brok
         print(f"fedbus run: --out {out}: {problem}", file=sys.stderr)
         return EXIT_INVALID
     if address is not None:
-        asyncio.run(_check_broker(address, f"{run_id}.check"))
+        _run_async(_check_broker(address, f"{run_id}.check"))
     # the password travels inside this process (and to its worker processes); run.py records url() redacted
     options = RunOptions(out_dir=out, broker_url=address.url(redact=False) if address else None, run_id=run_id,
                          progress=not args.quiet,
@@ -634,7 +634,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         args.broker = str(checkpoint.broker["url"])  # its password redacted: from --password-file or the environment
     address, embedded = _run_broker(args, dict(os.environ))
     if address is not None:
-        asyncio.run(_check_broker(address, f"{checkpoint.run_id}.check"))
+        _run_async(_check_broker(address, f"{checkpoint.run_id}.check"))
     options = RunOptions(out_dir=args.resume, broker_url=address.url(redact=False) if address else None,
                          run_id=checkpoint.run_id,
                          progress=not args.quiet, scenario_file=str(checkpoint.content.get("scenario_file", "")),
@@ -665,7 +665,7 @@ def _run_to_end(scenario: Scenario, options: RunOptions) -> int:
     from fedbus.runtime.run import run_scenario
 
     try:
-        summary = asyncio.run(run_scenario(scenario, options))
+        summary = _run_async(run_scenario(scenario, options))
     except BaseException as exc:
         if not _interrupted(exc):
             raise
@@ -675,9 +675,19 @@ def _run_to_end(scenario: Scenario, options: RunOptions) -> int:
     return EXIT_OK if summary["status"] == "completed" else EXIT_ABORTED
 
 
+def _run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run``, importing asyncio only here: `fedbus run --simulate`, `validate` and the like never load it
+    (a few hundredths of a second of every such command's start)."""
+    import asyncio
+
+    return asyncio.run(coroutine)
+
+
 def _interrupted(exc: BaseException) -> bool:
     """Ctrl-C or SIGTERM, possibly wrapped by task groups."""
-    if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
+    from asyncio import CancelledError
+
+    if isinstance(exc, KeyboardInterrupt | CancelledError):
         return True
     if isinstance(exc, BaseExceptionGroup):
         return all(_interrupted(inner) for inner in exc.exceptions)
@@ -940,15 +950,15 @@ def _cmd_client(args: argparse.Namespace) -> int:
         if problem is not None:
             print(f"fedbus client: --log-dir {args.log_dir}: {problem}", file=sys.stderr)
             return EXIT_INVALID
-    asyncio.run(_check_broker(address, f"{run_id}.{client_id}.check"))
+    _run_async(_check_broker(address, f"{run_id}.{client_id}.check"))
     from fedbus.runtime.identity import refuse_live_client
 
-    asyncio.run(refuse_live_client(config.broker, run_id, client_id))
+    _run_async(refuse_live_client(config.broker, run_id, client_id))
     started = time.monotonic()
     pinned = (f" (signed+sealed; aggregator {fingerprint(security.aggregator_key)})"
               if security is not None and security.aggregator_key is not None else "")
     print(f"fedbus client {client_id} joining run {run_id} on {config.broker.url()}{pinned}", flush=True)
-    report = asyncio.run(_client_session(config, args))
+    report = _run_async(_client_session(config, args))
     line = (f"fedbus client {client_id}: {report.rounds_done} rounds done in {time.monotonic() - started:.1f} s; "
             f"{report.reason}")
     if not report.ok:

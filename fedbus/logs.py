@@ -6,8 +6,10 @@ client) is bound with contextvars.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 
@@ -28,39 +30,97 @@ def _load_structlog() -> Any:
     return loaded
 
 
+class _State:
+    module: Any = None  # structlog, once something needed it
+    pending: Callable[[Any], None] | None = None  # configure()'s settings, applied when structlog loads
+
+
+def _loaded() -> Any:
+    """structlog, loaded (on first use) and configured as :func:`configure` last asked."""
+    if _State.module is None:
+        _State.module = _load_structlog()
+    if _State.pending is not None:
+        apply, _State.pending = _State.pending, None
+        apply(_State.module)
+    return _State.module
+
+
+__all__ = ["configure", "get_logger", "structlog"]
 if TYPE_CHECKING:
     import structlog
 else:
-    structlog = _load_structlog()
+    def __getattr__(name: str) -> Any:
+        # `from fedbus.logs import structlog` (the runtime's modules): loaded and configured then. Nothing loads it
+        # before something logs: structlog brings asyncio, ssl and ~60 other modules, a few hundredths of a second
+        # of every command's start (`fedbus run --simulate` and `validate` never log through it)
+        if name == "structlog":
+            return _loaded()
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _LazyLogger:
+    """A structlog logger that loads structlog when first used."""
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(_loaded().get_logger(self._name), attr)
 
 
 def get_logger(name: str) -> Any:
-    return structlog.get_logger(name)
+    return _LazyLogger(name) if _State.module is None else _State.module.get_logger(name)
 
 
-def configure(level: str = "INFO", json_lines: bool | None = None) -> None:
-    """Configure structlog and stdlib logging, to stderr."""
-    if json_lines is None:
-        json_lines = not sys.stderr.isatty()
-    shared: list[structlog.types.Processor] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-    ]
-    renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if json_lines else structlog.dev.ConsoleRenderer(colors=False)
-    )
+def _shared(structlog: Any) -> list[Any]:
+    return [structlog.contextvars.merge_contextvars, structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True)]
+
+
+def _renderer(structlog: Any, json_lines: bool) -> Any:
+    return structlog.processors.JSONRenderer() if json_lines else structlog.dev.ConsoleRenderer(colors=False)
+
+
+def _configure_structlog(json_lines: bool, structlog: Any) -> None:
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=[*_shared(structlog), structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
+
+
+class _Formatter(logging.Formatter):
+    """structlog's ProcessorFormatter (JSON lines or the console renderer), made when the first record is
+    formatted: a process that never logs never loads structlog."""
+
+    def __init__(self, json_lines: bool) -> None:
+        super().__init__()
+        self._json_lines = json_lines
+        self._formatter: logging.Formatter | None = None
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self._formatter is None:
+            structlog = _loaded()
+            self._formatter = structlog.stdlib.ProcessorFormatter(
+                foreign_pre_chain=_shared(structlog),
+                processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                            _renderer(structlog, self._json_lines)])
+        return self._formatter.format(record)
+
+
+def configure(level: str = "INFO", json_lines: bool | None = None) -> None:
+    """Configure structlog and stdlib logging, to stderr. structlog itself is configured when it loads (at once
+    if it already has)."""
+    if json_lines is None:
+        json_lines = not sys.stderr.isatty()
+    _State.pending = functools.partial(_configure_structlog, json_lines)
+    if _State.module is not None or "structlog" in sys.modules:
+        _loaded()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer])
-    )
+    handler.setFormatter(_Formatter(json_lines))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

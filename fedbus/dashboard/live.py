@@ -18,11 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-import structlog
-
 from fedbus.dashboard.bind import DashboardAccess
 from fedbus.dashboard.state import DashboardState
 from fedbus.errors import FedbusError
+from fedbus.logs import structlog
 
 log = structlog.get_logger("fedbus.dashboard")
 TAIL_INTERVAL_S = 0.2  # how often events.jsonl is read for new lines

@@ -11,12 +11,11 @@ import asyncio
 import secrets
 from collections.abc import Callable
 
-import structlog
-
 from fedbus.dashboard.bind import DashboardAccess
 from fedbus.dashboard.observer import BusObserver
 from fedbus.dashboard.state import DashboardState
 from fedbus.errors import TransportError
+from fedbus.logs import structlog
 from fedbus.protocol import topics
 from fedbus.runtime.address import BrokerAddress
 from fedbus.runtime.bus import Backoff, MqttBus, connect_retrying

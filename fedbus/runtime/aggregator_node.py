@@ -19,8 +19,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
-
 from fedbus.aggregator.effects import ArmTimer, Reduce, RoundClosed, RoundResult, RunFinished
 from fedbus.aggregator.events import Event, Reduced, ReduceFailed, Started, TimerFired
 from fedbus.aggregator.rounds import RoundAggregator
@@ -28,6 +26,7 @@ from fedbus.aggregator.session import FINISH_GRACE_S, Action, AggregatorSession,
 from fedbus.aggregator.strategies import carry_out
 from fedbus.aggregator.stream import StreamAggregator
 from fedbus.errors import TransportError, failure_text
+from fedbus.logs import structlog
 from fedbus.protocol import codec, topics
 from fedbus.protocol.ids import AGGREGATOR
 from fedbus.results.eventlog import EventLog

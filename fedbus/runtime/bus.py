@@ -19,10 +19,10 @@ from types import TracebackType
 from typing import Any
 
 import aiomqtt
-import structlog
 from paho.mqtt.client import MQTT_ERR_SUCCESS, error_string
 
 from fedbus.errors import TransportError
+from fedbus.logs import structlog
 from fedbus.runtime.address import BrokerAddress
 
 log = structlog.get_logger("fedbus.bus")

@@ -24,8 +24,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Generic, TypeVar
 
-import structlog
-
+from fedbus.logs import structlog
 from fedbus.runtime.worker_process import die_with_parent, exit_if_orphaned
 from fedbus.security.checks import Checked, Job, Refused, check
 from fedbus.security.crypto import PrivateKey

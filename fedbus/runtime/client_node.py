@@ -18,8 +18,6 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from fedbus.client.core import Alarm, ClientEvent, ClientProfile, WorkDone
 from fedbus.client.optimizer import LocalOptimizer, LocalOutcome, OptimizerFactory, make_optimizer, optimize_task
 from fedbus.client.session import (
@@ -35,6 +33,7 @@ from fedbus.client.session import (
     Work,
 )
 from fedbus.errors import EngineError, TransportError, failure_text
+from fedbus.logs import structlog
 from fedbus.protocol import codec, topics
 from fedbus.protocol.messages import Task
 from fedbus.results.eventlog import EventLog

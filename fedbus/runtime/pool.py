@@ -30,10 +30,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from fedbus.client.optimizer import OptimizerFactory, make_optimizer, scenario_optimizer
 from fedbus.errors import FedbusError
+from fedbus.logs import structlog
 from fedbus.plan import client_plans, run_security
 from fedbus.results.eventlog import EventLog
 from fedbus.runtime.address import parse_broker_url

@@ -14,8 +14,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from fedbus.aggregator.base import AggregatorBase
 from fedbus.aggregator.effects import RoundResult
 from fedbus.aggregator.session import NodeOutcome
@@ -24,6 +22,7 @@ from fedbus.client.optimizer import OptimizerFactory, scenario_optimizer
 from fedbus.errors import FedbusError, ScenarioError
 from fedbus.llm.extras import require_libraries
 from fedbus.llm.roles import Engines
+from fedbus.logs import structlog
 from fedbus.plan import RunSecurity, client_plans, make_core, run_security
 from fedbus.plugins import is_reference
 from fedbus.results.eventlog import EventLog

@@ -25,8 +25,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import structlog
-
+from fedbus.logs import structlog
 from fedbus.protocol.ids import AGGREGATOR
 from fedbus.runtime.address import parse_broker_url
 from fedbus.runtime.journal import CHECKPOINT, ResumeError

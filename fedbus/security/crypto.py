@@ -15,6 +15,7 @@ import functools
 import hashlib
 import hmac
 import secrets
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -124,11 +125,17 @@ def x25519_public(secret: bytes) -> bytes:
     return _raw_public(X25519PrivateKey.from_private_bytes(secret).public_key())
 
 
-def x25519_ephemeral(secret: bytes, public: bytes) -> tuple[bytes, bytes | None]:
+def x25519_ephemeral(secret: bytes, public: bytes, *, remember: bool = False) -> tuple[bytes, bytes | None]:
     """``(x25519_public(secret), x25519_shared(secret, public))`` with the secret loaded once (loading one costs
-    as much as the exchange)."""
+    as much as the exchange). ``remember``: keep the shared secret for whoever in this process holds ``public``'s
+    private key and asks for the same pair (:func:`x25519_shared`); only where the ephemeral secret is no secret
+    anyway (the simulator's, derived from its seed), never for a fresh one."""
     own = X25519PrivateKey.from_private_bytes(secret)
-    return _raw_public(own.public_key()), _exchange(own, public, known=True)
+    mine = _raw_public(own.public_key())
+    shared = _exchange(own, public, known=True)
+    if remember and shared is not None:
+        _remember(mine, public, shared)
+    return mine, shared
 
 
 @functools.lru_cache(maxsize=1024)
@@ -139,9 +146,37 @@ def _x25519_peer(public: bytes) -> X25519PublicKey:
 def x25519_shared(secret: bytes | PrivateKey, public: bytes, *, known: bool = False) -> bytes | None:
     """The X25519 shared secret of ``secret`` (32 bytes, or a party's key) and a 32-byte public key; None when
     ``public`` is not usable (wrong length, or a low-order point that makes the secret all zeros). ``known``: a
-    party's long-term key, which is loaded once and remembered (an ephemeral one is not worth remembering)."""
-    own = secret._opener if isinstance(secret, PrivateKey) else X25519PrivateKey.from_private_bytes(secret)
-    return _exchange(own, public, known=known)
+    party's long-term key, which is loaded once and remembered (an ephemeral one is not worth remembering).
+
+    X25519(a, B) = X25519(b, A): where one process holds both parties' keys (the simulator: a client and the
+    aggregator), the second of the pair to ask gets what the first computed. A party's key (a
+    :class:`PrivateKey`) is looked up by its own public key and ``public``, so only a holder of one of the pair's
+    private keys finds the pair's secret, which it could compute itself; raw secret bytes are never looked up."""
+    if not isinstance(secret, PrivateKey):
+        return _exchange(X25519PrivateKey.from_private_bytes(secret), public, known=known)
+    pair = _pair_of(secret.public.seal, bytes(public))
+    shared = _SHARED.get(pair)
+    if shared is not None:
+        _SHARED.move_to_end(pair)
+        return shared
+    shared = _exchange(secret._opener, public, known=known)
+    if known and shared is not None:
+        _remember(secret.public.seal, public, shared)
+    return shared
+
+
+_SHARED: OrderedDict[tuple[bytes, bytes], bytes] = OrderedDict()  # the last few pairs' secrets, least recent first
+_SHARED_MAX = 1024
+
+
+def _pair_of(a: bytes, b: bytes) -> tuple[bytes, bytes]:
+    return (a, b) if a <= b else (b, a)
+
+
+def _remember(a: bytes, b: bytes, shared: bytes) -> None:
+    _SHARED[_pair_of(bytes(a), bytes(b))] = shared
+    if len(_SHARED) > _SHARED_MAX:
+        _SHARED.popitem(last=False)
 
 
 def _exchange(own: X25519PrivateKey, public: bytes, *, known: bool) -> bytes | None:

@@ -3,8 +3,10 @@ aiomqtt is imported after the set-up (its import sets its logger's level back to
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 PROBE = """
 import logging
@@ -21,3 +23,40 @@ def test_aiomqtt_warnings_are_dropped_and_errors_and_fedbus_warnings_kept() -> N
     done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120, check=True)
     assert "pending publish" not in done.stderr
     assert "a real mqtt error" in done.stderr and "a fedbus warning" in done.stderr
+
+
+LAZY = """
+import logging, sys
+from fedbus.logs import configure, get_logger
+log = get_logger("fedbus.probe")  # before configure, as a module-level logger is
+configure("INFO", json_lines=True)
+assert "structlog" not in sys.modules, "configure alone loaded structlog"
+log.warning("probe-event", answer=42)
+assert "structlog" in sys.modules
+logging.getLogger("fedbus.stdlib").warning("stdlib-line")
+"""
+
+
+def test_structlog_loads_on_first_use_and_takes_the_configuration() -> None:
+    done = subprocess.run([sys.executable, "-c", LAZY], capture_output=True, text=True, timeout=120, check=True)
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    events = {line["event"]: line for line in lines}
+    assert events["probe-event"]["answer"] == 42 and events["probe-event"]["level"] == "warning"
+    assert "timestamp" in events["probe-event"] and "stdlib-line" in events
+
+
+SIMULATE = """
+import sys
+from fedbus.cli import main
+code = main(["run", sys.argv[1], "--simulate", "--quiet", "--out", sys.argv[2]])
+assert code == 0, code
+print(sorted(m for m in ("structlog", "asyncio") if m in sys.modules))
+"""
+
+
+def test_a_simulated_run_loads_neither_structlog_nor_asyncio(tmp_path: Path) -> None:
+    scenario = Path(__file__).parents[2] / "scenarios" / "quickstart.yaml"
+    done = subprocess.run([sys.executable, "-c", SIMULATE, str(scenario), str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=300, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "run" / "summary.json").is_file()

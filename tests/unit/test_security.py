@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from fedbus.errors import LocalProtocolError, RemoteProtocolError
 from fedbus.protocol import codec
-from fedbus.protocol.messages import Presence, Update, UpdateStats
+from fedbus.protocol.messages import Failure, Presence, Update, UpdateStats
 from fedbus.security import crypto
 from fedbus.security.crypto import PrivateKey
 from fedbus.security.errors import KeyFileError, TokenError, WireRejected
@@ -112,6 +112,39 @@ def test_x25519_matches_rfc_7748_section_6_1() -> None:
     assert crypto.x25519_public(alice).hex() == "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
     assert crypto.x25519_shared(alice, bob_public) == bytes.fromhex(
         "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742")
+
+
+@given(st.lists(st.tuples(st.binary(min_size=32, max_size=32), st.binary(min_size=32, max_size=32)),
+                min_size=1, max_size=6), st.randoms(use_true_random=False))
+@settings(max_examples=40)
+def test_a_pair_asked_for_from_either_side_gets_the_secret_either_computes(
+        pairs: list[tuple[bytes, bytes]], rnd: object) -> None:
+    """Where one process holds both keys of a pair (the simulator), the second side gets what the first computed:
+    always what it would compute itself (raw secret bytes are never looked up, so they check)."""
+    keys = [(PrivateKey(bytes(32), a), PrivateKey(bytes(32), b)) for a, b in pairs]
+    asks = [(own, other) for one, two in keys for own, other in ((one, two), (two, one))]
+    rnd.shuffle(asks)  # type: ignore[attr-defined]
+    for own, other in asks:
+        assert crypto.x25519_shared(own, other.public.seal, known=True) == \
+            crypto.x25519_shared(own.seal_secret, other.public.seal)
+
+
+def test_only_a_seed_derived_ephemeral_secret_is_kept_for_the_opener() -> None:
+    """A box sealed with a fixed ephemeral secret (the simulator's, from its seed) leaves the shared secret for the
+    recipient in this process; a fresh one (over a network, always) leaves nothing behind."""
+    before = dict(crypto._SHARED)
+    box = seal(b"{}", AGGREGATOR.public, CONTEXT)
+    assert dict(crypto._SHARED) == before
+    assert unseal(box, AGGREGATOR, CONTEXT) == b"{}" and dict(crypto._SHARED) == before
+    fixed = seal(b"{}", AGGREGATOR.public, CONTEXT, ephemeral=bytes([9]) * 32)
+    assert len(crypto._SHARED) == len(before) + 1 or len(crypto._SHARED) == crypto._SHARED_MAX
+    assert unseal(fixed, AGGREGATOR, CONTEXT) == b"{}"
+
+
+def test_the_pairs_kept_are_bounded() -> None:
+    for n in range(crypto._SHARED_MAX + 10):
+        crypto.x25519_shared(CLIENT, crypto.x25519_public(hashlib.sha256(bytes([n % 256, n // 256])).digest()), known=True)
+    assert len(crypto._SHARED) == crypto._SHARED_MAX
 
 
 def test_a_low_order_point_gives_no_shared_secret() -> None:
@@ -365,6 +398,47 @@ def test_a_box_whose_plaintext_is_not_a_json_object_is_malformed() -> None:
         box = seal(plaintext, AGGREGATOR.public, seal_context("r", "c", "i"))
         document = {"run": "r", "client": "c", "id": "i", "body": {"sealed": b64encode(box)}}
         assert reason(open_body, json.dumps(document).encode(), AGGREGATOR) == "malformed"
+
+
+def _sealed_by_reading(payload: bytes, ephemeral: bytes) -> bytes:
+    """seal_body's reference: parse the message, seal its body written anew, write the message anew."""
+    document = json.loads(payload)
+    box = seal(json.dumps(document["body"], ensure_ascii=False, separators=(",", ":")).encode(), AGGREGATOR.public,
+               seal_context(document["run"], document["client"], document["id"]), ephemeral=ephemeral)
+    document["body"] = {"sealed": b64encode(box)}
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+@given(prompt=st.text(max_size=300), reason_text=st.text(max_size=50), msg_id=ids, client=ids, run=ids)
+@settings(max_examples=300)
+def test_sealing_without_reading_the_body_gives_the_bytes_reading_it_would(prompt: str, reason_text: str,
+                                                                            msg_id: str, client: str,
+                                                                            run: str) -> None:
+    """seal_body seals the codec's body bytes as they are: the same bytes as parsing the message and writing it
+    again, whatever the prompt holds (quotes, escapes, ',"body":', non-ASCII); and they open to the message."""
+    messages = [codec.decode(update_payload(prompt=prompt, msg_id=msg_id, client=client, run=run)),
+                Failure(run=run, round=2, client=client, msg_id=msg_id, sent=1.5, base_version=1,
+                        reason=reason_text, error_type="EngineError")]
+    for message in messages:
+        payload = codec.encode(message)
+        sealed = seal_body(payload, AGGREGATOR.public, ephemeral=EPHEMERAL)
+        assert sealed == _sealed_by_reading(payload, EPHEMERAL)
+        assert codec.decode(open_body(sealed, AGGREGATOR)) == message
+
+
+def _boxed(plaintext: bytes) -> bytes:
+    box = seal(plaintext, AGGREGATOR.public, seal_context("r", "c", "i"))
+    return json.dumps({"run": "r", "client": "c", "id": "i", "body": {"sealed": b64encode(box)}}).encode()
+
+
+def test_an_opened_body_cannot_reach_into_the_envelope() -> None:
+    """The opened body goes back into the message as bytes: only one whole JSON object passes, so a plaintext
+    cannot close the body and add envelope fields; nor smuggle a lone surrogate, which UTF-8 cannot carry."""
+    for plaintext in (b'{"prompt":"x"},"client":"other"', b'{"prompt":"x"}}', b'{"a":1} {"b":2}',
+                      b'{"prompt":"\\ud800"}'):
+        assert reason(open_body, _boxed(plaintext), AGGREGATOR) == "malformed", plaintext
+    opened = json.loads(open_body(_boxed(b'{"prompt":"\\ud83d\\ude00 \\u0001"}'), AGGREGATOR))
+    assert opened == {"run": "r", "client": "c", "id": "i", "body": {"prompt": "\U0001f600 \x01"}}
 
 
 def test_sealing_something_that_is_not_a_message_is_our_bug() -> None:
