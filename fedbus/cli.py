@@ -20,7 +20,6 @@ from urllib.parse import urlsplit
 
 from fedbus import __version__
 from fedbus.errors import EngineError, FedbusError, ScenarioError, TransportError
-from fedbus.logs import get_logger
 
 if TYPE_CHECKING:
     from fedbus.runtime.address import BrokerAddress
@@ -37,7 +36,6 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # the broker password, for clients (with --broker mqtt[s]://USER@...) and for `fedbus broker --user NAME`;
 # --password-file takes precedence. Never on the command line, where `ps` shows it to every user.
 PASSWORD_ENV = "FEDBUS_BROKER_PASSWORD"
-log = get_logger("fedbus.cli")
 
 
 class _Parser(argparse.ArgumentParser):

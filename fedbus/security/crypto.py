@@ -161,7 +161,7 @@ def x25519_shared(secret: bytes | PrivateKey, public: bytes, *, known: bool = Fa
         return shared
     shared = _exchange(secret._opener, public, known=known)
     if known and shared is not None:
-        _remember(secret.public.seal, public, shared)
+        _keep(pair, shared)
     return shared
 
 
@@ -174,7 +174,11 @@ def _pair_of(a: bytes, b: bytes) -> tuple[bytes, bytes]:
 
 
 def _remember(a: bytes, b: bytes, shared: bytes) -> None:
-    _SHARED[_pair_of(bytes(a), bytes(b))] = shared
+    _keep(_pair_of(bytes(a), bytes(b)), shared)
+
+
+def _keep(pair: tuple[bytes, bytes], shared: bytes) -> None:
+    _SHARED[pair] = shared
     if len(_SHARED) > _SHARED_MAX:
         _SHARED.popitem(last=False)
 
