@@ -143,7 +143,8 @@ def test_only_a_seed_derived_ephemeral_secret_is_kept_for_the_opener() -> None:
 
 def test_the_pairs_kept_are_bounded() -> None:
     for n in range(crypto._SHARED_MAX + 10):
-        crypto.x25519_shared(CLIENT, crypto.x25519_public(hashlib.sha256(bytes([n % 256, n // 256])).digest()), known=True)
+        peer = crypto.x25519_public(hashlib.sha256(bytes([n % 256, n // 256])).digest())
+        crypto.x25519_shared(CLIENT, peer, known=True)
     assert len(crypto._SHARED) == crypto._SHARED_MAX
 
 
