@@ -7,6 +7,7 @@ client) is bound with contextvars.
 from __future__ import annotations
 
 import functools
+import importlib.machinery
 import logging
 import sys
 from collections.abc import Callable
@@ -33,6 +34,43 @@ def _load_structlog() -> Any:
 class _State:
     module: Any = None  # structlog, once something needed it
     pending: Callable[[Any], None] | None = None  # configure()'s settings, applied when structlog loads
+
+
+class _WhenImported:
+    """Applies :func:`configure`'s settings the moment anyone imports structlog, not only through this module: a
+    plugin (a scenario's ``module:function`` strategy) that does ``import structlog`` and logs gets fedbus's
+    JSON lines on stderr, not structlog's defaults on stdout. Steps aside once structlog has loaded."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "structlog":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _ThenConfigure(spec.loader)
+        return spec
+
+
+class _ThenConfigure:
+    def __init__(self, loader: Any) -> None:
+        self._loader = loader
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self._loader.exec_module(module)
+        _unhook()
+        if _State.pending is not None and _State.module is None:
+            _State.module = module
+            _loaded()
+
+
+_HOOK = _WhenImported()
+
+
+def _unhook() -> None:
+    if _HOOK in sys.meta_path:
+        sys.meta_path.remove(_HOOK)
 
 
 def _loaded() -> Any:
@@ -119,6 +157,8 @@ def configure(level: str = "INFO", json_lines: bool | None = None) -> None:
     _State.pending = functools.partial(_configure_structlog, json_lines)
     if _State.module is not None or "structlog" in sys.modules:
         _loaded()
+    elif _HOOK not in sys.meta_path:
+        sys.meta_path.insert(0, _HOOK)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter(json_lines))
     root = logging.getLogger()

@@ -60,3 +60,21 @@ def test_a_simulated_run_loads_neither_structlog_nor_asyncio(tmp_path: Path) -> 
                           capture_output=True, text=True, timeout=300, check=True)
     assert done.stdout.strip().splitlines()[-1] == "[]"
     assert (tmp_path / "run" / "summary.json").is_file()
+
+
+PLUGIN = """
+import sys
+from fedbus.logs import configure
+configure("INFO", json_lines=True)
+assert "structlog" not in sys.modules
+import structlog  # a plugin's own import, not through fedbus.logs
+structlog.get_logger("plugin").warning("plugin-event", answer=7)
+print("stdout-marker")
+"""
+
+
+def test_structlog_imported_directly_by_a_plugin_still_takes_the_configuration() -> None:
+    done = subprocess.run([sys.executable, "-c", PLUGIN], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "stdout-marker"  # nothing logged on stdout (structlog's default)
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    assert [(line["event"], line["answer"], line["level"]) for line in lines] == [("plugin-event", 7, "warning")]
