@@ -46,7 +46,7 @@ class _WhenImported:
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is not None and spec.loader is not None:
-            spec.loader = _ThenConfigure(spec.loader)
+            spec.loader = _ThenConfigure(spec.loader)  # type: ignore[assignment]  # a loader by protocol
         return spec
 
 
