@@ -245,7 +245,7 @@ def read_events(path: Path, wanted: frozenset[str]) -> Iterator[dict[str, Any]]:
     """The events.jsonl lines whose ``event`` is in ``wanted`` (others are not parsed: a 1,000-client log is big)."""
     if not path.exists():
         return
-    keys = tuple(f'"event": "{name}"' for name in wanted)
+    keys = tuple(f'"event"{sep}"{name}"' for name in wanted for sep in (":", ": "))  # orjson's lines, json's
     with path.open(encoding="utf-8", errors="replace") as handle:
         for line in handle:
             if any(key in line for key in keys):
@@ -395,7 +395,7 @@ class Tree:
         now = time.perf_counter()
         for line in data[:end].splitlines():
             for name in (b"round-opened", b"run-finished"):
-                if b'"event": "' + name + b'"' in line:
+                if b'"event":"' + name + b'"' in line or b'"event": "' + name + b'"' in line:
                     self.seen.append((now, name.decode()))
 
     def sample(self) -> None:

@@ -11,8 +11,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+import orjson
+
 FLUSH_S = 0.05  # inside an event loop, a line reaches the file at most this long after it was recorded
-_encode = json.JSONEncoder(ensure_ascii=False, default=str).encode  # json.dumps with options builds one per call
+# orjson: a line in a fifth of json's time (a 1,000-client round, or a simulated one, records thousands). A value
+# JSON has no type for is written as str() of it, dataclasses and datetimes too (json.dumps(default=str) did so)
+_LINE = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME \
+    | orjson.OPT_APPEND_NEWLINE
+
+
+def encode_line(event: dict[str, Any]) -> str:
+    """One events.jsonl line (newline included): compact JSON, UTF-8 as is."""
+    return orjson.dumps(event, default=str, option=_LINE).decode()
 
 
 class EventLog:
@@ -68,7 +78,7 @@ class EventLog:
         if self._file is None:
             return
         line = {"t": round(self._clock() if t is None else t, 6), "event": event, **fields}
-        self._file.write(_encode(line) + "\n")
+        self._file.write(encode_line(line))
         if not self._flush_due:
             self._flush_soon()
 

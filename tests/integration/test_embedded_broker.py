@@ -100,7 +100,7 @@ def test_broker_goes_away_when_fedbus_run_is_killed(tmp_path: Path) -> None:
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         events = tmp_path / "out" / "events.jsonl"  # opened before the broker starts; run-started comes after
-        assert _wait_until(lambda: events.exists() and '"event": "run-started"' in events.read_text()), \
+        assert _wait_until(lambda: events.exists() and '"event":"run-started"' in events.read_text()), \
             "fedbus run never started"
         children = _children(proc.pid)
         assert children, "fedbus run has no broker child process"

@@ -63,4 +63,4 @@ async def test_llm_merges_run_in_buffered_and_async_mode_with_the_global_prompt_
     assert listed.startswith(INITIAL + "\n")  # the global prompt first, then the clients' prompts
     assert listed.count("List every item before counting.") == batch
     assert summary["final"]["prompt"] == "List every item before counting. Answer: $VALUE"
-    assert '"event": "aggregated-by-llm"' in events
+    assert '"event":"aggregated-by-llm"' in events

@@ -52,7 +52,7 @@ async def test_the_aggregator_falls_back_to_concat_on_a_cut_merge(tmp_path: Path
     assert prompt == "List every item.\nCount carefully."  # the paper's concat, not the cut reply
     record = reducer.by_round[1]
     assert record["fallback"] == "concat (truncated)" and record["truncated"] is True
-    assert '"problem": "truncated"' in (tmp_path / "events.jsonl").read_text()
+    assert '"problem":"truncated"' in (tmp_path / "events.jsonl").read_text()
 
 
 class _Counting:
