@@ -26,6 +26,7 @@ import json
 from typing import Any
 
 from fedbus.errors import LocalProtocolError
+from fedbus.protocol import codec
 from fedbus.security import crypto
 from fedbus.security.crypto import AEAD_KEY_BYTES, AEAD_NONCE_BYTES, AEAD_TAG_BYTES, PrivateKey
 from fedbus.security.errors import WireRejected
@@ -94,7 +95,7 @@ def unseal(box: bytes, recipient: PrivateKey, context: bytes) -> bytes:
 def _dump(document: Any) -> bytes:
     # The codec's own JSON style: compact, UTF-8. NaN passes through so that the codec, not this layer,
     # rejects it (with its own reason) when the message is decoded.
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return codec.write_json(document, allow_nan=True)
 
 
 def _context_of(document: dict[str, Any]) -> bytes | None:

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fedbus.errors import LocalProtocolError, RemoteProtocolError
-from fedbus.protocol.codec import Limits, MessageRejected, MessageTooLarge, decode, encode
+from fedbus.protocol.codec import Limits, MessageRejected, MessageTooLarge, decode, encode, write_json
 from fedbus.protocol.ids import AGGREGATOR
 from fedbus.protocol.messages import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -347,3 +347,32 @@ def test_every_example_in_the_protocol_document_is_what_the_codec_writes() -> No
         assert encode(message).decode("utf-8") == example
         kinds.add(json.loads(example)["kind"])
     assert kinds == set(KINDS)
+
+
+# ------------------------------------------------------------------------------------------- the JSON writer
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20)
+
+
+@given(document=st.dictionaries(st.text(max_size=8), _json_values, max_size=6))
+def test_the_writer_gives_what_json_reads_back_exactly(document: dict[str, object]) -> None:
+    """orjson writes where its rules are json's; past them (a None, an integer beyond 64 bits) json writes: either
+    way the bytes are compact UTF-8 that read back to the same document (lone surrogates aside: refused)."""
+    try:
+        payload = write_json(document)
+    except ValueError:  # a lone surrogate: UTF-8 cannot carry it, json.dumps(...).encode() refuses it too
+        with pytest.raises(UnicodeEncodeError):
+            json.dumps(document, ensure_ascii=False).encode("utf-8")
+        return
+    assert json.loads(payload) == document
+    assert payload == write_json(json.loads(payload))
+
+
+def test_the_writer_refuses_nan_unless_asked_and_keeps_big_integers() -> None:
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        write_json({"loss": float("nan")})
+    assert write_json({"loss": float("nan")}, allow_nan=True) == b'{"loss":NaN}'
+    assert write_json({"n": 2**70, "s": "é"}) == f'{{"n":{2**70},"s":"é"}}'.encode()
+    assert write_json({"a": [1, 2.5], "b": None}) == b'{"a":[1,2.5],"b":null}'

@@ -404,10 +404,10 @@ def test_a_box_whose_plaintext_is_not_a_json_object_is_malformed() -> None:
 def _sealed_by_reading(payload: bytes, ephemeral: bytes) -> bytes:
     """seal_body's reference: parse the message, seal its body written anew, write the message anew."""
     document = json.loads(payload)
-    box = seal(json.dumps(document["body"], ensure_ascii=False, separators=(",", ":")).encode(), AGGREGATOR.public,
+    box = seal(codec.write_json(document["body"]), AGGREGATOR.public,
                seal_context(document["run"], document["client"], document["id"]), ephemeral=ephemeral)
     document["body"] = {"sealed": b64encode(box)}
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+    return codec.write_json(document)
 
 
 @given(prompt=st.text(max_size=300), reason_text=st.text(max_size=50), msg_id=ids, client=ids, run=ids)
