@@ -18,6 +18,7 @@ from typing import Any
 
 from fedbus.errors import FedbusError
 from fedbus.results.compare import summary_problem
+from fedbus.results.jsonfile import pretty_json
 
 SWEEP_FILE = "sweep.json"
 SCENARIO_FILE = "scenario.yaml"
@@ -36,7 +37,7 @@ def cell_folder(cell: str, seed: int) -> str:
 def write_json(path: Path, content: Mapping[str, Any]) -> None:
     """Replace ``path`` with ``content`` so that a reader sees the old file or the new, never half."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.write_text(pretty_json(content), encoding="utf-8")
     os.replace(tmp, path)
 
 

@@ -32,6 +32,7 @@ from fedbus.aggregator.events import Event, Reduced, ReduceFailed, Started, Time
 from fedbus.aggregator.session import Action, AggregatorSession, Send
 from fedbus.errors import FedbusError
 from fedbus.protocol import topics
+from fedbus.results.jsonfile import pretty_json
 
 JOURNAL = "journal.jsonl"
 CHECKPOINT = "checkpoint.json"
@@ -129,7 +130,7 @@ def write_atomically(path: Path, content: dict[str, Any]) -> None:
     """Replace ``path`` with ``content`` as JSON so that a reader sees the old file or the new, never half."""
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w", encoding="utf-8") as handle:
-        handle.write(json.dumps(content, indent=2, ensure_ascii=False) + "\n")
+        handle.write(pretty_json(content))
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)

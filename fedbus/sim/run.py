@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +32,7 @@ from fedbus.plan import RunSecurity, client_plan, client_plans, is_virtual, make
 from fedbus.protocol import codec, topics
 from fedbus.protocol.ids import AGGREGATOR
 from fedbus.results.eventlog import EventLog
+from fedbus.results.jsonfile import pretty_json
 from fedbus.results.progress import Progress
 from fedbus.results.prompt_log import best_by_validation, best_record, write_prompt_log
 from fedbus.results.summary import build_summary, context_window, prompt_record, round_record
@@ -242,7 +242,7 @@ def _simulate(scenario: Scenario, out_dir: Path, *, run_id: str | None, progress
                             "messages_undeliverable": broker.undeliverable,
                             "population": scenario.clients.population,
                             "clients_instantiated": scenario.clients.count if virtual is None else len(virtual.started)}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out_dir / "summary.json").write_text(pretty_json(summary), encoding="utf-8")
     show.footer(summary, str(out_dir))
     return summary
 
