@@ -16,7 +16,6 @@ network library; ``run`` loads the MQTT runtime when it is called.
 from __future__ import annotations
 
 import importlib
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,6 +81,8 @@ def simulate(scenario: Scenario | str | Path, out_dir: str | Path | None = None,
     chosen = _scenario(scenario)
     if out_dir is not None:
         return simulate_run(chosen, Path(out_dir), progress=progress)
+    import tempfile
+
     with tempfile.TemporaryDirectory(prefix="fedbus-") as tmp:
         return simulate_run(chosen, Path(tmp), progress=progress)
 

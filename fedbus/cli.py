@@ -8,10 +8,7 @@ import ipaddress
 import os
 import re
 import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -22,6 +19,8 @@ from fedbus import __version__
 from fedbus.errors import EngineError, FedbusError, ScenarioError, TransportError
 
 if TYPE_CHECKING:
+    import subprocess
+
     from fedbus.runtime.address import BrokerAddress
     from fedbus.runtime.broker import EmbeddedBrokerConfig
     from fedbus.runtime.client_node import ClientConfig, ClientReport
@@ -338,6 +337,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _default_client_id() -> str:
+    import socket
+
     host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:40] or "host"
     return f"{host}-{os.getpid()}"
 
@@ -428,8 +429,9 @@ def _folder_problem(folder: Path) -> str | None:
     missing = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
+        probe = folder / f".fedbus-write-test-{os.getpid()}"
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        probe.unlink()
     except OSError as exc:
         return f"cannot write there: {exc.strerror or exc}"
     finally:
@@ -525,11 +527,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_INVALID
     _check_authorized_keys(args.authorized_keys, scenario)
-    address, embedded = _run_broker(args, dict(os.environ))
-    if args.simulate:
+    if args.simulate:  # no broker: its modules (ssl, sockets) are not even imported
+        _check_no_broker_options(args)
         from fedbus.sim.run import sim_run_id
 
         return _simulate(args, scenario, args.run_id or sim_run_id(scenario))
+    address, embedded = _run_broker(args, dict(os.environ))
     from fedbus.runtime import worker_process
 
     # worker processes import while this one imports the run and starts the broker (they wait for their spec)
@@ -599,19 +602,29 @@ def _run_broker(args: argparse.Namespace, environ: dict[str, str]) -> tuple[Brok
     """``fedbus run``'s broker: the external one --broker names, logged in; or the embedded one's settings."""
     from fedbus.runtime.broker import EmbeddedBrokerConfig
 
-    embedded_options = [flag for flag, given in (
-        ("--broker-host", args.broker_host != "127.0.0.1"), ("--broker-port", args.broker_port != 0),
-        ("--users", args.users), ("--user", args.user), ("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key),
-        ("--tls-ca", args.tls_ca), ("--insecure", args.insecure)) if given]
+    embedded_options = _embedded_options(args)
     if args.broker:
         if embedded_options:
             raise _UsageError(f"{', '.join(embedded_options)} configure the embedded broker: drop them with --broker")
         return _broker_login(args.broker, args, environ), EmbeddedBrokerConfig()
+    _check_no_broker_options(args)
+    return None, _broker_config(args, environ, host=args.broker_host, port=args.broker_port)
+
+
+def _embedded_options(args: argparse.Namespace) -> list[str]:
+    return [flag for flag, given in (
+        ("--broker-host", args.broker_host != "127.0.0.1"), ("--broker-port", args.broker_port != 0),
+        ("--users", args.users), ("--user", args.user), ("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key),
+        ("--tls-ca", args.tls_ca), ("--insecure", args.insecure)) if given]
+
+
+def _check_no_broker_options(args: argparse.Namespace) -> None:
+    """Without --broker: no option of an external broker, and none of the embedded one's under --simulate."""
+    embedded_options = _embedded_options(args)
     if embedded_options and args.simulate:
         raise _UsageError(f"--simulate uses an in-memory broker: drop {', '.join(embedded_options)}")
     if args.ca or (args.password_file and not args.user):
         raise _UsageError("--ca and --password-file go with --broker (or --password-file with --user)")
-    return None, _broker_config(args, environ, host=args.broker_host, port=args.broker_port)
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
