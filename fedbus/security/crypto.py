@@ -11,6 +11,7 @@ ephemeral secrets must never come from a seeded ``random.Random``; tests pass fi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -157,7 +158,8 @@ def x25519_shared(secret: bytes | PrivateKey, public: bytes, *, known: bool = Fa
     pair = _pair_of(secret.public.seal, bytes(public))
     shared = _SHARED.get(pair)
     if shared is not None:
-        _SHARED.move_to_end(pair)
+        with contextlib.suppress(KeyError):  # another thread may have let it go meanwhile: the answer stands
+            _SHARED.move_to_end(pair)
         return shared
     shared = _exchange(secret._opener, public, known=known)
     if known and shared is not None:
@@ -179,8 +181,9 @@ def _remember(a: bytes, b: bytes, shared: bytes) -> None:
 
 def _keep(pair: tuple[bytes, bytes], shared: bytes) -> None:
     _SHARED[pair] = shared
-    if len(_SHARED) > _SHARED_MAX:
-        _SHARED.popitem(last=False)
+    while len(_SHARED) > _SHARED_MAX:  # a loop and a suppress: threads that keep at once never fail or overfill
+        with contextlib.suppress(KeyError):
+            _SHARED.popitem(last=False)
 
 
 def _exchange(own: X25519PrivateKey, public: bytes, *, known: bool) -> bytes | None:

@@ -130,8 +130,9 @@ def _split(payload: bytes) -> tuple[bytes, dict[str, Any], bytes] | None:
 
 def seal_body(payload: bytes, recipient: PublicKey, *, ephemeral: bytes | None = None) -> bytes:
     """``payload`` (a v1 message as the codec encoded it) with its body sealed to ``recipient`` under the
-    message's own ``run``, ``client`` and ``id``. ``LocalProtocolError`` if it is not such a message.
-    ``ephemeral``: as in :func:`seal`.
+    message's own ``run``, ``client`` and ``id``. ``LocalProtocolError`` if it is not such a message; the body of
+    one laid out as the codec lays it out is sealed unread, so only its envelope is checked (the opener's codec
+    checks the rest). ``ephemeral``: as in :func:`seal`.
 
     The result is the payload as the codec would write it with ``{"sealed": ...}`` for its body. The body's bytes
     are sealed as they are, unread: the codec's JSON is the style :func:`_dump` writes, so they are what parsing
