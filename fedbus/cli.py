@@ -427,14 +427,15 @@ def _folder_problem(folder: Path) -> str | None:
     if folder.exists() and not folder.is_dir():
         return "exists and is not a folder"
     missing = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    probe = folder / f".fedbus-write-test-{os.urandom(8).hex()}"  # a name no other process (nor PID) shares
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".fedbus-write-test-{os.getpid()}"
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        probe.unlink()
     except OSError as exc:
         return f"cannot write there: {exc.strerror or exc}"
     finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
         for made in missing:
             with contextlib.suppress(OSError):
                 made.rmdir()

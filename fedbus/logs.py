@@ -51,6 +51,9 @@ class _WhenImported:
 
 
 class _ThenConfigure:
+    """structlog's own loader, and then :func:`configure`'s settings. The module keeps its own loader (resources,
+    source lines): this one only stands in for the one call that runs it."""
+
     def __init__(self, loader: Any) -> None:
         self._loader = loader
 
@@ -58,19 +61,19 @@ class _ThenConfigure:
         return self._loader.create_module(spec)
 
     def exec_module(self, module: Any) -> None:
+        module.__loader__ = module.__spec__.loader = self._loader
         self._loader.exec_module(module)
         _unhook()
         if _State.pending is not None and _State.module is None:
-            _State.module = module
-            _loaded()
+            _loaded()  # finds it in sys.modules, where the import system put it before running it
 
 
 _HOOK = _WhenImported()
 
 
 def _unhook() -> None:
-    if _HOOK in sys.meta_path:
-        sys.meta_path.remove(_HOOK)
+    # a new list, not remove(): a thread importing meanwhile goes on through the list it is reading
+    sys.meta_path = [finder for finder in sys.meta_path if finder is not _HOOK]
 
 
 def _loaded() -> Any:
@@ -158,7 +161,7 @@ def configure(level: str = "INFO", json_lines: bool | None = None) -> None:
     if _State.module is not None or "structlog" in sys.modules:
         _loaded()
     elif _HOOK not in sys.meta_path:
-        sys.meta_path.insert(0, _HOOK)
+        sys.meta_path = [_HOOK, *sys.meta_path]
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter(json_lines))
     root = logging.getLogger()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,15 +92,31 @@ _FAST = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME  # ne
 
 
 def write_json(document: Any, *, allow_nan: bool = False) -> bytes:
-    """The codec's JSON style: compact, UTF-8 as is, keys in their order. Raises ``TypeError`` or ``ValueError``
-    for what JSON cannot hold (a lone surrogate, NaN unless ``allow_nan``), as ``json.dumps`` does."""
+    """The codec's JSON style: compact, UTF-8 as is, keys in their order, numbers as orjson writes them (the same
+    document, the same bytes). Raises ``TypeError`` or ``ValueError`` for what JSON cannot hold (a lone surrogate,
+    NaN unless ``allow_nan``), as ``json.dumps`` does; json writes what orjson cannot (an integer past 64 bits, and
+    NaN with ``allow_nan``, as json's bare ``NaN``)."""
     try:
         payload = orjson.dumps(document, option=_FAST)
-    except TypeError:  # a value orjson has no rule for (json may: a 65-bit integer), or none has
-        payload = b"null"
-    if b"null" in payload:  # a None, or a NaN orjson wrote as null: json's rules decide
+    except TypeError:
+        return _ENCODERS[allow_nan].encode(document).encode("utf-8")
+    if b"null" in payload and _holds_non_finite(document):  # a NaN or infinity, which orjson wrote as null
         return _ENCODERS[allow_nan].encode(document).encode("utf-8")
     return payload
+
+
+def _holds_non_finite(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False
 
 
 class MessageTooLarge(LocalProtocolError):

@@ -16,13 +16,19 @@ import orjson
 FLUSH_S = 0.05  # inside an event loop, a line reaches the file at most this long after it was recorded
 # orjson: a line in a fifth of json's time (a 1,000-client round, or a simulated one, records thousands). A value
 # JSON has no type for is written as str() of it, dataclasses and datetimes too (json.dumps(default=str) did so)
+# (numpy's numbers as numbers). NaN and infinities are written as null, valid JSON (json wrote a bare NaN); a value
+# orjson refuses (an integer past 64 bits: a seed may be one) goes to json, which writes it.
 _LINE = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME \
-    | orjson.OPT_APPEND_NEWLINE
+    | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
+_FALLBACK = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":"))
 
 
 def encode_line(event: dict[str, Any]) -> str:
     """One events.jsonl line (newline included): compact JSON, UTF-8 as is."""
-    return orjson.dumps(event, default=str, option=_LINE).decode()
+    try:
+        return orjson.dumps(event, default=str, option=_LINE).decode()
+    except TypeError:
+        return _FALLBACK.encode(event) + "\n"
 
 
 class EventLog:
@@ -183,7 +189,8 @@ def read_events(path: Path) -> list[dict[str, Any]]:
     return [event for event in map(_parsed, path.read_text(encoding="utf-8").splitlines()) if event is not None]
 
 
-_HEAD, _EVENT = '{"t": ', ', "event": "'
+# how a line this class wrote starts: orjson's compact shape, and json's spaced one (a log begun before, resumed)
+_SHAPES = (('{"t":', ',"event":"'), ('{"t": ', ', "event": "'))
 
 
 def _timed_lines(path: Path) -> list[tuple[float | None, str, str]]:
@@ -194,21 +201,31 @@ def _timed_lines(path: Path) -> list[tuple[float | None, str, str]]:
     out: list[tuple[float | None, str, str]] = []
     last = len(lines) - 1
     for number, line in enumerate(lines):
-        if number < last and line.startswith(_HEAD) and line.endswith("}"):
-            comma = line.find(_EVENT, len(_HEAD))
-            end = line.find('"', comma + len(_EVENT)) if comma > 0 else -1
-            if end > 0:
-                try:
-                    out.append((float(line[len(_HEAD):comma]), line[comma + len(_EVENT):end], line))
-                    continue
-                except ValueError:
-                    pass
+        if number < last and line.endswith("}"):
+            fast = _fixed_start(line)
+            if fast is not None:
+                out.append((fast[0], fast[1], line))
+                continue
         event = _parsed(line)
         if event is not None:
             t = event.get("t")
             out.append((float(t) if isinstance(t, int | float) and not isinstance(t, bool) else None,
                         str(event.get("event", "")), line))
     return out
+
+
+def _fixed_start(line: str) -> tuple[float, str] | None:
+    """``(t, event)`` read off the start of a line this class wrote, or None if it does not start so."""
+    for head, event in _SHAPES:
+        if line.startswith(head):
+            comma = line.find(event, len(head))
+            end = line.find('"', comma + len(event)) if comma > 0 else -1
+            if end > 0:
+                try:
+                    return float(line[len(head):comma]), line[comma + len(event):end]
+                except ValueError:
+                    return None
+    return None
 
 
 def _parsed(line: str) -> dict[str, Any] | None:

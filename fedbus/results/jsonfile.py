@@ -1,9 +1,9 @@
 """The JSON files fedbus writes for people and programs to read (summary.json, a checkpoint, a sweep's
 manifest): indented by two, UTF-8 as is, keys in their order; the layout of ``json.dumps(indent=2)``.
 
-orjson writes them (a 1,000,000-client simulation's summary in a twentieth of json's time). What orjson has no
-rule for, json writes or refuses as it always did (an integer past 64 bits, a type JSON lacks); a NaN or infinity
-is written as null, valid JSON, where json wrote a bare NaN that strict readers refuse."""
+orjson writes them (a 1,000,000-client simulation's summary in a twentieth of json's time), a NaN or infinity as
+null, valid JSON, where json wrote a bare NaN that strict readers refuse. A document orjson refuses (an integer
+past 64 bits, a type JSON lacks) json writes, NaN as NaN, or refuses, as it always did."""
 
 from __future__ import annotations
 

@@ -180,8 +180,10 @@ def _remember(a: bytes, b: bytes, shared: bytes) -> None:
 
 
 def _keep(pair: tuple[bytes, bytes], shared: bytes) -> None:
+    # no lock (the pure core imports no threading): each step is atomic under the GIL, and a loop with a suppress
+    # lets threads that keep at once neither fail nor overfill
     _SHARED[pair] = shared
-    while len(_SHARED) > _SHARED_MAX:  # a loop and a suppress: threads that keep at once never fail or overfill
+    while len(_SHARED) > _SHARED_MAX:
         with contextlib.suppress(KeyError):
             _SHARED.popitem(last=False)
 

@@ -166,17 +166,27 @@ class VirtualClients:
 GC_GEN0 = 50_000  # objects allocated between young collections while simulating (Python's default: 700)
 
 
+class _Collections:
+    simulating = 0  # simulations running in this process (one inside another, say a plugin's)
+    before: tuple[int, ...] = ()
+
+
 @contextlib.contextmanager
 def _fewer_collections() -> Iterator[None]:
     """Python's cyclic collector, less often: a simulation allocates millions of short-lived objects (messages,
     events, frames) that reference counting frees, and a young collection every 700 allocations was a twentieth
-    of its time. Thresholds restored after."""
-    before = gc.get_threshold()
-    gc.set_threshold(GC_GEN0, *before[1:])
+    of its time. The thresholds are set back as the outermost simulation ends, however it ends (the simulator is
+    synchronous and imports no threading; two threads simulating at once would share one setting)."""
+    if _Collections.simulating == 0:
+        _Collections.before = gc.get_threshold()
+        gc.set_threshold(GC_GEN0, *_Collections.before[1:])
+    _Collections.simulating += 1
     try:
         yield
     finally:
-        gc.set_threshold(*before)
+        _Collections.simulating -= 1
+        if _Collections.simulating == 0:
+            gc.set_threshold(*_Collections.before)
 
 
 def simulate(scenario: Scenario, out_dir: Path, *, run_id: str | None = None, progress: bool = True,

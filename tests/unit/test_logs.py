@@ -69,6 +69,11 @@ configure("INFO", json_lines=True)
 assert "structlog" not in sys.modules
 import structlog  # a plugin's own import, not through fedbus.logs
 structlog.get_logger("plugin").warning("plugin-event", answer=7)
+import importlib.resources
+from fedbus import logs
+assert not any(isinstance(f, logs._WhenImported) for f in sys.meta_path), "the hook stayed"
+assert not isinstance(structlog.__loader__, logs._ThenConfigure), structlog.__loader__
+assert any(p.name == "py.typed" for p in importlib.resources.files("structlog").iterdir())
 print("stdout-marker")
 """
 

@@ -857,3 +857,17 @@ def test_the_check_pool_s_check_takes_paired_updates_as_the_session_does() -> No
     assert found.opened == body
     receiver = Security.for_aggregator(AGGREGATOR, {"client-0": CLIENT.public})
     assert receiver.open_sealed(receiver.authenticate(wire, signer="client-0")) == body
+
+
+def test_sealing_unread_gives_the_rewritten_bytes_with_small_floats_and_a_null_in_sight() -> None:
+    """The codec's numbers are orjson's whatever else the message holds (a "null" in an id sent the whole
+    message to json's writer once, which writes 1e-05 where orjson writes 0.00001)."""
+    message = Update(run="nullrun", round=1, client="nullbox", msg_id="nullbox-1", sent=1e-05, base_version=0,
+                     prompt="null or None?", stats=UpdateStats(steps=1, accepted_steps=1, batch_acc_before=1e-05,
+                                                              batch_acc_after=2.5e-07, llm_calls=1, tokens=2,
+                                                              duration_s=1e-06))
+    payload = codec.encode(message)
+    assert payload == codec.write_json(json.loads(payload))
+    sealed = seal_body(payload, AGGREGATOR.public, ephemeral=EPHEMERAL)
+    assert sealed == _sealed_by_reading(payload, EPHEMERAL)
+    assert codec.decode(open_body(sealed, AGGREGATOR)) == message

@@ -12,7 +12,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from fedbus.aggregator.session import FINISH_GRACE_S
+from fedbus.errors import EngineError
 from fedbus.plan import make_core
 from fedbus.protocol import codec, topics
 from fedbus.protocol.messages import Failure, GlobalState, Message, Presence, Receipt, Task, Update, UpdateStats
@@ -183,3 +186,23 @@ def test_the_simulated_aggregator_says_online_then_offline_and_sends_receipts(tm
     late.broker.subscribe("observer", topics.aggregator_topic(RUN))
     late.timeline.run(stop=lambda: bool(seen), horizon=late.timeline.now + 1.0)
     assert [(m.client, m.status) for m in seen if isinstance(m, Presence)] == [("aggregator", "offline")]
+
+
+def test_collector_thresholds_are_lowered_while_simulating_and_restored_however_it_ends(tmp_path: Path) -> None:
+    import gc
+
+    from fedbus.sim import run as sim_run
+
+    before = gc.get_threshold()
+    seen: list[tuple[int, ...]] = []
+    with sim_run._fewer_collections():
+        seen.append(gc.get_threshold())
+        with sim_run._fewer_collections():  # a second simulation inside the first
+            seen.append(gc.get_threshold())
+        seen.append(gc.get_threshold())  # the first still runs: still lowered
+    assert [t[0] for t in seen] == [sim_run.GC_GEN0] * 3 and gc.get_threshold() == before
+    llm = scenario_from_mapping(scenario(engine={"name": "openai", "model": "m"},
+                                         task={"name": "object_counting"}))
+    with pytest.raises(EngineError, match="surrogate"):  # refused inside the simulation: thresholds back
+        sim_run.simulate(llm, tmp_path / "x", progress=False)
+    assert gc.get_threshold() == before
