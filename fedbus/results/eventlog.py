@@ -14,10 +14,10 @@ from typing import IO, Any
 import orjson
 
 FLUSH_S = 0.05  # inside an event loop, a line reaches the file at most this long after it was recorded
-# orjson: a line in a fifth of json's time (a 1,000-client round, or a simulated one, records thousands). A value
-# JSON has no type for is written as str() of it, dataclasses and datetimes too (json.dumps(default=str) did so)
-# (numpy's numbers as numbers). NaN and infinities are written as null, valid JSON (json wrote a bare NaN); a value
-# orjson refuses (an integer past 64 bits: a seed may be one) goes to json, which writes it.
+# orjson writes a line in a fifth of json's time (a 1,000-client round, or a simulated one, records thousands).
+# A value JSON has no type for is written as str() of it, dataclasses and datetimes too, as json.dumps(default=str)
+# did; numpy's numbers as numbers; NaN and infinities as null (valid JSON, where json wrote a bare NaN). A line
+# orjson refuses (an integer past 64 bits: a seed may be one) json writes.
 _LINE = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME \
     | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
 _FALLBACK = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":"))
