@@ -25,7 +25,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from fedbus.security.keys import KEY_BYTES, PublicKey
 
@@ -35,32 +34,40 @@ AEAD_NONCE_BYTES = 12
 AEAD_TAG_BYTES = 16
 
 
-def _raw_public(key: Ed25519PublicKey | X25519PublicKey) -> bytes:
-    return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
-
-
 @dataclass(frozen=True, slots=True)
 class PrivateKey:
     """A party's secrets: the 32-byte Ed25519 seed it signs with and the 32-byte X25519 secret that opens
-    what is sealed to it. ``public`` is derived. The secrets never appear in ``repr``."""
+    what is sealed to it. ``public`` is derived; its Ed25519 half, like the signing key, when first needed (a
+    party that only pairs and seals never loads it). The secrets never appear in ``repr``; two keys are equal when
+    their secrets are."""
 
     sign_seed: bytes = field(repr=False)
     seal_secret: bytes = field(repr=False)
-    public: PublicKey = field(init=False)
-    _signer: Ed25519PrivateKey = field(init=False, repr=False, compare=False)
+    public: PublicKey = field(init=False, compare=False)
     _opener: X25519PrivateKey = field(init=False, repr=False, compare=False)
+    _signing: Ed25519PrivateKey | None = field(init=False, repr=False, compare=False)  # loaded when first used
 
     def __post_init__(self) -> None:
         if type(self.sign_seed) is not bytes or len(self.sign_seed) != KEY_BYTES:
             raise ValueError("PrivateKey.sign_seed must be 32 bytes")
         if type(self.seal_secret) is not bytes or len(self.seal_secret) != KEY_BYTES:
             raise ValueError("PrivateKey.seal_secret must be 32 bytes")
-        signer = Ed25519PrivateKey.from_private_bytes(self.sign_seed)
         opener = X25519PrivateKey.from_private_bytes(self.seal_secret)
-        object.__setattr__(self, "_signer", signer)
         object.__setattr__(self, "_opener", opener)
-        object.__setattr__(self, "public", PublicKey(sign=_raw_public(signer.public_key()),
-                                                     seal=_raw_public(opener.public_key())))
+        object.__setattr__(self, "_signing", None)
+        object.__setattr__(self, "public", PublicKey.deferred(opener.public_key().public_bytes_raw(),
+                                                              self._sign_public))
+
+    @property
+    def _signer(self) -> Ed25519PrivateKey:
+        signing = self._signing
+        if signing is None:
+            signing = Ed25519PrivateKey.from_private_bytes(self.sign_seed)
+            object.__setattr__(self, "_signing", signing)  # two threads at once load the same key
+        return signing
+
+    def _sign_public(self) -> bytes:
+        return self._signer.public_key().public_bytes_raw()
 
 
 def random_bytes(n: int) -> bytes:
@@ -123,7 +130,7 @@ def _verified(public: bytes, signature: bytes, data: bytes) -> bool:
 # ---------------------------------------------------------------------------------------------- X25519
 def x25519_public(secret: bytes) -> bytes:
     """The X25519 public key of a 32-byte secret (any 32 bytes are a valid secret: RFC 7748 clamps them)."""
-    return _raw_public(X25519PrivateKey.from_private_bytes(secret).public_key())
+    return X25519PrivateKey.from_private_bytes(secret).public_key().public_bytes_raw()
 
 
 def x25519_ephemeral(secret: bytes, public: bytes, *, remember: bool = False) -> tuple[bytes, bytes | None]:
@@ -132,7 +139,7 @@ def x25519_ephemeral(secret: bytes, public: bytes, *, remember: bool = False) ->
     private key and asks for the same pair (:func:`x25519_shared`); only where the ephemeral secret is no secret
     anyway (the simulator's, derived from its seed), never for a fresh one."""
     own = X25519PrivateKey.from_private_bytes(secret)
-    mine = _raw_public(own.public_key())
+    mine = own.public_key().public_bytes_raw()
     shared = _exchange(own, public, known=True)
     if remember and shared is not None:
         _remember(mine, public, shared)

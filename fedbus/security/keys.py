@@ -17,8 +17,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import FrozenInstanceError, dataclass, field
 from typing import Protocol
 
 from fedbus.protocol.ids import AGGREGATOR, is_valid_id
@@ -47,18 +47,48 @@ def b64decode_exact(text: str, length: int | None = None) -> bytes | None:
     return raw
 
 
-@dataclass(frozen=True, slots=True, repr=False)
 class PublicKey:
-    """What others know of a party: its Ed25519 verifying key (``sign``) and its X25519 key (``seal``)."""
+    """What others know of a party: its Ed25519 verifying key (``sign``) and its X25519 key (``seal``).
 
-    sign: bytes
+    A frozen value: equal, and hashed alike, when both halves are. A key pair's own public key
+    (:attr:`fedbus.security.crypto.PrivateKey.public`) computes its Ed25519 half the first time it is read
+    (:meth:`deferred`): a client of the simulator's virtual population, or a party that only ever pairs and seals
+    (the protocol's paired frames), never signs with Ed25519, and the half costs as much as an X25519 exchange."""
+
+    __slots__ = ("_sign", "_sign_of", "seal")
+    _sign: bytes | None
     seal: bytes
+    _sign_of: Callable[[], bytes] | None
 
-    def __post_init__(self) -> None:
-        if type(self.sign) is not bytes or len(self.sign) != KEY_BYTES:
-            raise ValueError("PublicKey.sign must be 32 bytes (an Ed25519 public key)")
-        if type(self.seal) is not bytes or len(self.seal) != KEY_BYTES:
-            raise ValueError("PublicKey.seal must be 32 bytes (an X25519 public key)")
+    def __init__(self, sign: bytes, seal: bytes) -> None:
+        _check_half(sign, "sign", "an Ed25519")
+        _check_half(seal, "seal", "an X25519")
+        object.__setattr__(self, "_sign", sign)
+        object.__setattr__(self, "seal", seal)
+        object.__setattr__(self, "_sign_of", None)
+
+    @classmethod
+    def deferred(cls, seal: bytes, sign_of: Callable[[], bytes]) -> PublicKey:
+        """The key whose X25519 half is ``seal`` and whose Ed25519 half is ``sign_of()``, called once, when
+        :attr:`sign` is first read (or the key compared, hashed, written or pickled)."""
+        _check_half(seal, "seal", "an X25519")
+        key = cls.__new__(cls)
+        object.__setattr__(key, "_sign", None)
+        object.__setattr__(key, "seal", seal)
+        object.__setattr__(key, "_sign_of", sign_of)
+        return key
+
+    @property
+    def sign(self) -> bytes:
+        sign = self._sign
+        if sign is None:
+            sign_of = self._sign_of
+            assert sign_of is not None  # one of the two is always set
+            sign = sign_of()
+            _check_half(sign, "sign", "an Ed25519")
+            object.__setattr__(self, "_sign", sign)  # two threads at once compute the same bytes
+            object.__setattr__(self, "_sign_of", None)
+        return sign
 
     @property
     def raw(self) -> bytes:
@@ -69,8 +99,30 @@ class PublicKey:
         """``fedbus-pk:<base64 of sign || seal>``: how key files, authorized keys and tokens write it."""
         return PUBLIC_PREFIX + b64encode(self.raw)
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PublicKey):
+            return NotImplemented
+        return self is other or (self.seal == other.seal and self.sign == other.sign)
+
+    def __hash__(self) -> int:
+        return hash((self.sign, self.seal))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __reduce__(self) -> tuple[type[PublicKey], tuple[bytes, bytes]]:
+        return (PublicKey, (self.sign, self.seal))
+
     def __repr__(self) -> str:
         return f"PublicKey({fingerprint(self)})"
+
+
+def _check_half(value: object, name: str, kind: str) -> None:
+    if type(value) is not bytes or len(value) != KEY_BYTES:
+        raise ValueError(f"PublicKey.{name} must be 32 bytes ({kind} public key)")
 
 
 def fingerprint(key: PublicKey) -> str:

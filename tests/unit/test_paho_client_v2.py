@@ -26,7 +26,7 @@ from fedbus.protocol.messages import DataSpec, GlobalState, Presence, Task, Upda
 from fedbus.security.crypto import PrivateKey
 from fedbus.security.errors import TokenError, WireRejected
 from fedbus.security.keyfiles import keygen, load_public
-from fedbus.security.keys import fingerprint
+from fedbus.security.keys import PublicKey, fingerprint
 from fedbus.security.policy import Security
 from fedbus.security.sealing import open_body
 from fedbus.security.signing import sign, verify
@@ -405,7 +405,7 @@ def test_bad_v2_command_lines_exit_64(args: list[str], tmp_path: Path, capsys: p
 
 def test_a_token_whose_aggregator_key_cannot_be_sealed_to_is_refused(tmp_path: Path) -> None:
     keygen(tmp_path / "client-0.key", "client-0")
-    low_order = dataclasses.replace(FEDBUS_AGG.public, seal=bytes(32))
+    low_order = PublicKey(sign=FEDBUS_AGG.public.sign, seal=bytes(32))
     token = encode_token(fedbus_token(aggregator_key=low_order))
     with pytest.raises(SystemExit) as exited:
         pc.parse_options(["--token", token, "--key", str(tmp_path / "client-0.key")])

@@ -157,6 +157,38 @@ def test_private_keys_never_show_their_secrets() -> None:
     assert fingerprint(CLIENT.public) in repr(CLIENT)
 
 
+def test_a_key_pairs_ed25519_half_is_loaded_only_when_first_needed() -> None:
+    """A party that only pairs and seals (the simulator's clients) never pays for the Ed25519 half; one that signs,
+    or shows its key, gets the same bytes as a key built from both halves at once."""
+    key = PrivateKey(CLIENT.sign_seed, CLIENT.seal_secret)
+    assert key._signing is None and key.public._sign is None
+    assert key.public.seal == CLIENT.public.seal and key._signing is None  # sealing needs only the X25519 half
+    plain = PublicKey(sign=CLIENT.public.sign, seal=CLIENT.public.seal)
+    assert key.public == plain and hash(key.public) == hash(plain)  # comparing computes it
+    assert key.public.sign == plain.sign and key.public._sign_of is None  # once, then kept
+    assert crypto.ed25519_sign(key, b"x") == crypto.ed25519_sign(CLIENT, b"x")
+    again = PrivateKey(CLIENT.sign_seed, CLIENT.seal_secret)
+    assert again == key and hash(again) == hash(key)  # equal secrets, whatever is loaded yet
+
+
+def test_public_keys_are_frozen_values_that_pickle_as_their_bytes() -> None:
+    import pickle
+
+    deferred = PrivateKey(OTHER.sign_seed, OTHER.seal_secret).public
+    copy = pickle.loads(pickle.dumps(deferred))
+    assert copy == OTHER.public and copy._sign_of is None and type(copy) is PublicKey
+    assert {deferred: 1}[OTHER.public] == 1
+    assert deferred != CLIENT.public and (deferred == "fedbus-pk:") is False
+    with pytest.raises(AttributeError):
+        deferred.seal = bytes(32)  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        del deferred.seal
+    with pytest.raises(ValueError, match="seal must be 32 bytes"):
+        PublicKey(sign=bytes(32), seal=b"short")
+    with pytest.raises(ValueError, match="sign must be 32 bytes"):
+        PublicKey.deferred(bytes(32), lambda: b"short").sign  # noqa: B018
+
+
 def test_only_the_crypto_module_imports_the_cryptography_library() -> None:
     """The library is contained in one adapter module (a breaking upgrade touches one file)."""
     import ast
