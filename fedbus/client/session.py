@@ -26,6 +26,8 @@ the session speaks protocol v1, byte for byte.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -53,7 +55,17 @@ from fedbus.faults.link import LinkFaults, LinkQueue
 from fedbus.protocol import codec, topics
 from fedbus.protocol.dedup import SeenIds
 from fedbus.protocol.ids import AGGREGATOR
-from fedbus.protocol.messages import KIND_OF, DataSpec, Failure, GlobalState, Presence, Receipt, Task, Update
+from fedbus.protocol.messages import (
+    KIND_OF,
+    DataSpec,
+    Failure,
+    GlobalState,
+    Message,
+    Presence,
+    Receipt,
+    Task,
+    Update,
+)
 from fedbus.security.errors import WireRejected
 from fedbus.security.policy import Security
 
@@ -211,8 +223,17 @@ class ClientSession:
 
     def will(self, now: float) -> tuple[str, bytes]:
         """The Last Will to register before connecting: topic and payload of a retained 'offline' presence."""
+        topic, payload = self.will_later(now)
+        return topic, payload()
+
+    def will_later(self, now: float) -> tuple[str, Callable[[], bytes]]:
+        """:meth:`will`, with its payload made (encoded and signed: the same bytes) only when called, for a driver
+        that publishes the will itself and only when the connection drops (the simulator's broker)."""
         send = self.core.will(now)
-        return send.topic, self.security.wrap(codec.encode(send.message), to=AGGREGATOR)
+        return send.topic, functools.partial(self._wire_will, send.message)
+
+    def _wire_will(self, message: Message) -> bytes:
+        return self.security.wrap(codec.encode(message), to=AGGREGATOR)
 
     def data(self) -> tuple[str, DataSpec] | None:
         """The engine and data description the federation announced, once a global state arrived."""

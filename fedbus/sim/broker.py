@@ -20,6 +20,9 @@ Deliver = Callable[[str, bytes, bool], None]  # topic, payload, retained
 # Asked about a publish to a topic that no session subscribed to exactly: True when it connected a session that
 # subscribes to it now (the simulator's virtual population instantiates a client when its first task comes)
 Summon = Callable[[str], bool]
+# A Last Will: its topic, and its payload or what makes it (called only when the will is published: building and
+# signing one that a clean disconnect never sends costs as much, per connection, as the rest of connecting)
+Will = tuple[str, "bytes | Callable[[], bytes]"]
 LATENCY_S = 0.001
 
 
@@ -32,7 +35,7 @@ class _Session:
     filters: list[str] = field(default_factory=list)
     deliver: Deliver | None = None  # None: not connected
     queued: list[tuple[str, bytes]] = field(default_factory=list)
-    will: tuple[str, bytes] | None = None
+    will: Will | None = None
     persistent: bool = True
     gone: bool = False  # forgotten (its client sleeps): ``filters`` are its own topics, which summon it again
 
@@ -59,7 +62,7 @@ class MemoryBroker:
         # expected, since a client sleeps only with nothing unanswered; counted so that one would show
         self.undeliverable = 0
 
-    def connect(self, ident: str, deliver: Deliver, *, will: tuple[str, bytes] | None = None,
+    def connect(self, ident: str, deliver: Deliver, *, will: Will | None = None,
                 clean: bool = False) -> None:
         """(Re)connect ``ident``; a persistent session gets the messages queued while it was away."""
         session = self._sessions.get(ident)
@@ -156,7 +159,8 @@ class MemoryBroker:
         session.deliver = None
         will, session.will = session.will, None
         if abrupt and will is not None:
-            self.publish(will[0], will[1], retain=True)
+            topic, payload = will
+            self.publish(topic, payload if isinstance(payload, bytes) else payload(), retain=True)
 
     def _send(self, ident: str, session: _Session, topic: str, payload: bytes, *, retained: bool) -> None:
         def arrive() -> None:

@@ -84,7 +84,7 @@ class SimClient:
     def _connect(self) -> None:
         if self.session.stopped or self.session.connected or self.retired:
             return
-        self.broker.connect(self.ident, self._incoming, will=self.session.will(self.timeline.now))
+        self.broker.connect(self.ident, self._incoming, will=self.session.will_later(self.timeline.now))
         self.broker.subscribe(self.ident, *self.session.subscriptions())
         self._carry_out(self.session.connected_now(self.timeline.now))
 

@@ -315,6 +315,19 @@ def client_session(security: str = "signed+sealed", max_bytes: int = codec.DEFAU
     return s
 
 
+@pytest.mark.parametrize("security", ["signed+sealed", "none"])
+def test_a_will_made_later_is_the_same_bytes_as_one_made_at_once(security: str) -> None:
+    """The simulator registers a client's Will as a function that builds it only if the connection drops: what it
+    builds then is what :meth:`ClientSession.will` gives at the connect, and it passes the aggregator's checks."""
+    at_once, later = client_session(security), client_session(security)
+    topic, payload = at_once.will(2.0)
+    later_topic, make = later.will_later(2.0)
+    later.connected_now(3.0)  # what the session does meanwhile changes nothing in the will
+    assert (later_topic, make()) == (topic, payload) and topic == topics.presence_topic(RUN, "c-0")
+    presence = codec.decode(keys(security).aggregator.authenticate(payload, signer="c-0"))
+    assert isinstance(presence, Presence) and presence.status == "offline"
+
+
 def from_aggregator(message: Message, security: str = "signed+sealed") -> bytes:
     return keys(security).aggregator.wrap(codec.encode(message))
 

@@ -3,6 +3,7 @@ sessions, Last Wills and delivery latency, in virtual time."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -225,6 +226,22 @@ def test_a_will_fires_once_and_a_reconnect_sets_a_new_one(timeline: Timeline, br
     broker.disconnect("c1", abrupt=True)
     settle(timeline)
     assert watcher.payloads == [b"offline-1", b"offline-2"]
+
+
+def test_a_will_given_as_a_maker_is_made_only_when_it_fires(timeline: Timeline, broker: MemoryBroker) -> None:
+    """The simulator's clients hand their Will's payload as a function: a clean disconnect never builds it."""
+    made: list[str] = []
+
+    def will(name: str) -> Callable[[], bytes]:
+        return lambda: made.append(name) or name.encode()
+
+    watcher = connected(broker, timeline, "agg", "run/presence/+")
+    connected(broker, timeline, "c1", will=("run/presence/c1", will("c1")))
+    connected(broker, timeline, "c2", will=("run/presence/c2", will("c2")))
+    broker.disconnect("c1", abrupt=False)
+    broker.disconnect("c2", abrupt=True)
+    settle(timeline)
+    assert made == ["c2"] and watcher.payloads == [b"c2"]
 
 
 def test_disconnecting_an_unknown_client_is_harmless(timeline: Timeline, broker: MemoryBroker) -> None:
