@@ -15,10 +15,11 @@ network library; ``run`` loads the MQTT runtime when it is called.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from fedbus.lazy import exports
 
 if TYPE_CHECKING:
     from fedbus.aggregator.strategies import Strategy, register_strategy
@@ -28,21 +29,12 @@ if TYPE_CHECKING:
     from fedbus.scenario import Scenario, load_scenario, scenario_from_mapping
 
 # Loaded on first use (PEP 562), so that `import fedbus.tasks` or `fedbus.protocol` stays as light as it was.
-_LAZY = {
-    "Strategy": "fedbus.aggregator.strategies", "register_strategy": "fedbus.aggregator.strategies",
-    "LocalOptimizer": "fedbus.client.optimizer", "LocalOutcome": "fedbus.client.optimizer",
-    "OptimizerFactory": "fedbus.client.optimizer", "register_optimizer": "fedbus.client.optimizer",
-    "FedbusError": "fedbus.errors", "ScenarioError": "fedbus.errors",
-    "Scenario": "fedbus.scenario", "load_scenario": "fedbus.scenario", "scenario_from_mapping": "fedbus.scenario",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'fedbus' has no attribute {name!r}")
+__getattr__ = exports(__name__, globals(), {
+    "fedbus.aggregator.strategies": ("Strategy", "register_strategy"),
+    "fedbus.client.optimizer": ("LocalOptimizer", "LocalOutcome", "OptimizerFactory", "register_optimizer"),
+    "fedbus.errors": ("FedbusError", "ScenarioError"),
+    "fedbus.scenario": ("Scenario", "load_scenario", "scenario_from_mapping"),
+})
 
 __version__ = "0.1.0"
 __all__ = [

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import random
-import statistics
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -145,6 +144,8 @@ class RoundAggregator(AggregatorBase):
         fixed = now + cfg.round_deadline_s
         if cfg.adaptive_deadline_k is None or len(self._arrivals) < 3:
             return fixed
+        import statistics  # here: its import (decimal, fractions) costs a run that never adapts a deadline
+
         median = statistics.median(self._arrivals)
         mad = statistics.median(abs(a - median) for a in self._arrivals)
         return min(fixed, now + median + cfg.adaptive_deadline_k * mad + 1e-6)

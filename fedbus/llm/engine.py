@@ -7,24 +7,12 @@ from a script, for tests and dry runs, and says so in its name.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, cast, runtime_checkable
 
 from fedbus.errors import EngineError
-
-CHARS_PER_TOKEN = 4
-
-
-def estimate_tokens(text: str) -> int:
-    """A rough token count: one token per 4 characters, rounded up (0 for the empty string).
-
-    OpenAI's rule of thumb for English with a BPE tokenizer. Used only where a server does not
-    report usage (and the statistics count how often that happened); it is an estimate for budgets
-    and reports, never for fitting a prompt into a context window.
-    """
-    return math.ceil(len(text) / CHARS_PER_TOKEN)
+from fedbus.tokens import CHARS_PER_TOKEN, estimate_tokens
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -14,13 +14,12 @@ figures from different models do not compare.
 from __future__ import annotations
 
 import math
-import statistics
 import zlib
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from fedbus.llm.engine import estimate_tokens
+from fedbus.tokens import estimate_tokens
 
 SURPRISAL_UNAVAILABLE = "unavailable: the engine reports no log-probabilities of the prompt's tokens"
 
@@ -42,6 +41,8 @@ def char_entropy(text: str) -> float:
 def surprisal(logprobs: Sequence[float], model: str) -> dict[str, Any]:
     """The authors' UID figures from per-token log-probabilities (natural log): surprisal (-log p, in nats) mean,
     max and variance (n - 1 in the denominator, as torch's ``var``); lower variance is more uniform."""
+    import statistics  # here: its import (decimal, fractions) costs every run, few of which have log-probabilities
+
     values = [-v for v in logprobs]
     return {"mean_nats": round(statistics.fmean(values), 4), "max_nats": round(max(values), 4),
             "variance": round(statistics.variance(values), 4) if len(values) > 1 else 0.0,

@@ -20,10 +20,10 @@ from fedbus import __version__
 from fedbus.aggregator.effects import Rejection, RoundResult
 from fedbus.aggregator.llm_merge import sentence_overlap
 from fedbus.aggregator.session import Forgeries, NodeOutcome
-from fedbus.llm.engine import estimate_tokens
 from fedbus.results.eventlog import EventLog
 from fedbus.results.prompt_measures import complexity
 from fedbus.scenario import Scenario, scenario_to_mapping
+from fedbus.tokens import estimate_tokens
 
 # Event-log entries that show the injected conditions at work, summed into summary.json.
 CONDITION_EVENTS = ("dropout", "hang", "hang-ignored", "task-lost", "work-discarded", "gone", "connected",

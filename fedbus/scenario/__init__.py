@@ -5,21 +5,16 @@ model (a ``fedbus client``'s conditions) does not import the YAML loader and its
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from fedbus.lazy import exports
 
 if TYPE_CHECKING:
     from fedbus.scenario.loader import load_scenario, scenario_from_mapping, scenario_to_mapping
     from fedbus.scenario.model import Scenario
 
 __all__ = ["Scenario", "load_scenario", "scenario_from_mapping", "scenario_to_mapping"]
-_WHERE = {"Scenario": "fedbus.scenario.model", "load_scenario": "fedbus.scenario.loader",
-          "scenario_from_mapping": "fedbus.scenario.loader", "scenario_to_mapping": "fedbus.scenario.loader"}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_WHERE[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = exports(__name__, globals(), {
+    "fedbus.scenario.model": ("Scenario",),
+    "fedbus.scenario.loader": ("load_scenario", "scenario_from_mapping", "scenario_to_mapping"),
+})
