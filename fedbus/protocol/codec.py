@@ -171,6 +171,26 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
+def _holds_lone_surrogate(value: Any) -> bool:
+    """Whether a string anywhere in ``value`` (keys too) holds half of a surrogate pair: JSON can escape one
+    (``"\\ud800"``), but it is no Unicode text, and UTF-8 (a log line, a file, a reply) cannot hold it."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
@@ -191,6 +211,8 @@ def _parse(payload: bytes, limits: Limits) -> dict[str, Any]:
     brackets = payload.count(b"{") + payload.count(b"[")
     if brackets > limits.max_depth and _depth_exceeds(document, limits.max_depth):
         raise MessageRejected("too-deep", f"nesting deeper than {limits.max_depth}")
+    if (b"\\ud" in payload or b"\\uD" in payload) and _holds_lone_surrogate(document):  # only an escape makes one
+        raise MessageRejected("not-json", "a string escapes a lone surrogate (\\ud800-\\udfff): not Unicode text")
     if not isinstance(document, dict):
         raise MessageRejected("bad-envelope", "top level must be a JSON object")
     return document

@@ -25,10 +25,15 @@ _FALLBACK = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", "
 
 def encode_line(event: dict[str, Any]) -> str:
     """One events.jsonl line (newline included): compact JSON, UTF-8 as is."""
+    return line_bytes(event).decode()
+
+
+def line_bytes(event: dict[str, Any]) -> bytes:
+    """:func:`encode_line`'s line as the UTF-8 bytes the log writes."""
     try:
-        return orjson.dumps(event, default=str, option=_LINE).decode()
-    except TypeError:
-        return _FALLBACK.encode(event) + "\n"
+        return orjson.dumps(event, default=str, option=_LINE)
+    except TypeError:  # a lone surrogate (not Unicode text) is written as JSON's escape of it: the log takes any str
+        return (_FALLBACK.encode(event) + "\n").encode("utf-8", "backslashreplace")
 
 
 class EventLog:
@@ -51,16 +56,16 @@ class EventLog:
         self.started = time.monotonic() - offset  # t = 0 on time.monotonic(), which other processes share
         self._clock = clock or (lambda: time.monotonic() - self.started)
         self._path = path
-        self._file: IO[str] | None = None
+        self._file: IO[bytes] | None = None  # bytes: orjson writes them, and a text layer would only re-encode
         self.count = 0
         self.counts: Counter[str] = Counter()
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             if append:
                 self._count_existing(path)
-            self._file = path.open("a" if append else "w", encoding="utf-8", buffering=1 << 16)
+            self._file = path.open("ab" if append else "wb", buffering=1 << 16)
             if append and self._file.tell() > 0 and not path.read_bytes().endswith(b"\n"):
-                self._file.write("\n")  # end the line a kill cut short; readers skip it
+                self._file.write(b"\n")  # end the line a kill cut short; readers skip it
                 self._file.flush()
         self._flush_due = False
 
@@ -84,7 +89,7 @@ class EventLog:
         if self._file is None:
             return
         line = {"t": round(self._clock() if t is None else t, 6), "event": event, **fields}
-        self._file.write(encode_line(line))
+        self._file.write(line_bytes(line))
         if not self._flush_due:
             self._flush_soon()
 
@@ -135,7 +140,7 @@ class EventLog:
             self.count += 1
             self.counts[event.get("event", "")] += 1
         if self._file is not None and lines:
-            self._file.write("\n".join(lines) + "\n")
+            self._file.write(("\n".join(lines) + "\n").encode())
             self.flush()
         return len(lines)
 

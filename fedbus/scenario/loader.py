@@ -284,6 +284,10 @@ class _ScenarioYamlLoader(yaml.SafeLoader):
             self._path.pop()
         if isinstance(node, yaml.ScalarNode):
             self._sizes[id(node)] = 1 + len(node.value)
+            if not node.value.isascii() and _lone_surrogate(node.value):
+                raise self._refuse(here, "a string escapes half a surrogate pair (\\ud800-\\udfff), which no "
+                                   "UTF-8 text holds: write the character itself, or its \\U escape (\\U0001F600)",
+                                   node.start_mark)
         elif isinstance(node, yaml.SequenceNode):
             self._sizes[id(node)] = 1 + sum(self._sizes[id(item)] for item in node.value)
         elif isinstance(node, yaml.MappingNode):
@@ -297,6 +301,14 @@ class _ScenarioYamlLoader(yaml.SafeLoader):
                 if (key.tag, key.value) in seen:
                     raise self._refuse([*here, key.value], "duplicate key", key.start_mark)
                 seen.add((key.tag, key.value))
+
+
+def _lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import hmac
 import secrets
 from collections import OrderedDict
@@ -91,8 +90,8 @@ def derive(secret: bytes, owner: str) -> PrivateKey:
     if type(secret) is not bytes or len(secret) < KEY_BYTES:
         raise ValueError(f"a key-derivation secret must be at least {KEY_BYTES} bytes")
     label = DERIVE_DOMAIN + owner.encode("utf-8") + b"\n"
-    return PrivateKey(hmac.new(secret, label + b"ed25519", hashlib.sha256).digest(),
-                      hmac.new(secret, label + b"x25519", hashlib.sha256).digest())
+    return PrivateKey(hmac.digest(secret, label + b"ed25519", "sha256"),
+                      hmac.digest(secret, label + b"x25519", "sha256"))
 
 
 # ---------------------------------------------------------------------------------------------- Ed25519

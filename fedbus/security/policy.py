@@ -17,13 +17,11 @@ Modes (the scenario's ``security`` setting, docs/SECURITY.md):
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from dataclasses import dataclass, field
 
 from fedbus.errors import LocalProtocolError
 from fedbus.protocol.ids import AGGREGATOR, is_valid_id
-from fedbus.security.crypto import SIGNATURE_BYTES, PrivateKey
+from fedbus.security.crypto import SIGNATURE_BYTES, PrivateKey, hmac_sha256
 from fedbus.security.keys import KEY_BYTES, KeyLookup, PublicKey, fingerprint
 from fedbus.security.sealing import OVERHEAD as SEAL_OVERHEAD
 from fedbus.security.sealing import open_body, seal_body
@@ -158,7 +156,7 @@ class Security:
     def _ephemeral(self, payload: bytes) -> bytes | None:
         if self.ephemeral_seed is None:
             return None
-        return hmac.new(self.ephemeral_seed, payload, hashlib.sha256).digest()
+        return hmac_sha256(self.ephemeral_seed, payload)
 
     # ------------------------------------------------------------------ coming in
     def authenticate(self, wire: bytes, *, signer: str) -> bytes:

@@ -101,7 +101,9 @@ def hold_round_one(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
 
 async def test_malformed_and_forged_updates_are_rejected_and_the_run_goes_on(
         broker: BrokerAddress, run_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Garbage, a forged sender and an unknown client on update topics are rejected with reasons; the run completes."""
+    """Garbage, a forged sender and an unknown client on update topics are rejected with reasons; the run completes.
+    So is an update whose message id escapes half a surrogate pair (JSON can, no UTF-8 log can hold it): it once
+    crashed the aggregator as it wrote the id to events.jsonl."""
     gate = hold_round_one(monkeypatch)  # the garbage must arrive while round 1 is open
     # protocol v1 (security: none): forgeries over v2 are held against nobody (tests/unit/test_session_security.py)
     doc = scenario(security="none", rounds=2, clients={"count": 2, "local_steps": 1},
@@ -119,12 +121,14 @@ async def test_malformed_and_forged_updates_are_rejected_and_the_run_goes_on(
         await bus.publish(topics.update_topic(run_id, "client-0"), b"\x00not json")
         await bus.publish(topics.update_topic(run_id, "client-0"), codec.encode(forged))
         await bus.publish(topics.update_topic(run_id, "mallory"), codec.encode(stranger))
-    await _wait_for_event(tmp_path, "rejected", count=3)
+        lone = {**json.loads(codec.encode(forged)), "client": "client-0", "id": "evil-\ud800"}
+        await bus.publish(topics.update_topic(run_id, "client-0"), json.dumps(lone).encode())
+    await _wait_for_event(tmp_path, "rejected", count=4)
     gate.set()
     summary = await asyncio.wait_for(task, 180)
     assert summary["status"] == "completed"
     reasons = sorted(r["reason"] for r in summary["rounds"][0]["rejected"])
-    assert reasons == ["malformed:client-mismatch", "malformed:not-json", "unknown-client"]
+    assert reasons == ["malformed:client-mismatch", "malformed:not-json", "malformed:not-json", "unknown-client"]
     assert all(len(r["accepted"]) == 2 for r in summary["rounds"])
 
 

@@ -195,6 +195,30 @@ def test_global_state_must_come_from_the_aggregator() -> None:
     assert rejected(raw(document)) == "bad-field"
 
 
+@pytest.mark.parametrize("where", ["id", "prompt", "key", "upper-case"])
+def test_half_a_surrogate_pair_is_not_text(where: str) -> None:
+    """JSON can escape half a surrogate pair, but no UTF-8 log or file can hold one: an aggregator that took such a
+    message id crashed writing its event log. Any string (or key) holding one is not-json; an escaped whole pair
+    and raw UTF-8 are the text they spell."""
+    lone = "x\ud800"
+    document = sample_update(**{"id": lone} if where == "id" else {})
+    if where == "prompt":
+        document["body"]["prompt"] = lone  # type: ignore[index]
+    if where == "key":
+        document["body"]["stats"][lone] = 1  # type: ignore[index]
+    payload = raw(document)
+    if where == "upper-case":  # JSON's hex digits may be either case
+        payload = raw(sample_update(id="x\udc00")).replace(b"\\udc00", b"\\uDC00")
+        assert b"\\uDC00" in payload
+    assert b"\\ud" in payload.lower() and rejected(payload) == "not-json"
+    pair = sample_update()
+    pair["body"]["prompt"] = "Smile \U0001F600, caf\u00e9."  # type: ignore[index]
+    escaped, plain = raw(pair), json.dumps(pair, ensure_ascii=False).encode()
+    assert b"\\ud83d\\ude00" in escaped
+    message = decode(escaped)
+    assert message == decode(plain) and isinstance(message, Update) and message.prompt == "Smile \U0001F600, caf\u00e9."
+
+
 @given(st.binary(max_size=200))
 def test_arbitrary_bytes_never_raise_anything_but_message_rejected(payload: bytes) -> None:
     reasons = {"oversized", "not-json", "non-finite", "too-deep", "bad-envelope", "bad-version", "unknown-kind",

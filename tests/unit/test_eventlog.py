@@ -26,6 +26,19 @@ def test_lines_hold_what_json_held() -> None:
     assert encode_line({"t": 0.5, "event": "sent"}) == '{"t":0.5,"event":"sent"}\n'
 
 
+def test_no_string_stops_the_log(tmp_path: Path) -> None:
+    """Half a surrogate pair (no UTF-8 text can hold one; the codec refuses messages with one) is written as the
+    JSON escape of it, which reads back as the same string: recording never fails on a string."""
+    log = EventLog(tmp_path / "events.jsonl", clock=lambda: 1.0)
+    log.record("rejected", id="x\ud800", detail="caf\u00e9")
+    log.record("next")
+    log.close()
+    text = (tmp_path / "events.jsonl").read_text(encoding="utf-8")
+    assert "\\ud800" in text and "caf\u00e9" in text
+    assert [json.loads(line) for line in text.splitlines()] == [
+        {"t": 1.0, "event": "rejected", "id": "x\ud800", "detail": "caf\u00e9"}, {"t": 1.0, "event": "next"}]
+
+
 def test_numpy_numbers_stay_numbers() -> None:
     numpy = pytest.importorskip("numpy")
     assert json.loads(encode_line({"acc": numpy.float64(0.25), "n": numpy.int64(3)})) == {"acc": 0.25, "n": 3}

@@ -249,6 +249,19 @@ def test_a_duplicate_key_is_refused_with_its_path(tmp_path: Path, text: str, pat
     assert error.problems[0][1].startswith("duplicate key (line ")
 
 
+@pytest.mark.parametrize(("text", "path"), [
+    ('name: t\nrounds: 2\ninitial_prompt: "Think \\ud800"\n', "initial_prompt"),
+    ('name: t\nrounds: 2\nclients: {groups: [{name: "a\\ud83d\\ude00", count: 1}]}\n', "clients.groups[0].name"),
+    ('name: t\n"k\\udfff": 1\n', "?"),  # a key: its line and column say where
+])
+def test_half_a_surrogate_pair_is_refused_with_its_path(tmp_path: Path, text: str, path: str) -> None:
+    """YAML can escape half a surrogate pair (PyYAML reads even a whole pair's two escapes as two halves); no UTF-8
+    text holds one, and a run crashed encoding the first message with it: refused where it is written."""
+    error = refused(tmp_path, text)
+    assert [where for where, _ in error.problems] == [path]
+    assert "half a surrogate pair" in error.problems[0][1] and "\\U0001F600" in error.problems[0][1]
+
+
 def test_a_file_that_is_not_utf8_names_the_file_and_line(tmp_path: Path) -> None:
     """Latin-1 bytes: one problem naming the file, the byte and its line, not a UnicodeDecodeError."""
     error = refused(tmp_path, b"name: t\nrounds: 2\ninitial_prompt: caf\xe9\n")
