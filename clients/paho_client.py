@@ -107,6 +107,23 @@ def _reject_constant(name: str) -> Any:
     raise Rejected("non-finite", f"{name} is not allowed")
 
 
+def _half_surrogate(document: Any) -> bool:
+    """True if a string or key anywhere holds half a surrogate pair (JSON's "\\ud800" escape spells one)."""
+    stack = [document]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(value, dict):
+            stack.extend((*value.keys(), *value.values()))
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
+
+
 def _too_deep(document: Any) -> bool:
     """True if objects/arrays nest more than MAX_DEPTH levels (the top-level object is level 1)."""
     stack: list[tuple[Any, int]] = [(document, 1)]
@@ -207,6 +224,8 @@ def decode(payload: bytes, limit: int = MAX_MESSAGE_BYTES) -> dict[str, Any]:
         raise Rejected("too-deep", "nesting exceeds the parser's limit") from exc
     except (UnicodeDecodeError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
         raise Rejected("not-json", str(exc)[:200]) from exc
+    if _half_surrogate(doc):  # 2: no UTF-8 text holds half a surrogate pair
+        raise Rejected("not-json", "a string escapes half a surrogate pair")
     if _too_deep(doc):  # 3
         raise Rejected("too-deep", f"nesting deeper than {MAX_DEPTH}")
     if not isinstance(doc, dict):  # 4

@@ -207,12 +207,12 @@ def _parse(payload: bytes, limits: Limits) -> dict[str, Any]:
         raise MessageRejected("too-deep", "nesting exceeds the parser's limit") from exc
     except (UnicodeDecodeError, ValueError) as exc:
         raise MessageRejected("not-json", str(exc)[:200]) from exc
+    if (b"\\ud" in payload or b"\\uD" in payload) and _holds_lone_surrogate(document):  # only an escape makes one
+        raise MessageRejected("not-json", "a string escapes a lone surrogate (\\ud800-\\udfff): not Unicode text")
     # Walking the tree costs microseconds; only do it when there are enough brackets to nest deeply.
     brackets = payload.count(b"{") + payload.count(b"[")
     if brackets > limits.max_depth and _depth_exceeds(document, limits.max_depth):
         raise MessageRejected("too-deep", f"nesting deeper than {limits.max_depth}")
-    if (b"\\ud" in payload or b"\\uD" in payload) and _holds_lone_surrogate(document):  # only an escape makes one
-        raise MessageRejected("not-json", "a string escapes a lone surrogate (\\ud800-\\udfff): not Unicode text")
     if not isinstance(document, dict):
         raise MessageRejected("bad-envelope", "top level must be a JSON object")
     return document

@@ -212,6 +212,24 @@ def test_the_client_accepts_what_the_fedbus_aggregator_signs() -> None:
     assert pc.decode(payload)["body"]["prompt"] == "Be brief."
 
 
+def test_the_client_and_fedbus_refuse_half_a_surrogate_pair_alike() -> None:
+    """docs/PROTOCOL.md § Decoding, step 2: a string escaping half a surrogate pair is not-json, in the reference
+    client as in fedbus's codec; an escaped whole pair is the character it spells, in both."""
+    document = json.loads(task_payload())
+    document["body"]["prompt"] = "Be \ud800 brief."
+    lone = json.dumps(document).encode()
+    with pytest.raises(pc.Rejected) as caught:
+        pc.decode(lone)
+    assert caught.value.reason == "not-json"
+    with pytest.raises(codec.MessageRejected) as ours:
+        codec.decode(lone)
+    assert ours.value.reason == "not-json"
+    document["body"]["prompt"] = "Be \U0001F600 brief."
+    pair = json.dumps(document).encode()
+    task = codec.decode(pair)
+    assert isinstance(task, Task) and pc.decode(pair)["body"]["prompt"] == task.prompt == "Be \U0001F600 brief."
+
+
 def test_every_altered_frame_is_rejected_with_fedbus_s_reason() -> None:
     """Each single-byte change and each cut of a signed task: the client rejects it, for the reason fedbus gives."""
     wire = sign(task_payload(), FEDBUS_AGG, "aggregator")
