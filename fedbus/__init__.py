@@ -29,12 +29,13 @@ if TYPE_CHECKING:
     from fedbus.scenario import Scenario, load_scenario, scenario_from_mapping
 
 # Loaded on first use (PEP 562), so that `import fedbus.tasks` or `fedbus.protocol` stays as light as it was.
-__getattr__ = exports(__name__, globals(), {
-    "fedbus.aggregator.strategies": ("Strategy", "register_strategy"),
-    "fedbus.client.optimizer": ("LocalOptimizer", "LocalOutcome", "OptimizerFactory", "register_optimizer"),
-    "fedbus.errors": ("FedbusError", "ScenarioError"),
-    "fedbus.scenario": ("Scenario", "load_scenario", "scenario_from_mapping"),
-})
+if not TYPE_CHECKING:  # mypy checks the names imported above instead
+    __getattr__, __dir__ = exports(__name__, globals(), {
+        "fedbus.aggregator.strategies": ("Strategy", "register_strategy"),
+        "fedbus.client.optimizer": ("LocalOptimizer", "LocalOutcome", "OptimizerFactory", "register_optimizer"),
+        "fedbus.errors": ("FedbusError", "ScenarioError"),
+        "fedbus.scenario": ("Scenario", "load_scenario", "scenario_from_mapping"),
+    })
 
 __version__ = "0.1.0"
 __all__ = [

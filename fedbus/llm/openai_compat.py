@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -376,6 +377,20 @@ def _parse_retry_after(value: str | None) -> float | None:
     return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
+_HALF_PAIR = re.compile("[\ud800-\udfff]")
+
+
+def _whole_text(content: str) -> str:
+    """``content`` with each half of a surrogate pair (a server's JSON can escape one: ``"\\ud800"``) replaced by
+    U+FFFD, as a UTF-8 decoder replaces a broken byte: the reply becomes a prompt that messages, logs and results
+    must write as UTF-8, which cannot hold half a pair."""
+    try:
+        content.encode("utf-8")
+    except UnicodeEncodeError:
+        return _HALF_PAIR.sub("\ufffd", content)
+    return content
+
+
 def _parse_reply(raw: bytes) -> _Reply:
     """The first choice's message content, its ``finish_reason`` and the usage, or
     ``_Retryable('malformed response: ...')``."""
@@ -392,6 +407,8 @@ def _parse_reply(raw: bytes) -> _Reply:
     content = message.get("content") if isinstance(message, dict) else None
     if not isinstance(content, str):
         raise _Retryable("malformed response: no message content")
+    if not content.isascii():
+        content = _whole_text(content)
     usage = data.get("usage")
     prompt_tokens = completion_tokens = None
     if isinstance(usage, dict):

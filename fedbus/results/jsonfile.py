@@ -20,5 +20,6 @@ def pretty_json(document: Any) -> str:
     """``document`` as an indented JSON text, newline included. ``TypeError`` for what JSON cannot hold."""
     try:
         return orjson.dumps(document, option=_PRETTY).decode()
-    except TypeError:
-        return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    except TypeError:  # half a surrogate pair, which no UTF-8 file holds, is written as JSON's escape of it
+        text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+        return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode("utf-8")

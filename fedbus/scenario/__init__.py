@@ -14,7 +14,8 @@ if TYPE_CHECKING:
     from fedbus.scenario.model import Scenario
 
 __all__ = ["Scenario", "load_scenario", "scenario_from_mapping", "scenario_to_mapping"]
-__getattr__ = exports(__name__, globals(), {
-    "fedbus.scenario.model": ("Scenario",),
-    "fedbus.scenario.loader": ("load_scenario", "scenario_from_mapping", "scenario_to_mapping"),
-})
+if not TYPE_CHECKING:  # mypy checks the names imported above instead
+    __getattr__, __dir__ = exports(__name__, globals(), {
+        "fedbus.scenario.model": ("Scenario",),
+        "fedbus.scenario.loader": ("load_scenario", "scenario_from_mapping", "scenario_to_mapping"),
+    })

@@ -65,13 +65,14 @@ __all__ = [
     "unseal",
     "verify",
 ]
-__getattr__ = exports(__name__, globals(), {  # module -> the names it gives
-    "fedbus.security.crypto": ("PrivateKey", "derive", "generate"),
-    "fedbus.security.errors": ("KeyFileError", "TokenError", "WireRejected"),
-    "fedbus.security.keyfiles": ("Identity", "Peer", "keygen", "load_authorized", "load_private", "load_public"),
-    "fedbus.security.keys": ("AuthorizedKeys", "KeyLookup", "PublicKey", "fingerprint", "parse_public"),
-    "fedbus.security.policy": ("DEFAULT_SECURITY", "SECURITY_MODES", "Security"),
-    "fedbus.security.sealing": ("open_body", "seal", "seal_body", "seal_context", "unseal"),
-    "fedbus.security.signing": ("Verified", "is_signed", "sign", "verify"),
-    "fedbus.security.token": ("JoinToken", "decode_token", "encode_token"),
-})
+if not TYPE_CHECKING:  # mypy checks the names imported above instead
+    __getattr__, __dir__ = exports(__name__, globals(), {  # module -> the names it gives
+        "fedbus.security.crypto": ("PrivateKey", "derive", "generate"),
+        "fedbus.security.errors": ("KeyFileError", "TokenError", "WireRejected"),
+        "fedbus.security.keyfiles": ("Identity", "Peer", "keygen", "load_authorized", "load_private", "load_public"),
+        "fedbus.security.keys": ("AuthorizedKeys", "KeyLookup", "PublicKey", "fingerprint", "parse_public"),
+        "fedbus.security.policy": ("DEFAULT_SECURITY", "SECURITY_MODES", "Security"),
+        "fedbus.security.sealing": ("open_body", "seal", "seal_body", "seal_context", "unseal"),
+        "fedbus.security.signing": ("Verified", "is_signed", "sign", "verify"),
+        "fedbus.security.token": ("JoinToken", "decode_token", "encode_token"),
+    })

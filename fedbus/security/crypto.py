@@ -54,8 +54,9 @@ class PrivateKey:
         opener = X25519PrivateKey.from_private_bytes(self.seal_secret)
         object.__setattr__(self, "_opener", opener)
         object.__setattr__(self, "_signing", None)
+        # the deferred half holds the seed it needs, not this key: no cycle, and nothing more kept alive
         object.__setattr__(self, "public", PublicKey.deferred(opener.public_key().public_bytes_raw(),
-                                                              self._sign_public))
+                                                              functools.partial(_ed25519_public, self.sign_seed)))
 
     @property
     def _signer(self) -> Ed25519PrivateKey:
@@ -65,8 +66,10 @@ class PrivateKey:
             object.__setattr__(self, "_signing", signing)  # two threads at once load the same key
         return signing
 
-    def _sign_public(self) -> bytes:
-        return self._signer.public_key().public_bytes_raw()
+
+
+def _ed25519_public(seed: bytes) -> bytes:
+    return Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()
 
 
 def random_bytes(n: int) -> bytes:

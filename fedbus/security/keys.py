@@ -83,7 +83,8 @@ class PublicKey:
         sign = self._sign
         if sign is None:
             sign_of = self._sign_of
-            assert sign_of is not None  # one of the two is always set
+            if sign_of is None:  # another thread computed it since: it set _sign before it cleared _sign_of
+                return self._sign  # type: ignore[return-value]
             sign = sign_of()
             _check_half(sign, "sign", "an Ed25519")
             object.__setattr__(self, "_sign", sign)  # two threads at once compute the same bytes

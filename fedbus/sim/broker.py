@@ -160,7 +160,7 @@ class MemoryBroker:
         will, session.will = session.will, None
         if abrupt and will is not None:
             topic, payload = will
-            self.publish(topic, payload if isinstance(payload, bytes) else payload(), retain=True)
+            self.publish(topic, payload() if callable(payload) else payload, retain=True)
 
     def _send(self, ident: str, session: _Session, topic: str, payload: bytes, *, retained: bool) -> None:
         def arrive() -> None:

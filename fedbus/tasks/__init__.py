@@ -75,20 +75,21 @@ __all__ = [
     "split_gsm8k_fedtextgrad",
     "worked_solution",
 ]
-__getattr__ = exports(__name__, globals(), {  # module -> the names it gives
-    "fedbus.tasks.answers": (
-        "ANSWER_INSTRUCTION", "ParsedAnswer", "accuracy", "extract_answer", "is_correct", "parse_answer",
-        "parse_target",
-    ),
-    "fedbus.tasks.arithmetic": ("generate_arithmetic",),
-    "fedbus.tasks.example": ("Example", "Splits"),
-    "fedbus.tasks.generate": ("TASK_NAMES", "generate_splits"),
-    "fedbus.tasks.loaders": (
-        "DatasetError", "load_bbh_json", "load_bbh_splits", "load_gsm8k_jsonl", "load_gsm8k_splits", "split_bbh",
-        "split_gsm8k",
-    ),
-    "fedbus.tasks.object_counting": ("CATEGORIES", "generate_object_counting"),
-    "fedbus.tasks.partition": ("Partition", "dirichlet_partition", "iid_partition", "per_task_partition"),
-    "fedbus.tasks.sources": ("SPLIT_RULES", "load_source", "split_gsm8k_fedtextgrad"),
-    "fedbus.tasks.word_problems": ("generate_word_problems", "worked_solution"),
-})
+if not TYPE_CHECKING:  # mypy checks the names imported above instead
+    __getattr__, __dir__ = exports(__name__, globals(), {  # module -> the names it gives
+        "fedbus.tasks.answers": (
+            "ANSWER_INSTRUCTION", "ParsedAnswer", "accuracy", "extract_answer", "is_correct", "parse_answer",
+            "parse_target",
+        ),
+        "fedbus.tasks.arithmetic": ("generate_arithmetic",),
+        "fedbus.tasks.example": ("Example", "Splits"),
+        "fedbus.tasks.generate": ("TASK_NAMES", "generate_splits"),
+        "fedbus.tasks.loaders": (
+            "DatasetError", "load_bbh_json", "load_bbh_splits", "load_gsm8k_jsonl", "load_gsm8k_splits", "split_bbh",
+            "split_gsm8k",
+        ),
+        "fedbus.tasks.object_counting": ("CATEGORIES", "generate_object_counting"),
+        "fedbus.tasks.partition": ("Partition", "dirichlet_partition", "iid_partition", "per_task_partition"),
+        "fedbus.tasks.sources": ("SPLIT_RULES", "load_source", "split_gsm8k_fedtextgrad"),
+        "fedbus.tasks.word_problems": ("generate_word_problems", "worked_solution"),
+    })

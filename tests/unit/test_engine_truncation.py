@@ -25,6 +25,16 @@ def test_the_finish_reason_is_read_from_the_reply() -> None:
     assert not Completion(text="x", prompt_tokens=1, completion_tokens=1, finish_reason="stop").truncated
 
 
+def test_half_a_surrogate_pair_in_a_reply_becomes_the_replacement_character() -> None:
+    """A server's JSON can escape half a surrogate pair; the reply becomes a prompt that messages, events.jsonl and
+    summary.json write as UTF-8, which cannot hold one (it crashed a run at its next message). Each half becomes
+    U+FFFD; a whole pair, escaped, stays the character it spells."""
+    body = b'{"choices": [{"message": {"content": "ok \\ud800 then \\ud83d\\ude00 \\udfff"}}]}'
+    text = _parse_reply(body).text
+    assert text == "ok \ufffd then \U0001F600 \ufffd"
+    assert text.encode("utf-8").decode("utf-8") == text
+
+
 def test_a_cut_merge_is_not_a_prompt() -> None:
     tagged = "<MERGED_PROMPT>List every item.</MERGED_PROMPT>"
     for strategy, reply in (("summarize", "List every item and"), ("summarize_tagged", tagged)):

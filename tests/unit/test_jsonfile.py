@@ -39,3 +39,11 @@ def test_big_integers_and_non_finite_numbers() -> None:
     assert json.loads(pretty_json({"n": 2**80})) == {"n": 2**80}
     assert json.loads(pretty_json({"loss": float("nan"), "x": [float("inf")]})) == {"loss": None, "x": [None]}
     assert pretty_json({1: "a"}) == '{\n  "1": "a"\n}\n'
+
+
+def test_half_a_surrogate_pair_is_written_as_its_escape() -> None:
+    """summary.json is written as UTF-8, which cannot hold half a surrogate pair: pretty_json writes JSON's escape
+    of it, which reads back as the same string; other text stays as it is."""
+    text = pretty_json({"id": "x\ud800", "prompt": "caf\u00e9 \U0001F600", "n": 2**70})
+    assert text.encode("utf-8") and "\\ud800" in text and "caf\u00e9 \U0001F600" in text
+    assert json.loads(text) == {"id": "x\ud800", "prompt": "caf\u00e9 \U0001F600", "n": 2**70}

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import inspect
 import json
 import re
 import stat
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -169,6 +171,43 @@ def test_a_key_pairs_ed25519_half_is_loaded_only_when_first_needed() -> None:
     assert crypto.ed25519_sign(key, b"x") == crypto.ed25519_sign(CLIENT, b"x")
     again = PrivateKey(CLIENT.sign_seed, CLIENT.seal_secret)
     assert again == key and hash(again) == hash(key)  # equal secrets, whatever is loaded yet
+    import gc
+
+    # what computes the half holds the seed, not the private key: no cycle, and nothing else of the key kept alive
+    near = gc.get_referents(again.public._sign_of)
+    near += gc.get_referents(*near)
+    assert not any(isinstance(r, PrivateKey) for r in near) and CLIENT.sign_seed in near
+
+
+def test_a_public_key_read_while_another_thread_finishes_computing_it() -> None:
+    """Two threads read a deferred key's Ed25519 half at once: one finds it unset, the other computes it and clears
+    its maker before the first reads the maker. The first then takes what the other set (it once failed an
+    assert). Forced in one thread: a tracer plays the other thread's part between the two reads."""
+    import sys
+
+    key = PublicKey.deferred(CLIENT.public.seal, lambda: pytest.fail("computed twice"))
+    code = type(key).sign.fget.__code__  # type: ignore[attr-defined]
+    played: list[int] = []
+
+    def local(frame: Any, event: str, arg: Any) -> Any:
+        if event == "line" and frame.f_lineno == first_line + 4 and not played:  # about to read _sign_of
+            object.__setattr__(key, "_sign", CLIENT.public.sign)  # the other thread, done: _sign first
+            object.__setattr__(key, "_sign_of", None)
+            played.append(frame.f_lineno)
+        return local
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        return local if frame.f_code is code else None
+
+    first_line = code.co_firstlineno
+    lines = inspect.getsource(code).splitlines()
+    assert "sign_of = self._sign_of" in lines[4], lines[:6]  # the line the tracer stops before
+    sys.settrace(tracer)
+    try:
+        value = key.sign
+    finally:
+        sys.settrace(None)
+    assert played and value == CLIENT.public.sign
 
 
 def test_public_keys_are_frozen_values_that_pickle_as_their_bytes() -> None:
