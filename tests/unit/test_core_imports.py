@@ -55,10 +55,12 @@ def test_a_simulation_loads_only_what_it_runs() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
     code = ("import json, fedbus, fedbus.security, fedbus.tasks, fedbus.scenario; "
-            "print(json.dumps([f'{p.__name__}.{n}' for p in (fedbus, fedbus.security, fedbus.tasks, fedbus.scenario) "
-            "for n in p.__all__ if getattr(p, n, None) is None]))")
+            "packages = (fedbus, fedbus.security, fedbus.tasks, fedbus.scenario); "
+            "missing = [f'{p.__name__}.{n}' for p in packages for n in p.__all__ if getattr(p, n, None) is None]; "
+            "unlisted = [f'{p.__name__}.{n}' for p in packages for n in p.__all__ if n not in dir(p)]; "
+            "print(json.dumps([missing, unlisted, fedbus.security.crypto.__name__, fedbus.tasks.sources.__name__]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout) == []
+    assert json.loads(out.stdout) == [[], [], "fedbus.security.crypto", "fedbus.tasks.sources"]
 
 
 def test_the_runtime_does_not_import_the_simulator() -> None:
