@@ -11,7 +11,9 @@ AGGREGATOR = "aggregator"
 
 def is_valid_id(value: object) -> bool:
     """True for a run or client id that is safe inside an MQTT topic level."""
-    return isinstance(value, str) and _valid_str_id(value)
+    # no id is longer than 64: a longer string (a hostile message's, up to the message's size) is never matched, nor
+    # remembered, so the memo below holds at most its size in short strings
+    return isinstance(value, str) and len(value) <= 64 and _valid_str_id(value)
 
 
 @functools.lru_cache(maxsize=65_536)

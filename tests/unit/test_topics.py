@@ -89,3 +89,20 @@ def test_a_channel_that_is_not_per_client_is_refused() -> None:
 ])
 def test_filter_matching(pattern: str, topic: str, expected: bool) -> None:
     assert topics.matches(pattern, topic) is expected
+
+
+def test_what_a_hostile_sender_makes_long_is_refused_and_never_remembered() -> None:
+    """Ids and topics are remembered once checked (a message is checked several times), but a string longer than
+    any id or topic (a message's field, or an MQTT topic level, may run to ~64 KB) is refused without being
+    checked or kept: a stream of distinct long strings cannot fill the memo with megabytes each."""
+    from fedbus.protocol import ids
+
+    longest = f"{topics.ROOT}/{'r' * 64}/presence/{'c' * 64}"
+    assert topics.parse(longest) is not None and ids.is_valid_id("c" * 64)
+    ids._valid_str_id.cache_clear()
+    topics._parse.cache_clear()
+    for n in range(50):
+        assert not ids.is_valid_id("c" * 65 + str(n))
+        assert topics.parse(f"{longest}{n}") is None
+        assert topics.parse(f"{topics.ROOT}/r/update/{'x' * 10_000}{n}") is None
+    assert ids._valid_str_id.cache_info().currsize == 0 and topics._parse.cache_info().currsize == 0
