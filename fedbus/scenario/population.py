@@ -17,6 +17,7 @@ from fedbus.scenario.model import POPULATIONS, Scenario
 
 __all__ = ["POPULATIONS", "VIRTUAL_FROM", "Roll", "for_simulation", "roll", "virtual_obstacles"]
 VIRTUAL_FROM = 10_000
+_MEMO = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +28,8 @@ class Roll:
     groups: tuple[ClientGroup, ...]
     _starts: tuple[int, ...] = field(init=False, repr=False, compare=False)
     _by_name: dict[str, int] = field(init=False, repr=False, compare=False)
+    # the last ids looked up (a message's signer is looked up several times on its way): at most _MEMO of them
+    _looked_up: dict[str, int | None] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         starts, total = [], 0
@@ -35,6 +38,7 @@ class Roll:
             total += group.count
         object.__setattr__(self, "_starts", tuple(starts))
         object.__setattr__(self, "_by_name", {g.name: i for i, g in enumerate(self.groups)})
+        object.__setattr__(self, "_looked_up", {})
 
     @property
     def size(self) -> int:
@@ -52,6 +56,18 @@ class Roll:
         return self.member(index)[0]
 
     def index(self, client: str) -> int | None:
+        """Client ``client``'s index, or None for an id outside the census."""
+        looked_up = self._looked_up
+        if client in looked_up:
+            return looked_up[client]
+        found = self._index(client)
+        if len(looked_up) >= _MEMO:
+            looked_up.clear()
+        if len(client) <= 64:  # an id (a longer string is none, and is not kept)
+            looked_up[client] = found
+        return found
+
+    def _index(self, client: str) -> int | None:
         name, _, digits = client.rpartition("-")
         at = self._by_name.get(name)
         if at is None or not digits.isascii() or not digits.isdigit():

@@ -59,6 +59,20 @@ def test_an_id_outside_the_census_has_no_index(cid: str) -> None:
         census.member(census.size)
 
 
+def test_ids_looked_up_are_remembered_within_a_bound() -> None:
+    """A message's signer is looked up several times on its way: the answers are remembered, the same answers, for at
+    most a few thousand ids (a million-client census looked up once per client keeps none of it), and a string longer
+    than any id (a hostile message's) is answered without being kept."""
+    census = Roll((ClientGroup(name="a", count=1_000_000),))
+    first = [census.index(f"a-{i:06d}") for i in range(6_000)]
+    again = [census.index(f"a-{i:06d}") for i in range(6_000)]
+    assert first == again == list(range(6_000))
+    assert 0 < len(census._looked_up) <= 4096
+    census._looked_up.clear()
+    assert census.index("a-" + "0" * 100) is None and census.index("nobody-01") is None
+    assert list(census._looked_up) == ["nobody-01"]
+
+
 def test_availability_ranges_follow_each_groups_trace() -> None:
     day = Availability(online=(Interval(start_s=0.0, end_s=10.0),))
     census = Roll((ClientGroup(name="a", count=3), ClientGroup(name="b", count=4, availability=day),
