@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol, cast, runtime_checkable
 
 from fedbus.errors import EngineError
-from fedbus.tokens import CHARS_PER_TOKEN, estimate_tokens
+from fedbus.text import CHARS_PER_TOKEN, estimate_tokens
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

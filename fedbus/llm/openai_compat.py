@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import random
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ import aiohttp
 
 from fedbus.errors import EngineError
 from fedbus.llm.engine import Completion, EngineStatistics, Sampling, estimate_tokens
+from fedbus.text import whole_text
 
 SNIPPET_CHARS = 200
 MAX_BACKOFF_EXPONENT = 30  # 2**30 * any sane base is far past any backoff_max_s
@@ -377,20 +377,6 @@ def _parse_retry_after(value: str | None) -> float | None:
     return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
-_HALF_PAIR = re.compile("[\ud800-\udfff]")
-
-
-def _whole_text(content: str) -> str:
-    """``content`` with each half of a surrogate pair (a server's JSON can escape one: ``"\\ud800"``) replaced by
-    U+FFFD, as a UTF-8 decoder replaces a broken byte: the reply becomes a prompt that messages, logs and results
-    must write as UTF-8, which cannot hold half a pair."""
-    try:
-        content.encode("utf-8")
-    except UnicodeEncodeError:
-        return _HALF_PAIR.sub("\ufffd", content)
-    return content
-
-
 def _parse_reply(raw: bytes) -> _Reply:
     """The first choice's message content, its ``finish_reason`` and the usage, or
     ``_Retryable('malformed response: ...')``."""
@@ -407,8 +393,9 @@ def _parse_reply(raw: bytes) -> _Reply:
     content = message.get("content") if isinstance(message, dict) else None
     if not isinstance(content, str):
         raise _Retryable("malformed response: no message content")
-    if not content.isascii():
-        content = _whole_text(content)
+    # a server's JSON can escape half a surrogate pair; the reply becomes a prompt that messages, logs and results
+    # write as UTF-8, which cannot hold one
+    content = whole_text(content)
     usage = data.get("usage")
     prompt_tokens = completion_tokens = None
     if isinstance(usage, dict):

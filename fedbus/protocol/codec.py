@@ -28,6 +28,7 @@ from fedbus.protocol.messages import (
     Update,
     UpdateStats,
 )
+from fedbus.text import holds_half_pair
 
 DEFAULT_MAX_BYTES = DEFAULT_MAX_MESSAGE_BYTES
 MAX_DEPTH = 8
@@ -178,11 +179,8 @@ def _holds_lone_surrogate(value: Any) -> bool:
     while stack:
         item = stack.pop()
         if isinstance(item, str):
-            if not item.isascii():
-                try:
-                    item.encode("utf-8")
-                except UnicodeEncodeError:
-                    return True
+            if holds_half_pair(item):
+                return True
         elif isinstance(item, dict):
             stack.extend(item.keys())
             stack.extend(item.values())

@@ -7,13 +7,14 @@ import re
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 AGGREGATOR = "aggregator"
+MAX_ID_CHARS = 64  # what _ID allows
 
 
 def is_valid_id(value: object) -> bool:
     """True for a run or client id that is safe inside an MQTT topic level."""
-    # no id is longer than 64: a longer string (a hostile message's, up to the message's size) is never matched, nor
-    # remembered, so the memo below holds at most its size in short strings
-    return isinstance(value, str) and len(value) <= 64 and _valid_str_id(value)
+    # a longer string (a hostile message's, up to the message's size) is never matched, nor remembered, so the memo
+    # below holds at most its size in short strings
+    return isinstance(value, str) and len(value) <= MAX_ID_CHARS and _valid_str_id(value)
 
 
 @functools.lru_cache(maxsize=65_536)

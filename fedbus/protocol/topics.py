@@ -15,7 +15,7 @@ import functools
 from dataclasses import dataclass
 from typing import Literal
 
-from fedbus.protocol.ids import check_id, is_valid_id
+from fedbus.protocol.ids import MAX_ID_CHARS, check_id, is_valid_id
 
 ROOT = "fedbus/v1"
 Channel = Literal["global", "aggregator", "task", "receipt", "update", "presence", "metrics"]
@@ -42,7 +42,7 @@ def aggregator_topic(run: str) -> str:
 
 
 # Built and parsed several times per message: the last few thousand of each are remembered (a round's worth of
-# a 1,000-client run); a topic that is no fedbus topic parses to None, remembered too.
+# a 1,000-client run).
 @functools.lru_cache(maxsize=8192)
 def client_topic(run: str, channel: Channel, client: str) -> str:
     if channel not in PER_CLIENT:
@@ -77,7 +77,7 @@ def channel_filter(run: str, channel: Channel) -> str:
     return f"{ROOT}/{check_id(run, 'run id')}/{channel}/+"
 
 
-_LONGEST = len(f"{ROOT}/{'r' * 64}/presence/{'c' * 64}")  # ids are at most 64 characters
+_LONGEST = len(f"{ROOT}/{'r' * MAX_ID_CHARS}/presence/{'c' * MAX_ID_CHARS}")
 
 
 def parse(topic: str) -> TopicRef | None:
@@ -86,7 +86,7 @@ def parse(topic: str) -> TopicRef | None:
     return None if len(topic) > _LONGEST else _parse(topic)
 
 
-@functools.lru_cache(maxsize=8192)
+@functools.lru_cache(maxsize=8192)  # a topic that is no fedbus topic parses to None, remembered too
 def _parse(topic: str) -> TopicRef | None:
     parts = topic.split("/")
     if len(parts) < 4 or f"{parts[0]}/{parts[1]}" != ROOT or not is_valid_id(parts[2]):

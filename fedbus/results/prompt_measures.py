@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from fedbus.tokens import estimate_tokens
+from fedbus.text import estimate_tokens
 
 SURPRISAL_UNAVAILABLE = "unavailable: the engine reports no log-probabilities of the prompt's tokens"
 

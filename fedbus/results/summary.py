@@ -23,7 +23,7 @@ from fedbus.aggregator.session import Forgeries, NodeOutcome
 from fedbus.results.eventlog import EventLog
 from fedbus.results.prompt_measures import complexity
 from fedbus.scenario import Scenario, scenario_to_mapping
-from fedbus.tokens import estimate_tokens
+from fedbus.text import estimate_tokens
 
 # Event-log entries that show the injected conditions at work, summed into summary.json.
 CONDITION_EVENTS = ("dropout", "hang", "hang-ignored", "task-lost", "work-discarded", "gone", "connected",

@@ -34,6 +34,7 @@ from fedbus.scenario.population import virtual_obstacles
 from fedbus.scenario.reader import Reader, at_least, one_of, settings_of, shown, valid_id, within
 from fedbus.security.policy import secured_size
 from fedbus.tasks.sources import DEFAULT_SPLIT, SPLIT_RULES, decode_sources, encode_sources, scenario_sources
+from fedbus.text import holds_half_pair
 
 _TOP = {"name", "seed", "data_seed", "engine", "rounds", "initial_prompt", "task", "clients", "participation",
         "aggregation", "max_message_bytes", "time_scale"} | {f.name for f in settings_of(Scenario)}
@@ -284,7 +285,7 @@ class _ScenarioYamlLoader(yaml.SafeLoader):
             self._path.pop()
         if isinstance(node, yaml.ScalarNode):
             self._sizes[id(node)] = 1 + len(node.value)
-            if not node.value.isascii() and _lone_surrogate(node.value):
+            if holds_half_pair(node.value):
                 raise self._refuse(here, "a string escapes half a surrogate pair (\\ud800-\\udfff), which no "
                                    "UTF-8 text holds: write the character itself, or its \\U escape (\\U0001F600)",
                                    node.start_mark)
@@ -301,14 +302,6 @@ class _ScenarioYamlLoader(yaml.SafeLoader):
                 if (key.tag, key.value) in seen:
                     raise self._refuse([*here, key.value], "duplicate key", key.start_mark)
                 seen.add((key.tag, key.value))
-
-
-def _lone_surrogate(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:

@@ -12,6 +12,7 @@ import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+from fedbus.protocol.ids import MAX_ID_CHARS
 from fedbus.scenario.conditions import ClientGroup
 from fedbus.scenario.model import POPULATIONS, Scenario
 
@@ -63,7 +64,7 @@ class Roll:
         found = self._index(client)
         if len(looked_up) >= _MEMO:
             looked_up.clear()
-        if len(client) <= 64:  # an id (a longer string is none, and is not kept)
+        if len(client) <= MAX_ID_CHARS:  # an id (a longer string is none, and is not kept)
             looked_up[client] = found
         return found
 

@@ -67,7 +67,6 @@ class PrivateKey:
         return signing
 
 
-
 def _ed25519_public(seed: bytes) -> bytes:
     return Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()
 

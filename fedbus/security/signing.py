@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fedbus.errors import LocalProtocolError
-from fedbus.protocol.ids import is_valid_id
+from fedbus.protocol.ids import MAX_ID_CHARS, is_valid_id
 from fedbus.security import crypto
 from fedbus.security.crypto import SIGNATURE_BYTES, PrivateKey
 from fedbus.security.errors import WireRejected
@@ -45,7 +45,7 @@ PAIRED_MAGIC = b"FB2M"
 PAIRED_DOMAIN = b"fedbus/v2 paired\n"
 PAIR_KEY_INFO = b"fedbus/v2 pair key\n"
 TAG_BYTES = 32
-MAX_SIGNER_ID = 64
+MAX_SIGNER_ID = MAX_ID_CHARS
 _HEADER = len(MAGIC) + 1  # magic and the id's length byte
 _AUTH_BYTES = {MAGIC: SIGNATURE_BYTES, PAIRED_MAGIC: TAG_BYTES}  # what follows the id in each kind of frame
 # (signer id, its key) -> the pair's key, or None where there is none; a verifier given one accepts paired frames
