@@ -101,11 +101,21 @@ def _parse(topic: str) -> TopicRef | None:
 
 def matches(topic_filter: str, topic: str) -> bool:
     """MQTT filter matching with ``+`` and ``#``."""
-    fparts = topic_filter.split("/")
-    tparts = topic.split("/")
-    for i, part in enumerate(fparts):
+    return matches_levels(filter_levels(topic_filter), topic.split("/"))
+
+
+@functools.lru_cache(maxsize=1024)  # a broker's few wildcard filters, split once
+def filter_levels(topic_filter: str) -> tuple[str, ...]:
+    """``topic_filter``'s levels, for :func:`matches_levels`."""
+    return tuple(topic_filter.split("/"))
+
+
+def matches_levels(levels: tuple[str, ...], topic_levels: list[str]) -> bool:
+    """:func:`matches` on a filter's :func:`filter_levels` and a topic's levels (``topic.split("/")``): a publish
+    checked against several filters splits its topic once."""
+    for i, part in enumerate(levels):
         if part == "#":
-            return i == len(fparts) - 1
-        if i >= len(tparts) or (part != "+" and part != tparts[i]):
+            return i == len(levels) - 1
+        if i >= len(topic_levels) or (part != "+" and part != topic_levels[i]):
             return False
-    return len(fparts) == len(tparts)
+    return len(levels) == len(topic_levels)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
-from fedbus.protocol.topics import matches
+from fedbus.protocol.topics import filter_levels, matches, matches_levels
 from fedbus.sim.timeline import Timeline
 
 Deliver = Callable[[str, bytes, bool], None]  # topic, payload, retained
@@ -130,8 +130,9 @@ class MemoryBroker:
 
     def _subscribers(self, topic: str) -> list[str]:
         found = set(self._exact.get(topic, ()))
+        levels = topic.split("/")
         for topic_filter, idents in self._wildcard.items():
-            if matches(topic_filter, topic):
+            if matches_levels(filter_levels(topic_filter), levels):
                 found |= idents
         return sorted(found, key=self._order.__getitem__) if len(found) > 1 else list(found)
 

@@ -89,6 +89,30 @@ def test_a_channel_that_is_not_per_client_is_refused() -> None:
 ])
 def test_filter_matching(pattern: str, topic: str, expected: bool) -> None:
     assert topics.matches(pattern, topic) is expected
+    assert topics.matches_levels(topics.filter_levels(pattern), topic.split("/")) is expected
+
+
+def _as_mqtt_says(topic_filter: str, topic: str) -> bool:
+    """MQTT 3.1.1 4.7 written another way: a regular expression per filter."""
+    import re
+
+    levels = topic_filter.split("/")
+    if levels[-1] == "#":
+        head = "/".join(re.escape(p) if p != "+" else "[^/]*" for p in levels[:-1])
+        return re.fullmatch(f"{head}(/.*)?" if len(levels) > 1 else ".*", topic) is not None
+    return re.fullmatch("/".join(re.escape(p) if p != "+" else "[^/]*" for p in levels), topic) is not None
+
+
+_levels = st.lists(st.sampled_from(["a", "b", ""]), min_size=1, max_size=4)
+
+
+@given(_levels.map("/".join), st.lists(st.sampled_from(["a", "b", "+", ""]), min_size=1, max_size=4),
+       st.booleans())
+def test_filter_matching_agrees_with_mqtt(topic: str, filter_levels: list[str], multi: bool) -> None:
+    topic_filter = "/".join([*filter_levels, "#"] if multi else filter_levels)
+    expected = _as_mqtt_says(topic_filter, topic)
+    assert topics.matches(topic_filter, topic) is expected
+    assert topics.matches_levels(topics.filter_levels(topic_filter), topic.split("/")) is expected
 
 
 def test_what_a_hostile_sender_makes_long_is_refused_and_never_remembered() -> None:
