@@ -38,6 +38,11 @@ class Membership(Protocol):
     def sample(self, rng: random.Random, k: int, now: float) -> list[str]:
         """``k`` distinct live clients drawn uniformly (``k`` <= :meth:`live_count`), sorted."""
 
+    def next_change(self, now: float) -> float | None:
+        """The first time after ``now`` at which clients become available without announcing it (a virtual
+        population's availability trace): a core waiting for clients looks again then. None: only what clients
+        announce changes who is live."""
+
 
 class Roster:
     """The clients that announced themselves: a federation over a broker (and an eager simulation)."""
@@ -65,6 +70,9 @@ class Roster:
     def sample(self, rng: random.Random, k: int, now: float) -> list[str]:
         return sorted(rng.sample(sorted(self.live), k))
 
+    def next_change(self, now: float) -> float | None:
+        return None  # a client that comes online says so
+
 
 class Census(Protocol):
     """A population described, not listed: client ``i``'s id, the index of an id, and who is available when."""
@@ -80,6 +88,9 @@ class Census(Protocol):
 
     def available(self, now: float) -> Sequence[tuple[int, int]]:
         """The ranges ``(first index, count)`` of clients that are available at ``now``, in index order."""
+
+    def next_available(self, now: float) -> float | None:
+        """The first time after ``now`` at which clients not available at ``now`` may be; None: never."""
 
 
 class VirtualPopulation:
@@ -107,6 +118,9 @@ class VirtualPopulation:
 
     def known_count(self) -> int:
         return self.census.size + len(self._outsiders)
+
+    def next_change(self, now: float) -> float | None:
+        return self.census.next_available(now)
 
     def _available(self, index: int, ranges: Sequence[tuple[int, int]]) -> bool:
         at = bisect.bisect_right(ranges, (index, float("inf"))) - 1

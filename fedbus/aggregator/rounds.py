@@ -125,6 +125,14 @@ class RoundAggregator(AggregatorBase):
         self._maybe_open(now, out)
         if self._phase == "waiting":
             out.append(ArmTimer(at=now + self.config.join_timeout_s))
+            self._look_again(now, out)
+
+    def _look_again(self, now: float, out: list[Effect]) -> None:
+        """Waiting for clients: a timer at the next moment clients become available unannounced (a virtual
+        population's trace), if that comes before the wait's end, so that the round opens when they do."""
+        change = self._members.next_change(now)
+        if change is not None and change < self._waiting_since + self.config.join_timeout_s:
+            out.append(ArmTimer(at=change))
 
     def _offline(self, event: ClientOffline, out: list[Effect]) -> None:
         self._members.left(event.client)
@@ -253,6 +261,8 @@ class RoundAggregator(AggregatorBase):
             if self._phase == "waiting" and now >= self._waiting_since + self.config.join_timeout_s:
                 self._finish("aborted", f"fewer than {self.config.min_clients} clients online after "
                              f"{self.config.join_timeout_s:g} s", now, out)
+            elif self._phase == "waiting":
+                self._look_again(now, out)
 
     def _close_collection(self, now: float, reason: str, out: list[Effect]) -> None:
         current = self._current
@@ -311,3 +321,4 @@ class RoundAggregator(AggregatorBase):
             out.insert(closed, self._global("running", now))
         if self._phase == "waiting":
             out.append(ArmTimer(at=now + self.config.join_timeout_s))
+            self._look_again(now, out)

@@ -85,6 +85,12 @@ class Roll:
                 if group.count and (not group.availability.online
                                     or any(i.contains(now) for i in group.availability.online))]
 
+    def next_available(self, now: float) -> float | None:
+        """The first start of an availability trace's interval after ``now``; None when no trace has one."""
+        starts = [i.start_s for group in self.groups if group.count for i in group.availability.online
+                  if i.start_s > now]
+        return min(starts, default=None)
+
 
 def roll(scenario: Scenario) -> Roll:
     return Roll(scenario.groups())

@@ -204,3 +204,59 @@ def test_shards_of_a_large_federation_are_generated_alone(partition: str) -> Non
             assert all(e.skills & favoured for e in s)
     small = replace(spec, num_shards=task.PER_SHARD_FROM - 1)
     assert not task.per_shard(small) and len(task.generate(small).train) == spec.train_size
+
+
+def _traced() -> Scenario:
+    """Day clients online at [0, 25) and from 1000 on, night ones at [30, 44): between rounds 1 and 2 no client
+    announces anything, the night group simply becomes available at 30."""
+    def group(name: str, online: list[dict[str, float]]) -> dict[str, Any]:
+        return {"name": name, "count": 4, "latency": {"kind": "constant", "value_s": 10},
+                "availability": {"online": online}}
+
+    return make({"rounds": 3, "clients": {"groups": [
+                    group("day", [{"start_s": 0, "end_s": 25}, {"start_s": 1000, "end_s": 100_000}]),
+                    group("night", [{"start_s": 30, "end_s": 44}])]},
+                 "participation": {"fraction": 1.0, "min_clients": 2, "min_updates": 1, "round_deadline_s": 40,
+                                   "join_timeout_s": 20},
+                 "aggregation": {"strategy": "concat", "max_prompt_chars": 12_000}})
+
+
+def test_the_census_says_when_clients_become_available_next() -> None:
+    census = roll(_traced())
+    assert census.next_available(0.0) == 30.0
+    assert census.next_available(29.999) == 30.0
+    assert census.next_available(30.0) == 1000.0  # strictly after now
+    assert census.next_available(1000.0) is None
+    assert roll(scenario()).next_available(0.0) is None  # no trace: always available, nothing to wait for
+    assert VirtualPopulation(census).next_change(12.0) == 30.0
+    assert Roster().next_change(12.0) is None  # clients over a broker say when they come
+
+
+def test_a_waiting_virtual_core_looks_again_when_a_trace_brings_clients() -> None:
+    from fedbus.aggregator.effects import ArmTimer, RoundClosed, RoundOpened
+    from fedbus.aggregator.events import ClientOffline, Started, TimerFired
+
+    s = replace(_traced(), clients=replace(_traced().clients, population="virtual"))
+    core = make_core(s, "run-t")
+    assert [e.at for e in core.handle(Started(now=0.0)) if isinstance(e, ArmTimer)] == [20.0]  # 30: after the wait
+    first = [e for e in core.handle(TimerFired(now=20.0)) if isinstance(e, RoundOpened)]
+    assert first[0].selected == ("day-0", "day-1", "day-2", "day-3")
+    effects = [e for c in first[0].selected for e in core.handle(ClientOffline(client=c, now=25.0))]
+    assert [e.result.status for e in effects if isinstance(e, RoundClosed)] == ["no-quorum"]
+    # nobody is live and nobody will say so: the core looks again when the trace brings the night group
+    assert sorted(e.at for e in effects if isinstance(e, ArmTimer)) == [30.0, 45.0]
+    opened = [e for e in core.handle(TimerFired(now=30.0)) if isinstance(e, RoundOpened)]
+    assert len(opened) == 1 and opened[0].selected == ("night-0", "night-1", "night-2", "night-3")
+
+
+@pytest.mark.parametrize("population", ["virtual", "eager"])
+def test_clients_a_trace_brings_between_rounds_open_the_next_round_in_either_population(population: str,
+                                                                                     tmp_path: Any) -> None:
+    from fedbus import simulate
+
+    s = _traced()
+    summary = simulate(replace(s, clients=replace(s.clients, population=population)), tmp_path, progress=False)
+    assert summary["status"] == "completed", summary.get("finish_reason")
+    statuses = [r["status"] for r in summary["rounds"]]
+    assert statuses[1] == "aggregated"  # the night group's round, opened when it came: the run does not abort
+    assert all(c.startswith("night-") for c in summary["rounds"][1]["selected"])
