@@ -141,12 +141,15 @@ Action = Record | Publish | PushLater | FeedLater | Work | WakeAt | Leave
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Asleep:
-    """A sleeping client: its core's :class:`~fedbus.client.core.Carried` and its session's counts. What it
-    drops (seen ids, link generators, the last global, keys) comes again, or is made again, when it wakes."""
+    """A sleeping client: its core's :class:`~fedbus.client.core.Carried`, its session's counts and what its
+    link holds back (reordered: each goes out after the link's next message, whenever that is). What it drops
+    (seen ids, link generators, the last global, keys) comes again, or is made again, when it wakes."""
 
     core: Carried
     connections: int
     rounds_done: int
+    held_up: tuple[Send, ...] = ()
+    held_down: tuple[ClientEvent, ...] = ()
 
 
 class ClientSession:
@@ -161,8 +164,10 @@ class ClientSession:
         self.core = ClientCore(profile, None if carried is None else carried.core)
         net = profile.group.network
         wake = 0 if carried is None else carried.core.wakes
-        self.up: LinkQueue[Send] = LinkQueue(LinkFaults(net, profile.seed, profile.client, "up", wake))
-        self.down: LinkQueue[ClientEvent] = LinkQueue(LinkFaults(net, profile.seed, profile.client, "down", wake))
+        self.up: LinkQueue[Send] = LinkQueue(LinkFaults(net, profile.seed, profile.client, "up", wake),
+                                             () if carried is None else carried.held_up)
+        self.down: LinkQueue[ClientEvent] = LinkQueue(LinkFaults(net, profile.seed, profile.client, "down", wake),
+                                                      () if carried is None else carried.held_down)
         self.limits = limits  # the driver's: what it decodes until the aggregator announces the run's
         self._announced_bytes: int | None = None  # the run's max_message_bytes, once a global or task said it
         self._error_types: dict[str, str] = {}  # task id -> type of the exception its optimizer raised
@@ -181,7 +186,8 @@ class ClientSession:
 
     def asleep(self) -> Asleep:
         """What this session is built again from when it wakes: an :attr:`idle` one goes to sleep."""
-        return Asleep(core=self.core.carried(), connections=self.connections, rounds_done=self.rounds_done)
+        return Asleep(core=self.core.carried(), connections=self.connections, rounds_done=self.rounds_done,
+                      held_up=self.up.held, held_down=self.down.held)
 
     @property
     def client(self) -> str:
@@ -198,11 +204,12 @@ class ClientSession:
 
     @property
     def idle(self) -> bool:
-        """Connected with nothing in hand: no task, no update without its receipt, nothing queued to send or held
-        back by its link, no partition pending. A virtual population's client sleeps then, until next selected."""
+        """Connected with nothing in hand: no task, no update without its receipt, nothing queued to send, no
+        partition pending. A virtual population's client sleeps then, until next selected; what its link holds
+        back (reordered) waits for the link's next message, which may come only at a later wake, so it sleeps
+        with it (:class:`Asleep`) rather than stay awake for it, every round's broadcasts costing it."""
         return (self.connected and not self.partitioned and not self.stopped and self._pending_cut is None
-                and not self._unreceipted and not self.offline and not self.up.holding and not self.down.holding
-                and self.core.idle)
+                and not self._unreceipted and not self.offline and self.core.idle)
 
     @property
     def last_heard(self) -> float | None:

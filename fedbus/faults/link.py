@@ -7,6 +7,7 @@ so the n-th message on a link meets the same fate in every replay, whichever run
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -95,14 +96,20 @@ class LinkQueue(Generic[T]):
     way over a real broker and in virtual time.
     """
 
-    def __init__(self, faults: LinkFaults) -> None:
+    def __init__(self, faults: LinkFaults, held: Sequence[T] = ()) -> None:
+        # held: what the link held back when the client went to sleep (a virtual population's), still waiting
         self.faults = faults
-        self._held: list[T] = []
+        self._held: list[T] = list(held)
 
     @property
     def holding(self) -> bool:
         """Whether an item waits for the next one to go out (reordered)."""
         return bool(self._held)
+
+    @property
+    def held(self) -> tuple[T, ...]:
+        """The items waiting for the next one, oldest first."""
+        return tuple(self._held)
 
     def route(self, item: T) -> Route[T]:
         fate = self.faults.next_fate()

@@ -65,6 +65,7 @@ class SimClient:
         self._receipts = topics.receipt_topic(config.run, plan.client)
         self._own = (topics.task_topic(config.run, plan.client), self._receipts)  # what summons it asleep
         self._later = 0  # link deliveries and pushes scheduled and not yet carried out
+        self._virtual = False  # a virtual population's: instantiated when selected, forgotten when gone for good
 
     def start(self) -> None:
         for interval in self.plan.group.network.partitions:
@@ -76,9 +77,16 @@ class SimClient:
         has no partitions: :func:`fedbus.scenario.population.virtual_obstacles`). With ``on_sleep``, it sleeps
         (:meth:`_sleep`) whenever it has nothing in hand after a receipt, a task it skipped or work that failed,
         unless an availability trace of its own has it come and go."""
+        self._virtual = True
         if not self.plan.group.availability.online:
             self._on_sleep = on_sleep
         self._connect()
+
+    def _rejoin(self) -> None:
+        """Back after a crash, a leave or its trace's gap: connect, and sleep if nothing is in hand (only what
+        its session queued, broadcasts it need not read)."""
+        self._connect()
+        self._sleep_if_idle()
 
     # ------------------------------------------------------------------ connection
     def _connect(self) -> None:
@@ -105,7 +113,11 @@ class SimClient:
         self.broker.disconnect(self.ident, abrupt=leave.abrupt)
         self._carry_out(self.session.disconnected(leave))
         if not leave.stop and leave.back_at is not None:
-            self.timeline.at(leave.back_at, self._connect)
+            self.timeline.at(leave.back_at, self._rejoin)
+        elif self._virtual:
+            # gone for good: a broker would queue every later broadcast for its session, for nobody; a virtual
+            # population's client costs nothing once gone (none is selected again: its last word was 'offline')
+            self.broker.forget(self.ident, own=())
 
     def _partition(self, heals_at: float) -> None:
         self._carry_out(self.session.partition(heals_at))
@@ -126,6 +138,7 @@ class SimClient:
     def _push(self, deliveries: Deliveries) -> None:
         self._later -= 1
         self._carry_out(self.session.push(deliveries))
+        self._sleep_if_idle()  # a failure report its link delayed: nothing answers it
 
     def _feed_later(self, event: ClientEvent) -> None:
         self._later -= 1
@@ -176,5 +189,6 @@ class SimClient:
     def _incoming(self, topic: str, payload: bytes, retained: bool) -> None:
         if not self.session.stopped:
             self._carry_out(self.session.receive(topic, payload, self.timeline.now))
-            if topic == self._receipts:  # the update it waited for is answered
+            # its receipt (the update it waited for is answered), or its task if the link lost or held it back
+            if topic in self._own:
                 self._sleep_if_idle()

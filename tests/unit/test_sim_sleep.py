@@ -67,23 +67,7 @@ def test_the_same_seed_gives_the_same_bytes_with_sleepers(tmp_path: Path) -> Non
 
 def test_a_sleeping_client_is_not_kept_only_what_it_carries(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    live: weakref.WeakSet[SimClient] = weakref.WeakSet()
-    made = SimClient.__init__
-
-    def init(self: SimClient, *args: Any, **kwargs: Any) -> None:
-        made(self, *args, **kwargs)
-        live.add(self)
-
-    counts: list[int] = []
-    shown = Progress.round
-
-    def round_closed(self: Progress, record: dict[str, Any]) -> None:
-        gc.collect()
-        counts.append(len(live))
-        shown(self, record)
-
-    monkeypatch.setattr(SimClient, "__init__", init)
-    monkeypatch.setattr(Progress, "round", round_closed)
+    counts = _awake_at_each_round_end(monkeypatch)
     summary = simulate(scenario(16), tmp_path / "run")
     assert len(counts) == 16 and summary["simulated"]["clients_instantiated"] > 250
     assert max(counts) <= 20, counts  # the round's 20 participants at most, not every client selected so far
@@ -109,23 +93,103 @@ def faulty(rounds: int) -> Scenario:
         "aggregation": {"strategy": "concat", "max_prompt_chars": 4000}})
 
 
-def test_no_client_falls_asleep_holding_what_its_link_held_back(tmp_path: Path) -> None:
+def _awake_at_each_round_end(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many clients are instantiated (awake) as each round closes, filled in as ``simulate`` runs."""
+    live: weakref.WeakSet[SimClient] = weakref.WeakSet()
+    made = SimClient.__init__
+
+    def init(self: SimClient, *args: Any, **kwargs: Any) -> None:
+        made(self, *args, **kwargs)
+        live.add(self)
+
+    counts: list[int] = []
+    shown = Progress.round
+
+    def round_closed(self: Progress, record: dict[str, Any]) -> None:
+        gc.collect()
+        counts.append(len(live))
+        shown(self, record)
+
+    monkeypatch.setattr(SimClient, "__init__", init)
+    monkeypatch.setattr(Progress, "round", round_closed)
+    return counts
+
+
+def test_a_client_sleeps_with_what_its_link_held_back_and_sends_it_at_a_later_wake(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message its link holds back (reordered) goes out after the link's next one, which for a client selected
+    once in many rounds comes at a later wake: the client sleeps with it rather than stay awake for it (each
+    round's broadcasts going to every such client, ever more of them)."""
+    awake = _awake_at_each_round_end(monkeypatch)
     summary = simulate(faulty(30), tmp_path / "run")
     events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
     held: dict[str, set[str]] = collections.defaultdict(set)
-    slept = 0
+    wakes: collections.Counter[str] = collections.Counter()
+    held_at_wake: dict[str, int] = {}
+    slept_holding = sent_at_a_later_wake = 0
     for e in events:
         client = e.get("client", "")
-        if e["event"] == "link-held" and e["direction"] == "up":
+        if e["event"] == "connected":
+            wakes[client] += 1
+        elif e["event"] == "link-held" and e["direction"] == "up":
             held[client].add(e["id"])
+            held_at_wake[e["id"]] = wakes[client]
         elif e["event"] == "sent" and e.get("kind") in ("update", "failure"):
-            held[client].discard(e["id"])
+            if e["id"] in held[client]:
+                held[client].discard(e["id"])
+                sent_at_a_later_wake += wakes[client] > held_at_wake[e["id"]]
         elif e["event"] == "disconnected" and e["reason"] == "asleep until selected":
-            slept += 1
-            assert not held[client], (client, held[client])  # it would take them to sleep, unsent
-    assert slept and any(e["event"] == "link-held" for e in events)
+            slept_holding += bool(held[client])
+    assert slept_holding and sent_at_a_later_wake, (slept_holding, sent_at_a_later_wake)
     assert_no_update_lost(summary, events)
     assert summary["simulated"]["messages_undeliverable"] == 0
+    assert len(awake) == 30 and max(awake) <= 45, awake  # ~30 participants a round, not every holder so far
+
+
+def test_a_virtual_client_back_from_a_crash_sleeps_and_one_gone_for_good_costs_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash with a rejoin: back, with nothing in hand, the client sleeps (it stayed awake, and every later
+    round's global went to every such client). Without a rejoin: the broker forgets its session (it queued every
+    later global for a client that never reads again)."""
+    def crashing(rejoin: bool) -> Scenario:
+        crash: dict[str, Any] = {"kind": "crash", "at_round": 2, **({"rejoin_after_s": 1} if rejoin else {})}
+        return scenario_from_mapping({
+            "name": "crashers", "seed": 4, "engine": "surrogate", "rounds": 30,
+            "task": {"name": "surrogate-skills", "train_size": 4000, "val_size": 20, "test_size": 20},
+            "clients": {"population": "virtual", "local_steps": 1, "batch_size": 1, "groups": [
+                {"name": "steady", "count": 1000, "latency": {"kind": "constant", "value_s": 10}},
+                {"name": "crashy", "count": 1000, "latency": {"kind": "constant", "value_s": 10},
+                 "availability": {"events": [crash]}}]},
+            "participation": {"fraction": 0.01, "min_clients": 20, "min_updates": 1},
+            "aggregation": {"strategy": "concat", "max_prompt_chars": 4000}})
+
+    from fedbus.sim.broker import MemoryBroker
+
+    queued: list[int] = []
+    made = MemoryBroker.__init__
+
+    def init(self: MemoryBroker, *args: Any, **kwargs: Any) -> None:
+        made(self, *args, **kwargs)
+        queued.append(0)
+        brokers.append(self)
+
+    brokers: list[MemoryBroker] = []
+    monkeypatch.setattr(MemoryBroker, "__init__", init)
+    awake = _awake_at_each_round_end(monkeypatch)
+    back = simulate(crashing(rejoin=True), tmp_path / "back")
+    events = [json.loads(line) for line in (tmp_path / "back" / "events.jsonl").read_text().splitlines()]
+    crashed = {e["client"] for e in events if e["event"] == "disconnected" and e["reason"] == "crash"}
+    assert len(crashed) >= 10  # crashy clients selected at least on a round >= 2
+    assert max(awake[-10:]) <= 30, awake  # the round's 20 and a few crashed ones on their way back, not all
+    assert_no_update_lost(back, events)
+    awake.clear()
+    gone = simulate(crashing(rejoin=False), tmp_path / "gone")
+    events = [json.loads(line) for line in (tmp_path / "gone" / "events.jsonl").read_text().splitlines()]
+    assert len({e["client"] for e in events if e["event"] == "disconnected" and e["reason"] == "crash"}) >= 10
+    sessions = brokers[-1]._sessions.values()
+    assert sum(len(s.queued) for s in sessions) == 0, "a gone client's session queues every later global"
+    assert max(awake[-10:]) <= 25, awake
+    assert_no_update_lost(gone, events)
 
 
 def test_a_woken_client_draws_new_link_fates_not_its_first_ones_again(tmp_path: Path) -> None:
