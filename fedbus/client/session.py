@@ -27,7 +27,7 @@ the session speaks protocol v1, byte for byte.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -150,6 +150,18 @@ class Asleep:
     rounds_done: int
     held_up: tuple[Send, ...] = ()
     held_down: tuple[ClientEvent, ...] = ()
+
+
+def held_at_end(client: str, up: Sequence[Send], down: Sequence[ClientEvent]) -> list[Record]:
+    """A ``link-held-at-end`` record for each message a client's link still holds back when the run ends: held
+    (reordered) until the link's next message, which never came, it never left. Said, so that no update is
+    lost without a word (it was never sent, so no receipt or rejection accounts for it)."""
+    out = [Record("link-held-at-end", {"client": client, "direction": "up", "kind": type(s.message).__name__.lower(),
+                                       "id": s.message.msg_id, "round": s.message.round}) for s in up]
+    out += [Record("link-held-at-end", {"client": client, "direction": "down", "kind": "task",
+                                        "id": e.task.msg_id, "round": e.task.round})
+            for e in down if isinstance(e, TaskSeen)]
+    return out
 
 
 class ClientSession:
@@ -316,6 +328,8 @@ class ClientSession:
             # the run is over: what still has no receipt goes again first, so the aggregator records its outcome
             # ('run-finished' at worst) instead of it vanishing with the client
             resent = self._resend_unreceipted(all_now=True) if message.status == "finished" else []
+            if message.status == "finished" and not self.stopped:  # and what the link holds will never leave
+                resent += held_at_end(self.client, self.up.held, self.down.held)
             return resent + self.handle(GlobalSeen(now=now, state=message))  # control plane: no link faults
         if isinstance(message, Presence) and message.client == AGGREGATOR and message.run == run:
             self._last_heard = now

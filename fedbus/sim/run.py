@@ -26,7 +26,7 @@ from fedbus.aggregator.rounds import RoundAggregator
 from fedbus.aggregator.session import FINISH_GRACE_S, Action, AggregatorSession, NodeOutcome, Record, Send
 from fedbus.aggregator.strategies import carry_out
 from fedbus.aggregator.stream import StreamAggregator
-from fedbus.client.session import Asleep
+from fedbus.client.session import Asleep, held_at_end
 from fedbus.errors import EngineError, failure_text
 from fedbus.plan import RunSecurity, client_plan, client_plans, is_virtual, make_core, simulated_security
 from fedbus.protocol import codec, topics
@@ -162,6 +162,14 @@ class VirtualClients:
     def _fell_asleep(self, client: str, asleep: Asleep) -> None:
         self.asleep[client] = asleep
 
+    def held_at_end(self) -> None:
+        """Log what the sleepers' links still hold back as the run ends (awake clients say it themselves when
+        the finished global comes): it never left, and nothing else would say so."""
+        for client, asleep in self.asleep.items():
+            if asleep.held_up or asleep.held_down:
+                for record in held_at_end(client, asleep.held_up, asleep.held_down):
+                    self.events.record(record.event, **record.fields)
+
 
 GC_GEN0 = 50_000  # objects allocated between young collections while simulating (Python's default: 700)
 
@@ -235,6 +243,8 @@ def _simulate(scenario: Scenario, out_dir: Path, *, run_id: str | None, progress
         timeline.run(stop=lambda: aggregator.done, horizon=horizon(scenario))
         if not aggregator.done:
             events.record("simulation-stopped", reason="virtual time horizon reached", now=timeline.now)
+        if virtual is not None:
+            virtual.held_at_end()
     finally:
         events.close()
     best = best_by_validation(aggregator.outcome.rounds)

@@ -281,3 +281,30 @@ def test_scenario_simulated(name: str, tmp_path: Path) -> None:
     assert summary["status"] == "completed"
     assert summary["broker"]["kind"] == "simulated"
     check_outcome(name, summary, events)
+
+
+def test_an_update_its_link_holds_to_the_end_is_said_over_a_real_broker(tmp_path: Path) -> None:
+    """Everything on one client's links is reordered (held until the link's next message, which never comes: its
+    tasks, so it never has an update to send): at the end each connected client logs what its links still hold,
+    so that nothing vanishes without a word."""
+    doc = {"name": "held-to-the-end", "seed": 3, "engine": "surrogate", "rounds": 2, "time_scale": 100,
+           "task": {"name": "surrogate-skills", "train_size": 60, "val_size": 20, "test_size": 20},
+           "clients": {"local_steps": 1, "batch_size": 1, "groups": [
+               {"name": "fine", "count": 2}, {"name": "stuck", "count": 1, "network": {"reorder": 1.0}}]},
+           "participation": {"min_clients": 3, "min_updates": 1, "round_deadline_s": 200, "join_timeout_s": 3000},
+           "aggregation": {"strategy": "concat", "max_prompt_chars": 12_000}}
+    path = tmp_path / "held.yaml"
+    path.write_text(json.dumps(doc))  # JSON is YAML
+    result = subprocess.run([sys.executable, "-m", "fedbus", "run", str(path), "--out", str(tmp_path / "run"),
+                             "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=180, check=False,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    held = [e["id"] for e in events if e["event"] == "link-held" and e["client"] == "stuck-0"]
+    at_end = [e for e in events if e["event"] == "link-held-at-end"]
+    assert len(held) == 2 and [e["id"] for e in at_end] == held, (held, at_end)  # its two rounds' tasks
+    assert {(e["client"], e["direction"], e["kind"]) for e in at_end} == {("stuck-0", "down", "task")}
+    assert [e["round"] for e in at_end] == [1, 2]
+    assert summary["conditions"]["link-held-at-end"] == 2
+    assert_no_update_lost(summary, events)

@@ -8,6 +8,7 @@ import collections
 import gc
 import json
 import weakref
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -206,3 +207,21 @@ def test_a_woken_client_draws_new_link_fates_not_its_first_ones_again(tmp_path: 
     # independent fates at loss 0.3: a client with three tasks sees both kinds with probability 0.63, with four
     # 0.75; replaying the first fates at every wake made most clients' tasks all lost or none (40% mixed here)
     assert len(mixed) >= 0.6 * len(often), (len(mixed), len(often))
+
+
+@pytest.mark.parametrize("population", ["virtual", "eager"])
+def test_what_a_link_still_holds_back_when_the_run_ends_is_said(tmp_path: Path, population: str) -> None:
+    """Held (reordered) until the link's next message, an update whose client never sends again never leaves:
+    nothing receipts or rejects it, so the log says so at the end (``link-held-at-end``): the awake clients when
+    the finished global comes, the simulator for the sleeping ones. Every update held is sent later or so said."""
+    s = faulty(12)
+    summary = simulate(replace(s, clients=replace(s.clients, population=population)), tmp_path, progress=False)
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    held = {e["id"] for e in events if e["event"] == "link-held" and e["direction"] == "up"}
+    sent = {e["id"] for e in events if e["event"] == "sent" and e.get("kind") in ("update", "failure")
+            and "topic" not in e}
+    at_end = [e for e in events if e["event"] == "link-held-at-end"]
+    assert held and at_end, (len(held), len(at_end))
+    assert held <= sent | {e["id"] for e in at_end if e["direction"] == "up"}
+    assert not {e["id"] for e in at_end} & sent  # said only of what never left
+    assert summary["conditions"]["link-held-at-end"] == len(at_end)
