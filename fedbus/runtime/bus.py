@@ -211,6 +211,12 @@ class MqttBus:
 
         def ended(_future: asyncio.Future[None]) -> None:
             inbox.put_nowait(None)
+            # a publish waiting for its PUBACK will get none on this connection: it fails now, so that its sender
+            # keeps the message for the next connection at once, not after CONNECT_TIMEOUT_S (by then a run may
+            # have finished, and the resent update would reach nobody)
+            for waiting in list(self._acks.values()):
+                if not waiting.done():
+                    waiting.set_exception(TransportError(f"connection lost: {self._why_ended()}"))
             if self._deliver is not None and self._lost is not None:
                 self._deliver = None
                 self._lost(self._why_ended())
@@ -371,6 +377,9 @@ class MqttBus:
             return
         loop = asyncio.get_running_loop()
         acknowledged = self._acks[info.mid] = loop.create_future()
+        if self._client._disconnected.done():  # it ended before this publish was sent: no PUBACK will come
+            self._acks.pop(info.mid, None)
+            raise TransportError(f"publish to {topic} failed: connection lost: {self._why_ended()}")
         timer = loop.call_later(CONNECT_TIMEOUT_S, _expire, acknowledged)
         try:
             await acknowledged

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
@@ -208,3 +210,51 @@ async def test_on_receive_hands_over_every_message_in_order_then_the_end(broker:
         async with MqttBus(broker, ident, clean_session=False):  # takes the session over: the old one ends
             await asyncio.wait_for(ended.wait(), 30)
     assert len(lost) == 1 and lost[0]
+
+
+async def test_a_publish_waiting_for_its_puback_fails_when_the_connection_drops(broker: BrokerAddress,
+                                                                               run_id: str) -> None:
+    """The connection ends (a broker restart) while a publish waits for its PUBACK: the publish fails at once, so
+    its sender keeps the message for the next connection, rather than waiting out the 20 s timeout (a run could
+    finish meanwhile, and the update, resent late, reach nobody). A proxy between the bus and the real broker
+    swallows the broker's replies, then cuts both sockets."""
+    import time
+
+    from fedbus.errors import TransportError
+
+    swallow = asyncio.Event()
+    sockets: list[asyncio.StreamWriter] = []
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, from_broker: bool) -> None:
+        with contextlib.suppress(OSError, ConnectionError):
+            while data := await reader.read(65536):
+                if not (from_broker and swallow.is_set()):
+                    writer.write(data)
+                    await writer.drain()
+        writer.close()
+
+    async def relay(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        broker_r, broker_w = await asyncio.open_connection(broker.host, broker.port)
+        sockets.extend((client_w, broker_w))
+        tasks.extend([asyncio.create_task(pipe(client_r, broker_w, False)),
+                      asyncio.create_task(pipe(broker_r, client_w, True))])
+
+    tasks: list[asyncio.Task[None]] = []
+    server = await asyncio.start_server(relay, "127.0.0.1", 0)
+    proxied = dataclasses.replace(broker, host="127.0.0.1", port=server.sockets[0].getsockname()[1])
+    async with server, MqttBus(proxied, f"{run_id}.pub", clean_session=True) as bus:
+        await bus.publish(topics.update_topic(run_id, "c1"), b"acknowledged")
+        swallow.set()
+        waiting = asyncio.create_task(bus.publish(topics.update_topic(run_id, "c1"), b"never acknowledged"))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()  # its PUBACK was swallowed
+        cut = time.monotonic()
+        for writer in sockets:
+            writer.transport.abort()
+        with pytest.raises(TransportError, match="connection lost"):
+            await asyncio.wait_for(waiting, 15.0)
+        assert time.monotonic() - cut < 5.0  # at once, not after CONNECT_TIMEOUT_S (20 s)
+        with pytest.raises(TransportError, match=r"connection lost|failed"):  # and one published after the end
+            await bus.publish(topics.update_topic(run_id, "c1"), b"too late")
+    for task in tasks:
+        task.cancel()
