@@ -102,6 +102,8 @@ class WorkerPool:
         self.workdir = workdir
         self.processes: list[subprocess.Popen[bytes]] = []
         self.parts: list[Path] = []
+        self.members: list[list[str]] = []  # each worker's client ids
+        self.killed: set[int] = set()  # workers :meth:`finish` had to kill (they outlived the grace period)
         stack.callback(self.kill)
 
     def start(self, *, run_id: str, broker_url: str, scenario: Scenario, members: Sequence[tuple[str, int, str]],
@@ -124,18 +126,24 @@ class WorkerPool:
                        parent_pid=os.getpid(), log_level=log_level, boot=boot, secret=secret, engine=engine,
                        textgrad_dir=textgrad_dir).dump(spec_path)
             self.parts.append(part)
+            self.members.append([cid for cid, _shard, _group in chunk])
             self.processes.append(_hand_over(waiting.pop(0), spec_path) if waiting else _spawn(spec_path))
 
     def finish(self, timeout_s: float) -> list[int | None]:
         """Wait up to ``timeout_s`` for the workers to end (their clients stop when the run finishes); kill the rest."""
         deadline = time.monotonic() + timeout_s
-        for process in self.processes:
+        for k, process in enumerate(self.processes):
             try:
                 process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                self.killed.add(k)
                 process.kill()
                 process.wait()
         return [p.returncode for p in self.processes]
+
+    def ended(self) -> list[tuple[int, int]]:
+        """``(worker index, exit code)`` of each worker that has exited so far (without waiting)."""
+        return [(k, code) for k, p in enumerate(self.processes) if (code := p.poll()) is not None]
 
     def kill(self) -> None:
         for process in self.processes:

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("fedbus.run")
 CLIENT_EXIT_GRACE_S = 10.0
+WORKER_WATCH_S = 0.5  # how often the run looks whether a worker process died
 # summary.json's final test accuracies when the run stopped early (measuring costs LLM calls)
 UNMEASURED = {"test_accuracy": None, "initial_test_accuracy": None,
               "note": "not measured: the run stopped early"}
@@ -200,6 +201,7 @@ async def _run(scenario: Scenario, options: RunOptions, engine: Engines | None,
                 outcome=outcome, events=events, wall_s=time.monotonic() - started,
                 final={"version": core.version, "prompt": core.prompt, "prompt_chars": len(core.prompt), **final})
             summary["client_processes"] = clients.processes
+            summary["client_processes_died"] = clients.failed_workers
             summary["resumes"] = checkpoint.resumes
             if engine is not None:
                 summary |= llm_summary(spec, engine, out / "events.jsonl")
@@ -373,6 +375,8 @@ class _Clients:
         self.security = security or run_security(scenario, secret)
         self.tasks: list[asyncio.Task[None]] = []
         self.pool: WorkerPool | None = None
+        self.failed_workers: list[dict[str, Any]] = []  # workers that died before the run let them go, as said
+        self._said: set[int] = set()
 
     @property
     def processes(self) -> int:
@@ -394,6 +398,7 @@ class _Clients:
                             log_level=options.log_level, boot=self.boot, secret=self.secret.hex(), engine=engine,
                             textgrad_dir=str(options.out_dir / "textgrad"), standby=options.standby)
             self.events.record("workers-started", workers=len(self.pool.processes), clients=len(members))
+            group.create_task(self._watch_workers(), name=f"workers[{self.run_id}]")
             return
         for plan in client_plans(s):
             config = ClientConfig.for_plan(plan, run=self.run_id, broker=self.address, time_scale=s.time_scale,
@@ -409,11 +414,36 @@ class _Clients:
             for task in pending:
                 task.cancel()
 
+    async def _watch_workers(self) -> None:
+        """While the run goes on: a worker process that exits has taken its clients with it (killed, out of
+        memory, a bug): say so at once (``worker-died``), since the aggregator sees only clients gone offline."""
+        while True:
+            await asyncio.sleep(WORKER_WATCH_S)
+            self._say_died(during_run=True)
+
+    def _say_died(self, *, during_run: bool) -> None:
+        pool = self.pool
+        if pool is None:
+            return
+        for k, code in pool.ended():
+            if k in self._said or code == 0 or (not during_run and k in pool.killed):
+                continue  # exit 0: its clients ended (the run finished); killed by finish(): let go after the grace
+            self._said.add(k)
+            hosted = pool.members[k]
+            failure = {"worker": k, "exit_code": code, "clients": len(hosted), "first_client": hosted[0],
+                       "last_client": hosted[-1], "during_run": during_run}
+            self.failed_workers.append(failure)
+            self.events.record("worker-died", **failure,
+                               note="its clients are gone; event lines it had not yet written (its last ~50 ms) "
+                                    "are lost")
+            log.warning("worker process died", **failure)
+
     async def finish_workers(self) -> None:
         """Wait for the worker processes and merge their event-log parts into events.jsonl, in time order."""
         if self.pool is None:
             return
         await asyncio.to_thread(self.pool.finish, CLIENT_EXIT_GRACE_S)
+        self._say_died(during_run=False)
         self.events.merge(self.pool.parts)  # one new file: the dashboard's tail sees it replaced, not rewritten
         for part in self.pool.parts:
             part.unlink(missing_ok=True)

@@ -144,6 +144,36 @@ def test_a_killed_run_takes_its_worker_processes_along(tmp_path: Path, when: str
     assert not (tmp_path / "summary.json").exists()
 
 
+def test_a_worker_process_that_dies_mid_run_is_said(tmp_path: Path) -> None:
+    """A worker process killed while the run goes on took its clients with it: the run says so at once
+    (``worker-died`` in events.jsonl, a warning) and in summary.json (``client_processes_died``), and goes on with
+    the clients it still has."""
+    run = subprocess.Popen([*FEDBUS, "run", "scenarios/stragglers.yaml", "--out", str(tmp_path), "--workers", "2",
+                            "--quiet"], cwd=ROOT, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    workers: list[int] = []
+    try:
+        def started() -> bool:
+            workers[:] = [p for p in _children(run.pid) if "fedbus.runtime.worker_process" in _cmdline(p)]
+            return len(workers) == 2
+
+        assert _wait_until(started), "the run did not start two workers"
+        log = tmp_path / "events.jsonl"
+        assert _wait_until(lambda: log.exists() and "round-opened" in log.read_text()), "no round opened"
+        os.kill(workers[1], signal.SIGKILL)
+        _out, stderr = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    died = summary["client_processes_died"]
+    assert [(d["worker"], d["exit_code"], d["during_run"]) for d in died] == [(1, -signal.SIGKILL, True)], died
+    assert died[0]["clients"] == 4 and died[0]["first_client"].startswith("edge-")
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert [e["worker"] for e in events if e["event"] == "worker-died"] == [1]
+    assert "worker process died" in stderr
+
+
 def test_every_shipped_scenario_is_valid() -> None:
     """`fedbus validate scenarios/*.yaml` accepts every scenario we ship."""
     files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "scenarios").glob("*.yaml"))
