@@ -122,6 +122,18 @@ def _wait_until(condition: Callable[[], bool], wait_s: float = 120.0) -> bool:
     return True
 
 
+def _two_workers(run: subprocess.Popen[str] | subprocess.Popen[bytes]) -> list[int]:
+    """The pids of the two worker processes ``run`` starts, once it has."""
+    workers: list[int] = []
+
+    def started() -> bool:
+        workers[:] = [p for p in _children(run.pid) if "fedbus.runtime.worker_process" in _cmdline(p)]
+        return len(workers) == 2
+
+    assert _wait_until(started), "the run did not start two workers"
+    return workers
+
+
 @pytest.mark.parametrize("when", ["starting", "running"])
 def test_a_killed_run_takes_its_worker_processes_along(tmp_path: Path, when: str) -> None:
     """SIGKILL of `fedbus run` leaves no client worker behind (they die with their parent), whether the workers
@@ -130,11 +142,7 @@ def test_a_killed_run_takes_its_worker_processes_along(tmp_path: Path, when: str
                             "--quiet"], cwd=ROOT, stdin=subprocess.DEVNULL)
     workers: list[int] = []
     try:
-        def started() -> bool:
-            workers[:] = [p for p in _children(run.pid) if "fedbus.runtime.worker_process" in _cmdline(p)]
-            return len(workers) == 2
-
-        assert _wait_until(started), "the run did not start two workers"
+        workers = _two_workers(run)
         if when == "running":  # each worker writes its event part once it runs its clients
             assert _wait_until(lambda: len(list((tmp_path / "workers").glob("events-*.jsonl"))) == 2)
     finally:
@@ -152,11 +160,7 @@ def test_a_worker_process_that_dies_mid_run_is_said(tmp_path: Path) -> None:
                             "--quiet"], cwd=ROOT, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     workers: list[int] = []
     try:
-        def started() -> bool:
-            workers[:] = [p for p in _children(run.pid) if "fedbus.runtime.worker_process" in _cmdline(p)]
-            return len(workers) == 2
-
-        assert _wait_until(started), "the run did not start two workers"
+        workers = _two_workers(run)
         log = tmp_path / "events.jsonl"
         assert _wait_until(lambda: log.exists() and "round-opened" in log.read_text()), "no round opened"
         os.kill(workers[1], signal.SIGKILL)
