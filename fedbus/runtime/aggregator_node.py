@@ -132,6 +132,10 @@ class AggregatorNode:
         self._in_flight: dict[int, _InFlight] = {}
         self._outbox: deque[tuple[int, Send]] = deque()
         self._published = 0
+        # set once the first subscription is in place: clients that announce themselves before it (retained
+        # presences) reach it only through the broker's retained set on subscribe, of which rumqttd hands back
+        # at most 100; `fedbus run` starts its own clients after it
+        self.listening = asyncio.Event()
         self._acknowledged = asyncio.Event()  # set when a publish is acknowledged or the publisher goes
         self._group: asyncio.TaskGroup | None = None
         self._closed: deque[RoundResult] = deque()  # closed rounds to evaluate, in the order they closed
@@ -219,6 +223,7 @@ class AggregatorNode:
             log.warning("subscribe failed; reconnecting", error=str(exc))
             await bus.abort()
             return
+        self.listening.set()
         # online (retained): clients that lost touch send again the updates that got no receipt
         self._publish(self.session.presence(self.now(), "online"))
 

@@ -178,6 +178,25 @@ def test_a_worker_process_that_dies_mid_run_is_said(tmp_path: Path) -> None:
     assert "worker process died" in stderr
 
 
+def test_more_than_a_hundred_clients_in_the_runs_own_process_all_join(tmp_path: Path) -> None:
+    """`--workers 0` with 120 clients on the embedded broker: every client is live when the first round opens.
+    Clients that announced themselves before the aggregator subscribed reached it only as retained presences,
+    of which rumqttd hands a new subscription at most 100: 20 were never seen, and the first round waited out the
+    join timeout for them."""
+    doc = {"name": "hundred-and-twenty", "seed": 5, "engine": "surrogate", "rounds": 1, "time_scale": 100,
+           "task": {"name": "surrogate-skills", "train_size": 240, "val_size": 20, "test_size": 20},
+           "clients": {"count": 120, "local_steps": 1, "batch_size": 1},
+           "participation": {"fraction": 0.1, "min_clients": 5, "round_deadline_s": 300, "join_timeout_s": 6000},
+           "aggregation": {"strategy": "concat", "max_prompt_chars": 12000}}
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(json.dumps(doc))  # JSON is YAML
+    result = fedbus("run", str(scenario), "--out", str(tmp_path / "run"), "--workers", "0", "--quiet", timeout=180)
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    opened = [e for e in events if e["event"] == "round-opened"]
+    assert [e["live"] for e in opened] == [120], opened
+
+
 def test_every_shipped_scenario_is_valid() -> None:
     """`fedbus validate scenarios/*.yaml` accepts every scenario we ship."""
     files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "scenarios").glob("*.yaml"))
