@@ -109,7 +109,7 @@ class WorkerPool:
     def start(self, *, run_id: str, broker_url: str, scenario: Scenario, members: Sequence[tuple[str, int, str]],
               workers: int, loop_t0: float, log_t0: float, log_level: str = "WARNING", boot: str = "0",
               secret: str = "", engine: dict[str, Any] | str | None = None, textgrad_dir: str = "",
-              standby: list[subprocess.Popen[bytes]] | None = None) -> None:
+              standby: list[subprocess.Popen[bytes]] | None = None, resumed: bool = False) -> None:
         """Start the workers. Call it from the run's main thread: Linux sends the parent-death signal when the
         thread that forked a worker ends, not only when the whole process does. ``standby``: processes
         :func:`fedbus.runtime.worker_process.standby` started earlier, which take the first slices (and are
@@ -121,6 +121,8 @@ class WorkerPool:
         for k, chunk in enumerate(slices(members, workers)):
             spec_path = self.workdir / f"worker-{k}.json"
             part = self.workdir / f"events-{k}.jsonl"
+            if not resumed:  # a part left by a killed earlier run in this folder is not this run's
+                part.unlink(missing_ok=True)
             WorkerSpec(run_id=run_id, broker_url=broker_url, scenario=scenario_to_mapping(scenario),
                        members=chunk, loop_t0=loop_t0, log_t0=log_t0, events_path=str(part),
                        parent_pid=os.getpid(), log_level=log_level, boot=boot, secret=secret, engine=engine,
@@ -208,7 +210,8 @@ async def _run_clients(spec: WorkerSpec, scenario: Scenario, make: OptimizerFact
     plans = {plan.client: plan for plan in client_plans(scenario)}
     security = run_security(scenario, bytes.fromhex(spec.secret) if spec.secret else None)
     broker = parse_broker_url(spec.broker_url)
-    events = EventLog(Path(spec.events_path), clock=lambda: time.monotonic() - spec.log_t0)
+    # appended to: a resumed run's worker goes on after the part a killed run left unmerged (its own clock)
+    events = EventLog(Path(spec.events_path), clock=lambda: time.monotonic() - spec.log_t0, append=True)
     ensure_open_files(len(spec.members) + 256)
     try:
         async with asyncio.TaskGroup() as group:

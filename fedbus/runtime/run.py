@@ -227,6 +227,7 @@ async def _run(scenario: Scenario, options: RunOptions, engine: Engines | None,
         except* _Done:
             pass
         except* asyncio.CancelledError:  # SIGINT / SIGTERM: keep what the rounds so far showed
+            clients.stop_workers()
             write_prompt_log(out, scenario.initial_prompt, node.outcome.rounds)
             _write_partial(summarize(node.outcome, UNMEASURED), "interrupted", "interrupted", out=out,
                            checkpoint=checkpoint, progress=progress)
@@ -235,6 +236,7 @@ async def _run(scenario: Scenario, options: RunOptions, engine: Engines | None,
             why: BaseException = group
             while isinstance(why, BaseExceptionGroup):
                 why = why.exceptions[0]
+            clients.stop_workers()
             write_prompt_log(out, scenario.initial_prompt, node.outcome.rounds)
             _write_partial(summarize(node.outcome, UNMEASURED), "failed", str(why), out=out,
                            checkpoint=checkpoint, progress=progress)
@@ -409,7 +411,8 @@ class _Clients:
             self.pool.start(run_id=self.run_id, broker_url=self.address.url(redact=False), scenario=s,
                             members=members, workers=workers, loop_t0=self.t0, log_t0=self.events.started,
                             log_level=options.log_level, boot=self.boot, secret=self.secret.hex(), engine=engine,
-                            textgrad_dir=str(options.out_dir / "textgrad"), standby=options.standby)
+                            textgrad_dir=str(options.out_dir / "textgrad"), standby=options.standby,
+                            resumed=self.boot != "0")
             self.events.record("workers-started", workers=len(self.pool.processes), clients=len(members))
             group.create_task(self._watch_workers(), name=f"workers[{self.run_id}]")
             return
@@ -451,12 +454,24 @@ class _Clients:
                                     "are lost")
             log.warning("worker process died", **failure)
 
+    def stop_workers(self) -> None:
+        """The run stopped early (interrupted, failed): stop the workers and merge what they logged, so that
+        events.jsonl and the summary's counts hold their clients' events (a resumed run goes on from them)."""
+        if self.pool is None:
+            return
+        self.pool.kill()
+        self._merge_parts()
+
+    def _merge_parts(self) -> None:
+        assert self.pool is not None
+        self.events.merge(self.pool.parts)  # one new file: the dashboard's tail sees it replaced, not rewritten
+        for part in self.pool.parts:
+            part.unlink(missing_ok=True)
+
     async def finish_workers(self) -> None:
         """Wait for the worker processes and merge their event-log parts into events.jsonl, in time order."""
         if self.pool is None:
             return
         await asyncio.to_thread(self.pool.finish, CLIENT_EXIT_GRACE_S)
         self._say_died(during_run=False)
-        self.events.merge(self.pool.parts)  # one new file: the dashboard's tail sees it replaced, not rewritten
-        for part in self.pool.parts:
-            part.unlink(missing_ok=True)
+        self._merge_parts()

@@ -252,6 +252,52 @@ def test_an_interrupted_run_leaves_a_summary_that_compare_reads(scenario: Path, 
     assert table.returncode == 0 and "interrupted" in table.stdout, table.stderr
 
 
+def test_an_interrupted_run_with_workers_keeps_their_events_and_resumes_from_them(scenario: Path,
+                                                                                 tmp_path: Path) -> None:
+    """SIGINT of a run whose clients live in two worker processes: events.jsonl gets the workers' events (their
+    parts were left unmerged, and the summary counted only the aggregator's); `--resume` then goes on, and in the
+    end every update sent, in either run, is accounted for (a resumed worker's part had overwritten the first's)."""
+    out = tmp_path / "run"
+    run = start_run(scenario, out, "--workers", "2")
+    wait_until(lambda: rounds_closed(out) >= 2 or run.poll() is not None, "round 2 to close")
+    run.send_signal(signal.SIGINT)
+    code, stderr = finish(run, 120)
+    assert code == 130 and "Traceback" not in stderr, stderr[-3000:]
+    summary, evs = summary_of(out), events(out)
+    assert summary["status"] == "interrupted"
+    sent = [e for e in evs if e["event"] == "sent" and e.get("kind") == "update" and "topic" not in e]
+    assert sent, "the workers' clients' events are missing"
+    assert summary["conditions"].get("connected", 0) >= 4
+    assert not list((out / "workers").glob("events-*.jsonl")), "worker parts left unmerged"
+    resumed = subprocess.run([*FEDBUS, "run", "--resume", str(out), "--quiet", "--workers", "2"], cwd=ROOT,
+                             timeout=300, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary, evs = summary_of(out), events(out)
+    assert summary["status"] == "completed"
+    assert {e["id"] for e in sent} <= {e["id"] for e in evs if e["event"] == "sent"}, "the first run's events went"
+    assert_every_round_accounted(summary)
+    assert_no_update_lost(summary, evs)
+
+
+def test_a_run_with_workers_killed_and_resumed_keeps_what_the_workers_logged(scenario: Path, tmp_path: Path) -> None:
+    """kill -9 of a run with worker processes: they die with it, their event parts unmerged; the resumed run's
+    workers append to those parts (they had overwritten them) and the end merges both runs' lines."""
+    out = tmp_path / "run"
+    run = start_run(scenario, out, "--workers", "2")
+    wait_until(lambda: rounds_closed(out) >= 2 or run.poll() is not None, "round 2 to close")
+    run.kill()
+    run.wait(30)
+    before = {json.loads(line)["id"] for part in (out / "workers").glob("events-*.jsonl")
+              for line in part.read_text().splitlines()
+              if line.endswith("}") and '"event":"sent"' in line and '"kind":"update"' in line}
+    assert before, "the workers logged no update before the kill"
+    resumed = subprocess.run([*FEDBUS, "run", "--resume", str(out), "--quiet", "--workers", "2"], cwd=ROOT,
+                             timeout=300, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert before <= {e["id"] for e in events(out) if e["event"] == "sent"}, "the killed run's worker lines went"
+    assert_every_round_accounted(summary_of(out))
+
+
 # ---------------------------------------------------------------------- clients killed, frozen, abandoned
 
 
