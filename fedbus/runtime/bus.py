@@ -375,11 +375,10 @@ class MqttBus:
             raise TransportError(f"publish to {topic} failed: {error_string(info.rc)}")
         if info.is_published():
             return
+        if self._client._disconnected.done():  # it ended before this publish was sent: no PUBACK will come
+            raise TransportError(f"publish to {topic} failed: connection lost: {self._why_ended()}")
         loop = asyncio.get_running_loop()
         acknowledged = self._acks[info.mid] = loop.create_future()
-        if self._client._disconnected.done():  # it ended before this publish was sent: no PUBACK will come
-            self._acks.pop(info.mid, None)
-            raise TransportError(f"publish to {topic} failed: connection lost: {self._why_ended()}")
         timer = loop.call_later(CONNECT_TIMEOUT_S, _expire, acknowledged)
         try:
             await acknowledged

@@ -442,7 +442,7 @@ class _Clients:
         if pool is None:
             return
         for k, code in pool.ended():
-            if k in self._said or code == 0 or (not during_run and k in pool.killed):
+            if k in self._said or code == 0 or k in pool.killed:
                 continue  # exit 0: its clients ended (the run finished); killed by finish(): let go after the grace
             self._said.add(k)
             hosted = pool.members[k]

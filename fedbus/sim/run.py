@@ -166,9 +166,8 @@ class VirtualClients:
         """Log what the sleepers' links still hold back as the run ends (awake clients say it themselves when
         the finished global comes): it never left, and nothing else would say so."""
         for client, asleep in self.asleep.items():
-            if asleep.held_up or asleep.held_down:
-                for record in held_at_end(client, asleep.held_up, asleep.held_down):
-                    self.events.record(record.event, **record.fields)
+            for record in held_at_end(client, asleep.held_up, asleep.held_down):
+                self.events.record(record.event, **record.fields)
 
 
 GC_GEN0 = 50_000  # objects allocated between young collections while simulating (Python's default: 700)
