@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -96,10 +97,11 @@ def test_run_facts_reads_connect_and_rounds_wall_from_a_real_run() -> None:
 def test_measurement_derives_per_client_cost_per_round_wall_and_speedup() -> None:
     """ms/client/round = rounds wall / participant-rounds; per-round wall = rounds wall / rounds; speedup = virtual
     seconds / wall seconds."""
-    m = ok("x", rounds_wall_s=6.0, participant_rounds=3000, virtual_s=5000.0)
+    m = ok("x", rounds_wall_s=6.0, rounds_cpu_s=9.0, participant_rounds=3000, virtual_s=5000.0)
     assert m.ms_per_client_round == pytest.approx(2.0) and m.round_wall_s == pytest.approx(2.0)
+    assert m.cpu_ms_per_client_round == pytest.approx(3.0)
     assert m.speedup == pytest.approx(500.0)
-    assert ok("y").ms_per_client_round is None and ok("y").speedup is None
+    assert ok("y").ms_per_client_round is None and ok("y").speedup is None and ok("y").cpu_ms_per_client_round is None
 
 
 def test_combine_takes_medians_of_successes_and_reports_a_failure_only_if_all_failed() -> None:
@@ -117,31 +119,55 @@ def test_paired_ratios_are_medians_of_pairs() -> None:
     wall, cpu = scale.paired_ratios(ours, theirs) or (0.0, 0.0)
     assert wall == pytest.approx(0.15) and cpu == pytest.approx(0.375)
     assert scale.paired_ratios([scale.failed("a", "x")], theirs) is None
+    # memory: a pair where either side could not read PSS (0) is left out of that ratio only
+    ours = [ok("a", peak_pss_bytes=10.0), ok("a", peak_pss_bytes=0.0), ok("a", peak_pss_bytes=30.0)]
+    theirs = [ok("b", peak_pss_bytes=100.0), ok("b", peak_pss_bytes=100.0), ok("b", peak_pss_bytes=100.0)]
+    both = scale.paired_all(ours, theirs)
+    assert both.pss == pytest.approx(0.2) and both.rss == pytest.approx(1.0) and both.wall == pytest.approx(1.0)
+    assert scale.paired_all(ours, [ok("b", peak_pss_bytes=0.0)] * 3).pss is None
 
 
 def test_targets_met_not_met_and_not_measured() -> None:
     """Each of the issue's targets is judged on its row; a row that did not run here is 'not measured', one that
     ran and failed is 'NOT met' (a failure is no excuse)."""
     results = {
-        "n1000-f1-embedded": ok("n1000-f1-embedded", rounds_wall_s=1.5, participant_rounds=3000, connect_s=4.0),
+        "n1000-f1-embedded": ok("n1000-f1-embedded", rounds_wall_s=1.5, rounds_cpu_s=3.3, participant_rounds=3000,
+                                connect_s=4.0),
         "n10000-virtual-simulate": ok("n10000-virtual-simulate", rounds=10, rounds_wall_s=1.0),
         "n100000-virtual-simulate": ok("n100000-virtual-simulate", rounds=10, rounds_wall_s=1.2),
         "n1000000-virtual-simulate": ok("n1000000-virtual-simulate", rounds=10, rounds_wall_s=1.4, wall_s=30.0,
                                         peak_bytes=3 * scale.GIB, virtual_s=600.0),
     }
-    verdicts = {t.goal: t.verdict for t in scale.check_targets(results, {"n1000-f1-embedded": (0.2, 0.6)})}
+    deployment = scale.Ratios(wall=0.04, cpu=0.1, rss=0.12, pss=0.2)
+    verdicts = {t.goal: t.verdict
+                for t in scale.check_targets(results, {"n1000-f1-embedded": (0.2, 0.6)}, deployment)}
     assert verdicts == {
         "wall <= 0.25 x Flower": "met", "CPU <= 0.5 x Flower": "NOT met",
-        "<= 1 ms (wall) per client per round after connect": "met", "1,000 connections up in <= 3 s": "NOT met",
+        "<= 1 ms (wall) per client per round after connect": "met",
+        "1,000 connections up in <= 3 s": "NOT met",
         "wall <= 60 s": "met", "peak memory <= 2 GiB": "NOT met", ">= 1000 x faster than simulated time": "NOT met",
-        "per-round wall within 1.5x of each other": "met"}
+        "per-round wall within 1.5x of each other": "met",
+        "wall <= 0.05 x Flower Deployment Engine": "met",
+        "memory <= 0.15 x Flower Deployment Engine (peak PSS summed)": "NOT met"}
+    targets = {t.goal: t for t in scale.check_targets(results, {}, deployment)}
+    assert targets["memory <= 0.15 x Flower Deployment Engine (peak PSS summed)"].measured == \
+        "0.200x (RSS summed: 0.120x)"
+    assert targets["<= 1 ms (wall) per client per round after connect"].measured == \
+        "0.50 ms (CPU 1.10 ms, every process)"
+    # a deployment that ran and failed on fedbus's side is NOT met; one not run here is not measured
+    results["deployment-n10/fedbus"] = scale.failed("deployment-n10/fedbus", "the aggregator did not start")
+    verdicts = {t.goal: t.verdict for t in scale.check_targets(results, {})}
+    assert verdicts["wall <= 0.05 x Flower Deployment Engine"] == "NOT met"
+    del results["deployment-n10/fedbus"]
+    verdicts = {t.goal: t.verdict for t in scale.check_targets(results, {})}
+    assert verdicts["wall <= 0.05 x Flower Deployment Engine"] == "not measured"
     results["n1000000-virtual-simulate"] = scale.failed("n1000000-virtual-simulate", "unknown key")
     targets = {t.goal: t for t in scale.check_targets(results, {})}
     assert targets["wall <= 0.25 x Flower"].verdict == "not measured"  # no Flower here: not run
     for goal in ("wall <= 60 s", "per-round wall within 1.5x of each other"):
         assert targets[goal].verdict == "NOT met" and "unknown key" in targets[goal].measured
     del results["n1000000-virtual-simulate"]
-    assert scale.check_targets(results, {})[4].verdict == "not measured"
+    assert {t.goal: t.verdict for t in scale.check_targets(results, {})}["wall <= 60 s"] == "not measured"
 
 
 def test_a_degraded_run_is_no_measurement_and_failures_are_counted() -> None:
@@ -179,28 +205,38 @@ TREE_CHECK = """
 import json, os, sys, time
 from bench import scale
 assert scale.become_subreaper()
-tree = scale.Tree(interval=0.02)
-burn = "import time; t = time.process_time()\\nwhile time.process_time() - t < 0.3: pass"
+tree = scale.Tree(interval=0.02, pss_interval=0.02)
+events = sys.argv[1]
+burn = ("import time; t = time.process_time()\\nwhile time.process_time() - t < 0.3: pass\\n"
+        "open(EVENTS, 'a').write('{\\"event\\":\\"round-opened\\"}\\\\n')\\n"
+        "time.sleep(0.3)\\nt = time.process_time()\\nwhile time.process_time() - t < 0.4: pass\\n"
+        "open(EVENTS, 'a').write('{\\"event\\":\\"run-finished\\"}\\\\n')").replace("EVENTS", repr(events))
 spawn = f"import subprocess, sys; subprocess.Popen([sys.executable, '-c', {burn!r}])"
 with scale.measured(tree) as cost:
+    tree.tail(scale.Path(events))
     tree.popen([sys.executable, "-c", spawn]).wait()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and scale.descendants(scale.process_table(), os.getpid()):
         tree.reap(scale.process_table())
         time.sleep(0.02)
 left = scale.descendants(scale.process_table(), os.getpid())
-print(json.dumps({"cpu_s": cost[0].cpu_s, "peak_bytes": cost[0].peak_bytes, "left": left}))
+print(json.dumps({"cpu_s": cost[0].cpu_s, "peak_bytes": cost[0].peak_bytes, "pss": cost[0].peak_pss_bytes,
+                  "window": cost[0].rounds_cpu_s, "left": left}))
 """
 
 
-def test_the_tree_counts_the_cpu_of_an_orphaned_grandchild() -> None:
+def test_the_tree_counts_the_cpu_of_an_orphaned_grandchild(tmp_path: Path) -> None:
     """A child that starts a grandchild and exits at once: the grandchild, reparented to the benchmark (a child
-    subreaper), still counts in CPU, and nothing is left afterwards. In a subprocess, to keep pytest no subreaper."""
-    done = subprocess.run([sys.executable, "-c", TREE_CHECK], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                          check=False)
+    subreaper), still counts in CPU, and nothing is left afterwards; its peak RSS and PSS are read, and the CPU it
+    spent between the round-opened and run-finished lines it writes to the tailed events file (0.4 s of its 0.7)
+    is the rounds' CPU. In a subprocess, to keep pytest no subreaper."""
+    done = subprocess.run([sys.executable, "-c", TREE_CHECK, str(tmp_path / "events.jsonl")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert result["cpu_s"] >= 0.3 and result["peak_bytes"] > 0 and result["left"] == []
+    assert result["cpu_s"] >= 0.7 and result["peak_bytes"] > 0 and result["left"] == []
+    assert 0 < result["pss"] <= result["peak_bytes"]
+    assert result["window"] is not None and 0.35 <= result["window"] < 0.65
 
 
 def test_vs_flower_without_flower_says_how_to_install_and_exits_2(monkeypatch: pytest.MonkeyPatch,
