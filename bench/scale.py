@@ -17,7 +17,8 @@ folder under a temp dir (``--keep`` keeps them). Measured per run:
   ``getrusage(RUSAGE_CHILDREN)`` before and after covers them all.
 - peak memory: the largest sum of RSS over all descendants, sampled from /proc every 50 ms (a shared page counts
   once per process that maps it, which inflates a tree of many processes), and the largest sum of PSS
-  (/proc/PID/smaps_rollup: each shared page divided among the processes that map it), sampled every 250 ms.
+  (/proc/PID/smaps_rollup: each shared page divided among the processes that map it), read every 250 ms and
+  whenever the RSS sum reaches a new peak.
 - connect: seconds from ``run-started`` to the last client's ``connected`` in events.jsonl (real brokers).
 - rounds: wall seconds from the first ``round-opened`` to ``run-finished``; over a real broker from events.jsonl
   (``t`` is the run's clock), under ``--simulate`` (where ``t`` is virtual) from when those lines appear in
@@ -455,9 +456,10 @@ class Tree:
     def sample(self, pss: bool = False) -> None:
         table = process_table()
         family = [pid for pid in descendants(table, self.me) if pid in table]
-        self.peak = max(self.peak, sum(table[pid][2] for pid in family) * os.sysconf("SC_PAGE_SIZE"))
-        if pss:
+        rss = sum(table[pid][2] for pid in family) * os.sysconf("SC_PAGE_SIZE")
+        if pss or rss >= self.peak:  # PSS (dearer to read) every pss_interval, and whenever RSS reaches a new peak
             self.peak_pss = max(self.peak_pss, sum(_pss_bytes(pid) for pid in family))
+        self.peak = max(self.peak, rss)
         self.reap(table)
 
     def reap(self, table: dict[int, Stat]) -> None:

@@ -205,7 +205,7 @@ TREE_CHECK = """
 import json, os, sys, time
 from bench import scale
 assert scale.become_subreaper()
-tree = scale.Tree(interval=0.02, pss_interval=0.02)
+tree = scale.Tree(interval=0.02, pss_interval=10.0)
 events = sys.argv[1]
 burn = ("import time; t = time.process_time()\\nwhile time.process_time() - t < 0.3: pass\\n"
         "open(EVENTS, 'a').write('{\\"event\\":\\"round-opened\\"}\\\\n')\\n"
