@@ -10,7 +10,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
@@ -554,11 +554,35 @@ def _simulate(args: argparse.Namespace, scenario: Scenario, run_id: str) -> int:
     from fedbus.sim.run import simulate
 
     try:
-        summary = simulate(scenario, out, run_id=run_id, progress=not args.quiet, scenario_file=str(args.scenario))
+        with _sigterm_interrupts():
+            summary = simulate(scenario, out, run_id=run_id, progress=not args.quiet,
+                               scenario_file=str(args.scenario))
     except EngineError as exc:
         print(f"fedbus run --simulate: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    except KeyboardInterrupt:
+        print(f"fedbus run --simulate: interrupted; the rounds so far are in {out / 'summary.json'}; run it again "
+              "to finish it (a simulation is not resumed: the same scenario and seed give the same run)",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
     return EXIT_OK if summary["status"] == "completed" else EXIT_ABORTED
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM as Ctrl-C while the (synchronous) simulator runs: it then writes its summary as interrupted."""
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        before = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave SIGTERM alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def _run_over_broker(args: argparse.Namespace, scenario: Scenario, address: BrokerAddress | None,

@@ -37,7 +37,7 @@ from fedbus.runtime.client_node import ClientConfig
 from fedbus.runtime.engines import EngineOverrides, effective_spec, open_engines, worker_engine_spec
 from fedbus.runtime.graded_scoring import llm_scoring
 from fedbus.runtime.identity import clear_retained, refuse_used_run_id
-from fedbus.runtime.journal import JOURNAL, Journal, ResumeError, read_journal, write_atomically
+from fedbus.runtime.journal import JOURNAL, Journal, read_journal, write_atomically
 from fedbus.runtime.limits import ensure_open_files
 from fedbus.runtime.llm_run import LLMReducer, llm_summary, load_optimizer_library, optimizer_factory
 from fedbus.runtime.pool import WorkerPool, auto_workers, run_guarded
@@ -187,9 +187,8 @@ async def _run(scenario: Scenario, options: RunOptions, engine: Engines | None,
                               security=security.aggregator, identifier=checkpoint.mqtt_identifier)
         if checkpoint.resumes:
             replayed = node.resume(read_journal(out / JOURNAL))
-            if replayed.finished is not None and not replayed.unevaluated:
-                raise ResumeError(f"{out}: run {run_id} already finished ({replayed.finished.status}); "
-                                  "nothing to resume")
+            # a journal that finished but a checkpoint that did not (Checkpoint.open refuses an ended one): the
+            # run stopped between its last round and its summary; it ends now (scoring, prompt log, summary)
             if retention is not None:
                 retention.remember([result for result, _extra in node.outcome.rounds])
             progress.note(f"resumed {run_id} from {replayed.lines} journal entries: "

@@ -224,6 +224,8 @@ def _simulate(scenario: Scenario, out_dir: Path, *, run_id: str | None, progress
     else:
         broker = virtual.broker = MemoryBroker(timeline, summon=virtual.summon)
     evaluator = SurrogateEvaluator(scenario.data)
+    aggregator: SimAggregator | None = None
+    interrupted = False
     try:
         events.record("run-started", run=run_id, scenario=scenario.name, seed=scenario.seed, engine=scenario.engine,
                       broker=SIM_BROKER["url"], simulated=True,
@@ -244,6 +246,10 @@ def _simulate(scenario: Scenario, out_dir: Path, *, run_id: str | None, progress
             events.record("simulation-stopped", reason="virtual time horizon reached", now=timeline.now)
         if virtual is not None:
             virtual.held_at_end()
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (the CLI turns it into one): the rounds so far, said so
+        if aggregator is None:
+            raise
+        interrupted = True
     finally:
         events.close()
     best = best_by_validation(aggregator.outcome.rounds)
@@ -261,8 +267,15 @@ def _simulate(scenario: Scenario, out_dir: Path, *, run_id: str | None, progress
                             "messages_undeliverable": broker.undeliverable,
                             "population": scenario.clients.population,
                             "clients_instantiated": scenario.clients.count if virtual is None else len(virtual.started)}
+    if interrupted:
+        summary["status"] = "interrupted"
+        summary["reason"] = (f"interrupted after {summary['totals']['rounds_closed']} closed rounds, at "
+                             f"{timeline.now:.1f} s of virtual time; a simulation is not resumed: run it again "
+                             "(the same scenario and seed give the same run)")
     (out_dir / "summary.json").write_text(pretty_json(summary), encoding="utf-8")
     show.footer(summary, str(out_dir))
+    if interrupted:
+        raise KeyboardInterrupt
     return summary
 
 

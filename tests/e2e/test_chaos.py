@@ -238,6 +238,34 @@ def test_an_aggregator_killed_and_resumed_finishes_the_run(scenario: Path, tmp_p
     assert again.returncode != 0 and "nothing to resume" in again.stderr and "Traceback" not in again.stderr
 
 
+def test_a_run_stopped_after_its_last_round_but_before_its_summary_ends_on_resume(tmp_path: Path) -> None:
+    """kill -9 between the last round's close and the summary (about the last second of a run): the journal says
+    finished, the checkpoint 'running', and there is no summary.json or global_prompts.jsonl. `--resume` used to
+    refuse it ('already finished; nothing to resume') for ever, the results lost; it now ends the run: the same
+    rounds, prompts and final scores as the run wrote when it was not stopped. Made exactly, not by a timed kill:
+    a completed run's folder put back in that state."""
+    scenario = tmp_path / "short.yaml"
+    scenario.write_text(SCENARIO.format(rounds=3, deadline=30, security="signed+sealed"), encoding="utf-8")
+    out = tmp_path / "run"
+    code, stderr = finish(start_run(scenario, out))
+    assert code == 0, stderr[-3000:]
+    first, prompts = summary_of(out), (out / "global_prompts.jsonl").read_bytes()
+    (out / "summary.json").unlink()
+    (out / "global_prompts.jsonl").unlink()
+    checkpoint = json.loads((out / "checkpoint.json").read_text())
+    (out / "checkpoint.json").write_text(json.dumps({**checkpoint, "status": "running"}))
+    resumed = subprocess.run([*FEDBUS, "run", "--resume", str(out), "--quiet"], cwd=ROOT, timeout=300,
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = summary_of(out)
+    assert_every_round_accounted(summary, rounds=3)
+    assert [r["status"] for r in summary["rounds"]] == [r["status"] for r in first["rounds"]]
+    assert summary["final"]["prompt"] == first["final"]["prompt"]
+    assert summary["final"]["test_accuracy"] == first["final"]["test_accuracy"] is not None
+    assert (out / "global_prompts.jsonl").read_bytes() == prompts
+    assert json.loads((out / "checkpoint.json").read_text())["status"] == "completed"
+
+
 def test_an_interrupted_run_leaves_a_summary_that_compare_reads(scenario: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     run = start_run(scenario, out)

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from fedbus.errors import EngineError
 from fedbus.scenario import load_scenario
 from fedbus.sim.run import simulate
 from tests.conftest import ROOT
+from tests.waiting import wait_until
 
 # The scenarios with the most randomness in them: latency draws, dropouts, crashes, link faults, async merges.
 REPLAYED = ["dropouts", "lossy-network", "partition", "fully-async", "partial-participation"]
@@ -77,3 +79,38 @@ def test_the_simulator_refuses_a_real_engine(tmp_path: Path) -> None:
     scenario = dataclasses.replace(load_scenario(ROOT / "scenarios" / "quickstart.yaml"), engine="openai")
     with pytest.raises(EngineError, match="surrogate"):
         simulate(scenario, tmp_path, progress=False)
+
+
+LONG_SIMULATION = """\
+name: long-simulation
+seed: 5
+engine: surrogate
+rounds: 100000
+task: {name: surrogate-skills, train_size: 200000}
+clients: {count: 100000, population: virtual}
+participation: {fraction: 0.0002}
+aggregation: {strategy: concat}
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupted_simulation_leaves_its_rounds_in_an_interrupted_summary(sig: signal.Signals,
+                                                                               tmp_path: Path) -> None:
+    """Ctrl-C or SIGTERM in the middle of a simulation: exit 130, summary.json with status 'interrupted' and the
+    rounds closed so far (they left events.jsonl alone, and SIGTERM a bare exit 143), and a line saying the
+    simulation is run again rather than resumed."""
+    scenario, out = tmp_path / "long.yaml", tmp_path / "run"
+    scenario.write_text(LONG_SIMULATION, encoding="utf-8")
+    run = subprocess.Popen([sys.executable, "-m", "fedbus", "run", str(scenario), "--simulate", "--quiet", "--out",
+                            str(out)], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+    events = out / "events.jsonl"
+    wait_until(lambda: run.poll() is not None or (events.exists() and b'"round-closed"' in events.read_bytes()),
+               "a round to close")
+    run.send_signal(sig)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and "run it again" in stderr
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["status"] == "interrupted" and "not resumed" in summary["reason"]
+    assert 1 <= len(summary["rounds"]) < 100000 and summary["totals"]["rounds_closed"] == len(summary["rounds"])
