@@ -11,6 +11,7 @@ optimizer, and reconnects when the session says so. Times in the session are sim
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import secrets
 import time
@@ -276,6 +277,7 @@ class _Driver:
                     if item.n == self.session.connections:  # not news from an earlier connection
                         leave = await self._carry_out(self.session.connection_lost(item.now))
                 elif isinstance(item, _Delivery) and self._refuses(item):
+                    await self._say_offline(bus)
                     leave = Leave(abrupt=False, reason=self.refused or "", stop=True)
                 elif isinstance(item, _Delivery):
                     leave = await self._carry_out(self.session.receive(item.topic, item.payload, item.now))
@@ -299,6 +301,14 @@ class _Driver:
         self.refused = "this run is signed: join with a token from `fedbus invite` (fedbus client --join TOKEN)"
         self.events.record("run-signed", client=self.config.client)
         return True
+
+    async def _say_offline(self, bus: MqttBus) -> None:
+        """Replace this client's retained 'online' presence before leaving a run it cannot take part in: left
+        behind, it would make the id look live to the next process that tries it (`refuse_live_client`), a token
+        join under the same id included, for the rest of the run."""
+        topic, payload = self.session.will(self.now())
+        with contextlib.suppress(TransportError):
+            await bus.publish(topic, payload, retain=True)
 
     # ------------------------------------------------------------------ actions
     async def _carry_out(self, actions: list[Action]) -> Leave | None:

@@ -3,6 +3,7 @@ of remote clients only (clients.count 0)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
@@ -16,6 +17,7 @@ import pytest
 from fedbus.cli import main
 from fedbus.runtime.address import BrokerAddress
 from fedbus.runtime.checkpoint import Checkpoint
+from fedbus.runtime.identity import refuse_live_client
 from fedbus.runtime.run_keys import AGGREGATOR_PUB, KEYS, RemoteKeys, authorized_path, write_aggregator_key
 from fedbus.scenario.loader import scenario_from_mapping
 from fedbus.security.crypto import PrivateKey, generate
@@ -247,6 +249,8 @@ def test_invited_clients_join_a_signed_run_and_strangers_do_not(tmp_path: Path, 
         code, _, plain_err = finish(plain)
         assert code == 1 and plain_err.count("\n") == 1, plain_err
         assert "this run is signed: join with a token from `fedbus invite`" in plain_err
+        # it left its presence offline: the id is free for a token join (it stayed 'live' for the whole run)
+        asyncio.run(refuse_live_client(embedded_broker, run_id, "plain"))
         code, _, run_err = finish(run)
         assert code == 0, run_err
         for client in joined:
