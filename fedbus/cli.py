@@ -179,8 +179,9 @@ def _parser() -> argparse.ArgumentParser:
                           "http://127.0.0.1:11434/v1 (Ollama); default: the scenario's engine.base_url or "
                           "$FEDBUS_ENGINE_URL")
     run.add_argument("--no-cache", action="store_true", help="do not reuse cached LLM responses")
-    run.add_argument("--strategy", help="override aggregation.strategy (concat, summarize, uid_summarize) "
-                                        "to compare aggregators on one scenario")
+    run.add_argument("--strategy", help="override aggregation.strategy (concat, concat_unique; with an LLM engine "
+                                        "summarize, uid_summarize, summarize_tagged, uid_guided; or "
+                                        "package.module:function) to compare aggregators on one scenario")
     run.add_argument("--security", choices=("signed+sealed", "signed", "none"),
                      help="override the scenario's security: signed+sealed (default: every message signed, "
                           "updates sealed to the aggregator), signed, or none (protocol v1: anyone on the broker "
@@ -416,7 +417,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
                 print(f"{path}: {line}")
             continue
         remote = f" + {scenario.clients.remote} remote" if scenario.clients.remote else ""
-        print(f"{path}: ok ({scenario.clients.count}{remote} clients, {scenario.rounds} rounds, engine "
+        count = scenario.clients.count
+        print(f"{path}: ok ({count}{remote} client{'' if count + scenario.clients.remote == 1 else 's'}, "
+              f"{scenario.rounds} round{'' if scenario.rounds == 1 else 's'}, engine "
               f"{scenario.engine})")
     return status
 
@@ -993,7 +996,8 @@ def _cmd_client(args: argparse.Namespace) -> int:
     started = time.monotonic()
     pinned = (f" (signed+sealed; aggregator {fingerprint(security.aggregator_key)})"
               if security is not None and security.aggregator_key is not None else "")
-    print(f"fedbus client {client_id} joining run {run_id} on {config.broker.url()}{pinned}", flush=True)
+    if not args.quiet:
+        print(f"fedbus client {client_id} joining run {run_id} on {config.broker.url()}{pinned}", flush=True)
     report = _run_async(_client_session(config, args))
     line = (f"fedbus client {client_id}: {report.rounds_done} rounds done in {time.monotonic() - started:.1f} s; "
             f"{report.reason}")

@@ -176,5 +176,10 @@ def configure(level: str = "INFO", json_lines: bool | None = None) -> None:
 
 
 class _ErrorsOnly(logging.Filter):
+    """aiomqtt's errors, but not paho's socket failures: a connection that drops (a modelled crash, a broker
+    restart) is fedbus's to report, in events.jsonl and in its own warning, and `--quiet` promises one line."""
+
+    SAID_BY_FEDBUS = ("failed to receive on socket", "timeout on socket")
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.ERROR
+        return record.levelno >= logging.ERROR and not str(record.msg).startswith(self.SAID_BY_FEDBUS)

@@ -256,6 +256,29 @@ class OpenAIEngine:
             truncated=c.truncated,
         )
 
+    async def unreachable(self, timeout_s: float = 10.0) -> str | None:
+        """Why the server cannot be used at all (None: it answered): asked once before a run starts, so that a
+        server that is down or refuses the key is one clear line, not a run of failed rounds. Any HTTP answer to
+        ``GET /models`` but 401/403 counts as up (not every OpenAI-compatible server lists its models)."""
+        session = self._session
+        if session is None or session.closed:
+            raise RuntimeError("OpenAIEngine is not open: use `async with OpenAIEngine(config) as engine`")
+        url = self._config.base_url.rstrip("/") + "/models"
+        try:
+            async with session.get(url, headers=self._headers,
+                                   timeout=aiohttp.ClientTimeout(total=min(timeout_s, self._config.timeout_s))) as r:
+                status = r.status
+                raw = await r.read()
+        except aiohttp.InvalidURL:
+            return f"invalid URL {url!r}"
+        except TimeoutError:
+            return f"no answer within {min(timeout_s, self._config.timeout_s):g} s"
+        except aiohttp.ClientError as exc:
+            return f"{type(exc).__name__}: {self._redact(str(exc))}"
+        if status in (401, 403):
+            return f"HTTP {status}, the server refused the API key: {self._snippet(raw)}"
+        return None
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:

@@ -66,12 +66,25 @@ class Progress:
         acc, initial = final.get("test_accuracy"), final.get("initial_test_accuracy")
         measured = (f"; test accuracy {_number(acc)} (initial prompt {_number(initial)})"
                     if acc is not None else "")
-        line = (f"{summary['status']}: {summary['reason']}{measured}; "
+        line = (f"{summary['status']}: {summary['reason']}{measured}{_warnings(summary)}; "
                 f"results in {out_dir}/summary.json and {out_dir}/events.jsonl")
         if self.enabled:
             self._print(line)
         else:
             print(line, file=self.quiet_stream or sys.stderr, flush=True)
+
+
+def _warnings(summary: dict[str, Any]) -> str:
+    """What makes a finished run's figures suspect, said on its last line: no round aggregated (the prompt never
+    changed), or every LLM call failed."""
+    out = []
+    rounds = summary.get("rounds") or []
+    if rounds and not any(r.get("status") == "aggregated" for r in rounds):
+        out.append(f"WARNING: none of the {len(rounds)} rounds aggregated")
+    llm = summary.get("llm") or {}
+    if llm.get("calls") and llm.get("failures", 0) >= llm["calls"]:
+        out.append(f"WARNING: all {llm['calls']} LLM calls failed")
+    return "".join(f"; {w}" for w in out)
 
 
 def _number(value: object) -> str:

@@ -90,6 +90,7 @@ async def open_engines(spec: EngineSpec, *, environ: Mapping[str, str],
         semaphores: dict[str, asyncio.Semaphore] = {}
         opened: dict[EngineSpec, ChatEngine] = {}
         by_role: dict[str, ChatEngine] = {}
+        servers: dict[str, OpenAIEngine] = {}  # one engine per server URL, to check the server is there
         for role in ROLES:
             role_spec = spec.for_role(role)
             if role_spec not in opened:
@@ -109,13 +110,21 @@ async def open_engines(spec: EngineSpec, *, environ: Mapping[str, str],
                     config = _openai_config(role_spec, role)
                 semaphore = semaphores.setdefault(config.base_url.rstrip("/"),
                                                   asyncio.Semaphore(role_spec.concurrency))
-                engine: ChatEngine = await stack.enter_async_context(
-                    OpenAIEngine(config, environ=environ, semaphore=semaphore))
+                http = await stack.enter_async_context(OpenAIEngine(config, environ=environ, semaphore=semaphore))
+                if role_spec.name != "local":  # the local server was started (and its health seen) here
+                    servers.setdefault(config.base_url.rstrip("/"), http)
+                engine: ChatEngine = http
                 if role_spec.cache:
                     cache = cache or stack.enter_context(ResponseCache(response_cache_dir(environ)))
                     engine = CachedEngine(engine, cache)
                 opened[role_spec] = engine
             by_role[role] = opened[role_spec]
+        for url, http in servers.items():
+            why = await http.unreachable()
+            if why is not None:
+                raise EngineError(f"cannot use the LLM server at {url}: {why}; is it running, and is this its "
+                                  "address (engine.base_url, --engine-url or $FEDBUS_ENGINE_URL)? Checked before "
+                                  "anything starts, also for a rerun the response cache could serve")
         yield Engines(by_role, local_url=None if local is None else local.base_url)
 
 

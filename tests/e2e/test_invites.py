@@ -290,6 +290,7 @@ def test_a_federation_of_remote_clients_only(tmp_path: Path, embedded_broker: Br
         for client in clients:
             code, client_out, client_err = finish(client)
             assert code == 0 and "2 rounds done" in client_out, client_err
+            assert client_out.count("\n") == 1, client_out  # --quiet: only the last line
     finally:
         for process in (run, *clients):
             if process.poll() is None:

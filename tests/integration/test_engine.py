@@ -385,3 +385,45 @@ async def test_a_server_without_a_tokenizer_is_asked_once(serve: Serve, requests
         assert await engine.count_tokens("four five") is None
         assert engine.statistics().calls == 0  # tokenizing is not an LLM call
     assert requests_by_path == {"/tokenize": 1}  # one 404, then no more asking (and no chat request)
+
+
+async def test_a_server_that_is_down_or_refuses_the_key_is_said_before_a_run_starts(serve: Serve,
+                                                                                   tmp_path: Any) -> None:
+    """`open_engines` (every `fedbus run`, `fedbus client` and `fedbus evaluate` with an LLM) asks each server
+    once before anything starts: nothing listening, or 401 on GET /models, is one EngineError naming the server
+    (a run used to go through every round's failed calls and end 'completed' at accuracy 0); a server that has
+    no /models route (404) still counts as up."""
+    from fedbus.runtime.engines import open_engines
+    from fedbus.scenario.engine import EngineSpec
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dead = EngineSpec(name="openai", base_url=f"http://127.0.0.1:{port}/v1", model="m", cache=False)
+    with pytest.raises(EngineError, match=f"cannot use the LLM server at http://127.0.0.1:{port}/v1"):
+        async with open_engines(dead, environ={}):
+            pass
+
+    async def chat(_request: web.Request) -> web.StreamResponse:
+        return web.json_response(ok_body())
+
+    up = await serve(chat)  # no GET /models: 404
+    async with open_engines(EngineSpec(name="openai", base_url=up, model="m", cache=False), environ={}) as engines:
+        assert (await engines.forward.complete("q")).text == "hello"
+
+    async def refuse(_request: web.Request) -> web.StreamResponse:
+        return web.json_response({"error": "bad key"}, status=401)
+
+    app = web.Application()
+    app.router.add_get("/v1/models", refuse)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        spec = EngineSpec(name="openai", base_url=str(server.make_url("/v1")), model="m", cache=False,
+                          api_key_env="K")
+        with pytest.raises(EngineError, match="401, the server refused the API key") as caught:
+            async with open_engines(spec, environ={"K": SECRET}):
+                pass
+        assert SECRET not in str(caught.value)
+    finally:
+        await server.close()
