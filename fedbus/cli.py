@@ -564,9 +564,10 @@ def _simulate(args: argparse.Namespace, scenario: Scenario, run_id: str) -> int:
         print(f"fedbus run --simulate: {exc}", file=sys.stderr)
         return EXIT_INVALID
     except KeyboardInterrupt:
-        print(f"fedbus run --simulate: interrupted; the rounds so far are in {out / 'summary.json'}; run it again "
-              "to finish it (a simulation is not resumed: the same scenario and seed give the same run)",
-              file=sys.stderr)
+        where = (f"; the rounds so far are in {out / 'summary.json'}; " if (out / "summary.json").exists()
+                 else " before its first round; ")
+        print(f"fedbus run --simulate: interrupted{where}run it again to finish it (a simulation is not resumed: "
+              "the same scenario and seed give the same run)", file=sys.stderr)
         return EXIT_INTERRUPTED
     return EXIT_OK if summary["status"] == "completed" else EXIT_ABORTED
 

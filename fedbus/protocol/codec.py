@@ -276,5 +276,5 @@ def _decoded(payload: bytes, limits: Limits) -> Message:
         return _build(kind, document)
     except MessageRejected:
         raise
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, ArithmeticError) as exc:  # OverflowError: a number no float holds
         raise MessageRejected("bad-field", str(exc)[:200]) from exc

@@ -25,18 +25,35 @@ MAX_REASON_CHARS = 64  # receipt.reason, failure.error_type
 MAX_DETAIL_CHARS = 300  # receipt.detail, failure.reason
 
 
+# Integers beyond what a double holds exactly are no counter, size or time a peer means: JSON lets a sender write
+# a 400-digit one, which math.isfinite() cannot even convert (OverflowError, not ValueError).
+MAX_INT = 2**53
+
+
 # These run for every decoded message: exact type checks (``type(x) is int`` also excludes bool).
 def _check_int(value: object, what: str, minimum: int = 0) -> None:
-    if type(value) is not int or value < minimum:
-        raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    if type(value) is not int or not minimum <= value <= MAX_INT:
+        raise ValueError(f"{what} must be an integer within [{minimum}, 2**53], got {_shown(value)}")
 
 
 def _check_number(value: object, what: str, lo: float | None = None, hi: float | None = None) -> None:
     kind = type(value)
-    if (kind is not float and kind is not int) or not math.isfinite(value):  # type: ignore[arg-type]
-        raise ValueError(f"{what} must be a finite number, got {value!r}")
+    if kind is int:
+        if not -MAX_INT <= value <= MAX_INT:  # type: ignore[operator]
+            raise ValueError(f"{what} must be a finite number within +-2**53, got {_shown(value)}")
+    elif kind is not float or not math.isfinite(value):  # type: ignore[arg-type]
+        raise ValueError(f"{what} must be a finite number, got {_shown(value)}")
     if (lo is not None and value < lo) or (hi is not None and value > hi):  # type: ignore[operator]
         raise ValueError(f"{what} must be within [{lo}, {hi}], got {value!r}")
+
+
+def _shown(value: object) -> str:
+    """``value`` for an error message, cut short: a hostile peer's 400-digit integer is not echoed whole (and an
+    int past 4,300 digits cannot be turned into text at all)."""
+    if type(value) is int and not -MAX_INT <= value <= MAX_INT:
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."
 
 
 def _check_str(value: object, what: str, max_chars: int | None = None) -> None:

@@ -28,6 +28,7 @@ _AVAILABILITY = {"dropout_p", "events", "online"}
 _EVENT = {"kind", "at_s", "at_round", "duration_s", "rejoin_after_s"}
 _NETWORK = {"delay_s", "jitter_s", "loss", "duplicate", "reorder", "partitions"}
 _PROBABILITY = within(0.0, 1.0)
+MAX_LATENCY_S = 1e9  # a trace's latency: ~30 years
 
 
 def _items(r: Reader, value: Any, path: str) -> list[tuple[str, Mapping[str, Any]]]:
@@ -75,9 +76,10 @@ def _latency(r: Reader, doc: Mapping[str, Any], path: str) -> Latency:
             r.problem(f"{where}.values_s", "must be a non-empty list of numbers")
         else:
             for i, v in enumerate(raw):
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                    r.problem(f"{where}.values_s[{i}]", "must be a number >= 0")
-            values = tuple(float(v) for v in raw if isinstance(v, (int, float)) and not isinstance(v, bool))
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= MAX_LATENCY_S:
+                    r.problem(f"{where}.values_s[{i}]", f"must be a number within [0, {MAX_LATENCY_S:g}]")
+            values = tuple(float(v) for v in raw
+                           if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= MAX_LATENCY_S)
     nonneg = at_least(0.0)
     return Latency(
         kind=kind or "constant",
@@ -87,7 +89,8 @@ def _latency(r: Reader, doc: Mapping[str, Any], path: str) -> Latency:
         mean_s=r.get(d, "mean_s", where, float, default=0.0, check=nonneg),
         std_s=r.get(d, "std_s", where, float, default=0.0, check=nonneg),
         median_s=r.get(d, "median_s", where, float, default=0.0, check=nonneg),
-        sigma=r.get(d, "sigma", where, float, default=0.0, check=nonneg),
+        # exp(sigma * a normal draw): sigma 1,000 overflows a float on a quarter of the draws
+        sigma=r.get(d, "sigma", where, float, default=0.0, check=within(0.0, 10.0)),
         values_s=values,
     )
 
@@ -116,7 +119,7 @@ def _events(r: Reader, value: Any, path: str) -> tuple[ScheduledEvent, ...]:
 def _group(r: Reader, doc: Mapping[str, Any], path: str) -> ClientGroup | None:
     r.unknown_keys(doc, path, _GROUP)
     name = r.get(doc, "name", path, str, check=valid_id)
-    count = r.get(doc, "count", path, int, check=at_least(1))
+    count = r.get(doc, "count", path, int, check=within(1, 10_000_000))
     latency = _latency(r, doc, path)
     s = r.section(doc, "stragglers", path, _STRAGGLERS)
     stragglers = Stragglers(

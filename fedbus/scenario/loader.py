@@ -45,6 +45,9 @@ _ADAPTIVE = {"k", "window"}
 _AGGREGATION = {f.name for f in settings_of(AggregationSpec)} | {"buffer_size", "weighting"}
 _WEIGHTING = {"kind", "a", "b"}
 
+MAX_CLIENTS = 10_000_000  # 10x the million-client virtual population the benchmark runs
+MAX_TRAIN = 100_000_000  # lazily for a virtual population; eagerly ~20 us an example (1,000,000 in ~20 s)
+MAX_EVAL = 1_000_000  # the validation set is scored every round (each update too, when a round scores them)
 DEFAULT_PROMPT = "You will answer a reasoning question. The last line of your answer should be 'Answer: $VALUE'."
 
 
@@ -90,9 +93,10 @@ def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None,
         task_name = "+".join(raw_task)
     else:
         task_name = r.get(t, "name", "task", str, default="surrogate-skills", check=one_of(TASKS))
-    train = r.get(t, "train_size", "task", int, default=120, check=at_least(1))
-    val = r.get(t, "val_size", "task", int, default=60, check=at_least(1))
-    test = r.get(t, "test_size", "task", int, default=120, check=at_least(1))
+    # bounded: the validation set is scored every round, the test set at the end, the training set generated
+    train = r.get(t, "train_size", "task", int, default=120, check=within(1, MAX_TRAIN))
+    val = r.get(t, "val_size", "task", int, default=60, check=within(1, MAX_EVAL))
+    test = r.get(t, "test_size", "task", int, default=120, check=within(1, MAX_EVAL))
     partition = r.get(t, "partition", "task", str, default="iid", check=one_of(PARTITIONS))
     alpha = r.get(t, "alpha", "task", float, default=None, check=within(0.001, 1000.0))
     if alpha is not None and partition != "dirichlet":
@@ -128,13 +132,16 @@ def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None,
         r.problem("clients", "is required")
     groups = read_groups(r, c.get("groups"), "clients.groups")
     if "groups" in c:
-        count = r.get(c, "count", "clients", int, default=sum(g.count for g in groups), check=at_least(1))
+        count = r.get(c, "count", "clients", int, default=sum(g.count for g in groups),
+                      check=within(1, MAX_CLIENTS))
         if groups and count != sum(g.count for g in groups):
             r.problem("clients.count", f"must equal the sum of the groups' counts ({sum(g.count for g in groups)})"
                       " or be left out")
     else:
-        count = r.get(c, "count", "clients", int, check=at_least(0))
+        count = r.get(c, "count", "clients", int, check=within(0, MAX_CLIENTS))
     client_settings = r.read_settings(c, "clients", ClientsSpec)
+    _check_id_room(r, [(f"clients.groups[{i}].name", g.name, g.count) for i, g in enumerate(groups)]
+                   if "groups" in c else [("clients.id_prefix", client_settings["id_prefix"], count)])
     remote = client_settings["remote"]
     if count == 0 and not (isinstance(remote, int) and remote >= 1):
         r.problem("clients.count", "must be >= 1 (or 0 with clients.remote >= 1: a federation of remote clients only)")
@@ -147,7 +154,8 @@ def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None,
     adaptive_k = r.get(ad, "k", "participation.adaptive_deadline", float, default=None, check=at_least(0.0))
     if ad and adaptive_k is None and "k" not in ad:
         r.problem("participation.adaptive_deadline.k", "is required")
-    adaptive_window = r.get(ad, "window", "participation.adaptive_deadline", int, default=20, check=at_least(3))
+    adaptive_window = r.get(ad, "window", "participation.adaptive_deadline", int, default=20,
+                            check=within(3, 100_000))
 
     a = r.section(doc, "aggregation", "", _AGGREGATION)
     aggregation = r.read_settings(a, "aggregation", AggregationSpec)
@@ -214,6 +222,16 @@ def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None,
         if obstacles:
             raise ScenarioError([(path, f"{why} (clients.population is virtual)") for path, why in obstacles], source)
     return scenario
+
+
+def _check_id_room(r: Reader, named: list[tuple[str, Any, Any]]) -> None:
+    """Clients are NAME-0 ... NAME-(count-1) (zero-padded) and an id has at most 64 characters: a long
+    ``id_prefix`` or group name passed its own check and then failed the run's first client id."""
+    for where, prefix, count in named:
+        last = f"{prefix}-{count - 1}" if isinstance(prefix, str) and isinstance(count, int) and count > 0 else ""
+        if len(last) > 64:
+            r.problem(where, f"too long for {count} clients: their last id, NAME-{count - 1}, has {len(last)} "
+                             "characters (at most 64)")
 
 
 MAX_FILE_BYTES = 16 * 1024 * 1024  # far above any scenario (a prompt fits in max_message_bytes / 4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import reprlib
 import typing
 from collections.abc import Callable, Mapping
@@ -12,6 +13,7 @@ from fedbus.protocol.ids import is_valid_id
 
 MISSING = object()
 MAX_MESSAGE_CHARS = 300  # a problem's text, whatever value it quotes
+MAX_INT = 2**53  # no count, size or seed of a scenario is larger; past it a float loses it, a deque refuses it
 
 _SHOWN = reprlib.Repr()
 _SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlevel = 60, 60, 2
@@ -103,8 +105,14 @@ class Reader:
             names = names.replace("float", "a number").replace("int", "an integer").replace("str", "a string")
             self.problem(where, f"must be {names}, got {type(value).__name__} {shown(value)}")
             return None if default is MISSING else default
+        if isinstance(value, int) and not isinstance(value, bool) and not -MAX_INT <= value <= MAX_INT:
+            self.problem(where, f"must be within +-2**53, got an integer of {value.bit_length()} bits")
+            return None if default is MISSING else default
         if float in kinds and isinstance(value, int):
             value = float(value)
+        if isinstance(value, float) and not math.isfinite(value):  # YAML's .inf and .nan
+            self.problem(where, f"must be a finite number, got {value}")
+            return None if default is MISSING else default
         if check is not None:
             message = check(value)
             if message is not None:

@@ -174,6 +174,10 @@ def test_non_finite_numbers_are_rejected(constant: str) -> None:
     (raw(sample_update(client="+")), "bad-field"),
     (raw(sample_update(id="")), "bad-field"),
     (raw(sample_update(sent="yesterday")), "bad-field"),
+    (raw(sample_update(sent=10**400)), "bad-field"),  # math.isfinite() raised OverflowError: a crashed aggregator
+    (raw(sample_update(sent=-(10**400))), "bad-field"),
+    (raw(sample_update(round=2**64)), "bad-field"),
+    (raw(sample_update(body={"prompt": "p", "base_version": 10**400, "stats": {}})), "bad-field"),
     (raw(sample_update(body={"prompt": "p", "base_version": 0})), "bad-field"),
     (raw(sample_update(body={"prompt": 3, "base_version": 0, "stats": {}})), "bad-field"),
 ])
@@ -236,7 +240,8 @@ def test_arbitrary_bytes_never_raise_anything_but_message_rejected(payload: byte
 
 # any code point, surrogates too: JSON escapes can spell half a pair, which once got past decode and crashed encode
 any_text = st.text(st.characters(exclude_categories=()) | st.characters(categories=["Cs"]), max_size=10)
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | finite | any_text,
+huge = st.sampled_from([10**400, -(10**400), 2**64, 2**53 + 1])  # past any float: OverflowError in isfinite()
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | huge | finite | any_text,
                            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(any_text, inner,
                                                                                          max_size=3), max_leaves=20)
 

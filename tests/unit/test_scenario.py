@@ -49,6 +49,33 @@ def test_every_mistake_is_reported_with_its_path() -> None:
     assert any("colour" in line for line in lines), lines
 
 
+GROUP = {"name": "g", "count": 2}
+
+
+@pytest.mark.parametrize(("doc", "path", "says"), [
+    # each of these passed `fedbus validate` and then crashed `fedbus run` with a traceback
+    (minimal(clients={"count": 3, "id_prefix": "p" * 64}), "clients.id_prefix", "has 66 characters"),
+    (minimal(clients={"groups": [{"name": "g" * 63, "count": 12}]}), "clients.groups[0].name", "has 66 characters"),
+    (minimal(participation={"round_deadline_s": float("inf")}), "participation.round_deadline_s", "finite"),
+    (minimal(participation={"join_timeout_s": float("nan")}), "participation.join_timeout_s", "finite"),
+    (minimal(clients={"step_latency_s": 10**400}), "clients.step_latency_s", "2**53"),
+    (minimal(participation={"adaptive_deadline": {"k": 1, "window": 10**9}}),
+     "participation.adaptive_deadline.window", "within [3, 100000]"),
+    (minimal(clients={"groups": [{**GROUP, "latency": {"kind": "lognormal", "median_s": 1, "sigma": 1e6}}]}),
+     "clients.groups[0].latency.sigma", "within [0.0, 10.0]"),
+    (minimal(clients={"groups": [{**GROUP, "latency": {"kind": "trace", "values_s": [1.0, float("nan")]}}]}),
+     "clients.groups[0].latency.values_s[1]", "within [0, 1e+09]"),
+    # these validated and then ran for hours
+    (minimal(task={"name": "surrogate-skills", "train_size": 10**12}), "task.train_size", "within"),
+    (minimal(task={"name": "surrogate-skills", "val_size": 10**9}), "task.val_size", "within"),
+    (minimal(clients={"count": 10**12}), "clients.count", "within"),
+])
+def test_values_that_would_crash_or_stall_a_run_are_refused_at_their_path(doc: dict[str, object], path: str,
+                                                                          says: str) -> None:
+    lines = problems(doc)
+    assert any(line.startswith(f"{path}:") and says in line for line in lines), lines
+
+
 def test_count_zero_is_a_federation_of_remote_clients_only() -> None:
     """clients.count 0 needs clients.remote >= 1; min_clients then counts the remote clients, and so do the shards."""
     scenario = scenario_from_mapping(minimal(clients={"count": 0, "remote": 10},
