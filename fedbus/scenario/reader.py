@@ -77,7 +77,8 @@ class Reader:
     def unknown_keys(self, doc: Mapping[str, Any], path: str, allowed: set[str]) -> None:
         for key in doc:
             if key not in allowed:
-                where = f"{path}.{key}" if path else str(key)
+                label = key if isinstance(key, str) and key.strip() else shown(key)  # '' or 3: quoted, not blank
+                where = f"{path}.{label}" if path else label
                 self.problem(where, f"unknown key (expected one of: {', '.join(sorted(allowed))})")
 
     def get(

@@ -76,6 +76,14 @@ def test_values_that_would_crash_or_stall_a_run_are_refused_at_their_path(doc: d
     assert any(line.startswith(f"{path}:") and says in line for line in lines), lines
 
 
+def test_an_empty_or_non_string_key_is_quoted_in_its_path() -> None:
+    """`"": 1` at the top was reported as ': unknown key', a path of nothing."""
+    lines = problems({**minimal(), "": 1, 3: 4})
+    assert any(line.startswith("'': unknown key") for line in lines), lines
+    assert any(line.startswith("3: unknown key") for line in lines), lines
+    assert any(line.startswith("clients.'': unknown key") for line in problems(minimal(clients={"count": 2, "": 0})))
+
+
 def test_count_zero_is_a_federation_of_remote_clients_only() -> None:
     """clients.count 0 needs clients.remote >= 1; min_clients then counts the remote clients, and so do the shards."""
     scenario = scenario_from_mapping(minimal(clients={"count": 0, "remote": 10},
