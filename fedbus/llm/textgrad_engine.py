@@ -23,7 +23,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -108,10 +108,16 @@ def _log_into(logger: logging.Logger, log_dir: Path) -> None:
 class _InValueOrder(set):  # type: ignore[type-arg]
     """textgrad keeps a variable's gradients in a set of objects hashed by id, so the optimizer's prompt
     lists the feedback in a different order on every run and a rerun misses the response cache.
-    Iterating in order of the feedback text makes the prompt, and so the cache key, repeatable."""
+    Iterating in order of the feedback text, then of the context it was given for (the question and answer it
+    criticizes: two questions can get the same feedback), makes the prompt, and so the cache key, repeatable."""
+
+    def __init__(self, gradients: Iterable[Any], context: Mapping[Any, Any]) -> None:
+        super().__init__(gradients)
+        self._context = context
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(sorted(set.__iter__(self), key=lambda gradient: str(gradient.value)))
+        return iter(sorted(set.__iter__(self),
+                           key=lambda gradient: (str(gradient.value), str(self._context.get(gradient)))))
 
 
 class _Calls:
@@ -224,7 +230,7 @@ def local_step(prompt: str, batch: Sequence[tuple[str, str]], chat: SyncChat | S
         if right and all(right) and not step_on_perfect_batch:
             return outcome(prompt, False, "perfect-batch", before, before)
         tg.sum(losses).backward(backward_engine)
-        variable.gradients = _InValueOrder(variable.gradients)
+        variable.gradients = _InValueOrder(variable.gradients, variable.gradients_context)
         try:
             optimizer.step()
         except IndexError:  # only the optimizer's reply parsing: a bug elsewhere must not read as a model's mistake

@@ -29,7 +29,7 @@ from fedbus.scenario.engine import EngineSpec
 
 if TYPE_CHECKING:
     from fedbus.llm.local_server import LocalServer
-    from fedbus.llm.openai_compat import OpenAIConfig
+    from fedbus.llm.openai_compat import OpenAIConfig, OpenAIEngine
 
 ENGINE_URL_ENV = "FEDBUS_ENGINE_URL"
 
@@ -119,12 +119,8 @@ async def open_engines(spec: EngineSpec, *, environ: Mapping[str, str],
                     engine = CachedEngine(engine, cache)
                 opened[role_spec] = engine
             by_role[role] = opened[role_spec]
-        for url, http in servers.items():
-            why = await http.unreachable()
-            if why is not None:
-                raise EngineError(f"cannot use the LLM server at {url}: {why}; is it running, and is this its "
-                                  "address (engine.base_url, --engine-url or $FEDBUS_ENGINE_URL)? Checked before "
-                                  "anything starts, also for a rerun the response cache could serve")
+        for http in servers.values():
+            await _check_server(http)
         yield Engines(by_role, local_url=None if local is None else local.base_url)
 
 
@@ -165,11 +161,23 @@ async def open_engine(spec: EngineSpec, *, environ: Mapping[str, str],
                                   sampling=_sampling(spec), name="local", identity=f"local:{server.model}")
         else:
             raise EngineError(f"engine {spec.name!r} is not an LLM engine")
-        engine: ChatEngine = await stack.enter_async_context(OpenAIEngine(config, environ=environ))
+        http = await stack.enter_async_context(OpenAIEngine(config, environ=environ))
+        if spec.name == "openai":
+            await _check_server(http)
+        engine: ChatEngine = http
         if spec.cache:
             cache = stack.enter_context(ResponseCache(response_cache_dir(environ)))
             engine = CachedEngine(engine, cache)
         yield engine
+
+
+async def _check_server(http: OpenAIEngine) -> None:
+    """One question to the server before anything starts: ``EngineError`` if it is not there."""
+    why = await http.unreachable()
+    if why is not None:
+        raise EngineError(f"cannot use the LLM server at {http.config.base_url.rstrip('/')}: {why}; is it running, "
+                          "and is this its address (engine.base_url, --engine-url or $FEDBUS_ENGINE_URL)? Checked "
+                          "before anything starts, also for a rerun the response cache could serve")
 
 
 async def _local_server(spec: EngineSpec, log_dir: Path | None, environ: Mapping[str, str]) -> LocalServer:

@@ -393,7 +393,7 @@ async def test_a_server_that_is_down_or_refuses_the_key_is_said_before_a_run_sta
     once before anything starts: nothing listening, or 401 on GET /models, is one EngineError naming the server
     (a run used to go through every round's failed calls and end 'completed' at accuracy 0); a server that has
     no /models route (404) still counts as up."""
-    from fedbus.runtime.engines import open_engines
+    from fedbus.runtime.engines import open_engine, open_engines
     from fedbus.scenario.engine import EngineSpec
 
     with socket.socket() as probe:
@@ -402,6 +402,9 @@ async def test_a_server_that_is_down_or_refuses_the_key_is_said_before_a_run_sta
     dead = EngineSpec(name="openai", base_url=f"http://127.0.0.1:{port}/v1", model="m", cache=False)
     with pytest.raises(EngineError, match=f"cannot use the LLM server at http://127.0.0.1:{port}/v1"):
         async with open_engines(dead, environ={}):
+            pass
+    with pytest.raises(EngineError, match="cannot use the LLM server"):  # `fedbus client` and `evaluate`'s path
+        async with open_engine(dead, environ={}):
             pass
 
     async def chat(_request: web.Request) -> web.StreamResponse:

@@ -169,3 +169,22 @@ def test_the_optimizer_sees_the_feedback_in_a_repeatable_order(tmp_path: Path) -
         step(chat, tmp_path / f"r{i}")
     assert len(set(seen)) == 1, "the optimizer's prompt changed between identical steps"
     assert seen[0].index("Alpha feedback") < seen[0].index("Zebra feedback")
+
+
+def test_the_same_feedback_for_two_questions_still_comes_in_a_repeatable_order(tmp_path: Path) -> None:
+    """Identical feedback texts tie on the feedback: they are ordered by what they criticize, else the set's id
+    hashing decided (5 different optimizer prompts in 6 identical runs, each a response-cache miss)."""
+    seen: list[str] = []
+
+    def chat(prompt: str, system: str | None) -> str:
+        if prompt.startswith("Here is the role of the variable you will improve"):
+            seen.append(prompt)
+            return f"<IMPROVED_VARIABLE>{BETTER}</IMPROVED_VARIABLE>"
+        if prompt.startswith("You will give feedback"):
+            return "Enumerate each item before counting."
+        return "Answer: 7"
+
+    for i in range(8):
+        step(chat, tmp_path / f"r{i}")
+    assert len(set(seen)) == 1, "the optimizer's prompt changed between identical steps"
+    assert seen[0].index("piano") > seen[0].index("cat")  # 'I have a cat' sorts before 'I have a piano'
