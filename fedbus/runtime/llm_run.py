@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, cast
@@ -38,6 +39,15 @@ class LLMReducer:
         self._events = events
         self._format_line = format_line
         self.by_round: dict[int, dict[str, Any]] = {}
+
+    def recall(self, events_path: Path, closed: Collection[int]) -> None:
+        """After a resume: the merge records of rounds merged but not yet closed when the run stopped (their
+        evaluation is redone, not their merge, which the journal kept), from the ``aggregated-by-llm`` lines
+        written then; without them such a round's ``aggregation`` (and a fallback's reason) was lost."""
+        for event in read_events(events_path):
+            number = event.get("round")
+            if event.get("event") == "aggregated-by-llm" and isinstance(number, int) and number not in closed:
+                self.by_round[number] = {k: v for k, v in event.items() if k not in ("t", "event", "round")}
 
     async def __call__(self, effect: Reduce) -> str:
         if effect.strategy not in LLM_STRATEGIES or self._engine is None:

@@ -189,6 +189,8 @@ async def _run(scenario: Scenario, options: RunOptions, engine: Engines | None,
             replayed = node.resume(read_journal(out / JOURNAL))
             # a journal that finished but a checkpoint that did not (Checkpoint.open refuses an ended one): the
             # run stopped between its last round and its summary; it ends now (scoring, prompt log, summary)
+            if engine is not None:
+                reducer.recall(out / "events.jsonl", {result.round for result, _extra in node.outcome.rounds})
             if retention is not None:
                 retention.remember([result for result, _extra in node.outcome.rounds])
             progress.note(f"resumed {run_id} from {replayed.lines} journal entries: "

@@ -65,6 +65,21 @@ async def test_the_aggregator_falls_back_to_concat_on_a_cut_merge(tmp_path: Path
     assert '"problem":"truncated"' in (tmp_path / "events.jsonl").read_text()
 
 
+async def test_a_resumed_run_recalls_the_merge_record_of_a_round_merged_but_not_closed(tmp_path: Path) -> None:
+    """A run stopped between a round's merge (journaled) and its close: the resumed run redoes the evaluation,
+    not the merge, and takes the merge's record (here its fallback) from events.jsonl; it was lost before, the
+    round's `aggregation` None in summary.json. A closed round's record is not taken again."""
+    events = EventLog(tmp_path / "events.jsonl")
+    first = LLMReducer(_CutEngine(["List every item and count", "Count"]), events)
+    for number in (1, 2):
+        await first(Reduce(round=number, strategy="summarize", current_prompt="Answer.", prompts=PROMPTS,
+                           max_chars=4000))
+    events.close()
+    resumed = LLMReducer(_CutEngine([]), EventLog(None))
+    resumed.recall(tmp_path / "events.jsonl", closed={1})
+    assert resumed.by_round == {2: first.by_round[2]} and resumed.by_round[2]["fallback"] == "concat (truncated)"
+
+
 class _Counting:
     name, model, identity, sampling = "fake", "m", "fake", Sampling()
 
