@@ -161,6 +161,9 @@ class AggregatorSession:
             raise ValueError(f"the aggregator signs as {AGGREGATOR!r}, not {self.security.owner!r}")
         self.outcome = NodeOutcome(security=self.security.describe())
         self._seen = SeenIds()
+        # What the last delivery came to when it changed nothing but counts (a forgery, a duplicate): a driver's
+        # journal keeps that verdict instead of the bytes, which a flood of junk would otherwise write to disk
+        self.unread: tuple[str, dict[str, Any]] | None = None
         # The aggregator's presences are no input of the core (a replayed session does not repeat them), so
         # they take ids of their own, unique across restarts by the driver's ``boot`` token.
         self._boot = boot
@@ -179,6 +182,7 @@ class AggregatorSession:
         """One delivery from the broker. ``checked``: its signature and seal checked ahead by the driver
         (:mod:`fedbus.security.checks`), taken instead of checking them here; the outcome is the same."""
         self.outcome.messages_received += 1
+        self.unread = None
         out: list[Action] = []
         event = self._to_event(topic, payload, retained, now, out, checked=checked)
         if event is not None:
@@ -266,8 +270,7 @@ class AggregatorSession:
         # keyed on the topic's client too: another sender reusing an id must not shadow this one's message (under
         # v2 the topic's client is the verified signer, and a forger's ids are never recorded: _authenticate)
         if not self._seen.first_time(f"{ref.client}\x00{message.msg_id}"):
-            self.outcome.duplicates_dropped += 1
-            out.append(Record("duplicate-delivery", {"topic": topic, "id": message.msg_id, "client": message.client}))
+            self._duplicate(topic, message.msg_id, message.client, out)
             return None
         out.append(Record("received", {"kind": type(message).__name__.lower(), "topic": topic, "id": message.msg_id,
                                        "client": message.client, "round": message.round, "retained": retained}))
@@ -340,13 +343,40 @@ class AggregatorSession:
                 raise checked.inner.error()
             return checked.inner
         except WireRejected as exc:
-            forgery = Forgery(topic=topic, claimed=ref.client, reason=exc.reason,
-                              detail=exc.detail[:MAX_DETAIL_CHARS], at=now)
-            self.outcome.forgeries.add(forgery, ref.channel)
-            out.append(Record("received-forged", {"topic": topic, "claimed": ref.client, "reason": exc.reason,
-                                                  "detail": forgery.detail}, log="warning",
-                              message="forged or unverifiable message dropped"))
+            self._forged(Forgery(topic=topic, claimed=ref.client, reason=exc.reason,
+                                 detail=exc.detail[:MAX_DETAIL_CHARS], at=now), ref.channel, out)
             return None
+
+    def _forged(self, forgery: Forgery, channel: str, out: list[Action]) -> None:
+        forgeries = self.outcome.forgeries
+        forgeries.add(forgery, channel)
+        total = forgeries.total  # a flood is logged at its start and then at 100, 1,000, ...: every one is recorded
+        loud = total <= FORGERIES_KEPT or (total >= 100 and str(total).rstrip("0") == "1")
+        out.append(Record("received-forged", {"topic": forgery.topic, "claimed": forgery.claimed,
+                                              "reason": forgery.reason, "detail": forgery.detail},
+                          log="warning" if loud else None,
+                          message=f"forged or unverifiable message dropped ({total} so far)"))
+        self.unread = ("forged", {"topic": forgery.topic, "claimed": forgery.claimed, "reason": forgery.reason,
+                                  "detail": forgery.detail, "channel": channel})
+
+    def _duplicate(self, topic: str, msg_id: str, client: str, out: list[Action]) -> None:
+        self.outcome.duplicates_dropped += 1
+        out.append(Record("duplicate-delivery", {"topic": topic, "id": msg_id, "client": client}))
+        self.unread = ("duplicate", {"topic": topic, "id": msg_id, "client": client})
+
+    def replay_unread(self, what: str, fields: dict[str, Any], now: float) -> list[Action]:
+        """A delivery a journal kept as its verdict (:attr:`unread`), fed again: the same counts and records."""
+        self.outcome.messages_received += 1
+        out: list[Action] = []
+        if what == "forged":
+            self._forged(Forgery(topic=str(fields["topic"]), claimed=fields.get("claimed"),
+                                 reason=str(fields["reason"]), detail=str(fields.get("detail", "")), at=now),
+                         str(fields["channel"]), out)
+        elif what == "duplicate":
+            self._duplicate(str(fields["topic"]), str(fields["id"]), str(fields["client"]), out)
+        else:
+            raise ValueError(f"a journal line of an unknown verdict {what!r}")
+        return out
 
     # ------------------------------------------------------------------ effects
     def _publish(self, topic: str, m: Message, retain: bool, out: list[Action]) -> None:

@@ -33,7 +33,7 @@ from fedbus.results.eventlog import EventLog
 from fedbus.runtime.address import BrokerAddress
 from fedbus.runtime.bus import Backoff, LastWill, MqttBus, connect_retrying
 from fedbus.runtime.check_pool import CheckPool, Prechecker
-from fedbus.runtime.journal import Journal, Replayed, Resendable, delivery_line, event_line, replay
+from fedbus.runtime.journal import Journal, Replayed, Resendable, delivery_line, event_line, replay, unread_line
 from fedbus.runtime.stalls import StallWatch
 from fedbus.security.checks import Checked, Job
 from fedbus.security.policy import Security
@@ -393,9 +393,11 @@ class AggregatorNode:
 
     async def _step(self, item: Event | _Delivery, checked: Checked | None, group: asyncio.TaskGroup) -> None:
         if isinstance(item, _Delivery):
-            if self.journal is not None:
-                self.journal.write(delivery_line(item.topic, item.payload, item.retained, item.now))
             actions = self.session.receive(item.topic, item.payload, item.retained, item.now, checked)
+            if self.journal is not None:  # before any of its actions is carried out
+                unread = self.session.unread
+                self.journal.write(delivery_line(item.topic, item.payload, item.retained, item.now) if unread is None
+                                   else unread_line(*unread, item.now))
             if (self.reconnections or self._resumed) and (task := self.resend.task_for(item.topic)) is not None:
                 actions.append(task)  # after a broker restart: the client may never have got it
         else:

@@ -31,12 +31,14 @@ from fedbus.runtime.journal import (
     event_line,
     read_journal,
     replay,
+    unread_line,
 )
 from fedbus.scenario import Scenario, load_scenario
 from fedbus.sim.run import sim_run_id, simulate
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = ("quickstart.yaml", "stragglers.yaml", "buffered-async.yaml", "dropouts.yaml")
+SCENARIOS = ("quickstart.yaml", "stragglers.yaml", "buffered-async.yaml", "dropouts.yaml",
+             "lossy-network.yaml")  # the last has duplicate deliveries, journaled as their verdict
 
 
 class _Recording:
@@ -51,13 +53,17 @@ class _Recording:
 
         def rec_receive(session: AggregatorSession, topic: str, payload: bytes, retained: bool,
                         now: float) -> list[Any]:
-            if recording.depth == 0:
-                recording.lines.append(delivery_line(topic, payload, retained, now))
+            depth = recording.depth
             recording.depth += 1
             try:
-                return receive(session, topic, payload, retained, now)
+                actions = receive(session, topic, payload, retained, now)
             finally:
                 recording.depth -= 1
+            if depth == 0:  # as the node journals it: a delivery that changed only counts, by its verdict
+                unread = session.unread
+                recording.lines.append(delivery_line(topic, payload, retained, now) if unread is None
+                                       else unread_line(*unread, now))
+            return actions
 
         def rec_handle(session: AggregatorSession, event: Event) -> list[Any]:
             if recording.depth == 0:
@@ -145,6 +151,10 @@ def test_replaying_the_whole_journal_rebuilds_the_run(journals: dict[str, Any], 
     assert _rounds(session.outcome) == _rounds(outcome)
     assert session.outcome.finished == outcome.finished
     assert state.finished is not None and not state.unevaluated and not state.pending_reduces
+    assert session.outcome.duplicates_dropped == outcome.duplicates_dropped  # journaled as verdicts ('u' lines)
+    assert session.outcome.messages_received == outcome.messages_received
+    if name == "lossy-network.yaml":
+        assert outcome.duplicates_dropped > 0 and any(line.get("k") == "u" for line in lines)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -213,3 +223,25 @@ def test_a_resumed_journal_appends_after_the_torn_line_not_onto_it(tmp_path: Pat
     resumed.close()
     assert read_journal(path) == [{"k": "e", "event": "started", "now": 0.0},
                                   {"k": "e", "event": "timer", "now": 1.0}]
+
+
+def test_a_forgery_is_journaled_as_its_verdict_and_replays_to_the_same_counts() -> None:
+    """A 250 KB junk frame on a client's update topic: the journal keeps the verdict (a few hundred bytes; a
+    flood of such frames wrote 1.2 GB in ten seconds when each was kept whole), and a resumed session that
+    replays it counts the same forgery, by reason and channel, and the same message received."""
+    from fedbus.protocol import topics
+
+    scenario = load_scenario(ROOT / "scenarios" / "quickstart.yaml")
+    session = _fresh(scenario)
+    topic = topics.update_topic(sim_run_id(scenario), "client-0")
+    session.receive(topic, b"FB2S" + bytes(range(256)) * 1000, False, 3.0)
+    assert session.unread is not None and session.unread[0] == "forged"
+    line = json.loads(json.dumps(unread_line(*session.unread, 3.0)))
+    assert len(json.dumps(line)) < 600
+    again = _fresh(scenario)
+    replay(again, [line], Resendable(sync=True))
+    for outcome in (session.outcome, again.outcome):
+        assert outcome.forgeries.total == 1 and outcome.messages_received == 1
+    assert again.outcome.forgeries.by_reason == session.outcome.forgeries.by_reason
+    assert again.outcome.forgeries.by_channel == session.outcome.forgeries.by_channel == {"update": 1}
+    assert again.outcome.forgeries.first == session.outcome.forgeries.first
