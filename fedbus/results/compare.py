@@ -171,9 +171,11 @@ def settings_columns(paths: Sequence[Path], summaries: Sequence[dict[str, Any]])
 
 
 def with_settings(rows: Sequence[dict[str, Any]], settings: dict[str, Any]) -> list[dict[str, Any]]:
-    """``rows`` with the ``settings`` columns inserted after ``run``."""
+    """``rows`` with the ``settings`` columns inserted after ``run``; a setting named as a fixed column (the
+    scenario's ``rounds`` beside the rounds a run closed) is ``setting.NAME``, so that neither hides the other."""
     out = []
     for r in rows:
         items = list(r.items())
-        out.append(dict([*items[:1], *settings.items(), *items[1:]]))
+        named = [(f"setting.{key}" if key in r else key, value) for key, value in settings.items()]
+        out.append(dict([*items[:1], *named, *items[1:]]))
     return out

@@ -256,6 +256,16 @@ def test_settings_that_differ_become_columns_after_run(tmp_path: Path) -> None:
     assert settings_columns([tmp_path], [with_scenario("a", 1, 1)]) == [{}], "one run alone: nothing differs"
 
 
+def test_a_setting_named_as_a_fixed_column_does_not_replace_it() -> None:
+    """A sweep over `rounds` (the scenario's) beside the fixed `rounds` (closed by the run): the row of an
+    aborted 5-round run showed rounds 5 under one name, or 2, never both."""
+    run = with_scenario("a", 1, 2)
+    fixed = row(run)
+    rows = with_settings([fixed], {"rounds": 99, "seed": 1})
+    assert rows[0]["rounds"] == fixed["rounds"] and rows[0]["setting.rounds"] == 99 and rows[0]["seed"] == 1
+    assert list(rows[0])[:3] == ["run", "setting.rounds", "seed"]
+
+
 def test_runs_of_a_sweep_show_its_grid_keys_and_seed(tmp_path: Path) -> None:
     """Compared runs inside a sweep folder (sweep.json above them) show the sweep's varied grid keys and seed, even
     where these runs agree; a grid key of one value (set for every cell) is not a column."""
