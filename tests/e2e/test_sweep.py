@@ -208,6 +208,33 @@ def test_the_report_draws_charts_and_a_page_with_the_cells_and_their_intervals(s
     assert "No update was rejected" in html
 
 
+def test_the_report_of_a_stopped_sweep_groups_its_unfinished_runs_with_their_cells(swept: Path,
+                                                                                     tmp_path: Path) -> None:
+    """A sweep stopped with a run crashed (no summary, the manifest says 'crashed (exit -9)') and one never
+    started (no folder at all): each stays in its own cell, under the sweep's word for it. The never-started run
+    had only its overrides as settings, so every other setting looked varied (38 columns, 23 charts), and the
+    crashed one's raw scenario.yaml said population 'auto' where the simulated runs recorded 'eager'."""
+    copy = tmp_path / "sweep"
+    shutil.copytree(swept, copy)
+    (copy / "cells" / "local_steps-1" / "seed-2" / "summary.json").unlink()
+    shutil.rmtree(copy / "cells" / "local_steps-2" / "seed-2")
+    manifest = json.loads((copy / "sweep.json").read_text(encoding="utf-8"))
+    for cell in manifest["cells"]:
+        if cell["folder"] == "cells/local_steps-1/seed-2":
+            cell["status"] = "crashed (exit -9)"
+        if cell["folder"] == "cells/local_steps-2/seed-2":
+            cell["status"] = "pending"
+    (copy / "sweep.json").write_text(json.dumps(manifest), encoding="utf-8")
+    result = fedbus("report", str(copy), "--out", str(tmp_path / "report"))
+    assert result.returncode == 0, result.stderr
+    assert "2 of 4 runs completed; varied: clients.local_steps;" in result.stdout, result.stdout
+    page = _Page()
+    page.feed((tmp_path / "report" / "index.html").read_text(encoding="utf-8"))
+    _header, *rows = page.rows
+    assert [r[0] for r in rows] == ["1", "2"], rows
+    assert "crashed (exit -9)" in rows[0][1] and "pending" in rows[1][1], rows
+
+
 @pytest.mark.slow
 def test_compare_shows_the_settings_a_sweeps_runs_differ_in(swept: Path) -> None:
     """`fedbus compare` of a sweep's runs: a column for the grid key and one for the seed."""
