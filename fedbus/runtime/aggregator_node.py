@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedbus.aggregator.effects import ArmTimer, Reduce, RoundClosed, RoundResult, RunFinished
-from fedbus.aggregator.events import Event, Reduced, ReduceFailed, Started, TimerFired
+from fedbus.aggregator.events import ClientOffline, Event, Reduced, ReduceFailed, Started, TimerFired
 from fedbus.aggregator.rounds import RoundAggregator
 from fedbus.aggregator.session import FINISH_GRACE_S, Action, AggregatorSession, NodeOutcome, Record, Send
 from fedbus.aggregator.strategies import carry_out
@@ -351,6 +351,15 @@ class AggregatorNode:
 
     def _deliver(self, topic: str, payload: bytes, retained: bool) -> None:
         self._queue.put_nowait(_Delivery(topic, payload, retained, self.now()))
+
+    def revoke(self, clients: tuple[str, ...]) -> None:
+        """Clients whose key was taken out of the authorized-keys files: gone for the core (not selected again; a
+        round waiting on one closes without it), as if they had left. What they send from now on fails its check
+        as an unknown signer, their 'offline' presence and Last Will included, so nothing else would say so."""
+        for client in clients:
+            self.events.record("client-revoked", client=client)
+            log.warning("client revoked: its key is no longer authorized", client=client)
+            self._queue.put_nowait(ClientOffline(client=client, now=self.now(), reason="revoked"))
 
     # ------------------------------------------------------------------ resume
     async def _carry_on(self, state: Replayed, group: asyncio.TaskGroup) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from fedbus.aggregator.effects import ArmTimer, Reduce, RoundClosed, RoundResult, RunFinished
-from fedbus.aggregator.events import Event, Reduced, ReduceFailed, Started, TimerFired
+from fedbus.aggregator.events import ClientOffline, Event, Reduced, ReduceFailed, Started, TimerFired
 from fedbus.aggregator.session import Action, AggregatorSession, Send
 from fedbus.errors import FedbusError
 from fedbus.protocol import topics
@@ -69,6 +69,8 @@ def event_line(event: Event) -> dict[str, Any]:
         return {"k": "e", "event": "reduced", "now": event.now, "round": event.round, "prompt": event.prompt}
     if isinstance(event, ReduceFailed):
         return {"k": "e", "event": "reduce-failed", "now": event.now, "round": event.round, "reason": event.reason}
+    if isinstance(event, ClientOffline) and event.reason == "revoked":  # the driver's: its key file lost the line
+        return {"k": "e", "event": "revoked", "now": event.now, "client": event.client}
     raise ValueError(f"the driver does not feed {type(event).__name__} events")
 
 
@@ -82,6 +84,8 @@ def line_event(line: dict[str, Any]) -> Event:
         return Reduced(round=int(line["round"]), prompt=str(line["prompt"]), now=now)
     if kind == "reduce-failed":
         return ReduceFailed(round=int(line["round"]), reason=str(line["reason"]), now=now)
+    if kind == "revoked":
+        return ClientOffline(client=str(line["client"]), now=now, reason="revoked")
     raise ValueError(f"unknown journal event {kind!r}")
 
 

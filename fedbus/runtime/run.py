@@ -42,7 +42,7 @@ from fedbus.runtime.limits import ensure_open_files
 from fedbus.runtime.llm_run import LLMReducer, llm_summary, load_optimizer_library, optimizer_factory
 from fedbus.runtime.pool import WorkerPool, auto_workers, run_guarded
 from fedbus.runtime.retention import RetentionJudge
-from fedbus.runtime.run_keys import RemoteKeys, authorized_path, run_secret, write_aggregator_key
+from fedbus.runtime.run_keys import RELOAD_S, RemoteKeys, authorized_path, run_secret, write_aggregator_key
 from fedbus.runtime.scoring import Scoring, SurrogateScoring
 from fedbus.scenario import Scenario
 from fedbus.scenario.engine import EngineSpec, engine_to_mapping
@@ -160,7 +160,7 @@ async def _run(scenario: Scenario, options: RunOptions, engine: Engines | None,
         if options.observer is not None:
             options.observer.run_started(_header(scenario, run_id, broker_info), out / "events.jsonl", core.statistics)
         secret = None if scenario.security == "none" else run_secret(out, resume=bool(checkpoint.resumes))
-        security = _run_security(scenario, secret, options, events, fresh=not checkpoint.resumes)
+        security, remote = _run_security(scenario, secret, options, events, fresh=not checkpoint.resumes)
         t0 = asyncio.get_running_loop().time()
         journal = Journal(out / JOURNAL)
         node: AggregatorNode | None = None
@@ -220,6 +220,9 @@ async def _run(scenario: Scenario, options: RunOptions, engine: Engines | None,
                     group.create_task(_supervise(embedded, events), name=f"broker[{run_id}]")
                 node_task = group.create_task(node.run(), name=f"aggregator[{run_id}]")
                 group.create_task(_count_clients(core, progress, scenario.clients.count), name=f"clients[{run_id}]")
+                if remote is not None:
+                    remote.on_revoke = node.revoke
+                    group.create_task(_watch_keys(core, remote), name=f"keys[{run_id}]")
                 await _until_listening(node, node_task)
                 clients.start(group, in_process=not _reaches_workers(scenario))
                 outcome = await node_task
@@ -308,6 +311,14 @@ async def _count_clients(core: AggregatorBase, progress: Progress, own: int) -> 
         progress.clients(stats.live_clients, stats.known_clients, own)
 
 
+async def _watch_keys(core: AggregatorBase, remote: RemoteKeys) -> None:
+    """While the run goes on: a line taken out of an authorized-keys file revokes its client within seconds,
+    even one that sends nothing more (the files are otherwise looked at when a message comes in)."""
+    while core.phase != "finished":
+        await asyncio.sleep(RELOAD_S)
+        remote.check()
+
+
 async def _supervise(broker: EmbeddedBroker, events: EventLog) -> None:
     """Restart the embedded broker on the same port if it dies; the clients and the aggregator reconnect."""
     events.record("broker-started", pid=broker.pid, port=broker.port)
@@ -339,13 +350,13 @@ def _open_broker(stack: ExitStack, scenario: Scenario, options: RunOptions,
 
 
 def _run_security(scenario: Scenario, secret: bytes | None, options: RunOptions, events: EventLog, *,
-                  fresh: bool) -> RunSecurity:
+                  fresh: bool) -> tuple[RunSecurity, RemoteKeys | None]:
     """Every party's keys; the aggregator also accepts the remote clients of RUN_DIR/keys/authorized_keys
     (``fedbus invite``) and ``--authorized-keys``, re-read as they change, and its public key goes to
     RUN_DIR/keys/aggregator.pub for the invitations. A ``fresh`` run (not resumed) forgets the invitations of an
     earlier run in the same folder (``--force``): they pinned that run's aggregator key."""
     if secret is None:
-        return run_security(scenario, None)
+        return run_security(scenario, None), None
     invited = authorized_path(options.out_dir)
     if fresh:
         invited.unlink(missing_ok=True)
@@ -359,7 +370,7 @@ def _run_security(scenario: Scenario, secret: bytes | None, options: RunOptions,
     security = run_security(scenario, secret, remote=remote)
     if security.aggregator.key is not None:
         write_aggregator_key(options.out_dir, security.aggregator.key.public)
-    return security
+    return security, remote
 
 
 def _optimizer_factory(scenario: Scenario, engine: Engines | None, out: Path) -> OptimizerFactory:

@@ -104,6 +104,8 @@ class RemoteKeys:
         a file's keys were read again."""
         self._reserved = frozenset(reserved)
         self._on_change = on_change
+        # told the ids whose line went away (revoked) after the first read: set by the run once its aggregator is up
+        self.on_revoke: Callable[[tuple[str, ...]], None] | None = None
         self._clock = clock
         self._sources = [_Source(path, None, AuthorizedKeys()) for path in files]
         self._keys = AuthorizedKeys()
@@ -120,6 +122,16 @@ class RemoteKeys:
             if any(changed):
                 self._merge(strict=False)
         return self._keys.get(signer_id)
+
+    def check(self) -> None:
+        """Look whether a file changed, at most every ``RELOAD_S`` (a revoked client that sends nothing more is
+        noticed too, not only at the next unknown signer)."""
+        now = self._clock()
+        if now - self._checked >= RELOAD_S:
+            self._checked = now
+            changed = [self._refresh(index, strict=False) for index in range(len(self._sources))]  # every file
+            if any(changed):
+                self._merge(strict=False)
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -171,7 +183,11 @@ class RemoteKeys:
                 ids.add(owner)
                 owners[key] = owner
                 entries.append((owner, key))
+        before = set(self._keys)
         self._keys = AuthorizedKeys(tuple(entries))
+        gone = tuple(sorted(before - set(self._keys)))
+        if gone and self.on_revoke is not None:
+            self.on_revoke(gone)
 
 
 # ---------------------------------------------------------------------------------------------- invitations

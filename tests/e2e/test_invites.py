@@ -300,3 +300,60 @@ def test_a_federation_of_remote_clients_only(tmp_path: Path, embedded_broker: Br
     expected = [f"remote-{i}" for i in range(10)]
     assert [sorted(a["client"] for a in r["accepted"]) for r in summary["rounds"]] == [expected, expected]
     assert summary["totals"]["updates_accepted"] == 20 and summary["forgeries"]["total"] == 0
+
+
+def _events(out: Path) -> list[dict[str, Any]]:
+    path = out / "events.jsonl"
+    found = []
+    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else ():
+        try:
+            found.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_a_revoked_client_is_no_longer_selected_and_no_round_waits_for_it(tmp_path: Path,
+                                                                         embedded_broker: BrokerAddress,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """An invited client takes part; its line is taken out of keys/authorized_keys while it keeps running. Within
+    seconds the aggregator says `client-revoked` and treats it as gone: no later round selects it, so none waits
+    out its deadline for it (each did, 60 s here, and it kept getting tasks), and the run completes."""
+    run_id = f"revoke-{os.getpid()}"
+    doc = scenario_doc(count=2, remote=1, min_clients=2, rounds=30)
+    doc["clients"]["step_latency_s"] = 0.1
+    run, out = start_run(tmp_path, doc, embedded_broker, run_id)
+    mallory: subprocess.Popen[str] | None = None
+    try:
+        code, token, err = cli(capsys, "invite", "--run-dir", str(out), "--id", "mallory")
+        assert code == 0, err
+        mallory = popen("client", "--quiet", "--join-file", str(write_token(tmp_path / "m.token", token.strip())))
+        wait_until(lambda: any(e["event"] == "accepted" and e.get("client") == "mallory" for e in _events(out))
+                   or run.poll() is not None, "an update of mallory's accepted")
+        keys = authorized_path(out)
+        keys.write_text("".join(line for line in keys.read_text(encoding="utf-8").splitlines(keepends=True)
+                                if "mallory" not in line), encoding="utf-8")
+        wait_until(lambda: any(e["event"] == "client-revoked" for e in _events(out)) or run.poll() is not None,
+                   "the aggregator to revoke mallory", wait_s=60)
+        code, _, run_err = finish(run, 240)
+        assert code == 0, run_err
+    finally:
+        for process in (run, mallory):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.communicate()
+    evs = _events(out)
+    revoked_at = next(e["t"] for e in evs if e["event"] == "client-revoked" and e["client"] == "mallory")
+    later = {e["round"] for e in evs if e["event"] == "round-opened" and e["t"] > revoked_at}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and later, "rounds opened after the revocation"
+    first_later = min(later)
+    for record in summary["rounds"]:
+        assert record["status"] == "aggregated"
+        if record["round"] == first_later and "mallory" in record["selected"]:  # opened as the revocation came in
+            assert "mallory" in record["dropped"], record
+        elif record["round"] in later:
+            assert "mallory" not in record["selected"], record["round"]
+        if record["round"] in later:
+            assert record["duration_s"] < 30, f"round {record['round']} waited for the revoked client"

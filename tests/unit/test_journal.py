@@ -245,3 +245,17 @@ def test_a_forgery_is_journaled_as_its_verdict_and_replays_to_the_same_counts() 
     assert again.outcome.forgeries.by_reason == session.outcome.forgeries.by_reason
     assert again.outcome.forgeries.by_channel == session.outcome.forgeries.by_channel == {"update": 1}
     assert again.outcome.forgeries.first == session.outcome.forgeries.first
+
+
+def test_a_revocation_is_journaled_and_fed_again_on_replay() -> None:
+    """The driver's ClientOffline for a client whose key line was removed is an input of the core like a timer:
+    journaled before it acts, and the same event on replay."""
+    from fedbus.aggregator.events import ClientOffline
+    from fedbus.runtime.journal import line_event
+
+    event = ClientOffline(client="mallory", now=12.5, reason="revoked")
+    line = json.loads(json.dumps(event_line(event)))
+    assert line == {"k": "e", "event": "revoked", "now": 12.5, "client": "mallory"}
+    assert line_event(line) == event
+    with pytest.raises(ValueError):
+        event_line(ClientOffline(client="mallory", now=1.0, reason="left"))  # a delivery's, journaled as such
