@@ -257,5 +257,5 @@ def test_a_revocation_is_journaled_and_fed_again_on_replay() -> None:
     line = json.loads(json.dumps(event_line(event)))
     assert line == {"k": "e", "event": "revoked", "now": 12.5, "client": "mallory"}
     assert line_event(line) == event
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="does not feed ClientOffline"):
         event_line(ClientOffline(client="mallory", now=1.0, reason="left"))  # a delivery's, journaled as such
