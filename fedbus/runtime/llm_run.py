@@ -121,26 +121,36 @@ async def count_tokens(engine: ChatEngine | None, text: str) -> int | None:
     return None if count is None else cast("int | None", await count(text))
 
 
-def llm_summary(spec: EngineSpec, engine: ChatEngine | Engines, events_path: Path) -> dict[str, Any]:
+def llm_counts(engine: ChatEngine | Engines) -> dict[str, Any]:
+    """What an engine counted so far, as the ``llm-counters`` and ``worker-llm`` lines of events.jsonl hold it."""
+    return {**asdict(engine.statistics()), **({"by_role": engine.by_role()} if isinstance(engine, Engines) else {})}
+
+
+def llm_summary(spec: EngineSpec, engine: ChatEngine | Engines, events_path: Path, boot: str = "0") -> dict[str, Any]:
     """What summary.json adds for a run on an LLM: the clients' local steps, the engine and what it cost (with
-    ``Engines``: also each role's model, sampling, calls, tokens and truncated replies, in ``llm.by_role``)."""
+    ``Engines``: also each role's model, sampling, calls, tokens and truncated replies, in ``llm.by_role``).
+
+    The counts are this process's engines', plus (a resumed run) what the run's earlier sessions counted (their
+    last ``llm-counters`` line each: at their last closed round, or as they were interrupted), plus the worker
+    processes' (the last ``worker-llm`` line of each worker of each session: written every few seconds, so a
+    killed worker's count is at most that old)."""
     llm: dict[str, Any] = {
         "engine": spec.name, "model": engine.model, "base_url": spec.base_url or None,
         "sampling": {"max_tokens": spec.max_tokens, "temperature": spec.temperature, "seed": spec.seed,
                      "top_p": spec.top_p},
-        "cache": spec.cache, **asdict(engine.statistics())}
-    if isinstance(engine, Engines):
-        llm["by_role"] = engine.by_role()
-    workers = _worker_llm(events_path)
-    if workers:  # clients in worker processes had engines of their own: their counts join the run's
-        for counts in workers:
-            for key in _TOTALS:
-                llm[key] += counts.get(key, 0)
-            for role, stats in counts.get("by_role", {}).items():
-                if role in llm.get("by_role", {}):
-                    for key in _ROLE_COUNTS:
-                        llm["by_role"][role][key] += stats.get(key, 0)
+        "cache": spec.cache, **llm_counts(engine)}
+    earlier, workers = _logged_counts(events_path, boot)
+    for counts in [*earlier, *workers]:  # engines of earlier sessions and of worker processes: their counts join
+        for key in _TOTALS:
+            llm[key] += counts.get(key, 0)
+        for role, stats in counts.get("by_role", {}).items():
+            if role in llm.get("by_role", {}):
+                for key in _ROLE_COUNTS:
+                    llm["by_role"][role][key] += stats.get(key, 0)
+    if workers:
         llm["worker_processes"] = len(workers)
+    if earlier:
+        llm["earlier_sessions"] = len(earlier)
     return {"local_steps": local_step_totals(events_path), "llm": llm}
 
 
@@ -148,6 +158,17 @@ _TOTALS = tuple(f.name for f in fields(EngineStatistics))  # what summary.json's
 _ROLE_COUNTS = tuple(f.name for f in fields(CallCounters))  # what llm.by_role counts for each role
 
 
-def _worker_llm(events_path: Path) -> list[dict[str, Any]]:
-    """The ``worker-llm`` lines worker processes wrote: what their engines counted."""
-    return [event for event in read_events(events_path) if event.get("event") == "worker-llm"]
+def _logged_counts(events_path: Path, boot: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The last ``llm-counters`` line of each earlier session (not ``boot``, the one now counting in memory), and
+    the last ``worker-llm`` line of each worker of each session (each holds the worker's totals so far; lines
+    without a worker and boot, from before they were written as they go, count each)."""
+    earlier: dict[str, dict[str, Any]] = {}
+    workers: dict[object, dict[str, Any]] = {}
+    for number, event in enumerate(read_events(events_path)):
+        kind = event.get("event")
+        if kind == "llm-counters" and str(event.get("boot")) != boot:
+            earlier[str(event.get("boot"))] = event
+        elif kind == "worker-llm":
+            key = (event["boot"], event["worker"]) if "worker" in event and "boot" in event else number
+            workers[key] = event
+    return list(earlier.values()), list(workers.values())

@@ -25,7 +25,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -194,25 +194,35 @@ async def _run_llm_slice(spec: WorkerSpec, scenario: Scenario, environ: Mapping[
     engine_spec = read_engine(Reader(), spec.engine)
     log_dir = Path(spec.textgrad_dir)
     await load_optimizer_library(log_dir)
+    from fedbus.runtime.llm_run import llm_counts
+
     async with open_engines(engine_spec, environ=environ, log_dir=log_dir) as engines:
         make = optimizer_factory(engines, log_dir, strict=scenario.clients.strict,
                                  step_on_perfect_batch=scenario.clients.step_on_perfect_batch,
                                  grader=scenario.grader, validation_revert=scenario.clients.validation_revert)
-        try:
-            await _run_clients(spec, scenario, make)
-        finally:
-            part = EventLog(Path(spec.events_path), clock=lambda: time.monotonic() - spec.log_t0, append=True)
-            part.record("worker-llm", **asdict(engines.statistics()), by_role=engines.by_role())
-            part.close()
+        await _run_clients(spec, scenario, make, counts=lambda: llm_counts(engines))
 
 
-async def _run_clients(spec: WorkerSpec, scenario: Scenario, make: OptimizerFactory) -> None:
+WORKER_LLM_S = 5.0  # how often an LLM worker writes what its engines counted so far (a killed one loses at most this)
+
+
+async def _count_llm(events: EventLog, spec: WorkerSpec, counts: Callable[[], dict[str, Any]]) -> None:
+    """Every WORKER_LLM_S: a ``worker-llm`` line with this worker's totals so far, for the run's summary, which
+    takes each worker's last (a worker killed with its run, which is then resumed, left its count until then)."""
+    while True:
+        await asyncio.sleep(WORKER_LLM_S)
+        events.record("worker-llm", worker=spec.members[0][0], boot=spec.boot, **counts())
+
+
+async def _run_clients(spec: WorkerSpec, scenario: Scenario, make: OptimizerFactory,
+                       counts: Callable[[], dict[str, Any]] | None = None) -> None:
     plans = {plan.client: plan for plan in client_plans(scenario)}
     security = run_security(scenario, bytes.fromhex(spec.secret) if spec.secret else None)
     broker = parse_broker_url(spec.broker_url)
     # appended to: a resumed run's worker goes on after the part a killed run left unmerged (its own clock)
     events = EventLog(Path(spec.events_path), clock=lambda: time.monotonic() - spec.log_t0, append=True)
     ensure_open_files(len(spec.members) + 256)
+    counting = asyncio.create_task(_count_llm(events, spec, counts)) if counts is not None else None
     try:
         async with asyncio.TaskGroup() as group:
             for cid, _shard, _group in spec.members:
@@ -221,4 +231,7 @@ async def _run_clients(spec: WorkerSpec, scenario: Scenario, make: OptimizerFact
                                                boot=spec.boot, security=security.client(cid))
                 group.create_task(run_guarded(config, events, make), name=f"client[{spec.run_id}].{cid}")
     finally:
+        if counting is not None and counts is not None:
+            counting.cancel()
+            events.record("worker-llm", worker=spec.members[0][0], boot=spec.boot, **counts())
         events.close()

@@ -39,7 +39,7 @@ from fedbus.runtime.graded_scoring import llm_scoring
 from fedbus.runtime.identity import clear_retained, refuse_used_run_id
 from fedbus.runtime.journal import JOURNAL, Journal, read_journal, write_atomically
 from fedbus.runtime.limits import ensure_open_files
-from fedbus.runtime.llm_run import LLMReducer, llm_summary, load_optimizer_library, optimizer_factory
+from fedbus.runtime.llm_run import LLMReducer, llm_counts, llm_summary, load_optimizer_library, optimizer_factory
 from fedbus.runtime.pool import WorkerPool, auto_workers, run_guarded
 from fedbus.runtime.retention import RetentionJudge
 from fedbus.runtime.run_keys import RELOAD_S, RemoteKeys, authorized_path, run_secret, write_aggregator_key
@@ -161,6 +161,7 @@ async def _run(scenario: Scenario, options: RunOptions, engine: Engines | None,
             options.observer.run_started(_header(scenario, run_id, broker_info), out / "events.jsonl", core.statistics)
         secret = None if scenario.security == "none" else run_secret(out, resume=bool(checkpoint.resumes))
         security, remote = _run_security(scenario, secret, options, events, fresh=not checkpoint.resumes)
+        boot = f"r{len(checkpoint.resumes)}" if checkpoint.resumes else "0"  # this session's token
         t0 = asyncio.get_running_loop().time()
         journal = Journal(out / JOURNAL)
         node: AggregatorNode | None = None
@@ -178,12 +179,14 @@ async def _run(scenario: Scenario, options: RunOptions, engine: Engines | None,
                      rejected=len(result.rejected), prompt_chars=len(result.prompt),
                      val_accuracy=extra["val_accuracy"])
             checkpoint.round_closed(result, journal_lines=journal.lines + (node.replayed_lines if node else 0))
+            if engine is not None:  # what this session's engines counted so far, for a resumed run's totals
+                events.record("llm-counters", boot=boot, **llm_counts(engine))
             return extra
 
         node = AggregatorNode(core, broker=address, events=events, on_round=on_round,
                               max_message_bytes=scenario.max_message_bytes, time_scale=scenario.time_scale,
                               started_at=t0, reducer=reducer, journal=journal,
-                              boot=f"r{len(checkpoint.resumes)}" if checkpoint.resumes else "0",
+                              boot=boot,
                               security=security.aggregator, identifier=checkpoint.mqtt_identifier)
         if checkpoint.resumes:
             replayed = node.resume(read_journal(out / JOURNAL))
@@ -197,6 +200,8 @@ async def _run(scenario: Scenario, options: RunOptions, engine: Engines | None,
                           f"{len(node.outcome.rounds)} rounds closed, global version {core.version}")
 
         def summarize(outcome: NodeOutcome, final: dict[str, Any]) -> dict[str, Any]:
+            if engine is not None:
+                events.record("llm-counters", boot=boot, **llm_counts(engine))
             summary = build_summary(
                 run_id=run_id, scenario=scenario, scenario_file=options.scenario_file, broker=broker_info,
                 outcome=outcome, events=events, wall_s=time.monotonic() - started,
@@ -205,14 +210,14 @@ async def _run(scenario: Scenario, options: RunOptions, engine: Engines | None,
             summary["client_processes_died"] = clients.failed_workers
             summary["resumes"] = checkpoint.resumes
             if engine is not None:
-                summary |= llm_summary(spec, engine, out / "events.jsonl")
+                summary |= llm_summary(spec, engine, out / "events.jsonl", boot)
                 summary["totals"]["tokens_all_uses"] = (summary["llm"]["prompt_tokens"]
                                                         + summary["llm"]["completion_tokens"])
             return summary
 
         clients = _Clients(stack, scenario, options, run_id=run_id, address=address, events=events, t0=t0,
                            make=_optimizer_factory(scenario, engine, out),
-                           boot=f"r{len(checkpoint.resumes)}" if checkpoint.resumes else "0", secret=secret,
+                           boot=boot, secret=secret,
                            security=security, llm=None if engine is None else (spec, engine))
         try:
             async with asyncio.TaskGroup() as group:
