@@ -116,8 +116,15 @@ class BusObserver:
         if message.status in ("running", "finished") and not self._started:
             self._started = True
             out.append({**base, "event": "run-started", "run": self.run})
-        for earlier in sorted(q for q in self._opened if q < r and q not in self._closed):
-            out += self._close(earlier, base)  # it ended without a new version; the next one opened
+        earlier = sorted(q for q in self._opened if q < r and q not in self._closed)
+        for q in earlier:  # closed as the next one opened: aggregated if that one starts from a new version (the
+            # aggregator publishes no global of its own for a round whose successor opens at once)
+            if q == earlier[-1] and version != self._versions.get(q):
+                self._versions[q] = version
+                out += self._close(q, base)
+                out.append({**base, "event": "global-prompt", "round": q, "prompt": message.prompt})
+            else:
+                out += self._close(q, base)
         if r > 0 and r not in self._opened:
             self._opened[r] = self._versions[r] = version
             out.append({**base, "event": "round-opened", "round": r, "selected": []})

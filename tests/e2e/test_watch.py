@@ -75,6 +75,11 @@ def test_watch_shows_a_run_started_by_another_process(tmp_path: Path, embedded_b
     assert {c["client"] for c in view["clients"]} == set(summary["clients"])
     prompts = {p["round"]: p for p in view["prompts"]}
     assert prompts[totals["rounds_closed"]]["prompt"] == summary["final"]["prompt"]
+    # each round's prompt and status as the run recorded them (they came one round late, rounds 'closed')
+    assert [r["status"] for r in view["rounds"]] == [r["status"] for r in summary["rounds"]]
+    for line in (out / "global_prompts.jsonl").read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        assert prompts[record["round"]]["prompt"] == record["prompt"], record["round"]
     assert prompts[0]["prompt"] == summary["scenario"]["initial_prompt"]
     assert any("accuracy" in note for note in view["header"]["unobservable"])
     assert all(r["val_accuracy"] is None for r in view["rounds"])  # not on the bus: not made up
