@@ -159,6 +159,12 @@ class DashboardState:
         if client is not None and client.state != state:
             client.state, client.since_t = state, t
 
+    def _task_round(self, number: Any) -> RoundView | None:
+        """The round a task's, an update's or a selection's number names: in a sync run the round, in a buffered
+        or async one a task's own number, which names no aggregation (those come with round-closed and the round
+        records): no view for it (one per task stayed 'open' for ever, 28 of them beside 8 aggregations)."""
+        return self._round(number) if self.header.get("mode") in (None, "sync") else None
+
     def _round(self, number: Any) -> RoundView | None:
         if not isinstance(number, int) or number <= 0:
             return None
@@ -182,8 +188,12 @@ class DashboardState:
         self._set(client, "offline" if r.get("status") == "offline" else "online", self.t)
 
     def _round_opened(self, r: dict[str, Any]) -> None:
-        view = self._round(r.get("round"))
+        view = self._task_round(r.get("round"))
         if view is None:
+            if isinstance(r.get("live"), int):
+                self.live = r["live"]
+            for name in r.get("selected", []):
+                self._set(self._client(name, self.t), "selected", self.t)
             return
         view.opened_t = self.t if view.opened_t is None else view.opened_t
         selected = [c for c in r.get("selected", []) if isinstance(c, str)]
@@ -233,7 +243,7 @@ class DashboardState:
 
     def _accepted(self, r: dict[str, Any]) -> None:
         self.updates_accepted += 1
-        view, client = self._round(r.get("round")), self._client(r.get("client"), self.t)
+        view, client = self._task_round(r.get("round")), self._client(r.get("client"), self.t)
         if view is not None and client is not None:
             if client.client not in view.accepted and not view.summarized:
                 view.accepted.append(client.client)
@@ -245,7 +255,7 @@ class DashboardState:
         reason = str(r.get("reason") or "unknown")
         failure = r.get("kind") == "failure"
         (self.failures if failure else self.updates_rejected)[reason] += 1
-        view, client = self._round(r.get("round")), self._client(r.get("client"), self.t)
+        view, client = self._task_round(r.get("round")), self._client(r.get("client"), self.t)
         if view is not None and not view.summarized:  # else its record (summary.json's) has it where it counted
             (view.failed if failure else view.rejected)[reason] += 1
             late = not failure and reason in LATE_REASONS and isinstance(r.get("client"), str)

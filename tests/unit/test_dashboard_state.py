@@ -137,3 +137,17 @@ def test_the_round_record_alone_marks_the_stragglers() -> None:
     state = fold([*opened, {"event": "round-summary", "round": 1, "status": "aggregated", "selected": ["a", "b"],
                             "accepted": [{"client": "a"}], "rejected": [], "failed": [], "dropped": [], "late": []}])
     assert {c["client"]: c["cells"]["1"] for c in state.view()["clients"]} == {"a": "accepted", "b": "straggling"}
+
+
+def test_a_buffered_runs_task_numbers_open_no_rounds() -> None:
+    """In a buffered or async run a task's 'round' is its own number; the aggregations are numbered by
+    round-closed and the round records. A view per task number stayed 'open' for ever (28 beside 8)."""
+    records = [{"t": 0.0, "event": "run-header", "mode": "buffered"},
+               {"t": 0.1, "event": "round-opened", "round": 9, "selected": ["a"], "live": 2},
+               {"t": 0.2, "event": "accepted", "client": "a", "round": 9, "id": "a-9"},
+               {"t": 0.3, "event": "rejected", "client": "b", "round": 10, "reason": "late"},
+               {"t": 0.4, "event": "round-closed", "round": 1, "status": "aggregated"}]
+    view = fold(records).view()
+    assert [(r["round"], r["status"]) for r in view["rounds"]] == [(1, "aggregated")]
+    assert view["counters"]["updates_accepted"] == 1 and view["counters"]["updates_rejected"] == 1
+    assert 9 in [r["round"] for r in fold(records[1:]).view()["rounds"]], "a sync run (the default) keeps them"
