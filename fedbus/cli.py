@@ -155,8 +155,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="output directory (default runs/RUN_ID); refused if it holds a "
                                               "finished run (a summary.json) unless --force")
     run.add_argument("--force", action="store_true", help="overwrite the finished run --out holds")
-    run.add_argument("--seed", type=_int_within(0), help="override the scenario's seed")
-    run.add_argument("--data-seed", type=_int_within(0),
+    run.add_argument("--seed", type=_int_within(0, 2**53), help="override the scenario's seed")
+    run.add_argument("--data-seed", type=_int_within(0, 2**53),
                      help="override the scenario's data_seed (generates and shuffles the data; default: the seed)")
     run.add_argument("--broker", type=_broker_url,
                      help=f"external broker mqtt://[USER@]HOST:PORT, or mqtts:// for TLS (default: embedded "
@@ -312,7 +312,7 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
                           help="the questions (task, sizes, data seed) and engine of this scenario: a run's own")
     evaluate.add_argument("--task", help="without --scenario: a generated task (default object_counting); with it: "
                                          "one of its tasks")
-    evaluate.add_argument("--seed", type=_int_within(0), default=0, help="without --scenario: the data seed (0)")
+    evaluate.add_argument("--seed", type=_int_within(0, 2**53), default=0, help="without --scenario: the data seed (0)")
     evaluate.add_argument("--split", choices=("test", "val"), default="test", help="test (default) or val")
     evaluate.add_argument("--round", type=_int_within(0), help="global_prompts.jsonl: this round's prompt")
     evaluate.add_argument("--grader", choices=("exact", "judge"),
@@ -563,9 +563,9 @@ def _simulate(args: argparse.Namespace, scenario: Scenario, run_id: str) -> int:
     except EngineError as exc:
         print(f"fedbus run --simulate: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    except KeyboardInterrupt:
-        where = (f"; the rounds so far are in {out / 'summary.json'}; " if (out / "summary.json").exists()
-                 else " before its first round; ")
+    except KeyboardInterrupt as exc:
+        written = getattr(exc, "path", None)  # a SimulationInterrupted: the summary it wrote (not a stale one)
+        where = f"; the rounds so far are in {written}; " if written is not None else " before its first round; "
         print(f"fedbus run --simulate: interrupted{where}run it again to finish it (a simulation is not resumed: "
               "the same scenario and seed give the same run)", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -373,6 +373,9 @@ class AggregatorSession:
                                  reason=str(fields["reason"]), detail=str(fields.get("detail", "")), at=now),
                          str(fields["channel"]), out)
         elif what == "duplicate":
+            ref = topics.parse(str(fields["topic"]))
+            # as the delivery did: the seen ids are an LRU, and a repeat freshens its id (keyed on the topic's client)
+            self._seen.first_time(f"{ref.client if ref is not None else None}\x00{fields['id']}")
             self._duplicate(str(fields["topic"]), str(fields["id"]), str(fields["client"]), out)
         else:
             raise ValueError(f"a journal line of an unknown verdict {what!r}")

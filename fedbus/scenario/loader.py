@@ -31,7 +31,7 @@ from fedbus.scenario.model import (
     Scenario,
 )
 from fedbus.scenario.population import virtual_obstacles
-from fedbus.scenario.reader import Reader, at_least, one_of, settings_of, shown, valid_id, within
+from fedbus.scenario.reader import MAX_INT, Reader, at_least, one_of, settings_of, shown, valid_id, within
 from fedbus.security.policy import secured_size
 from fedbus.tasks.sources import DEFAULT_SPLIT, SPLIT_RULES, decode_sources, encode_sources, scenario_sources
 from fedbus.text import holds_half_pair
@@ -62,11 +62,12 @@ def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None,
     r.unknown_keys(doc, "", _TOP)
     name = r.get(doc, "name", "", str, check=valid_id)
     file_seed = r.get(doc, "seed", "", int, default=0, check=at_least(0))
-    if seed is not None and (type(seed) is not int or seed < 0):
-        r.problem("seed", f"the seed given instead of the file's must be an integer >= 0, got {shown(seed)}")
+    if seed is not None and (type(seed) is not int or not 0 <= seed <= MAX_INT):
+        r.problem("seed", f"the seed given instead of the file's must be an integer within [0, 2**53], "
+                  f"got {shown(seed)}")
     file_data_seed = r.get(doc, "data_seed", "", int, default=None, check=at_least(0))
-    if data_seed is not None and (type(data_seed) is not int or data_seed < 0):
-        r.problem("data_seed", f"the data seed given instead of the file's must be an integer >= 0, "
+    if data_seed is not None and (type(data_seed) is not int or not 0 <= data_seed <= MAX_INT):
+        r.problem("data_seed", f"the data seed given instead of the file's must be an integer within [0, 2**53], "
                   f"got {shown(data_seed)}")
     engine_spec = read_engine(r, doc.get("engine"))
     engine = engine_spec.name

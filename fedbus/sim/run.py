@@ -275,8 +275,16 @@ def _simulate(scenario: Scenario, out_dir: Path, *, run_id: str | None, progress
     (out_dir / "summary.json").write_text(pretty_json(summary), encoding="utf-8")
     show.footer(summary, str(out_dir))
     if interrupted:
-        raise KeyboardInterrupt
+        raise SimulationInterrupted(out_dir / "summary.json")
     return summary
+
+
+class SimulationInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) during a simulation, after its summary of the rounds so far was written to ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(str(path))
+        self.path = path
 
 
 def horizon(scenario: Scenario) -> float:

@@ -110,7 +110,7 @@ def test_an_interrupted_simulation_leaves_its_rounds_in_an_interrupted_summary(s
     run.send_signal(sig)
     _, stderr = run.communicate(timeout=120)
     assert run.returncode == 130, stderr[-2000:]
-    assert "Traceback" not in stderr and "run it again" in stderr
+    assert "Traceback" not in stderr and "run it again" in stderr and f"so far are in {out / 'summary.json'}" in stderr
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["status"] == "interrupted" and "not resumed" in summary["reason"]
     assert 1 <= len(summary["rounds"]) < 100000 and summary["totals"]["rounds_closed"] == len(summary["rounds"])

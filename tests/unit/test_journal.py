@@ -83,6 +83,9 @@ class _Recording:
         monkeypatch.setattr(AggregatorSession, "round_evaluated", rec_evaluated)
 
 
+SESSIONS: dict[str, AggregatorSession] = {}  # each scenario's simulated session, as it ended
+
+
 def _journal_of(name: str, tmp_path: Path) -> tuple[Scenario, list[dict[str, Any]], NodeOutcome]:
     scenario = load_scenario(ROOT / "scenarios" / name)
     with pytest.MonkeyPatch.context() as patch:
@@ -93,6 +96,7 @@ def _journal_of(name: str, tmp_path: Path) -> tuple[Scenario, list[dict[str, Any
         def keep(session: AggregatorSession, *args: Any, **kwargs: Any) -> None:
             original_init(session, *args, **kwargs)
             outcome_holder.append(session.outcome)
+            SESSIONS.setdefault(name, session)
 
         patch.setattr(AggregatorSession, "__init__", keep)
         simulate(scenario, tmp_path / name, progress=False)
@@ -155,6 +159,8 @@ def test_replaying_the_whole_journal_rebuilds_the_run(journals: dict[str, Any], 
     assert session.outcome.messages_received == outcome.messages_received
     if name == "lossy-network.yaml":
         assert outcome.duplicates_dropped > 0 and any(line.get("k") == "u" for line in lines)
+    # the seen ids in the same LRU order: a duplicate freshens its id, in the run and on replay
+    assert list(session._seen._ids) == list(SESSIONS[name]._seen._ids)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -259,3 +265,18 @@ def test_a_revocation_is_journaled_and_fed_again_on_replay() -> None:
     assert line_event(line) == event
     with pytest.raises(ValueError, match="does not feed ClientOffline"):
         event_line(ClientOffline(client="mallory", now=1.0, reason="left"))  # a delivery's, journaled as such
+
+
+def test_a_duplicate_replayed_as_its_verdict_freshens_its_seen_id_as_the_delivery_did() -> None:
+    """The seen ids are an LRU (100,000): a live duplicate moves its id to the end; its journal verdict must too,
+    or after a resume a long run evicts other ids than the original did."""
+    from fedbus.protocol import topics
+
+    scenario = load_scenario(ROOT / "scenarios" / "quickstart.yaml")
+    session = _fresh(scenario)
+    for msg_id in ("A", "B"):
+        session._seen.first_time(f"client-0\x00{msg_id}")
+    session.replay_unread("duplicate", {"topic": topics.update_topic(sim_run_id(scenario), "client-0"), "id": "A",
+                                        "client": "client-0"}, 1.0)
+    assert list(session._seen._ids) == ["client-0\x00B", "client-0\x00A"]
+    assert session.outcome.duplicates_dropped == 1

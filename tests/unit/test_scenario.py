@@ -33,6 +33,11 @@ def test_there_are_shipped_scenarios() -> None:
 def test_a_seed_from_the_command_line_wins() -> None:
     assert scenario_from_mapping(minimal(seed=3), seed=9).seed == 9
     assert scenario_from_mapping(minimal(seed=3)).seed == 3
+    for big in (2**60, -1):  # past 2**53 it crashed building the run's data spec, with a traceback
+        for key in ("seed", "data_seed"):
+            with pytest.raises(ScenarioError) as info:
+                scenario_from_mapping(minimal(), **{key: big})  # type: ignore[arg-type]
+            assert any(line.startswith(f"{key}:") for line in info.value.lines()), info.value.lines()
 
 
 def problems(doc: object) -> list[str]:
@@ -334,7 +339,7 @@ def test_a_huge_value_is_never_rendered_whole() -> None:
 
 def test_a_negative_seed_given_for_the_file_is_refused() -> None:
     """The seed a caller passes instead of the file's is checked like the file's: >= 0."""
-    assert problems_with_seed(-5) == ["seed: the seed given instead of the file's must be an integer >= 0, got -5"]
+    assert problems_with_seed(-5) == ["seed: the seed given instead of the file's must be an integer within [0, 2**53], got -5"]
 
 
 def problems_with_seed(seed: int) -> list[str]:
