@@ -32,6 +32,15 @@ class ClientOffline:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Revoked(ClientOffline):
+    """The driver's: the client's key was taken out of the authorized keys (``key``, its text form, so that a
+    resumed run can still check what the client sent before). Gone, as if it had left."""
+
+    key: str = ""
+    reason: str = "revoked"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class UpdateReceived:
     """A decoded update arrived."""
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedbus.aggregator.effects import ArmTimer, Reduce, RoundClosed, RoundResult, RunFinished
-from fedbus.aggregator.events import ClientOffline, Event, Reduced, ReduceFailed, Started, TimerFired
+from fedbus.aggregator.events import Event, Reduced, ReduceFailed, Revoked, Started, TimerFired
 from fedbus.aggregator.rounds import RoundAggregator
 from fedbus.aggregator.session import FINISH_GRACE_S, Action, AggregatorSession, NodeOutcome, Record, Send
 from fedbus.aggregator.strategies import carry_out
@@ -36,6 +36,7 @@ from fedbus.runtime.check_pool import CheckPool, Prechecker
 from fedbus.runtime.journal import Journal, Replayed, Resendable, delivery_line, event_line, replay, unread_line
 from fedbus.runtime.stalls import StallWatch
 from fedbus.security.checks import Checked, Job
+from fedbus.security.keys import PublicKey
 from fedbus.security.policy import Security
 
 log = structlog.get_logger("fedbus.aggregator")
@@ -153,9 +154,9 @@ class AggregatorNode:
         """Simulated seconds since the run started (a resumed run goes on from where its journal ends)."""
         return self._offset + (self._loop.time() - self._t0 - self._stalls.stalled() + self._stalled0) * self._scale
 
-    def resume(self, lines: list[dict[str, Any]]) -> Replayed:
+    def resume(self, lines: list[dict[str, Any]], on_revoked: Callable[[str], None] | None = None) -> Replayed:
         """Rebuild the session from a journal before :meth:`run`; the clock goes on from its last entry."""
-        state = replay(self.session, lines, self.resend)
+        state = replay(self.session, lines, self.resend, on_revoked)
         self._offset = state.last_now
         self._t0 = self._loop.time()
         self._stalled0 = self._stalls.stalled()
@@ -352,14 +353,14 @@ class AggregatorNode:
     def _deliver(self, topic: str, payload: bytes, retained: bool) -> None:
         self._queue.put_nowait(_Delivery(topic, payload, retained, self.now()))
 
-    def revoke(self, clients: tuple[str, ...]) -> None:
+    def revoke(self, clients: tuple[tuple[str, PublicKey], ...]) -> None:
         """Clients whose key was taken out of the authorized-keys files: gone for the core (not selected again; a
         round waiting on one closes without it), as if they had left. What they send from now on fails its check
         as an unknown signer, their 'offline' presence and Last Will included, so nothing else would say so."""
-        for client in clients:
-            self.events.record("client-revoked", client=client)
+        for client, key in clients:
+            self.events.record("client-revoked", client=client, key=key.text())
             log.warning("client revoked: its key is no longer authorized", client=client)
-            self._queue.put_nowait(ClientOffline(client=client, now=self.now(), reason="revoked"))
+            self._queue.put_nowait(Revoked(client=client, now=self.now(), key=key.text()))
 
     # ------------------------------------------------------------------ resume
     async def _carry_on(self, state: Replayed, group: asyncio.TaskGroup) -> None:

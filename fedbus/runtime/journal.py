@@ -22,13 +22,13 @@ import base64
 import json
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from fedbus.aggregator.effects import ArmTimer, Reduce, RoundClosed, RoundResult, RunFinished
-from fedbus.aggregator.events import ClientOffline, Event, Reduced, ReduceFailed, Started, TimerFired
+from fedbus.aggregator.events import Event, Reduced, ReduceFailed, Revoked, Started, TimerFired
 from fedbus.aggregator.session import Action, AggregatorSession, Send
 from fedbus.errors import FedbusError
 from fedbus.protocol import topics
@@ -69,8 +69,8 @@ def event_line(event: Event) -> dict[str, Any]:
         return {"k": "e", "event": "reduced", "now": event.now, "round": event.round, "prompt": event.prompt}
     if isinstance(event, ReduceFailed):
         return {"k": "e", "event": "reduce-failed", "now": event.now, "round": event.round, "reason": event.reason}
-    if isinstance(event, ClientOffline) and event.reason == "revoked":  # the driver's: its key file lost the line
-        return {"k": "e", "event": "revoked", "now": event.now, "client": event.client}
+    if isinstance(event, Revoked):  # the driver's: its key file lost the line
+        return {"k": "e", "event": "revoked", "now": event.now, "client": event.client, "key": event.key}
     raise ValueError(f"the driver does not feed {type(event).__name__} events")
 
 
@@ -85,7 +85,7 @@ def line_event(line: dict[str, Any]) -> Event:
     if kind == "reduce-failed":
         return ReduceFailed(round=int(line["round"]), reason=str(line["reason"]), now=now)
     if kind == "revoked":
-        return ClientOffline(client=str(line["client"]), now=now, reason="revoked")
+        return Revoked(client=str(line["client"]), now=now, key=str(line.get("key", "")))
     raise ValueError(f"unknown journal event {kind!r}")
 
 
@@ -197,8 +197,11 @@ class Replayed:
     finished: RunFinished | None = None
 
 
-def replay(session: AggregatorSession, lines: Iterable[dict[str, Any]], resend: Resendable) -> Replayed:
-    """Feed ``lines`` to a fresh ``session``; carry out nothing, remember what the driver must redo."""
+def replay(session: AggregatorSession, lines: Iterable[dict[str, Any]], resend: Resendable,
+           on_revoked: Callable[[str], None] | None = None) -> Replayed:
+    """Feed ``lines`` to a fresh ``session``; carry out nothing, remember what the driver must redo.
+    ``on_revoked(client)``: told as the replay reaches a client's revocation, from when what it sent no longer
+    checks (until then it did: the driver keeps its key for the replay)."""
     state = Replayed()
     items = list(lines)
     extras: deque[tuple[int, dict[str, Any]]] = deque(
@@ -219,6 +222,8 @@ def replay(session: AggregatorSession, lines: Iterable[dict[str, Any]], resend: 
                 state.timers = [at for at in state.timers if at > now]
             elif isinstance(event, Reduced | ReduceFailed):
                 state.pending_reduces.pop(event.round, None)
+            elif isinstance(event, Revoked) and on_revoked is not None:
+                on_revoked(event.client)
             actions = session.handle(event)
         state.last_now = max(state.last_now, now)
         _absorb(session, actions, state, extras, resend)

@@ -42,7 +42,14 @@ from fedbus.runtime.limits import ensure_open_files
 from fedbus.runtime.llm_run import LLMReducer, llm_counts, llm_summary, load_optimizer_library, optimizer_factory
 from fedbus.runtime.pool import WorkerPool, auto_workers, run_guarded
 from fedbus.runtime.retention import RetentionJudge
-from fedbus.runtime.run_keys import RELOAD_S, RemoteKeys, authorized_path, run_secret, write_aggregator_key
+from fedbus.runtime.run_keys import (
+    RELOAD_S,
+    RemoteKeys,
+    authorized_path,
+    revoked_keys,
+    run_secret,
+    write_aggregator_key,
+)
 from fedbus.runtime.scoring import Scoring, SurrogateScoring
 from fedbus.scenario import Scenario
 from fedbus.scenario.engine import EngineSpec, engine_to_mapping
@@ -189,7 +196,12 @@ async def _run(scenario: Scenario, options: RunOptions, engine: Engines | None,
                               boot=boot,
                               security=security.aggregator, identifier=checkpoint.mqtt_identifier)
         if checkpoint.resumes:
-            replayed = node.resume(read_journal(out / JOURNAL))
+            lines = read_journal(out / JOURNAL)
+            if remote is not None:  # what a client revoked later sent before still checks with its key, on replay
+                remote.replaying = revoked_keys(lines)
+            replayed = node.resume(lines, None if remote is None else remote.revoked_now)
+            if remote is not None:
+                remote.replaying.clear()
             # a journal that finished but a checkpoint that did not (Checkpoint.open refuses an ended one): the
             # run stopped between its last round and its summary; it ends now (scoring, prompt log, summary)
             if engine is not None:

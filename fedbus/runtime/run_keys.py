@@ -21,9 +21,10 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fedbus.logs import structlog
 from fedbus.protocol.ids import AGGREGATOR
@@ -32,7 +33,7 @@ from fedbus.runtime.journal import CHECKPOINT, ResumeError
 from fedbus.security.crypto import PrivateKey, generate, random_bytes
 from fedbus.security.errors import KeyFileError
 from fedbus.security.keyfiles import PUBLIC_MODE, load_authorized, load_public, save_authorized
-from fedbus.security.keys import AuthorizedKeys, PublicKey, authorized_line, fingerprint
+from fedbus.security.keys import AuthorizedKeys, PublicKey, authorized_line, fingerprint, parse_public
 from fedbus.security.token import JoinToken, encode_token
 
 log = structlog.get_logger("fedbus.keys")
@@ -85,6 +86,18 @@ class _Source:
     keys: AuthorizedKeys
 
 
+def revoked_keys(lines: Iterable[Mapping[str, Any]]) -> dict[str, PublicKey]:
+    """The clients a journal says were revoked, each with the key it had (what it sent before still checks)."""
+    out: dict[str, PublicKey] = {}
+    for line in lines:
+        if line.get("k") == "e" and line.get("event") == "revoked" and line.get("key"):
+            try:
+                out[str(line["client"])] = parse_public(str(line["key"]))
+            except ValueError:
+                continue  # a key the journal cannot give back: its messages fail on replay, as without it
+    return out
+
+
 class RemoteKeys:
     """The keys of remote clients, from authorized-keys files that may change while the run goes on: a
     :class:`~fedbus.security.keys.KeyLookup` for the aggregator's :class:`~fedbus.security.policy.Security`.
@@ -104,8 +117,12 @@ class RemoteKeys:
         a file's keys were read again."""
         self._reserved = frozenset(reserved)
         self._on_change = on_change
-        # told the ids whose line went away (revoked) after the first read: set by the run once its aggregator is up
-        self.on_revoke: Callable[[tuple[str, ...]], None] | None = None
+        # told (id, key) of each client whose line went away after the first read, and stayed away for a second
+        # look RELOAD_S later (a file caught half written revokes nobody): set by the run once its aggregator is up
+        self.on_revoke: Callable[[tuple[tuple[str, PublicKey], ...]], None] | None = None
+        self._going: dict[str, tuple[PublicKey, float]] = {}  # gone at the last read: key, since when
+        # a resumed run's replay: keys revoked later in the journal, still good for what was sent before
+        self.replaying: dict[str, PublicKey] = {}
         self._clock = clock
         self._sources = [_Source(path, None, AuthorizedKeys()) for path in files]
         self._keys = AuthorizedKeys()
@@ -121,7 +138,9 @@ class RemoteKeys:
             changed = [self._refresh(index, strict=False) for index in range(len(self._sources))]  # every file
             if any(changed):
                 self._merge(strict=False)
-        return self._keys.get(signer_id)
+            self._settle(now)
+        found = self._keys.get(signer_id)
+        return found if found is not None or not self.replaying else self.replaying.get(signer_id)
 
     def check(self) -> None:
         """Look whether a file changed, at most every ``RELOAD_S`` (a revoked client that sends nothing more is
@@ -132,6 +151,21 @@ class RemoteKeys:
             changed = [self._refresh(index, strict=False) for index in range(len(self._sources))]  # every file
             if any(changed):
                 self._merge(strict=False)
+            self._settle(now)
+
+    def revoked_now(self, client: str) -> None:
+        """The replay reached ``client``'s revocation: what it sent after that was checked without its key."""
+        self.replaying.pop(client, None)
+
+    def _settle(self, now: float) -> None:
+        """Revoke the clients missing at two reads at least RELOAD_S apart; forget those that came back."""
+        for owner in [o for o in self._going if o in self._keys]:
+            del self._going[owner]
+        due = tuple((o, key) for o, (key, since) in sorted(self._going.items()) if now - since >= RELOAD_S)
+        for owner, _key in due:
+            del self._going[owner]
+        if due and self.on_revoke is not None:
+            self.on_revoke(due)
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -183,11 +217,10 @@ class RemoteKeys:
                 ids.add(owner)
                 owners[key] = owner
                 entries.append((owner, key))
-        before = set(self._keys)
+        before = dict(self._keys.entries)
         self._keys = AuthorizedKeys(tuple(entries))
-        gone = tuple(sorted(before - set(self._keys)))
-        if gone and self.on_revoke is not None:
-            self.on_revoke(gone)
+        for owner in before.keys() - set(self._keys):
+            self._going.setdefault(owner, (before[owner], self._clock()))
 
 
 # ---------------------------------------------------------------------------------------------- invitations

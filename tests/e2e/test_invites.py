@@ -160,6 +160,42 @@ def test_remote_keys_are_reread_and_never_stand_in_for_the_runs_own(tmp_path: Pa
         RemoteKeys([own], ("client-0",))  # at start (strict), the same entry is an error
 
 
+def test_a_line_gone_at_two_reads_revokes_its_client_and_a_file_caught_half_written_nobody(tmp_path: Path) -> None:
+    """Revocation is told with the key the client had, once its line has been missing at two reads RELOAD_S
+    apart: a file read while an editor rewrites it (empty for a moment) revoked every client, for good. A resumed
+    run's replay checks with `replaying` what a client revoked later sent before its revocation."""
+    from fedbus.runtime.run_keys import RELOAD_S, revoked_keys
+
+    path = tmp_path / "authorized_keys"
+    bob, mallory = generate().public, generate().public
+    path.write_text(authorized_line("bob", bob) + authorized_line("mallory", mallory), encoding="utf-8")
+    now = [0.0]
+    keys = RemoteKeys([path], (), clock=lambda: now[0])
+    told: list[tuple[tuple[str, object], ...]] = []
+    keys.on_revoke = told.append
+    path.write_text("", encoding="utf-8")  # caught half written ...
+    now[0] += RELOAD_S
+    keys.check()
+    path.write_text(authorized_line("bob", bob) + authorized_line("mallory", mallory), encoding="utf-8")
+    now[0] += RELOAD_S  # ... and whole again at the next look
+    keys.check()
+    now[0] += RELOAD_S
+    keys.check()
+    assert told == [] and keys.get("bob") == bob
+    path.write_text(authorized_line("bob", bob), encoding="utf-8")  # mallory's line taken out for good
+    now[0] += RELOAD_S
+    keys.check()
+    assert told == [] and keys.get("mallory") is None  # no longer accepted at once; told at the next look
+    now[0] += RELOAD_S
+    keys.check()
+    assert told == [(("mallory", mallory),)]
+    line = {"k": "e", "event": "revoked", "client": "mallory", "key": mallory.text(), "now": 9.0}
+    keys.replaying = revoked_keys([line])
+    assert keys.get("mallory") == mallory  # replaying what it sent before
+    keys.revoked_now("mallory")
+    assert keys.get("mallory") is None
+
+
 def test_run_refuses_authorized_keys_naming_its_own_client(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`fedbus run --authorized-keys FILE` with a line for one of the scenario's clients exits 2 before starting."""
     scenario = tmp_path / "s.yaml"

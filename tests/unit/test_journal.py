@@ -256,13 +256,13 @@ def test_a_forgery_is_journaled_as_its_verdict_and_replays_to_the_same_counts() 
 def test_a_revocation_is_journaled_and_fed_again_on_replay() -> None:
     """The driver's ClientOffline for a client whose key line was removed is an input of the core like a timer:
     journaled before it acts, and the same event on replay."""
-    from fedbus.aggregator.events import ClientOffline
+    from fedbus.aggregator.events import ClientOffline, Revoked
     from fedbus.runtime.journal import line_event
 
-    event = ClientOffline(client="mallory", now=12.5, reason="revoked")
+    event = Revoked(client="mallory", now=12.5, key="fedbus-pk:AAAA")
     line = json.loads(json.dumps(event_line(event)))
-    assert line == {"k": "e", "event": "revoked", "now": 12.5, "client": "mallory"}
-    assert line_event(line) == event
+    assert line == {"k": "e", "event": "revoked", "now": 12.5, "client": "mallory", "key": "fedbus-pk:AAAA"}
+    assert line_event(line) == event and event.reason == "revoked"
     with pytest.raises(ValueError, match="does not feed ClientOffline"):
         event_line(ClientOffline(client="mallory", now=1.0, reason="left"))  # a delivery's, journaled as such
 
@@ -280,3 +280,50 @@ def test_a_duplicate_replayed_as_its_verdict_freshens_its_seen_id_as_the_deliver
                                         "client": "client-0"}, 1.0)
     assert list(session._seen._ids) == ["client-0\x00B", "client-0\x00A"]
     assert session.outcome.duplicates_dropped == 1
+
+
+def test_a_revoked_clients_earlier_messages_still_check_on_replay(tmp_path: Path) -> None:
+    """mallory announces itself, is then revoked (its line taken out), and the aggregator is killed. Replayed with
+    the key file as it is now, its journaled presence failed as 'unknown-signer' and the resumed session went on
+    from another state than the run had; with the key the revocation journaled, it replays as it ran."""
+    from fedbus.aggregator.events import Revoked, Started
+    from fedbus.plan import run_security
+    from fedbus.protocol import topics
+    from fedbus.protocol.messages import Presence
+    from fedbus.runtime.run_keys import RemoteKeys, revoked_keys
+    from fedbus.scenario.loader import scenario_from_mapping
+    from fedbus.security.crypto import derive, generate, random_bytes
+    from fedbus.security.keys import authorized_line
+    from fedbus.security.policy import Security
+
+    scenario = scenario_from_mapping({"name": "rev", "rounds": 2, "task": {"name": "surrogate-skills"},
+                                      "clients": {"count": 2, "remote": 1}})
+    run_id, secret, key = "rev-1", random_bytes(32), generate()
+    keys_file = tmp_path / "authorized_keys"
+    keys_file.write_text(authorized_line("mallory", key.public), encoding="utf-8")
+
+    def session() -> tuple[AggregatorSession, RemoteKeys]:
+        remote = RemoteKeys([keys_file])
+        security = run_security(scenario, secret, remote=remote)
+        return AggregatorSession(make_core(scenario, run_id), codec.Limits(max_bytes=scenario.max_message_bytes),
+                                 security=security.aggregator), remote
+
+    first, _ = session()
+    lines: list[dict[str, Any]] = [event_line(Started(now=0.0))]
+    first.handle(Started(now=0.0))
+    mallory = Security.for_client("mallory", key, derive(secret, AGGREGATOR).public, mode="signed+sealed")
+    limits = codec.Limits(max_bytes=scenario.max_message_bytes)
+    hello = Presence(run=run_id, round=0, client="mallory", msg_id="mallory-p-1", sent=1.0, status="online")
+    topic, wire = topics.presence_topic(run_id, "mallory"), mallory.wrap(codec.encode(hello, limits))
+    first.receive(topic, wire, False, 1.0)
+    lines.append(delivery_line(topic, wire, False, 1.0))
+    keys_file.write_text("", encoding="utf-8")
+    revoked = Revoked(client="mallory", now=5.0, key=key.public.text())
+    first.handle(revoked)
+    lines.append(event_line(revoked))
+    lines = [json.loads(json.dumps(line)) for line in lines]
+    again, remote = session()
+    remote.replaying = revoked_keys(lines)
+    replay(again, lines, Resendable(sync=True), remote.revoked_now)
+    assert first.outcome.forgeries.total == again.outcome.forgeries.total == 0
+    assert again.core.statistics() == first.core.statistics() and not remote.replaying
