@@ -339,7 +339,8 @@ def test_a_huge_value_is_never_rendered_whole() -> None:
 
 def test_a_negative_seed_given_for_the_file_is_refused() -> None:
     """The seed a caller passes instead of the file's is checked like the file's: >= 0."""
-    assert problems_with_seed(-5) == ["seed: the seed given instead of the file's must be an integer within [0, 2**53], got -5"]
+    assert problems_with_seed(-5) == [
+        "seed: the seed given instead of the file's must be an integer within [0, 2**53], got -5"]
 
 
 def problems_with_seed(seed: int) -> list[str]:
