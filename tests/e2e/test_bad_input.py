@@ -86,7 +86,8 @@ def test_an_initial_prompt_over_its_budget_is_found_by_validate(tmp_path: Path) 
 @pytest.mark.parametrize(("args", "expected"), [
     (["run", "scenarios/quickstart.yaml", "--run-id", "bad/id"],
      "fedbus run: argument --run-id: invalid run id 'bad/id'"),
-    (["run", "scenarios/quickstart.yaml", "--seed", "-5"], "fedbus run: argument --seed: must be >= 0, got -5"),
+    (["run", "scenarios/quickstart.yaml", "--seed", "-5"],
+     "fedbus run: argument --seed: must be within [0, 9007199254740992], got -5"),
     (["run", "scenarios/quickstart.yaml", "--workers", "-1"], "fedbus run: argument --workers: must be >= 0, got -1"),
     (["--log-level", "BOGUS", "validate", "scenarios/quickstart.yaml"], "fedbus: argument --log-level: unknown level"),
     (["run", "scenarios/quickstart.yaml", "--engine-url", "localhost:8000"],
