@@ -357,8 +357,9 @@ def test_a_revoked_client_is_no_longer_selected_and_no_round_waits_for_it(tmp_pa
     seconds the aggregator says `client-revoked` and treats it as gone: no later round selects it, so none waits
     out its deadline for it (each did, 60 s here, and it kept getting tasks), and the run completes."""
     run_id = f"revoke-{os.getpid()}"
-    doc = scenario_doc(count=2, remote=1, min_clients=2, rounds=30)
-    doc["clients"]["step_latency_s"] = 0.1
+    # rounds enough to outlast the revocation (two looks 2 s apart) on a fast machine: ~0.3 s each, 40 of them
+    doc = scenario_doc(count=2, remote=1, min_clients=2, rounds=40)
+    doc["clients"]["step_latency_s"] = 0.25
     run, out = start_run(tmp_path, doc, embedded_broker, run_id)
     mallory: subprocess.Popen[str] | None = None
     try:
