@@ -134,11 +134,7 @@ class RemoteKeys:
     def get(self, signer_id: str, /) -> PublicKey | None:
         now = self._clock()
         if now - self._checked >= RELOAD_S or signer_id not in self._keys:
-            self._checked = now
-            changed = [self._refresh(index, strict=False) for index in range(len(self._sources))]  # every file
-            if any(changed):
-                self._merge(strict=False)
-            self._settle(now)
+            self._look(now)
         found = self._keys.get(signer_id)
         return found if found is not None or not self.replaying else self.replaying.get(signer_id)
 
@@ -147,24 +143,28 @@ class RemoteKeys:
         noticed too, not only at the next unknown signer)."""
         now = self._clock()
         if now - self._checked >= RELOAD_S:
-            self._checked = now
-            changed = [self._refresh(index, strict=False) for index in range(len(self._sources))]  # every file
-            if any(changed):
-                self._merge(strict=False)
-            self._settle(now)
+            self._look(now)
+
+    def _look(self, now: float) -> None:
+        self._checked = now
+        changed = [self._refresh(index, strict=False) for index in range(len(self._sources))]  # every file
+        if any(changed):
+            self._merge(strict=False)
+        self._settle(now)
 
     def revoked_now(self, client: str) -> None:
         """The replay reached ``client``'s revocation: what it sent after that was checked without its key."""
         self.replaying.pop(client, None)
 
     def _settle(self, now: float) -> None:
-        """Revoke the clients missing at two reads at least RELOAD_S apart; forget those that came back."""
+        """Revoke the clients missing at two reads at least RELOAD_S apart (kept until someone is told: the run
+        sets ``on_revoke`` once its aggregator is up); forget those that came back."""
         for owner in [o for o in self._going if o in self._keys]:
             del self._going[owner]
         due = tuple((o, key) for o, (key, since) in sorted(self._going.items()) if now - since >= RELOAD_S)
-        for owner, _key in due:
-            del self._going[owner]
         if due and self.on_revoke is not None:
+            for owner, _key in due:
+                del self._going[owner]
             self.on_revoke(due)
 
     def __len__(self) -> int:
