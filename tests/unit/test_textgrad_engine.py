@@ -153,8 +153,9 @@ def test_a_global_backward_engine_is_refused_in_words(tmp_path: Path) -> None:
         singleton.engine = None
 
 
-def test_the_optimizer_sees_the_feedback_in_a_repeatable_order(tmp_path: Path) -> None:
-    """textgrad keeps gradients in an id-hashed set; the step orders them, so reruns hit the response cache."""
+def optimizer_prompts(tmp_path: Path, steps: int, feedback: Callable[[str], str]) -> list[str]:
+    """The optimizer's prompt of each of ``steps`` identical steps, the feedback to each question from
+    ``feedback(prompt)``."""
     seen: list[str] = []
 
     def chat(prompt: str, system: str | None) -> str:
@@ -162,11 +163,18 @@ def test_the_optimizer_sees_the_feedback_in_a_repeatable_order(tmp_path: Path) -
             seen.append(prompt)
             return f"<IMPROVED_VARIABLE>{BETTER}</IMPROVED_VARIABLE>"
         if prompt.startswith("You will give feedback"):
-            return "Zebra feedback: count the animals." if "cat" in prompt else "Alpha feedback: count instruments."
+            return feedback(prompt)
         return "Answer: 7"
 
-    for i in range(5):
+    for i in range(steps):
         step(chat, tmp_path / f"r{i}")
+    return seen
+
+
+def test_the_optimizer_sees_the_feedback_in_a_repeatable_order(tmp_path: Path) -> None:
+    """textgrad keeps gradients in an id-hashed set; the step orders them, so reruns hit the response cache."""
+    seen = optimizer_prompts(tmp_path, 5, lambda prompt: "Zebra feedback: count the animals." if "cat" in prompt
+                             else "Alpha feedback: count instruments.")
     assert len(set(seen)) == 1, "the optimizer's prompt changed between identical steps"
     assert seen[0].index("Alpha feedback") < seen[0].index("Zebra feedback")
 
@@ -174,17 +182,6 @@ def test_the_optimizer_sees_the_feedback_in_a_repeatable_order(tmp_path: Path) -
 def test_the_same_feedback_for_two_questions_still_comes_in_a_repeatable_order(tmp_path: Path) -> None:
     """Identical feedback texts tie on the feedback: they are ordered by what they criticize, else the set's id
     hashing decided (5 different optimizer prompts in 6 identical runs, each a response-cache miss)."""
-    seen: list[str] = []
-
-    def chat(prompt: str, system: str | None) -> str:
-        if prompt.startswith("Here is the role of the variable you will improve"):
-            seen.append(prompt)
-            return f"<IMPROVED_VARIABLE>{BETTER}</IMPROVED_VARIABLE>"
-        if prompt.startswith("You will give feedback"):
-            return "Enumerate each item before counting."
-        return "Answer: 7"
-
-    for i in range(8):
-        step(chat, tmp_path / f"r{i}")
+    seen = optimizer_prompts(tmp_path, 8, lambda _prompt: "Enumerate each item before counting.")
     assert len(set(seen)) == 1, "the optimizer's prompt changed between identical steps"
     assert seen[0].index("piano") > seen[0].index("cat")  # 'I have a cat' sorts before 'I have a piano'
