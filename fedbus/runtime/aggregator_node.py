@@ -154,9 +154,10 @@ class AggregatorNode:
         """Simulated seconds since the run started (a resumed run goes on from where its journal ends)."""
         return self._offset + (self._loop.time() - self._t0 - self._stalls.stalled() + self._stalled0) * self._scale
 
-    def resume(self, lines: list[dict[str, Any]], on_revoked: Callable[[str], None] | None = None) -> Replayed:
+    def resume(self, lines: list[dict[str, Any]], on_revoked: Callable[[str], None] | None = None,
+               on_key: Callable[[str, str], None] | None = None) -> Replayed:
         """Rebuild the session from a journal before :meth:`run`; the clock goes on from its last entry."""
-        state = replay(self.session, lines, self.resend, on_revoked)
+        state = replay(self.session, lines, self.resend, on_revoked, on_key)
         self._offset = state.last_now
         self._t0 = self._loop.time()
         self._stalled0 = self._stalls.stalled()
@@ -353,13 +354,15 @@ class AggregatorNode:
     def _deliver(self, topic: str, payload: bytes, retained: bool) -> None:
         self._queue.put_nowait(_Delivery(topic, payload, retained, self.now()))
 
-    def revoke(self, clients: tuple[tuple[str, PublicKey], ...]) -> None:
+    def revoke(self, clients: tuple[tuple[str, PublicKey], ...], *, while_down: bool = False) -> None:
         """Clients whose key was taken out of the authorized-keys files: gone for the core (not selected again; a
         round waiting on one closes without it), as if they had left. What they send from now on fails its check
-        as an unknown signer, their 'offline' presence and Last Will included, so nothing else would say so."""
+        as an unknown signer, their 'offline' presence and Last Will included, so nothing else would say so.
+        ``while_down``: removed while the run was down, found as it resumed."""
         for client, key in clients:
-            self.events.record("client-revoked", client=client, key=key.text())
-            log.warning("client revoked: its key is no longer authorized", client=client)
+            self.events.record("client-revoked", client=client, key=key.text(), while_down=while_down)
+            log.warning("client revoked: its key is no longer authorized", client=client,
+                        **({"found": "on resume: removed while the run was down"} if while_down else {}))
             self._queue.put_nowait(Revoked(client=client, now=self.now(), key=key.text()))
 
     # ------------------------------------------------------------------ resume

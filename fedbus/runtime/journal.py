@@ -13,6 +13,9 @@ Line formats (``k`` is the kind):
 
 - ``{"k": "d", "topic": ..., "text" | "b64": payload, "retained": bool, "now": t}``: a delivery;
 - ``{"k": "e", "event": "started" | "timer" | "reduced" | "reduce-failed", "now": t, ...}``: an event;
+- ``{"k": "u", "what": "forged" | "duplicate", "now": t, ...}``: a delivery kept as its verdict;
+- ``{"k": "key", "client": id, "key": "fedbus-pk:..."}``: a remote client's key as the aggregator read it
+  (:func:`fedbus.runtime.run_keys.key_line`), before anything it signed;
 - ``{"k": "x", "round": r, "extra": {...}}``: the evaluation of closed round ``r``.
 """
 
@@ -198,10 +201,12 @@ class Replayed:
 
 
 def replay(session: AggregatorSession, lines: Iterable[dict[str, Any]], resend: Resendable,
-           on_revoked: Callable[[str], None] | None = None) -> Replayed:
+           on_revoked: Callable[[str], None] | None = None,
+           on_key: Callable[[str, str], None] | None = None) -> Replayed:
     """Feed ``lines`` to a fresh ``session``; carry out nothing, remember what the driver must redo.
     ``on_revoked(client)``: told as the replay reaches a client's revocation, from when what it sent no longer
-    checks (until then it did: the driver keeps its key for the replay)."""
+    checks (until then it did: the driver keeps its key for the replay). ``on_key(client, key)``: told as it
+    reaches a remote client's journaled key, which checks what the client sent from there on."""
     state = Replayed()
     items = list(lines)
     extras: deque[tuple[int, dict[str, Any]]] = deque(
@@ -209,6 +214,10 @@ def replay(session: AggregatorSession, lines: Iterable[dict[str, Any]], resend: 
     for line in _inputs(items):
         state.lines += 1
         kind = line["k"]
+        if kind == "key":
+            if on_key is not None:
+                on_key(str(line["client"]), str(line["key"]))
+            continue
         if kind == "d":
             now = float(line["now"])
             actions = session.receive(str(line["topic"]), line_payload(line), bool(line["retained"]), now)
@@ -231,7 +240,7 @@ def replay(session: AggregatorSession, lines: Iterable[dict[str, Any]], resend: 
 
 
 def _inputs(items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    return (line for line in items if line.get("k") in ("d", "u", "e"))
+    return (line for line in items if line.get("k") in ("d", "u", "e", "key"))
 
 
 def _absorb(session: AggregatorSession, actions: list[Action], state: Replayed,

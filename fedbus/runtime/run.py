@@ -46,6 +46,7 @@ from fedbus.runtime.run_keys import (
     RELOAD_S,
     RemoteKeys,
     authorized_path,
+    key_line,
     revoked_keys,
     run_secret,
     write_aggregator_key,
@@ -53,6 +54,7 @@ from fedbus.runtime.run_keys import (
 from fedbus.runtime.scoring import Scoring, SurrogateScoring
 from fedbus.scenario import Scenario
 from fedbus.scenario.engine import EngineSpec, engine_to_mapping
+from fedbus.security.keys import PublicKey
 
 if TYPE_CHECKING:
     from fedbus.dashboard.live import RunObserver
@@ -195,13 +197,17 @@ async def _run(scenario: Scenario, options: RunOptions, engine: Engines | None,
                               started_at=t0, reducer=reducer, journal=journal,
                               boot=boot,
                               security=security.aggregator, identifier=checkpoint.mqtt_identifier)
+        gone: tuple[tuple[str, PublicKey], ...] = ()
+        journaled: dict[str, PublicKey] = {}
         if checkpoint.resumes:
             lines = read_journal(out / JOURNAL)
             if remote is not None:  # what a client revoked later sent before still checks with its key, on replay
                 remote.replaying = revoked_keys(lines)
-            replayed = node.resume(lines, None if remote is None else remote.revoked_now)
+            replayed = node.resume(lines, None if remote is None else remote.revoked_now,
+                                   None if remote is None else remote.record)
             if remote is not None:
-                remote.replaying.clear()
+                journaled = dict(remote.recorded)
+                gone = remote.end_replay()
             # a journal that finished but a checkpoint that did not (Checkpoint.open refuses an ended one): the
             # run stopped between its last round and its summary; it ends now (scoring, prompt log, summary)
             if engine is not None:
@@ -210,6 +216,11 @@ async def _run(scenario: Scenario, options: RunOptions, engine: Engines | None,
                 retention.remember([result for result, _extra in node.outcome.rounds])
             progress.note(f"resumed {run_id} from {replayed.lines} journal entries: "
                           f"{len(node.outcome.rounds)} rounds closed, global version {core.version}")
+        if remote is not None:  # each remote key in the journal as it is first read, before what it signs
+            remote.on_keys = _KeyLedger(journal, journaled)
+            remote.on_keys(remote.entries())
+            if gone:  # their lines were removed while the run was down: revoked now, as a live removal would be
+                node.revoke(gone, while_down=True)
 
         def summarize(outcome: NodeOutcome, final: dict[str, Any]) -> dict[str, Any]:
             if engine is not None:
@@ -364,6 +375,22 @@ def _open_broker(stack: ExitStack, scenario: Scenario, options: RunOptions,
     embedded = stack.enter_context(EmbeddedBroker(config, workdir=out / "broker"))
     return embedded.address, {"kind": "embedded-rumqttd", "url": embedded.public_address.url(),
                               "config": str(embedded.config_path)}, embedded
+
+
+class _KeyLedger:
+    """Journals each remote client's key the first time the aggregator reads it (:func:`key_line`), and again if
+    the client's line changed: a resumed run checks what a client sent with the key it had then, even if the line
+    was removed while the run was down."""
+
+    def __init__(self, journal: Journal, known: dict[str, PublicKey]) -> None:
+        self._journal = journal
+        self._known = dict(known)
+
+    def __call__(self, entries: tuple[tuple[str, PublicKey], ...]) -> None:
+        for client, key in entries:
+            if self._known.get(client) != key:
+                self._known[client] = key
+                self._journal.write(key_line(client, key))
 
 
 def _run_security(scenario: Scenario, secret: bytes | None, options: RunOptions, events: EventLog, *,

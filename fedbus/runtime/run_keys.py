@@ -86,6 +86,13 @@ class _Source:
     keys: AuthorizedKeys
 
 
+def key_line(client: str, key: PublicKey) -> dict[str, Any]:
+    """The journal's record of a remote client's key as the aggregator read it from its authorized-keys files.
+    Written when the key is first read (before the message that made the aggregator look), so a replay meets it
+    before anything the key signed, and can check what the client sent even after its line is gone."""
+    return {"k": "key", "client": client, "key": key.text()}
+
+
 def revoked_keys(lines: Iterable[Mapping[str, Any]]) -> dict[str, PublicKey]:
     """The clients a journal says were revoked, each with the key it had (what it sent before still checks)."""
     out: dict[str, PublicKey] = {}
@@ -123,6 +130,11 @@ class RemoteKeys:
         self._going: dict[str, tuple[PublicKey, float]] = {}  # gone at the last read: key, since when
         # a resumed run's replay: keys revoked later in the journal, still good for what was sent before
         self.replaying: dict[str, PublicKey] = {}
+        # and the keys the journal recorded (key_line), as they stood at the point the replay has reached: what a
+        # client sent checks on replay with the key it had, even if its line was removed while the run was down
+        self.recorded: dict[str, PublicKey] = {}
+        # told every key in force after each read of the files (the run journals those it has not yet)
+        self.on_keys: Callable[[tuple[tuple[str, PublicKey], ...]], None] | None = None
         self._clock = clock
         self._sources = [_Source(path, None, AuthorizedKeys()) for path in files]
         self._keys = AuthorizedKeys()
@@ -135,8 +147,23 @@ class RemoteKeys:
         now = self._clock()
         if now - self._checked >= RELOAD_S or signer_id not in self._keys:
             self._look(now)
-        found = self._keys.get(signer_id)
-        return found if found is not None or not self.replaying else self.replaying.get(signer_id)
+        if self.replaying or self.recorded:  # a replay: the key the journal says the signer had then
+            found = self.replaying.get(signer_id) or self.recorded.get(signer_id)
+            if found is not None:
+                return found
+        return self._keys.get(signer_id)
+
+    def entries(self) -> tuple[tuple[str, PublicKey], ...]:
+        """Every remote client's key in force: ``(id, key)`` pairs."""
+        return self._keys.entries
+
+    def record(self, client: str, key: str) -> None:
+        """The replay reached a :func:`key_line`: from here ``client`` signs with ``key`` (a line that does not
+        parse is skipped: what it signed fails its check on replay, as without it)."""
+        try:
+            self.recorded[client] = parse_public(key)
+        except ValueError:
+            log.warning("journaled key skipped: it does not parse", client=client)
 
     def check(self) -> None:
         """Look whether a file changed, at most every ``RELOAD_S`` (a revoked client that sends nothing more is
@@ -155,6 +182,15 @@ class RemoteKeys:
     def revoked_now(self, client: str) -> None:
         """The replay reached ``client``'s revocation: what it sent after that was checked without its key."""
         self.replaying.pop(client, None)
+        self.recorded.pop(client, None)
+
+    def end_replay(self) -> tuple[tuple[str, PublicKey], ...]:
+        """The replay is over: forget its keys, and return the clients it left authorized whose lines are gone
+        from the files now (removed while the run was down: the run revokes them as it carries on)."""
+        gone = tuple((client, key) for client, key in sorted(self.recorded.items()) if client not in self._keys)
+        self.replaying.clear()
+        self.recorded.clear()
+        return gone
 
     def _settle(self, now: float) -> None:
         """Revoke the clients missing at two reads at least RELOAD_S apart (kept until someone is told: the run
@@ -219,6 +255,8 @@ class RemoteKeys:
                 entries.append((owner, key))
         before = dict(self._keys.entries)
         self._keys = AuthorizedKeys(tuple(entries))
+        if self.on_keys is not None:
+            self.on_keys(self._keys.entries)
         for owner in before.keys() - set(self._keys):
             self._going.setdefault(owner, (before[owner], self._clock()))
 

@@ -349,6 +349,36 @@ def _events(out: Path) -> list[dict[str, Any]]:
     return found
 
 
+def _with_mallory(tmp_path: Path, capsys: pytest.CaptureFixture[str], broker: BrokerAddress, run_id: str, *,
+                  rounds: int) -> tuple[subprocess.Popen[str], Path, subprocess.Popen[str]]:
+    """A run of two own clients and an invited one, mallory, each step 0.25 s: started, and an update of
+    mallory's accepted (both processes killed if that fails)."""
+    doc = scenario_doc(count=2, remote=1, min_clients=2, rounds=rounds)
+    doc["clients"]["step_latency_s"] = 0.25
+    run, out = start_run(tmp_path, doc, broker, run_id)
+    started = [run]
+    try:
+        code, token, err = cli(capsys, "invite", "--run-dir", str(out), "--id", "mallory")
+        assert code == 0, err
+        mallory = popen("client", "--quiet", "--join-file", str(write_token(tmp_path / "m.token", token.strip())))
+        started.append(mallory)
+        wait_until(lambda: any(e["event"] == "accepted" and e.get("client") == "mallory" for e in _events(out))
+                   or run.poll() is not None, "an update of mallory's accepted")
+    except BaseException:
+        for process in started:
+            process.kill()
+            process.communicate()
+        raise
+    return run, out, mallory
+
+
+def _take_out(out: Path, client: str) -> None:
+    """Remove ``client``'s line from the run's keys/authorized_keys."""
+    keys = authorized_path(out)
+    keys.write_text("".join(line for line in keys.read_text(encoding="utf-8").splitlines(keepends=True)
+                            if client not in line), encoding="utf-8")
+
+
 @pytest.mark.slow
 def test_a_revoked_client_is_no_longer_selected_and_no_round_waits_for_it(tmp_path: Path,
                                                                          embedded_broker: BrokerAddress,
@@ -356,21 +386,10 @@ def test_a_revoked_client_is_no_longer_selected_and_no_round_waits_for_it(tmp_pa
     """An invited client takes part; its line is taken out of keys/authorized_keys while it keeps running. Within
     seconds the aggregator says `client-revoked` and treats it as gone: no later round selects it, so none waits
     out its deadline for it (each did, 60 s here, and it kept getting tasks), and the run completes."""
-    run_id = f"revoke-{os.getpid()}"
     # rounds enough to outlast the revocation (two looks 2 s apart) on a fast machine: ~0.3 s each, 40 of them
-    doc = scenario_doc(count=2, remote=1, min_clients=2, rounds=40)
-    doc["clients"]["step_latency_s"] = 0.25
-    run, out = start_run(tmp_path, doc, embedded_broker, run_id)
-    mallory: subprocess.Popen[str] | None = None
+    run, out, mallory = _with_mallory(tmp_path, capsys, embedded_broker, f"revoke-{os.getpid()}", rounds=40)
     try:
-        code, token, err = cli(capsys, "invite", "--run-dir", str(out), "--id", "mallory")
-        assert code == 0, err
-        mallory = popen("client", "--quiet", "--join-file", str(write_token(tmp_path / "m.token", token.strip())))
-        wait_until(lambda: any(e["event"] == "accepted" and e.get("client") == "mallory" for e in _events(out))
-                   or run.poll() is not None, "an update of mallory's accepted")
-        keys = authorized_path(out)
-        keys.write_text("".join(line for line in keys.read_text(encoding="utf-8").splitlines(keepends=True)
-                                if "mallory" not in line), encoding="utf-8")
+        _take_out(out, "mallory")
         wait_until(lambda: any(e["event"] == "client-revoked" for e in _events(out)) or run.poll() is not None,
                    "the aggregator to revoke mallory", wait_s=60)
         code, _, run_err = finish(run, 240)
@@ -394,3 +413,43 @@ def test_a_revoked_client_is_no_longer_selected_and_no_round_waits_for_it(tmp_pa
             assert "mallory" not in record["selected"], record["round"]
         if record["round"] in later:
             assert record["duration_s"] < 30, f"round {record['round']} waited for the revoked client"
+
+
+@pytest.mark.slow
+def test_a_key_removed_while_the_run_is_down_is_revoked_on_resume_and_what_it_sent_still_counts(
+        tmp_path: Path, embedded_broker: BrokerAddress, capsys: pytest.CaptureFixture[str]) -> None:
+    """An invited client takes part; the run is killed (kill -9), the client's line is taken out of
+    keys/authorized_keys, and the run resumed. What the client sent before checks on replay with the key the
+    journal recorded (it failed as 'unknown-signer' forgeries, and the replay reached another state than the run
+    had), the resumed run says `client-revoked` at once, selects it no more, and completes."""
+    run, out, mallory = _with_mallory(tmp_path, capsys, embedded_broker, f"down-{os.getpid()}", rounds=12)
+    try:
+        run.kill()
+        run.communicate(timeout=30)
+        mallory.kill()
+        mallory.communicate(timeout=30)
+    finally:
+        for process in (run, mallory):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.communicate()
+    accepted_before = {e["round"] for e in _events(out) if e["event"] == "accepted" and e.get("client") == "mallory"}
+    journal = [json.loads(line) for line in (out / "journal.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert {"k": "key", "client": "mallory"}.items() <= next(line for line in journal if line["k"] == "key").items()
+    _take_out(out, "mallory")
+    resumed = subprocess.run([*FEDBUS, "run", "--resume", str(out), "--quiet"], cwd=ROOT, timeout=240,
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    # its Last Will (kill -9) reaches the resumed run, which checks it without the key: that one, and no replayed one
+    assert set(summary["forgeries"]["by_channel"]) <= {"presence"}, summary["forgeries"]
+    assert summary["forgeries"]["total"] <= 1, summary["forgeries"]
+    revoked = [e for e in _events(out) if e["event"] == "client-revoked"]
+    assert [(e["client"], e["while_down"]) for e in revoked] == [("mallory", True)]
+    rounds = {r["round"]: r for r in summary["rounds"]}
+    for number in accepted_before:  # closed before the kill, replayed: its update still accepted
+        if number in rounds:
+            assert "mallory" in {a["client"] for a in rounds[number]["accepted"]}, rounds[number]
+    after = [r for r in summary["rounds"] if r["round"] > max(accepted_before) + 1]
+    assert after and all("mallory" not in r["selected"] for r in after)

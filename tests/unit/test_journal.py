@@ -282,12 +282,23 @@ def test_a_duplicate_replayed_as_its_verdict_freshens_its_seen_id_as_the_deliver
     assert session.outcome.duplicates_dropped == 1
 
 
+def _remote_session(scenario: Scenario, run_id: str, secret: bytes,
+                    keys_file: Path) -> tuple[AggregatorSession, Any]:
+    """A fresh aggregator session of a signed run whose remote clients' keys are in ``keys_file``, and those keys."""
+    from fedbus.plan import run_security
+    from fedbus.runtime.run_keys import RemoteKeys
+
+    remote = RemoteKeys([keys_file])
+    security = run_security(scenario, secret, remote=remote)
+    return AggregatorSession(make_core(scenario, run_id), codec.Limits(max_bytes=scenario.max_message_bytes),
+                             security=security.aggregator), remote
+
+
 def test_a_revoked_clients_earlier_messages_still_check_on_replay(tmp_path: Path) -> None:
     """mallory announces itself, is then revoked (its line taken out), and the aggregator is killed. Replayed with
     the key file as it is now, its journaled presence failed as 'unknown-signer' and the resumed session went on
     from another state than the run had; with the key the revocation journaled, it replays as it ran."""
     from fedbus.aggregator.events import Revoked, Started
-    from fedbus.plan import run_security
     from fedbus.protocol import topics
     from fedbus.protocol.messages import Presence
     from fedbus.runtime.run_keys import RemoteKeys, revoked_keys
@@ -303,10 +314,7 @@ def test_a_revoked_clients_earlier_messages_still_check_on_replay(tmp_path: Path
     keys_file.write_text(authorized_line("mallory", key.public), encoding="utf-8")
 
     def session() -> tuple[AggregatorSession, RemoteKeys]:
-        remote = RemoteKeys([keys_file])
-        security = run_security(scenario, secret, remote=remote)
-        return AggregatorSession(make_core(scenario, run_id), codec.Limits(max_bytes=scenario.max_message_bytes),
-                                 security=security.aggregator), remote
+        return _remote_session(scenario, run_id, secret, keys_file)
 
     first, _ = session()
     lines: list[dict[str, Any]] = [event_line(Started(now=0.0))]
@@ -327,3 +335,80 @@ def test_a_revoked_clients_earlier_messages_still_check_on_replay(tmp_path: Path
     replay(again, lines, Resendable(sync=True), remote.revoked_now)
     assert first.outcome.forgeries.total == again.outcome.forgeries.total == 0
     assert again.core.statistics() == first.core.statistics() and not remote.replaying
+
+
+def test_a_key_removed_while_the_run_was_down_still_checks_what_it_signed_and_is_revoked_on_resume(
+        tmp_path: Path) -> None:
+    """mallory's key is journaled as the aggregator reads it (a 'key' line before what it signed); the run is
+    killed and the line taken out before --resume. Replayed, its journaled presence checked with the journaled key
+    (without it: an 'unknown-signer' forgery, and another state than the run had), and the replay hands mallory
+    back as gone, for the run to revoke."""
+    from fedbus.aggregator.events import Started
+    from fedbus.protocol import topics
+    from fedbus.protocol.messages import Presence
+    from fedbus.runtime.run_keys import RemoteKeys, key_line
+    from fedbus.scenario.loader import scenario_from_mapping
+    from fedbus.security.crypto import derive, generate, random_bytes
+    from fedbus.security.keys import authorized_line
+    from fedbus.security.policy import Security
+
+    scenario = scenario_from_mapping({"name": "down", "rounds": 2, "task": {"name": "surrogate-skills"},
+                                      "clients": {"count": 2, "remote": 1}})
+    run_id, secret, key = "down-1", random_bytes(32), generate()
+    keys_file = tmp_path / "authorized_keys"
+    keys_file.write_text(authorized_line("mallory", key.public), encoding="utf-8")
+
+    def session() -> tuple[AggregatorSession, RemoteKeys]:
+        return _remote_session(scenario, run_id, secret, keys_file)
+
+    first, remote = session()
+    lines: list[dict[str, Any]] = []
+    remote.on_keys = lambda entries: lines.extend(key_line(client, k) for client, k in entries)
+    remote.on_keys(remote.entries())
+    lines.append(event_line(Started(now=0.0)))
+    first.handle(Started(now=0.0))
+    mallory = Security.for_client("mallory", key, derive(secret, AGGREGATOR).public, mode="signed+sealed")
+    hello = Presence(run=run_id, round=0, client="mallory", msg_id="mallory-p-1", sent=1.0, status="online")
+    topic = topics.presence_topic(run_id, "mallory")
+    wire = mallory.wrap(codec.encode(hello, codec.Limits(max_bytes=scenario.max_message_bytes)))
+    first.receive(topic, wire, False, 1.0)
+    lines.append(delivery_line(topic, wire, False, 1.0))
+    lines = [json.loads(json.dumps(line)) for line in lines]
+    assert lines[0] == {"k": "key", "client": "mallory", "key": key.public.text()}
+    keys_file.write_text("", encoding="utf-8")  # while the run is down
+
+    again, remote = session()
+    replay(again, lines, Resendable(sync=True), remote.revoked_now, remote.record)
+    assert first.outcome.forgeries.total == again.outcome.forgeries.total == 0
+    assert again.core.statistics() == first.core.statistics()
+    assert remote.end_replay() == (("mallory", key.public),)
+    assert not remote.recorded and remote.get("mallory") is None  # after the replay: no key for it
+
+    blind, _ = session()  # the journal without its key line: what the replay did before keys were journaled
+    replay(blind, lines[1:], Resendable(sync=True))
+    assert blind.outcome.forgeries.total == 1
+
+
+def test_the_key_ledger_journals_each_remote_key_once_and_again_when_it_changes(tmp_path: Path) -> None:
+    from fedbus.runtime.run import _KeyLedger
+    from fedbus.runtime.run_keys import RemoteKeys
+    from fedbus.security.crypto import generate
+    from fedbus.security.keys import authorized_line
+
+    a, b, b2 = generate(), generate(), generate()
+    keys_file = tmp_path / "authorized_keys"
+    keys_file.write_text(authorized_line("a", a.public), encoding="utf-8")
+    journal = Journal(tmp_path / "journal.jsonl")
+    now = [0.0]
+    remote = RemoteKeys([keys_file], clock=lambda: now[0])
+    remote.on_keys = _KeyLedger(journal, {"a": a.public})  # a resumed run: a's key is in the journal already
+    remote.on_keys(remote.entries())
+    keys_file.write_text(authorized_line("a", a.public) + authorized_line("b", b.public), encoding="utf-8")
+    assert remote.get("b") == b.public  # an unknown signer: the files are read at once
+    now[0] += 5
+    keys_file.write_text(authorized_line("a", a.public) + authorized_line("b", b2.public) + "\n",
+                         encoding="utf-8")
+    remote.check()
+    journal.close()
+    written = [(line["client"], line["key"]) for line in read_journal(tmp_path / "journal.jsonl")]
+    assert written == [("b", b.public.text()), ("b", b2.public.text())]
