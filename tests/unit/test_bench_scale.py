@@ -245,3 +245,19 @@ def test_vs_flower_without_flower_says_how_to_install_and_exits_2(monkeypatch: p
     monkeypatch.setattr(scale, "flower_available", lambda: "not importable: flwr, ray")
     assert scale.main(["--vs-flower", "--only", "10"]) == 2
     assert "pip install -e '.[bench]'" in capsys.readouterr().err
+
+
+def test_the_header_names_the_cpu_generation_and_its_single_core_yardstick(capsys: pytest.CaptureFixture[str],
+                                                                           tmp_path: Path) -> None:
+    """Absolute figures differ threefold between machines of one kind: the report says which CPU (family and model
+    where the name is only 'AMD EPYC') and how fast one core ran a fixed Python loop."""
+    speed = scale.yardstick_ms(repeats=1)
+    assert 0 < speed < 60_000
+    host = scale.machine()
+    cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    if "cpu family" in cpuinfo:
+        assert "family" in host["cpu_model"] and "MHz" in host["cpu_model"]
+    report = scale.Report(rows=[], flower={}, deployment=[], targets=[])
+    scale.print_report(report, scale.Settings(workdir=tmp_path, yardstick_ms=speed), markdown=False)
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header.startswith("Measured on ") and f"single-core yardstick {speed:.1f} ms" in header
