@@ -251,6 +251,9 @@ class AggregatorSession:
             return None
         if ref.channel == "aggregator":  # its own presence, echoed back: nothing to act on
             return None
+        if (checked is not None and checked.key is not None and self.security.authorized is not None
+                and ref.client is not None and self.security.authorized.get(ref.client) != checked.key):
+            checked = None  # its key changed while it was checked ahead: check it with the key in force now
         if self.security.signs:
             inner = self._authenticate(ref, topic, payload, now, out, checked=checked)
             if inner is None:

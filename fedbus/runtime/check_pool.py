@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import multiprocessing
 import os
 from collections import deque
@@ -199,7 +200,7 @@ class Prechecker(Generic[T]):
         self._max_batch = max_batch
         self._depth = depth
         self._ready: deque[tuple[T, Checked | None]] = deque()
-        self._inflight: deque[tuple[list[T], list[int], asyncio.Future[list[_Result]] | None]] = deque()
+        self._inflight: deque[tuple[list[T], list[int], list[Job], asyncio.Future[list[_Result]] | None]] = deque()
         self._costly = False  # the last item taken had costly checks: only then is the pool worth starting
 
     def empty(self) -> bool:
@@ -232,7 +233,7 @@ class Prechecker(Generic[T]):
             if job is not None:
                 jobs.append(job)
                 where.append(i)
-        self._inflight.append((items, where, self._pool.submit(jobs) if jobs else None))
+        self._inflight.append((items, where, jobs, self._pool.submit(jobs) if jobs else None))
 
     async def get(self) -> tuple[T, Checked | None]:
         """The next item and its checks (None: the session checks it itself). Cancel-safe: a batch in flight
@@ -240,15 +241,15 @@ class Prechecker(Generic[T]):
         self._fill()  # on every call: what arrived meanwhile goes to the workers while the session takes the rest
         while not self._ready:
             if self._inflight:
-                items, where, future = self._inflight[0]
+                items, where, jobs, future = self._inflight[0]
                 found: list[Checked] | None = None
                 if future is not None and self._pool is not None:
                     found = await self._pool.results(future)
                 self._inflight.popleft()
                 results: list[Checked | None] = [None] * len(items)
-                if found is not None:
-                    for i, result in zip(where, found, strict=True):
-                        results[i] = result
+                if found is not None:  # each with the key it was checked with: the session checks it is still so
+                    for i, asked, result in zip(where, jobs, found, strict=True):
+                        results[i] = dataclasses.replace(result, key=asked.key)
                 self._ready.extend(zip(items, results, strict=True))
                 self._fill()
                 continue

@@ -46,6 +46,7 @@ from fedbus.runtime.run_keys import (
     RELOAD_S,
     RemoteKeys,
     authorized_path,
+    first_keys,
     key_line,
     revoked_keys,
     run_secret,
@@ -203,6 +204,7 @@ async def _run(scenario: Scenario, options: RunOptions, engine: Engines | None,
             lines = read_journal(out / JOURNAL)
             if remote is not None:  # what a client revoked later sent before still checks with its key, on replay
                 remote.replaying = revoked_keys(lines)
+                remote.recorded = first_keys(lines)
             replayed = node.resume(lines, None if remote is None else remote.revoked_now,
                                    None if remote is None else remote.record)
             if remote is not None:
@@ -387,6 +389,9 @@ class _KeyLedger:
         self._known = dict(known)
 
     def __call__(self, entries: tuple[tuple[str, PublicKey], ...]) -> None:
+        present = {client for client, _key in entries}
+        for client in [c for c in self._known if c not in present]:  # gone: a line put back is journaled again
+            del self._known[client]
         for client, key in entries:
             if self._known.get(client) != key:
                 self._known[client] = key

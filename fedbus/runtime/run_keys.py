@@ -93,6 +93,19 @@ def key_line(client: str, key: PublicKey) -> dict[str, Any]:
     return {"k": "key", "client": client, "key": key.text()}
 
 
+def first_keys(lines: Iterable[Mapping[str, Any]]) -> dict[str, PublicKey]:
+    """Each client's first key line in a journal: where a replay starts from. In a journal begun by this version a
+    key line comes before anything its key signed; one begun before had its key lines written at its first resume,
+    after what they signed (what a client sent before it had a key was refused then, and is journaled as that
+    verdict, never checked again, so a key in force from the start checks nothing it should not)."""
+    out: dict[str, PublicKey] = {}
+    for line in lines:
+        if line.get("k") == "key" and str(line.get("client")) not in out:
+            with contextlib.suppress(ValueError):
+                out[str(line["client"])] = parse_public(str(line["key"]))
+    return out
+
+
 def revoked_keys(lines: Iterable[Mapping[str, Any]]) -> dict[str, PublicKey]:
     """The clients a journal says were revoked, each with the key it had (what it sent before still checks)."""
     out: dict[str, PublicKey] = {}
@@ -148,7 +161,7 @@ class RemoteKeys:
         if now - self._checked >= RELOAD_S or signer_id not in self._keys:
             self._look(now)
         if self.replaying or self.recorded:  # a replay: the key the journal says the signer had then
-            found = self.replaying.get(signer_id) or self.recorded.get(signer_id)
+            found = self.recorded.get(signer_id) or self.replaying.get(signer_id)
             if found is not None:
                 return found
         return self._keys.get(signer_id)

@@ -13,7 +13,7 @@ and a session fed no result computes the same thing (tests/unit/test_checks.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fedbus.security.crypto import PrivateKey
 from fedbus.security.errors import WireRejected
@@ -43,6 +43,8 @@ class Checked:
 
     inner: bytes | Refused
     opened: bytes | Refused | None = None
+    # the signer's key it was checked with (set by the driver that asked): not part of what was found
+    key: PublicKey | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
