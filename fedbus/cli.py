@@ -704,15 +704,50 @@ def _run_to_end(scenario: Scenario, options: RunOptions) -> int:
     """Run; Ctrl-C or SIGTERM leave summary.json with status 'interrupted' and say how to go on."""
     from fedbus.runtime.run import run_scenario
 
+    since = time.time() - 1  # coarse file clocks: an earlier run's checkpoint is older than a second anyway
+
+    def terminated(signum: int, frame: object) -> None:
+        # SIGTERM while the run starts or after it ended (its loop handles it in between): as Ctrl-C, unless the run
+        # completed, when nothing is left to interrupt (it exited 143 over a completed summary.json)
+        if not _completed_since(options.out_dir, since):
+            raise KeyboardInterrupt
+
+    previous = _on_sigterm(terminated)
     try:
         summary = _run_async(run_scenario(scenario, options))
     except BaseException as exc:
         if not _interrupted(exc):
             raise
+        if _completed_since(options.out_dir, since):  # cancelled as it closed down: what it did stands
+            return EXIT_OK
         print(f"fedbus run: interrupted; the rounds so far are in {options.out_dir / 'summary.json'}; "
               f"continue with: fedbus run --resume {options.out_dir}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        _on_sigterm(previous)
     return EXIT_OK if summary["status"] == "completed" else EXIT_ABORTED
+
+
+def _on_sigterm(handler: Any) -> Any:
+    """Set SIGTERM's handler and return the one before (None, and nothing set, outside the main thread)."""
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:
+        return None
+
+
+def _completed_since(out_dir: Path, since: float) -> bool:
+    """Whether the run in ``out_dir`` completed: its checkpoint.json, written since ``since`` (not an earlier run's
+    in the same folder), says so (the last thing a run writes, after its summary.json)."""
+    import json
+
+    path = out_dir / "checkpoint.json"
+    try:
+        if path.stat().st_mtime < since:
+            return False
+        return bool(json.loads(path.read_text(encoding="utf-8")).get("status") == "completed")
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _run_async(coroutine: Coroutine[Any, Any, T]) -> T:

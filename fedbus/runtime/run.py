@@ -106,6 +106,7 @@ async def run_scenario(scenario: Scenario, options: RunOptions) -> dict[str, Any
     SIGTERM (like Ctrl-C) stops the run with an ``interrupted`` summary.json that ``--resume`` continues.
     """
     loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    before = signal.getsignal(signal.SIGTERM)
     if task is not None:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
             loop.add_signal_handler(signal.SIGTERM, task.cancel)
@@ -113,7 +114,9 @@ async def run_scenario(scenario: Scenario, options: RunOptions) -> dict[str, Any
         return await _run_scenario(scenario, options)
     finally:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.remove_signal_handler(signal.SIGTERM)
+            loop.remove_signal_handler(signal.SIGTERM)  # which leaves the default (die at once), not what was
+            if before is not None:
+                signal.signal(signal.SIGTERM, before)
 
 
 async def _run_scenario(scenario: Scenario, options: RunOptions) -> dict[str, Any]:
@@ -525,6 +528,8 @@ class _Clients:
 
     def _merge_parts(self) -> None:
         assert self.pool is not None
+        if self.options.observer is not None:  # the page reads the parts to their end before they go
+            self.options.observer.catch_up()
         self.events.merge(self.pool.parts)  # one new file: the dashboard's tail sees it replaced, not rewritten
         for part in self.pool.parts:
             part.unlink(missing_ok=True)

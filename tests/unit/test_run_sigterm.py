@@ -1,0 +1,62 @@
+"""SIGTERM around a `fedbus run`: as Ctrl-C while there is something to interrupt (exit 130, say how to resume), and
+nothing once the run completed (it exited 143 over a completed summary.json when a SIGTERM came as it closed down).
+
+Each case runs `_run_to_end` in a child process with the run replaced by a stand-in, so that the signal lands
+exactly where the case wants it (a SIGTERM the child did not handle kills it, not the test runner)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+CHILD = """
+import asyncio, json, signal, sys
+from pathlib import Path
+import fedbus.runtime.run as run
+from fedbus import cli
+
+out, status, when = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+async def stand_in(scenario, options):
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "checkpoint.json").write_text(json.dumps({"status": status}))
+    if when == "in-teardown":  # after run_scenario's own handler is gone: as asyncio.run cancels what is left
+        async def left_over():
+            try:
+                await asyncio.sleep(30)
+            finally:
+                signal.raise_signal(signal.SIGTERM)
+        asyncio.get_running_loop().create_task(left_over())
+        await asyncio.sleep(0)
+    elif when == "while-closing":  # the run's loop turns SIGTERM into a cancellation of the run
+        raise asyncio.CancelledError
+    return {"status": status}
+
+run._run_scenario = stand_in
+
+class Options:
+    out_dir = out
+
+sys.exit(cli._run_to_end(None, Options()))
+"""
+
+
+@pytest.mark.parametrize(("status", "when", "code"), [
+    ("completed", "in-teardown", 0),
+    ("completed", "while-closing", 0),
+    ("running", "in-teardown", 130),
+    ("running", "while-closing", 130),
+])
+def test_sigterm_interrupts_a_run_in_progress_and_leaves_a_completed_one_completed(tmp_path: Path, status: str,
+                                                                                   when: str, code: int) -> None:
+    child = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path / "run"), status, when], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, check=False)
+    assert child.returncode == code, child.stderr[-2000:]
+    assert ("--resume" in child.stderr) == (code == 130), child.stderr[-2000:]
+    if code == 0:  # nothing interrupted, nothing to say
+        assert child.stderr.strip() == "", child.stderr[-2000:]
