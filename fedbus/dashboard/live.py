@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from fedbus.logs import structlog
 log = structlog.get_logger("fedbus.dashboard")
 TAIL_INTERVAL_S = 0.2  # how often events.jsonl is read for new lines
 START_TIMEOUT_S = 30.0
+CATCH_UP_TIMEOUT_S = 10.0  # the most the run waits for the page to read the workers' logs to their end
 
 
 class CoreStatistics(Protocol):
@@ -49,6 +51,10 @@ class RunObserver(Protocol):
 
     def run_ended(self, summary: dict[str, Any]) -> None:
         """summary.json's content."""
+
+    def catch_up(self) -> None:
+        """Read what the event logs hold now: the worker processes are done and their logs are about to be merged
+        into events.jsonl and removed. Returns once read (or after a few seconds)."""
 
 
 class EventTail:
@@ -106,6 +112,7 @@ class RunDashboard:
         self._parts: dict[Path, EventTail] = {}  # worker processes' event logs, tailed while the run goes
         self._statistics: Callable[[], CoreStatistics] | None = None
         self._web_apply: Callable[[dict[str, Any]], None] = self._early
+        self._web: Any = None  # the page's server, once it listens
 
     def _early(self, record: dict[str, Any]) -> None:
         self.state.apply(record)  # before the server exists: nobody to wake
@@ -130,12 +137,20 @@ class RunDashboard:
             self._thread.join(10.0)
 
     def linger(self, seconds: float, note: Callable[[str], None]) -> None:
-        """Keep the page up ``seconds`` after the run (Ctrl-C ends it early)."""
+        """Keep the page up ``seconds`` after the run (Ctrl-C or SIGTERM ends it early: the run is over, so the
+        command exits 0 either way)."""
         if seconds <= 0:
             return
         note(f"dashboard stays up {seconds:g} s at {self.url} (Ctrl-C ends it)")
-        with contextlib.suppress(KeyboardInterrupt):
-            time.sleep(seconds)
+        previous = None
+        with contextlib.suppress(ValueError):  # not the main thread: SIGTERM stays as it is
+            previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+        try:
+            with contextlib.suppress(KeyboardInterrupt):
+                time.sleep(seconds)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     # ------------------------------------------------------------------ RunObserver (any thread)
     def run_started(self, header: dict[str, Any], events: Path, statistics: Callable[[], CoreStatistics]) -> None:
@@ -147,6 +162,25 @@ class RunDashboard:
 
     def run_ended(self, summary: dict[str, Any]) -> None:
         self._submit({"event": "run-summary", "summary": summary})
+
+    def catch_up(self) -> None:
+        # the tail reads each worker's log every TAIL_INTERVAL_S: what a worker wrote after the last read (its last
+        # events, flushed as it exits) would be lost once its log is merged (the merged file reads as one already
+        # tailed) and removed; the page then counted 8 of 12 updates on a slow machine
+        loop, web = self._loop, self._web
+        if loop is None or web is None or loop.is_closed():
+            return
+        done = threading.Event()
+
+        def poll() -> None:
+            try:
+                self._poll(web)
+            finally:
+                done.set()
+
+        with contextlib.suppress(RuntimeError):  # the loop already ended
+            loop.call_soon_threadsafe(poll)
+            done.wait(CATCH_UP_TIMEOUT_S)
 
     def _submit(self, record: dict[str, Any]) -> None:
         loop = self._loop
@@ -175,6 +209,7 @@ class RunDashboard:
         self._stop = asyncio.Event()
         web = DashboardWeb(self.state, self.access)
         self._web_apply = web.apply
+        self._web = web
         await web.start()
         self.url = web.url
         self._ready.set()

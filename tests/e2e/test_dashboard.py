@@ -198,5 +198,5 @@ def test_dashboard_of_a_run_with_worker_processes_counts_their_clients(tmp_path:
         wait_lingering(stdout_path)
     finally:
         if process.poll() is None:
-            process.send_signal(signal.SIGINT)  # ends the linger
+            process.send_signal(signal.SIGTERM)  # ends the linger, as Ctrl-C does (a scheduler's stop)
     assert process.wait(60) == 0, stdout_path.read_text()
