@@ -138,7 +138,7 @@ clients:
   groups:
     - name: late
       count: 2
-      availability: {online: [{start_s: 1000, end_s: 2000}]}
+      availability: {online: [{start_s: 100000, end_s: 200000}]}
 participation: {min_clients: 2, min_updates: 1, round_deadline_s: 10, join_timeout_s: 5}
 """
 

@@ -412,7 +412,7 @@ def test_a_revoked_client_is_no_longer_selected_and_no_round_waits_for_it(tmp_pa
         elif record["round"] in later:
             assert "mallory" not in record["selected"], record["round"]
         if record["round"] in later:
-            assert record["duration_s"] < 30, f"round {record['round']} waited for the revoked client"
+            assert record["duration_s"] < 60, f"round {record['round']} waited for the revoked client"
 
 
 @pytest.mark.slow

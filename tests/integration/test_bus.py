@@ -253,7 +253,7 @@ async def test_a_publish_waiting_for_its_puback_fails_when_the_connection_drops(
             writer.transport.abort()
         with pytest.raises(TransportError, match="connection lost"):
             await asyncio.wait_for(waiting, 15.0)
-        assert time.monotonic() - cut < 5.0  # at once, not after CONNECT_TIMEOUT_S (20 s)
+        assert time.monotonic() - cut < 12.0  # at once, not after CONNECT_TIMEOUT_S (20 s)
         with pytest.raises(TransportError, match=r"connection lost|failed"):  # and one published after the end
             await bus.publish(topics.update_topic(run_id, "c1"), b"too late")
     for task in tasks:

@@ -30,7 +30,7 @@ rounds: 2
 initial_prompt: "Answer the question. The last line of your response should be 'Answer: $VALUE'."
 task: {{name: object_counting, train_size: 8, val_size: 3, test_size: 3}}
 clients: {{count: 2, local_steps: 1, batch_size: 2}}
-participation: {{min_clients: 2, min_updates: 1, round_deadline_s: {deadline}, join_timeout_s: 30}}
+participation: {{min_clients: 2, min_updates: 1, round_deadline_s: {deadline}, join_timeout_s: 300}}
 aggregation: {{strategy: {strategy}, max_prompt_chars: 4000, format_line: " Answer: $VALUE"}}
 """
 

@@ -344,7 +344,7 @@ async def test_in_v2_it_reaches_an_mqtts_broker_with_the_login_and_ca_of_its_tok
     checker = Security.for_aggregator(aggregator_key, AuthorizedKeys(((NAME, identity.public),)))
     async with watching(address, run_id, "observer", topics.presence_topic(run_id, NAME), security=checker) as watch:
         with paho_client(address, run_id, log, "--token", str(token), "--key", str(tmp_path / f"{NAME}.key"),
-                         "--ca", str(pki.ca), "--timeout-s", "3") as proc:
+                         "--ca", str(pki.ca), "--timeout-s", "8") as proc:
             await watch.wait_for("online presence", presence_is("online"), log)
             assert await exit_code(proc, log) == 2, client_log(log)
         await watch.wait_for("offline presence", presence_is("offline"), log)
@@ -453,7 +453,7 @@ async def test_it_gives_up_after_timeout_and_says_offline(embedded_broker: Broke
     """With no message of its run for --timeout-s, it publishes 'offline' and exits 2."""
     log = tmp_path / "paho.log"
     async with watching(embedded_broker, run_id, "observer", topics.presence_topic(run_id, NAME)) as watch:
-        with paho_client(embedded_broker, run_id, log, "--timeout-s", "1") as proc:
+        with paho_client(embedded_broker, run_id, log, "--timeout-s", "4") as proc:
             assert await exit_code(proc, log) == 2, client_log(log)
         await watch.wait_for("offline presence", presence_is("offline"), log)
     assert "giving up" in client_log(log)
