@@ -696,58 +696,69 @@ def _run_with_dashboard(args: argparse.Namespace, scenario: Scenario, options: R
         access = run_access(args.dashboard, address, embedded.users, insecure=args.insecure)
     except ValueError as exc:
         raise _UsageError(f"--dashboard: {exc}") from None
-    return run_with_dashboard(access, options, scenario, args.dashboard_linger, _run_to_end,
-                              interrupted_code=EXIT_INTERRUPTED)
+    with _RunEnd(options.out_dir):  # and while the page lingers and closes: a run that ended is not interrupted
+        return run_with_dashboard(access, options, scenario, args.dashboard_linger, _run_to_end,
+                                  interrupted_code=EXIT_INTERRUPTED)
 
 
 def _run_to_end(scenario: Scenario, options: RunOptions) -> int:
     """Run; Ctrl-C or SIGTERM leave summary.json with status 'interrupted' and say how to go on."""
     from fedbus.runtime.run import run_scenario
 
-    since = time.time() - 1  # coarse file clocks: an earlier run's checkpoint is older than a second anyway
-
-    def terminated(signum: int, frame: object) -> None:
-        # SIGTERM while the run starts or after it ended (its loop handles it in between): as Ctrl-C, unless the run
-        # completed, when nothing is left to interrupt (it exited 143 over a completed summary.json)
-        if not _completed_since(options.out_dir, since):
-            raise KeyboardInterrupt
-
-    previous = _on_sigterm(terminated)
-    try:
-        summary = _run_async(run_scenario(scenario, options))
-    except BaseException as exc:
-        if not _interrupted(exc):
-            raise
-        if _completed_since(options.out_dir, since):  # cancelled as it closed down: what it did stands
-            return EXIT_OK
-        print(f"fedbus run: interrupted; the rounds so far are in {options.out_dir / 'summary.json'}; "
-              f"continue with: fedbus run --resume {options.out_dir}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    finally:
-        _on_sigterm(previous)
+    with _RunEnd(options.out_dir) as end:
+        try:
+            summary = _run_async(run_scenario(scenario, options))
+        except BaseException as exc:
+            if not _interrupted(exc):
+                raise
+            ended = end.status()
+            if ended is not None:  # cancelled as it closed down: what it did stands
+                return EXIT_OK if ended == "completed" else EXIT_ABORTED
+            print(f"fedbus run: interrupted; the rounds so far are in {options.out_dir / 'summary.json'}; "
+                  f"continue with: fedbus run --resume {options.out_dir}", file=sys.stderr)
+            return EXIT_INTERRUPTED
     return EXIT_OK if summary["status"] == "completed" else EXIT_ABORTED
 
 
-def _on_sigterm(handler: Any) -> Any:
-    """Set SIGTERM's handler and return the one before (None, and nothing set, outside the main thread)."""
-    try:
-        return signal.signal(signal.SIGTERM, handler)
-    except ValueError:
-        return None
+class _RunEnd:
+    """While in effect, SIGTERM outside the run's own event loop (as it starts, after its loop, while its page closes)
+    is Ctrl-C unless the run already ended (completed or aborted, neither of which ``--resume`` takes): then there
+    is nothing left to interrupt (a completed run exited 143 when a SIGTERM came as it closed down)."""
 
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self.since = time.time() - 1  # coarse file clocks: an earlier run's checkpoint is older than a second anyway
+        self.previous: Any = None
 
-def _completed_since(out_dir: Path, since: float) -> bool:
-    """Whether the run in ``out_dir`` completed: its checkpoint.json, written since ``since`` (not an earlier run's
-    in the same folder), says so (the last thing a run writes, after its summary.json)."""
-    import json
+    def status(self) -> str | None:
+        """'completed' or 'aborted' once the run's checkpoint.json, written since this began (not an earlier run's
+        in the same folder), says it ended so; else None."""
+        import json
 
-    path = out_dir / "checkpoint.json"
-    try:
-        if path.stat().st_mtime < since:
-            return False
-        return bool(json.loads(path.read_text(encoding="utf-8")).get("status") == "completed")
-    except (OSError, ValueError, AttributeError):
-        return False
+        path = self.out_dir / "checkpoint.json"
+        try:
+            if path.stat().st_mtime < self.since:
+                return None
+            status = json.loads(path.read_text(encoding="utf-8")).get("status")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return status if status in ("completed", "aborted") else None
+
+    def _terminated(self, signum: int, frame: object) -> None:
+        if self.status() is None:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> _RunEnd:
+        try:
+            self.previous = signal.signal(signal.SIGTERM, self._terminated)
+        except ValueError:  # not the main thread: SIGTERM stays as it is
+            self.previous = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:  # None: not set here, or set outside Python (left as it is now)
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGTERM, self.previous)
 
 
 def _run_async(coroutine: Coroutine[Any, Any, T]) -> T:

@@ -115,7 +115,9 @@ async def run_scenario(scenario: Scenario, options: RunOptions) -> dict[str, Any
     finally:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.remove_signal_handler(signal.SIGTERM)  # which leaves the default (die at once), not what was
-            if before is not None:
+            # what was: unless it was the loop's own (another handler of this loop's, which the removal dropped
+            # with ours; putting its placeholder back would leave SIGTERM ignored)
+            if before is not None and getattr(before, "__module__", "") != "asyncio.unix_events":
                 signal.signal(signal.SIGTERM, before)
 
 
@@ -528,7 +530,8 @@ class _Clients:
 
     def _merge_parts(self) -> None:
         assert self.pool is not None
-        if self.options.observer is not None:  # the page reads the parts to their end before they go
+        if self.options.observer is not None:  # the page reads the parts (and the run's own log) to their end first
+            self.events.flush()
             self.options.observer.catch_up()
         self.events.merge(self.pool.parts)  # one new file: the dashboard's tail sees it replaced, not rewritten
         for part in self.pool.parts:

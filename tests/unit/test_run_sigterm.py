@@ -49,6 +49,8 @@ sys.exit(cli._run_to_end(None, Options()))
 @pytest.mark.parametrize(("status", "when", "code"), [
     ("completed", "in-teardown", 0),
     ("completed", "while-closing", 0),
+    ("aborted", "in-teardown", 3),  # ended: --resume would refuse it, so no "continue with" line
+    ("aborted", "while-closing", 3),
     ("running", "in-teardown", 130),
     ("running", "while-closing", 130),
 ])
@@ -58,5 +60,36 @@ def test_sigterm_interrupts_a_run_in_progress_and_leaves_a_completed_one_complet
                            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, check=False)
     assert child.returncode == code, child.stderr[-2000:]
     assert ("--resume" in child.stderr) == (code == 130), child.stderr[-2000:]
-    if code == 0:  # nothing interrupted, nothing to say
+    if code != 130:  # nothing interrupted, nothing to say
         assert child.stderr.strip() == "", child.stderr[-2000:]
+
+
+APP = """
+import asyncio, os, signal, sys
+import fedbus.runtime.run as run
+
+async def stand_in(scenario, options):
+    return {"status": "completed"}
+
+run._run_scenario = stand_in
+
+async def main():
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, lambda: print("app's handler", flush=True))  # the app's own
+    await run.run_scenario(None, None)
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.sleep(2)
+    print("still alive", flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_a_run_in_an_app_with_its_own_sigterm_handler_does_not_leave_sigterm_ignored() -> None:
+    """The public async API in an app whose loop handles SIGTERM: the run's handler replaced the app's on the loop,
+    and its removal dropped both (asyncio keeps one per signal). What the run found in place then was the loop's
+    placeholder, which ignores the signal: putting it back left the app unkillable by SIGTERM."""
+    child = subprocess.run([sys.executable, "-c", APP], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                           stdin=subprocess.DEVNULL, check=False)
+    assert "still alive" not in child.stdout and child.returncode == -15, (child.returncode, child.stdout,
+                                                                          child.stderr[-2000:])
