@@ -72,6 +72,7 @@ from fedbus.security.policy import Security
 # an update without a receipt is sent again at the second aggregator presence after it (heartbeats: ~5 s)
 RESEND_AFTER_PRESENCES = 2
 MAX_UNRECEIPTED = 8
+SENT_UPDATES_KEPT = 256  # update ids remembered, for their receipts (one update a round: rounds enough to spare)
 
 Deliveries = tuple[tuple[Send, int], ...]
 
@@ -186,6 +187,8 @@ class ClientSession:
         self._aggregator_online: bool | None = None
         # updates sent and not yet answered by a receipt (the newest few), with the aggregator presences seen since
         self._unreceipted: dict[str, tuple[Send, int]] = {}
+        # the ids of the last updates this session sent (a receipt for any other is not about this client's work)
+        self._sent_updates: dict[str, None] = {}
         self._last_heard: float | None = None
         self.seen = SeenIds(10_000)
         self.connected = False
@@ -336,6 +339,10 @@ class ClientSession:
             return self._aggregator_presence(message)
         if isinstance(message, Receipt) and message.client == me and message.run == run:
             self._last_heard = now
+            if message.update_id not in self._sent_updates:  # under protocol v1 anyone can send an update as us
+                return [self._record("dropped", topic=topic, id=message.update_id,
+                                     reason="a receipt for an update this client did not send (or sent before "
+                                            "it restarted)")]
             self._unreceipted.pop(message.update_id, None)
             return [self._record(f"update-{message.outcome}", id=message.update_id, round=message.round,
                                  reason=message.reason, detail=message.detail)]
@@ -430,6 +437,9 @@ class ClientSession:
             self._unreceipted[m.msg_id] = (publish.send, 0)
             while len(self._unreceipted) > MAX_UNRECEIPTED:
                 del self._unreceipted[next(iter(self._unreceipted))]
+            self._sent_updates[m.msg_id] = None
+            while len(self._sent_updates) > SENT_UPDATES_KEPT:
+                del self._sent_updates[next(iter(self._sent_updates))]
         return out
 
     def publish_failed(self, publish: Publish, reason: str) -> list[Action]:

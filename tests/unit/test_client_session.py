@@ -122,9 +122,16 @@ def test_a_client_listens_to_its_receipts_and_the_aggregators_presence() -> None
 
 def test_receipts_are_recorded_as_update_accepted_or_rejected() -> None:
     """A receipt for this client is an update-accepted / update-rejected record with the update's id, round,
-    reason and detail; one for another client is dropped."""
+    reason and detail; one for another client is dropped, and so is one for an update it never sent (under protocol
+    v1 anyone can send an update as this client: the aggregator's rejection of that forgery is not about this
+    client's work, which it logged as its own 'update-rejected')."""
     s = session()
     s.connected_now(0.0)
+    forged = from_aggregator(receipt("rejected", "stale-round"))
+    [(event, fields)] = events(s.receive(topics.receipt_topic(RUN, "c0"), forged, 0.5))
+    assert event == "dropped" and "did not send" in fields["reason"] and fields["id"] == "c0-0-3"
+    mine = Update(run=RUN, round=1, client="c0", msg_id="c0-0-3", sent=0.0, base_version=0, prompt="p", stats=STATS)
+    s.published(Publish(send=Send(topic=topics.update_topic(RUN, "c0"), message=mine), payload=b""))
     assert events(s.receive(topics.receipt_topic(RUN, "c0"), from_aggregator(receipt()), 1.0)) == [
         ("update-accepted", {"client": "c0", "id": "c0-0-3", "round": 1, "reason": "", "detail": ""})]
     assert events(s.receive(topics.receipt_topic(RUN, "c0"), from_aggregator(receipt("rejected", "stale-round")),
