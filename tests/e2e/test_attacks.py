@@ -371,6 +371,12 @@ async def test_without_security_the_forged_update_takes_the_victims_place(broker
     assert any(a["id"].startswith("mallory-") for r in run.summary["rounds"] for a in r["accepted"])
     assert run.summary["forgeries"]["total"] == 0, "v1 cannot tell a forgery"
     assert any(MARK.encode() in p for _, p in outsider.of_run("update")), "v1 updates are readable"
+    # the receipts of the forged updates reach the victim, which logs them as dropped, not as its own updates'
+    victims = [e for e in run.events if e.get("client") == VICTIM]
+    receipts = [e["id"] for e in victims if e["event"] in ("update-accepted", "update-rejected")]
+    assert receipts and not any(i.startswith("mallory-") for i in receipts), receipts
+    assert any(e["event"] == "dropped" and "did not send" in e.get("reason", "") and e["id"].startswith("mallory-")
+               for e in victims)
 
 
 # ---------------------------------------------------------------------- 3: a client marked offline
