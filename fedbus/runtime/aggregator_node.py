@@ -107,6 +107,9 @@ class AggregatorNode:
         self.on_round = on_round
         self.reducer = reducer
         self.journal = journal
+        # told a client's id once its revocation is journaled (the run's key ledger journals its key again, after
+        # the revocation, if its line is back by then)
+        self.on_revoked: Callable[[str], None] | None = None
         self.backoff = backoff
         self.session = AggregatorSession(core, codec.Limits(max_bytes=max_message_bytes), boot=boot,
                                          security=security)
@@ -416,6 +419,8 @@ class AggregatorNode:
         else:
             if self.journal is not None:
                 self.journal.write(event_line(item))
+                if isinstance(item, Revoked) and self.on_revoked is not None:
+                    self.on_revoked(item.client)
             actions = self.session.handle(item)
         published = self._published
         for action in actions:

@@ -224,8 +224,10 @@ async def _run(scenario: Scenario, options: RunOptions, engine: Engines | None,
             progress.note(f"resumed {run_id} from {replayed.lines} journal entries: "
                           f"{len(node.outcome.rounds)} rounds closed, global version {core.version}")
         if remote is not None:  # each remote key in the journal as it is first read, before what it signs
-            remote.on_keys = _KeyLedger(journal, journaled)
-            remote.on_keys(remote.entries())
+            ledger = _KeyLedger(journal, journaled)
+            remote.on_keys = ledger
+            ledger(remote.entries())
+            node.on_revoked = lambda client: ledger.revoked(client, remote.entries())
             if gone:  # their lines were removed while the run was down: revoked now, as a live removal would be
                 node.revoke(gone, while_down=True)
 
@@ -392,6 +394,12 @@ class _KeyLedger:
     def __init__(self, journal: Journal, known: dict[str, PublicKey]) -> None:
         self._journal = journal
         self._known = dict(known)
+
+    def revoked(self, client: str, entries: tuple[tuple[str, PublicKey], ...]) -> None:
+        """``client``'s revocation was journaled: a replay drops its key there, so if its line is back (put back
+        before the revocation came through the aggregator's queue) its key is journaled again, after it."""
+        self._known.pop(client, None)
+        self(entries)
 
     def __call__(self, entries: tuple[tuple[str, PublicKey], ...]) -> None:
         present = {client for client, _key in entries}

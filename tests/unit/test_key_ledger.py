@@ -42,11 +42,13 @@ class Live:
         self.now = 0.0
         self.sent = 0
         self.session, self.remote = self.fresh()
-        if ledger:
-            self.remote.on_keys = _KeyLedger(self.journal, {})
-            self.remote.on_keys(self.remote.entries())
-        self.remote.on_revoke = lambda clients: [self.feed(Revoked(client=c, now=self.now, key=k.text()))
-                                                 for c, k in clients]
+        self.ledger = _KeyLedger(self.journal, {}) if ledger else None
+        if self.ledger is not None:
+            self.remote.on_keys = self.ledger
+            self.ledger(self.remote.entries())
+        self.queued: list[Revoked] = []  # revocations waiting in the aggregator's queue
+        self.remote.on_revoke = lambda clients: self.queued.extend(Revoked(client=c, now=self.now, key=k.text())
+                                                                   for c, k in clients)
         self.feed(Started(now=0.0))
 
     def fresh(self) -> tuple[AggregatorSession, RemoteKeys]:
@@ -56,15 +58,26 @@ class Live:
                                  security=security.aggregator), remote
 
     def feed(self, event: Event) -> None:
+        """As the driver's step: journaled, then handled; a revocation's client handed to the ledger."""
         self.journal.write(event_line(event))
+        if isinstance(event, Revoked) and self.ledger is not None:
+            self.ledger.revoked(event.client, self.remote.entries())
         self.session.handle(event)
 
-    def lines(self, keys: dict[str, PrivateKey]) -> None:
-        """The authorized-keys file now holds these clients' keys; the aggregator looks twice, 5 s apart."""
+    def lines(self, keys: dict[str, PrivateKey], *, looks: int = 2, settle: bool = True) -> None:
+        """The authorized-keys file now holds these clients' keys; the aggregator looks (5 s apart), then takes
+        the revocations queued meanwhile (unless not ``settle``: they wait in its queue)."""
         self.keys_file.write_text("".join(authorized_line(c, k.public) for c, k in keys.items()), encoding="utf-8")
-        for _ in range(2):
+        for _ in range(looks):
             self.now += 5
             self.remote.check()
+        if settle:
+            self.settle()
+
+    def settle(self) -> None:
+        for event in self.queued:
+            self.feed(event)
+        self.queued.clear()
 
     def send(self, key: PrivateKey) -> None:
         """mallory's 'online' presence signed with ``key``: accepted live."""
@@ -107,6 +120,17 @@ def _revoked_put_back_then_taken_out_while_down(live: Live) -> None:
     live.keys_file.write_text("", encoding="utf-8")  # while the run is down
 
 
+def _put_back_before_its_revocation_came_through(live: Live) -> None:
+    """The line taken out, the revocation due, and the line put back while the revocation still waits in the
+    aggregator's queue: the ledger journals the key again before the revocation's line, and must again after it."""
+    live.send(K1)
+    live.lines({}, settle=False)
+    live.lines({"mallory": K1}, looks=1, settle=False)
+    live.settle()
+    live.send(K1)
+    live.keys_file.write_text("", encoding="utf-8")  # while the run is down
+
+
 def _taken_out_while_down(live: Live) -> None:
     live.send(K1)
     live.send(K1)
@@ -117,6 +141,7 @@ CASES: dict[str, tuple[Callable[[Live], None], list[str]]] = {
     "rotated then revoked": (_rotated_then_revoked, []),
     "revoked, put back, taken out while down": (_revoked_put_back_then_taken_out_while_down, ["mallory"]),
     "taken out while down": (_taken_out_while_down, ["mallory"]),
+    "put back before its revocation came through": (_put_back_before_its_revocation_came_through, ["mallory"]),
 }
 
 
