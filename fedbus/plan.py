@@ -13,11 +13,8 @@ import hashlib
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from fedbus.aggregator.config import AggregatorConfig
-from fedbus.aggregator.membership import VirtualPopulation
-from fedbus.aggregator.rounds import RoundAggregator
-from fedbus.aggregator.stream import StreamAggregator
 from fedbus.protocol.ids import AGGREGATOR
 from fedbus.scenario import Scenario
 from fedbus.scenario.conditions import ClientGroup
@@ -25,6 +22,11 @@ from fedbus.scenario.population import Roll, roll
 from fedbus.security.crypto import PrivateKey, derive
 from fedbus.security.keys import KeyChain, KeyLookup, PublicKey
 from fedbus.security.policy import Security
+
+if TYPE_CHECKING:  # the aggregator's modules load where a core is made: a client worker never loads them
+    from fedbus.aggregator.config import AggregatorConfig
+    from fedbus.aggregator.rounds import RoundAggregator
+    from fedbus.aggregator.stream import StreamAggregator
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -42,6 +44,8 @@ class ClientPlan:
 
 def aggregator_config(scenario: Scenario, run_id: str) -> AggregatorConfig:
     """The aggregator core's settings for ``scenario`` under run id ``run_id``."""
+    from fedbus.aggregator.config import AggregatorConfig
+
     p = scenario.participation
     a = scenario.aggregation
     return AggregatorConfig(
@@ -65,6 +69,10 @@ def is_virtual(scenario: Scenario) -> bool:
 def make_core(scenario: Scenario, run_id: str) -> RoundAggregator | StreamAggregator:
     """The aggregator core for the scenario's mode, seeded from the scenario; over a virtual population, the core
     selects from the census (:class:`~fedbus.aggregator.membership.VirtualPopulation`), not from who announced."""
+    from fedbus.aggregator.membership import VirtualPopulation
+    from fedbus.aggregator.rounds import RoundAggregator
+    from fedbus.aggregator.stream import StreamAggregator
+
     config = aggregator_config(scenario, run_id)
     rng = random.Random(f"aggregator/{scenario.seed}")
     if config.mode != "sync":
