@@ -138,7 +138,7 @@ clients:
   groups:
     - name: late
       count: 2
-      availability: {online: [{start_s: 100000, end_s: 200000}]}
+      availability: {online: [{start_s: 3000, end_s: 4000}]}  # 3 s of real time: long after the abort
 participation: {min_clients: 2, min_updates: 1, round_deadline_s: 10, join_timeout_s: 5}
 """
 
