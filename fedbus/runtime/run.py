@@ -44,10 +44,10 @@ from fedbus.runtime.pool import WorkerPool, auto_workers, run_guarded
 from fedbus.runtime.retention import RetentionJudge
 from fedbus.runtime.run_keys import (
     RELOAD_S,
+    KeyLedger,
     RemoteKeys,
     authorized_path,
     first_keys,
-    key_line,
     revoked_keys,
     run_secret,
     write_aggregator_key,
@@ -224,7 +224,7 @@ async def _run(scenario: Scenario, options: RunOptions, engine: Engines | None,
             progress.note(f"resumed {run_id} from {replayed.lines} journal entries: "
                           f"{len(node.outcome.rounds)} rounds closed, global version {core.version}")
         if remote is not None:  # each remote key in the journal as it is first read, before what it signs
-            ledger = _KeyLedger(journal, journaled)
+            ledger = KeyLedger(journal, journaled)
             remote.on_keys = ledger
             ledger(remote.entries())
             node.on_revoked = lambda client: ledger.revoked(client, remote.entries())
@@ -384,31 +384,6 @@ def _open_broker(stack: ExitStack, scenario: Scenario, options: RunOptions,
     embedded = stack.enter_context(EmbeddedBroker(config, workdir=out / "broker"))
     return embedded.address, {"kind": "embedded-rumqttd", "url": embedded.public_address.url(),
                               "config": str(embedded.config_path)}, embedded
-
-
-class _KeyLedger:
-    """Journals each remote client's key the first time the aggregator reads it (:func:`key_line`), and again if
-    the client's line changed: a resumed run checks what a client sent with the key it had then, even if the line
-    was removed while the run was down."""
-
-    def __init__(self, journal: Journal, known: dict[str, PublicKey]) -> None:
-        self._journal = journal
-        self._known = dict(known)
-
-    def revoked(self, client: str, entries: tuple[tuple[str, PublicKey], ...]) -> None:
-        """``client``'s revocation was journaled: a replay drops its key there, so if its line is back (put back
-        before the revocation came through the aggregator's queue) its key is journaled again, after it."""
-        self._known.pop(client, None)
-        self(entries)
-
-    def __call__(self, entries: tuple[tuple[str, PublicKey], ...]) -> None:
-        present = {client for client, _key in entries}
-        for client in [c for c in self._known if c not in present]:  # gone: a line put back is journaled again
-            del self._known[client]
-        for client, key in entries:
-            if self._known.get(client) != key:
-                self._known[client] = key
-                self._journal.write(key_line(client, key))
 
 
 def _run_security(scenario: Scenario, secret: bytes | None, options: RunOptions, events: EventLog, *,

@@ -29,7 +29,7 @@ from typing import Any
 from fedbus.logs import structlog
 from fedbus.protocol.ids import AGGREGATOR
 from fedbus.runtime.address import parse_broker_url
-from fedbus.runtime.journal import CHECKPOINT, ResumeError
+from fedbus.runtime.journal import CHECKPOINT, Journal, ResumeError
 from fedbus.security.crypto import PrivateKey, generate, random_bytes
 from fedbus.security.errors import KeyFileError
 from fedbus.security.keyfiles import PUBLIC_MODE, load_authorized, load_public, save_authorized
@@ -98,24 +98,51 @@ def first_keys(lines: Iterable[Mapping[str, Any]]) -> dict[str, PublicKey]:
     key line comes before anything its key signed; one begun before had its key lines written at its first resume,
     after what they signed (what a client sent before it had a key was refused then, and is journaled as that
     verdict, never checked again, so a key in force from the start checks nothing it should not)."""
-    out: dict[str, PublicKey] = {}
-    for line in lines:
-        if line.get("k") == "key" and str(line.get("client")) not in out:
-            with contextlib.suppress(ValueError):
-                out[str(line["client"])] = parse_public(str(line["key"]))
-    return out
+    return _journaled_keys(lines, lambda line: line.get("k") == "key", keep_first=True)
 
 
 def revoked_keys(lines: Iterable[Mapping[str, Any]]) -> dict[str, PublicKey]:
     """The clients a journal says were revoked, each with the key it had (what it sent before still checks)."""
+    return _journaled_keys(lines, lambda line: line.get("k") == "e" and line.get("event") == "revoked"
+                           and bool(line.get("key")), keep_first=False)
+
+
+def _journaled_keys(lines: Iterable[Mapping[str, Any]], wanted: Callable[[Mapping[str, Any]], bool], *,
+                    keep_first: bool) -> dict[str, PublicKey]:
+    """The key of each client in the ``wanted`` lines: its first or its last."""
     out: dict[str, PublicKey] = {}
     for line in lines:
-        if line.get("k") == "e" and line.get("event") == "revoked" and line.get("key"):
-            try:
-                out[str(line["client"])] = parse_public(str(line["key"]))
-            except ValueError:
-                continue  # a key the journal cannot give back: its messages fail on replay, as without it
+        client = str(line.get("client"))
+        if not wanted(line) or (keep_first and client in out):
+            continue
+        with contextlib.suppress(ValueError):  # a key the journal cannot give back: what it signed fails on replay
+            out[client] = parse_public(str(line["key"]))
     return out
+
+
+class KeyLedger:
+    """Journals each remote client's key the first time the aggregator reads it (:func:`key_line`), and again if
+    the client's line changed or came back: a resumed run checks what a client sent with the key it had then, even
+    if the line was removed while the run was down. ``known``: the keys its journal already holds."""
+
+    def __init__(self, journal: Journal, known: dict[str, PublicKey]) -> None:
+        self._journal = journal
+        self._known = dict(known)
+
+    def revoked(self, client: str, entries: tuple[tuple[str, PublicKey], ...]) -> None:
+        """``client``'s revocation was journaled: a replay drops its key there, so if its line is back (put back
+        before the revocation came through the aggregator's queue) its key is journaled again, after it."""
+        self._known.pop(client, None)
+        self(entries)
+
+    def __call__(self, entries: tuple[tuple[str, PublicKey], ...]) -> None:
+        present = {client for client, _key in entries}
+        for client in [c for c in self._known if c not in present]:  # gone: a line put back is journaled again
+            del self._known[client]
+        for client, key in entries:
+            if self._known.get(client) != key:
+                self._known[client] = key
+                self._journal.write(key_line(client, key))
 
 
 class RemoteKeys:

@@ -17,8 +17,7 @@ from fedbus.protocol import codec, topics
 from fedbus.protocol.ids import AGGREGATOR
 from fedbus.protocol.messages import Presence
 from fedbus.runtime.journal import Journal, Resendable, delivery_line, event_line, read_journal, replay
-from fedbus.runtime.run import _KeyLedger
-from fedbus.runtime.run_keys import RemoteKeys, first_keys, key_line, revoked_keys
+from fedbus.runtime.run_keys import KeyLedger, RemoteKeys, first_keys, key_line, revoked_keys
 from fedbus.scenario.loader import scenario_from_mapping
 from fedbus.security.crypto import PrivateKey, derive, generate, random_bytes
 from fedbus.security.keys import authorized_line
@@ -42,7 +41,7 @@ class Live:
         self.now = 0.0
         self.sent = 0
         self.session, self.remote = self.fresh()
-        self.ledger = _KeyLedger(self.journal, {}) if ledger else None
+        self.ledger = KeyLedger(self.journal, {}) if ledger else None
         if self.ledger is not None:
             self.remote.on_keys = self.ledger
             self.ledger(self.remote.entries())
