@@ -8,7 +8,7 @@ import secrets
 import signal
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -107,6 +107,7 @@ async def run_scenario(scenario: Scenario, options: RunOptions) -> dict[str, Any
     """
     loop, task = asyncio.get_running_loop(), asyncio.current_task()
     before = signal.getsignal(signal.SIGTERM)
+    app_handler = _loop_handler(loop, signal.SIGTERM)  # an app's own on this loop: asyncio keeps one per signal
     if task is not None:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
             loop.add_signal_handler(signal.SIGTERM, task.cancel)
@@ -115,10 +116,22 @@ async def run_scenario(scenario: Scenario, options: RunOptions) -> dict[str, Any
     finally:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.remove_signal_handler(signal.SIGTERM)  # which leaves the default (die at once), not what was
-            # what was: unless it was the loop's own (another handler of this loop's, which the removal dropped
-            # with ours; putting its placeholder back would leave SIGTERM ignored)
-            if before is not None and getattr(before, "__module__", "") != "asyncio.unix_events":
+            if app_handler is not None:  # the app's handler, which ours replaced on the loop, back in its place
+                loop.add_signal_handler(signal.SIGTERM, app_handler[0], *app_handler[1])
+            # what was: unless it was the loop's own placeholder (putting it back would leave SIGTERM ignored)
+            elif before is not None and getattr(before, "__module__", "") != "asyncio.unix_events":
                 signal.signal(signal.SIGTERM, before)
+
+
+def _loop_handler(loop: asyncio.AbstractEventLoop,
+                  signum: int) -> tuple[Callable[..., object], tuple[Any, ...]] | None:
+    """The callback and arguments ``loop.add_signal_handler`` gave ``signum`` on this loop, or None. asyncio has no
+    public way to read them: its Unix loop keeps each as a Handle in ``_signal_handlers`` (read here, nowhere else)."""
+    handle = getattr(loop, "_signal_handlers", {}).get(signum)
+    if not isinstance(handle, asyncio.Handle) or handle.cancelled():
+        return None
+    callback = getattr(handle, "_callback", None)
+    return None if callback is None else (callback, tuple(getattr(handle, "_args", ()) or ()))
 
 
 async def _run_scenario(scenario: Scenario, options: RunOptions) -> dict[str, Any]:
