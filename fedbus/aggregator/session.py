@@ -178,13 +178,15 @@ class AggregatorSession:
         return tuple(topics.channel_filter(self.run_id, channel) for channel in ("presence", "update", "metrics"))
 
     def receive(self, topic: str, payload: bytes, retained: bool, now: float,
-                checked: Checked | None = None) -> list[Action]:
+                checked: Checked | None = None, *, live: bool = True) -> list[Action]:
         """One delivery from the broker. ``checked``: its signature and seal checked ahead by the driver
-        (:mod:`fedbus.security.checks`), taken instead of checking them here; the outcome is the same."""
+        (:mod:`fedbus.security.checks`), taken instead of checking them here; the outcome is the same.
+        ``live``: False for a journal's delivery fed again, which its own session found current (one it found
+        stale the journal keeps as that verdict, :attr:`unread`)."""
         self.outcome.messages_received += 1
         self.unread = None
         out: list[Action] = []
-        event = self._to_event(topic, payload, retained, now, out, checked=checked)
+        event = self._to_event(topic, payload, retained, now, out, checked=checked, live=live)
         if event is not None:
             out += self.handle(event)
         return out
@@ -244,7 +246,7 @@ class AggregatorSession:
 
     # ------------------------------------------------------------------ incoming
     def _to_event(self, topic: str, payload: bytes, retained: bool, now: float, out: list[Action], *,
-                  checked: Checked | None) -> Event | None:
+                  checked: Checked | None, live: bool = True) -> Event | None:
         ref = topics.parse(topic)
         if ref is None or ref.run != self.run_id:
             out.append(Record("dropped", {"topic": topic, "reason": "not a topic of this run"}))
@@ -290,6 +292,10 @@ class AggregatorSession:
             if message.run != self.run_id:
                 detail = f"presence for run {message.run!r} on this run's topic"
                 out.append(Record("received-forged", {"topic": topic, "detail": detail}))
+                return None
+            if live and (session := self._earlier_session(message)) is not None:
+                self._stale_presence({"topic": topic, "id": message.msg_id, "client": message.client,
+                                      "status": message.status, "session": session}, out)
                 return None
             if message.status == "online":
                 return ClientOnline(client=message.client, now=now)
@@ -367,6 +373,25 @@ class AggregatorSession:
         out.append(Record("duplicate-delivery", {"topic": topic, "id": msg_id, "client": client}))
         self.unread = ("duplicate", {"topic": topic, "id": msg_id, "client": client})
 
+    def _earlier_session(self, message: Presence) -> str | None:
+        """The boot token of an earlier session of this run when ``message`` is the presence of a client that
+        session started itself (ids ``{client}-{boot}-{n}``, ``boot`` ``0`` or ``rN``: PROTOCOL.md), else None.
+        Such a client died with its session, and this one starts it again: what it said then (its Last Will,
+        which the broker kept for the aggregator's persistent session while the run was down, or delivers once
+        it notices the dead connection) is not news of the client this session runs, and must not end its open
+        round as all gone before it reconnects. A client started elsewhere draws a random token: never stale."""
+        prefix = f"{message.client}-"
+        if not message.msg_id.startswith(prefix):
+            return None
+        token = message.msg_id[len(prefix):].rpartition("-")[0]
+        own = token == "0" or (token[:1] == "r" and token[1:].isdigit())
+        return token if own and token != self._boot else None
+
+    def _stale_presence(self, stale: dict[str, str], out: list[Action]) -> None:
+        """``stale``: the presence's topic, id, client and status, and the earlier ``session`` it came from."""
+        out.append(Record("stale-presence", {**stale, "current": self._boot}))
+        self.unread = ("stale", stale)
+
     def replay_unread(self, what: str, fields: dict[str, Any], now: float) -> list[Action]:
         """A delivery a journal kept as its verdict (:attr:`unread`), fed again: the same counts and records."""
         self.outcome.messages_received += 1
@@ -380,6 +405,9 @@ class AggregatorSession:
             # as the delivery did: the seen ids are an LRU, and a repeat freshens its id (keyed on the topic's client)
             self._seen.first_time(f"{ref.client if ref is not None else None}\x00{fields['id']}")
             self._duplicate(str(fields["topic"]), str(fields["id"]), str(fields["client"]), out)
+        elif what == "stale":
+            self._stale_presence({key: str(fields[key]) for key in ("topic", "id", "client", "status", "session")},
+                                 out)
         else:
             raise ValueError(f"a journal line of an unknown verdict {what!r}")
         return out

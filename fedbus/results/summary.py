@@ -28,7 +28,8 @@ from fedbus.text import estimate_tokens
 # Event-log entries that show the injected conditions at work, summed into summary.json.
 CONDITION_EVENTS = ("dropout", "hang", "hang-ignored", "task-lost", "work-discarded", "gone", "connected",
                     "disconnected", "link-lost", "link-duplicated", "link-held", "link-held-at-end", "queued-offline",
-                    "duplicate-delivery", "received-malformed", "received-forged", "local-failed", "send-refused",
+                    "duplicate-delivery", "stale-presence", "received-malformed", "received-forged", "local-failed",
+                    "send-refused",
                     "prompt-cut", "aggregate-cut", "context-overflow")
 
 SURROGATE_NOTE = ("surrogate optimizer: a seeded model of textual-gradient updates, not an LLM; "

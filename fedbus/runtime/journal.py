@@ -13,7 +13,8 @@ Line formats (``k`` is the kind):
 
 - ``{"k": "d", "topic": ..., "text" | "b64": payload, "retained": bool, "now": t}``: a delivery;
 - ``{"k": "e", "event": "started" | "timer" | "reduced" | "reduce-failed", "now": t, ...}``: an event;
-- ``{"k": "u", "what": "forged" | "duplicate", "now": t, ...}``: a delivery kept as its verdict;
+- ``{"k": "u", "what": "forged" | "duplicate" | "stale", "now": t, ...}``: a delivery kept as its verdict (``stale``:
+  a presence of a client an earlier session of the run started, :meth:`AggregatorSession._earlier_session`);
 - ``{"k": "key", "client": id, "key": "fedbus-pk:..."}``: a remote client's key as the aggregator read it
   (:func:`fedbus.runtime.run_keys.key_line`), before anything it signed;
 - ``{"k": "x", "round": r, "extra": {...}}``: the evaluation of closed round ``r``.
@@ -220,7 +221,7 @@ def replay(session: AggregatorSession, lines: Iterable[dict[str, Any]], resend: 
             continue
         if kind == "d":
             now = float(line["now"])
-            actions = session.receive(str(line["topic"]), line_payload(line), bool(line["retained"]), now)
+            actions = session.receive(str(line["topic"]), line_payload(line), bool(line["retained"]), now, live=False)
         elif kind == "u":
             now = float(line["now"])
             actions = session.replay_unread(str(line["what"]), line, now)

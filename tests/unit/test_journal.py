@@ -29,6 +29,7 @@ from fedbus.runtime.journal import (
     ResumeError,
     delivery_line,
     event_line,
+    line_payload,
     read_journal,
     replay,
     unread_line,
@@ -336,3 +337,61 @@ def test_a_revoked_clients_earlier_messages_still_check_on_replay(tmp_path: Path
     assert first.outcome.forgeries.total == again.outcome.forgeries.total == 0
     assert again.core.statistics() == first.core.statistics() and not remote.replaying
 
+
+
+def _presence_line(run_id: str, client: str, token: str, status: str, now: float, *, seq: int) -> dict[str, Any]:
+    from fedbus.protocol import topics
+    from fedbus.protocol.messages import Presence
+
+    message = Presence(run=run_id, round=0, client=client, msg_id=f"{client}-{token}-{seq}", sent=now,
+                       status=status)  # type: ignore[arg-type]
+    return json.loads(json.dumps(delivery_line(topics.presence_topic(run_id, client), codec.encode(message), False,
+                                               now)))
+
+
+def test_a_resumed_session_takes_its_own_clients_last_wills_from_before_the_kill_as_stale() -> None:
+    """Killed mid-round over an external broker, the run's own clients die with it, and their Last Wills (queued
+    for the aggregator's persistent session) reach the resumed one: they closed the open round as all gone
+    (no-quorum) before the clients it starts again could answer. Now a presence of a client an earlier session
+    started (its id's token ``0``, ``r1``, ...) is recorded as stale and changes nothing; a remote client's (a
+    random token) still counts; and what the earlier session itself was told replays as it was, while a stale
+    verdict replays as that verdict."""
+    from fedbus.aggregator.events import Started
+
+    scenario = load_scenario(ROOT / "scenarios" / "quickstart.yaml")
+    run_id = sim_run_id(scenario)
+    clients = [f"client-{i}" for i in range(scenario.clients.count)]
+
+    def session(boot: str) -> AggregatorSession:
+        return AggregatorSession(make_core(scenario, run_id), codec.Limits(max_bytes=scenario.max_message_bytes),
+                                 boot=boot)
+
+    first = [_presence_line(run_id, c, "0", "online", 0.1, seq=1) for c in clients] + \
+        [event_line(Started(now=0.2))]
+    resumed = session("r1")
+    replay(resumed, first, Resendable(sync=True))
+    assert (resumed.core.statistics().phase, resumed.core.statistics().round) == ("collecting", 1), "round 1 open"
+    wills = [_presence_line(run_id, c, "0", "offline", 0.5, seq=2) for c in clients]
+    for line in wills:  # live, in the resumed session
+        actions = resumed.receive(line["topic"], line_payload(line), False, line["now"])
+        assert resumed.unread is not None and resumed.unread[0] == "stale"
+        assert [a.event for a in actions if hasattr(a, "event")] == ["received", "stale-presence"]
+    assert resumed.core.statistics().phase == "collecting", "round 1 still open"
+    assert resumed.core.statistics().rounds_closed == 0
+    # the same wills fed to the session that wrote them (its own clients' token): they end the round
+    original = session("0")
+    replay(original, first + wills, Resendable(sync=True))
+    assert original.core.statistics().rounds_closed == 1, "the round closed as all gone"
+    # ... and so does a journal of that session replayed by a later one: they were news then
+    later = session("r2")
+    replay(later, first + wills, Resendable(sync=True))
+    assert later.core.statistics().rounds_closed == 1
+    # the stale verdict, journaled as such, replays as that verdict
+    stale = json.loads(json.dumps(unread_line(*resumed.unread, 0.5)))
+    again = session("r2")
+    replay(again, [*first, stale], Resendable(sync=True))
+    assert again.core.statistics().rounds_closed == 0 and again.outcome.messages_received == len(clients) + 1
+    # a client started elsewhere draws a random token: its Last Will counts in any session
+    remote = _presence_line(run_id, clients[0], "3f9a1c2e", "offline", 0.6, seq=1)
+    resumed.receive(remote["topic"], line_payload(remote), False, remote["now"])
+    assert resumed.unread is None
