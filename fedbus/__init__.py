@@ -68,16 +68,17 @@ def simulate(scenario: Scenario | str | Path, out_dir: str | Path | None = None,
 
     Deterministic: the same scenario and seed give the same events, byte for byte. ``out_dir`` keeps
     events.jsonl and summary.json; without it they go to a temporary directory that is removed.
+    ``progress``: print the round lines and how the run ended (the CLI's display); without it nothing is printed.
     """
     from fedbus.sim.run import simulate as simulate_run
 
     chosen = _scenario(scenario)
     if out_dir is not None:
-        return simulate_run(chosen, Path(out_dir), progress=progress)
+        return simulate_run(chosen, Path(out_dir), progress=progress, footer=progress)
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="fedbus-") as tmp:
-        return simulate_run(chosen, Path(tmp), progress=progress)
+        return simulate_run(chosen, Path(tmp), progress=progress, footer=progress)
 
 
 async def run(scenario: Scenario | str | Path, out_dir: str | Path, *, broker_url: str | None = None,
@@ -88,10 +89,15 @@ async def run(scenario: Scenario | str | Path, out_dir: str | Path, *, broker_ur
 
     ``environ``: what an LLM run may read from the environment (the API key its engine names,
     ``FEDBUS_ENGINE_URL``, ``FEDBUS_CACHE``); pass ``os.environ`` to behave like the CLI. Nothing else
-    in fedbus reads environment variables."""
+    in fedbus reads environment variables. ``progress``: print the round lines and how the run ended; without it
+    nothing is printed. fedbus logs through the standard ``logging`` tree under ``fedbus.*`` (what the app's
+    handlers show; without any, Python prints warnings and errors to stderr), not to stdout."""
+    from fedbus.logs import as_library
     from fedbus.runtime.engines import EngineOverrides
     from fedbus.runtime.run import RunOptions, run_scenario
 
+    as_library()
     options = RunOptions(out_dir=Path(out_dir), broker_url=broker_url, run_id=run_id, workers=workers,
-                         progress=progress, engine=engine or EngineOverrides(), environ=dict(environ or {}))
+                         progress=progress, footer=progress, engine=engine or EngineOverrides(),
+                         environ=dict(environ or {}))
     return await run_scenario(_scenario(scenario), options)

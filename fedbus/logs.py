@@ -34,6 +34,7 @@ def _load_structlog() -> Any:
 class _State:
     module: Any = None  # structlog, once something needed it
     pending: Callable[[Any], None] | None = None  # configure()'s settings, applied when structlog loads
+    configured = False  # configure() was called (the CLI, a worker process, an app)
 
 
 class _WhenImported:
@@ -152,11 +153,38 @@ class _Formatter(logging.Formatter):
         return self._formatter.format(record)
 
 
+def as_library() -> None:
+    """fedbus called as a library (``fedbus.run``) by an app that set nothing up through :func:`configure`: unless
+    the app configured structlog itself, fedbus's records go to the standard ``logging`` tree (loggers ``fedbus.*``:
+    the app's handlers and levels decide; without any, Python prints warnings and errors to stderr), not to
+    structlog's default printer, which writes every level to stdout."""
+    if _State.configured:  # configure() ran: the CLI's (or the app's own call of it) settings stand
+        return
+    _State.pending = _configure_library
+    if _State.module is not None or "structlog" in sys.modules:
+        _loaded()
+    elif _HOOK not in sys.meta_path:
+        sys.meta_path = [_HOOK, *sys.meta_path]
+
+
+def _configure_library(structlog: Any) -> None:
+    if structlog.is_configured():  # the app's own set-up
+        return
+    structlog.configure(
+        processors=[structlog.contextvars.merge_contextvars, structlog.stdlib.filter_by_level,
+                    structlog.dev.ConsoleRenderer(colors=False, pad_event=0)],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+
+
 def configure(level: str = "INFO", json_lines: bool | None = None) -> None:
     """Configure structlog and stdlib logging, to stderr. structlog itself is configured when it loads (at once
     if it already has)."""
     if json_lines is None:
         json_lines = not sys.stderr.isatty()
+    _State.configured = True
     _State.pending = functools.partial(_configure_structlog, json_lines)
     if _State.module is not None or "structlog" in sys.modules:
         _loaded()

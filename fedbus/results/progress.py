@@ -1,7 +1,7 @@
 """The progress display: one line per round on stdout, readable on a terminal and in a log file.
 
 Quiet (``enabled=False``) it prints only the footer (how the run ended, where the results are), on stderr, so that
-stdout stays empty for scripts.
+stdout stays empty for scripts; silent (``footer=False`` too: fedbus called as a library) it prints nothing.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ class Progress:
     """Prints a header, a line per closed round, a line when the clients the aggregator counts change (remote
     ones joining, anyone leaving), and a footer."""
 
-    def __init__(self, enabled: bool = True, stream: TextIO | None = None, quiet_stream: TextIO | None = None) -> None:
+    def __init__(self, enabled: bool = True, stream: TextIO | None = None, quiet_stream: TextIO | None = None, *,
+                 footer: bool = True) -> None:
         self.enabled = enabled
+        self.show_footer = footer or enabled
         self.stream = stream or sys.stdout
         self.quiet_stream = quiet_stream
         self._clients: tuple[int, int] | None = None
@@ -70,7 +72,7 @@ class Progress:
                 f"results in {out_dir}/summary.json and {out_dir}/events.jsonl")
         if self.enabled:
             self._print(line)
-        else:
+        elif self.show_footer:
             print(line, file=self.quiet_stream or sys.stderr, flush=True)
 
 

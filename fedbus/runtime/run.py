@@ -78,6 +78,7 @@ class RunOptions:
     broker_url: str | None = None
     run_id: str | None = None
     progress: bool = True
+    footer: bool = True  # with progress False: still the one line saying how the run ended (False: the library's)
     scenario_file: str = ""
     workers: int | None = None  # client processes; None: auto_workers(clients), 0: clients run in this process
     engine: EngineOverrides = field(default_factory=EngineOverrides)
@@ -159,7 +160,7 @@ async def _run(scenario: Scenario, options: RunOptions, engine: Engines | None,
     out.mkdir(parents=True, exist_ok=True)
     ensure_open_files(2 * scenario.expected_clients + 256)
     events = EventLog(out / "events.jsonl", append=checkpoint is not None)
-    progress = Progress(options.progress)
+    progress = Progress(options.progress, footer=options.footer)
     reducer = LLMReducer(None if engine is None else engine.aggregator, events, scenario.aggregation.format_line)
     window = context_window(scenario)
     scoring: Scoring = (llm_scoring(engine, scenario.data, reducer, scenario.grader) if engine is not None

@@ -197,17 +197,18 @@ def _fewer_collections() -> Iterator[None]:
 
 
 def simulate(scenario: Scenario, out_dir: Path, *, run_id: str | None = None, progress: bool = True,
-             scenario_file: str = "") -> dict[str, Any]:
+             scenario_file: str = "", footer: bool = True) -> dict[str, Any]:
     """Run ``scenario`` in virtual time; write events.jsonl and summary.json into ``out_dir``; return the summary.
 
     A virtual population (``clients.population``; 'auto' from 10,000 clients on) instantiates a client only when
     the aggregator first selects it: a round costs its participants, whatever the population's size."""
     with _fewer_collections():
-        return _simulate(scenario, out_dir, run_id=run_id, progress=progress, scenario_file=scenario_file)
+        return _simulate(scenario, out_dir, run_id=run_id, progress=progress, scenario_file=scenario_file,
+                         footer=footer)
 
 
 def _simulate(scenario: Scenario, out_dir: Path, *, run_id: str | None, progress: bool,
-              scenario_file: str) -> dict[str, Any]:
+              scenario_file: str, footer: bool) -> dict[str, Any]:
     if scenario.engine != "surrogate":
         raise EngineError(f"the simulator runs the surrogate engine only, not {scenario.engine!r}")
     scenario = for_simulation(scenario)
@@ -216,7 +217,7 @@ def _simulate(scenario: Scenario, out_dir: Path, *, run_id: str | None, progress
     out_dir.mkdir(parents=True, exist_ok=True)
     timeline = Timeline()
     events = EventLog(out_dir / "events.jsonl", clock=lambda: timeline.now, batched=True)
-    show = Progress(progress)
+    show = Progress(progress, footer=footer)  # footer=False: the library's silence (fedbus.simulate)
     security = simulated_security(scenario, run_id)
     virtual = VirtualClients(scenario, run_id, security, timeline, events) if is_virtual(scenario) else None
     if virtual is None:
