@@ -667,7 +667,13 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         print("fedbus run --resume: the scenario, seed, run id and strategy come from RUN_DIR/checkpoint.json; "
               "drop SCENARIO, --seed, --data-seed, --run-id, --strategy, --security and --simulate", file=sys.stderr)
         return EXIT_INVALID
-    checkpoint = Checkpoint.open(args.resume)
+    from fedbus.runtime.journal import ResumeError
+
+    try:
+        checkpoint = Checkpoint.open(args.resume)
+    except ResumeError as exc:  # a folder that is not a run to resume: a bad option, said before anything starts
+        print(f"fedbus run {exc}", file=sys.stderr)
+        return EXIT_INVALID
     scenario = checkpoint.scenario()
     _check_authorized_keys(args.authorized_keys, scenario)
     if args.broker is None and checkpoint.broker.get("kind") == "external":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -27,9 +28,20 @@ def dashboard_address(text: str) -> DashboardAddress:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def linger_seconds(text: str) -> float:
+    """argparse type of ``--dashboard-linger``: a finite number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text!r}")
+    return value
+
+
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dashboard", type=dashboard_address, metavar="[HOST:]PORT", help=DASHBOARD_HELP)
-    parser.add_argument("--dashboard-linger", type=float, default=0.0, metavar="SECONDS",
+    parser.add_argument("--dashboard-linger", type=linger_seconds, default=0.0, metavar="SECONDS",
                         help="keep the dashboard up this long after the run ends (default 0; Ctrl-C ends it)")
 
 

@@ -73,8 +73,8 @@ def parse_grid(options: Sequence[str]) -> tuple[Axis, ...]:
         key = key.strip()
         if not sep or not _KEY.fullmatch(key):
             problems.append((key if _KEY.fullmatch(key) else "",
-                             f"--grid {option!r}: expected KEY=V1,V2 with KEY a dotted scenario path "
-                             "such as clients.local_steps"))
+                             "expected KEY=V1,V2 with KEY a dotted scenario path such as clients.local_steps, "
+                             f"got {option!r}"))
             continue
         if key == "seed":
             problems.append((key, "the seed is swept with --seeds, not --grid"))
@@ -88,10 +88,10 @@ def parse_grid(options: Sequence[str]) -> tuple[Axis, ...]:
             try:
                 value = parse_value(text)
             except ValueError as exc:
-                problems.append((key, f"--grid value {exc}"))
+                problems.append((key, str(exc)))
                 continue
             if text in kept:
-                problems.append((key, f"--grid value {text!r} given twice"))
+                problems.append((key, f"value {text!r} given twice"))
                 continue
             values.append(value)
             kept.append(text)
@@ -111,13 +111,14 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     for part in (p.strip() for p in text.split(",")):
         match = _SEEDS.fullmatch(part)
         if match is None:
-            raise ScenarioError([("seed", f"--seeds {text!r}: expected seeds such as 1..5 or 1,3,7 (integers >= 0)")])
+            raise ScenarioError([("seed", f"expected seeds such as 1..5 or 1,3,7 (integers >= 0), got {text!r}")],
+                                "--seeds")
         first = int(match.group(1))
         last = int(match.group(2)) if match.group(2) is not None else first
         if last < first:
-            raise ScenarioError([("seed", f"--seeds {part!r}: the range runs backwards")])
+            raise ScenarioError([("seed", f"{part!r}: the range runs backwards")], "--seeds")
         if last - first >= MAX_RUNS:
-            raise ScenarioError([("seed", f"--seeds {part!r}: more than {MAX_RUNS} seeds")])
+            raise ScenarioError([("seed", f"{part!r}: more than {MAX_RUNS} seeds")], "--seeds")
         seeds.extend(s for s in range(first, last + 1) if s not in seeds)
     return tuple(seeds)
 

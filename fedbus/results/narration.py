@@ -26,7 +26,11 @@ def _connected(f: dict[str, Any]) -> str:
 
 
 def _disconnected(f: dict[str, Any]) -> str | None:
-    return f"connection lost ({f.get('reason', '')}); reconnecting" if f.get("abrupt") else None
+    if not f.get("abrupt"):
+        return None
+    if f.get("back_at") is None:  # leaving for good (given up on a silent aggregator, a crash with no rejoin)
+        return f"connection closed ({f.get('reason', '')})"
+    return f"connection lost ({f.get('reason', '')}); reconnecting"
 
 
 LINES: dict[str, Line] = {

@@ -81,6 +81,9 @@ class Checkpoint:
         if not run_dir.is_dir():
             raise ResumeError(f"--resume {run_dir}: no such folder")
         if not path.exists():
+            if _simulated(run_dir):
+                raise ResumeError(f"--resume {run_dir}: a --simulate run, which is not resumed: run it again to "
+                                  "finish it (the same scenario and seed give the same run)")
             raise ResumeError(f"--resume {run_dir}: no {CHECKPOINT} there; it is not the folder of a fedbus run "
                               "(or one from before fedbus wrote checkpoints)")
         try:
@@ -123,3 +126,12 @@ class Checkpoint:
     def _write(self) -> None:
         self.content["updated"] = _now_iso()
         write_atomically(self.path, self.content)
+
+
+def _simulated(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds the summary.json of a ``--simulate`` run (it has a ``simulated`` record)."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(summary, dict) and isinstance(summary.get("simulated"), dict)

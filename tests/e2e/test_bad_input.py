@@ -89,6 +89,8 @@ def test_an_initial_prompt_over_its_budget_is_found_by_validate(tmp_path: Path) 
     (["run", "scenarios/quickstart.yaml", "--seed", "-5"],
      "fedbus run: argument --seed: must be within [0, 9007199254740992], got -5"),
     (["run", "scenarios/quickstart.yaml", "--workers", "-1"], "fedbus run: argument --workers: must be >= 0, got -1"),
+    (["run", "scenarios/quickstart.yaml", "--simulate", "--dashboard-linger", "-3"],
+     "fedbus run: argument --dashboard-linger: must be 0 or more seconds, got '-3'"),
     (["--log-level", "BOGUS", "validate", "scenarios/quickstart.yaml"], "fedbus: argument --log-level: unknown level"),
     (["run", "scenarios/quickstart.yaml", "--engine-url", "localhost:8000"],
      "fedbus run: argument --engine-url: must be an http:// or https:// URL"),
@@ -101,8 +103,8 @@ def test_an_initial_prompt_over_its_budget_is_found_by_validate(tmp_path: Path) 
      "fedbus client: argument --max-tokens: must be within [1, 32768], got 0"),
     (["broker", "--port", "99999"], "fedbus broker: argument --port: must be within [0, 65535], got 99999"),
     (["broker", "--host", "localhost"], "fedbus broker: argument --host: must be an IPv4 address"),
-], ids=["run-id", "seed", "workers", "log-level", "engine-url", "broker-url", "client-run", "shard", "max-tokens",
-        "port", "host"])
+], ids=["run-id", "seed", "workers", "linger", "log-level", "engine-url", "broker-url", "client-run", "shard",
+        "max-tokens", "port", "host"])
 def test_a_bad_flag_is_refused_before_anything_starts(args: list[str], expected: str, tmp_path: Path) -> None:
     """argparse checks each flag's value: one line naming the flag and the rule, exit 2, no run folder."""
     out = ["--out", str(tmp_path / "out")] if args[0] == "run" else []

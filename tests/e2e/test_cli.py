@@ -282,3 +282,16 @@ def test_client_without_textgrad_says_which_extra(tmp_path: Path) -> None:
                             "--engine", "openai", "--engine-url", "http://127.0.0.1:9/v1", "--model", "m")
     assert (result.returncode, result.stderr, result.stdout) == (
         1, "fedbus client: textgrad is not installed: pip install 'fedbus[llm]'\n", "")
+
+
+def test_resume_of_a_folder_that_is_no_run_to_resume_is_a_bad_option(tmp_path: Path) -> None:
+    """--resume of a missing folder exited 1 (a failure) where every other bad option exits 2, and of a --simulate
+    run's folder said it was not a fedbus run's."""
+    missing = fedbus("run", "--resume", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "no such folder" in missing.stderr, missing.stderr
+    simulated = tmp_path / "sim"
+    assert fedbus("run", "scenarios/quickstart.yaml", "--simulate", "--quiet", "--out", str(simulated)).returncode == 0
+    refused = fedbus("run", "--resume", str(simulated))
+    assert refused.returncode == 2, refused.stderr
+    assert "a --simulate run, which is not resumed: run it again" in refused.stderr, refused.stderr
+    assert "Traceback" not in missing.stderr + refused.stderr

@@ -116,6 +116,8 @@ def test_grid_mistakes_are_all_named_at_once() -> None:
     assert "empty value" in problems["clients.batch_size"]
     assert "not a YAML scalar" in problems["task.name"]
     assert any(path == "clients" and "overlaps" in message for path, message in info.value.problems)
+    # the error says "--grid: KEY: ..." once, not "--grid: KEY: --grid value ..."
+    assert str(info.value).startswith("--grid: ") and not any(m.startswith("--grid") for _, m in info.value.problems)
 
 
 @pytest.mark.parametrize(("text", "seeds"), [("1..5", (1, 2, 3, 4, 5)), ("3", (3,)), ("1,3,7", (1, 3, 7)),
@@ -130,6 +132,7 @@ def test_bad_seeds_are_refused_naming_the_seed(text: str) -> None:
     with pytest.raises(ScenarioError) as info:
         parse_seeds(text)
     assert info.value.problems[0][0] == "seed"
+    assert str(info.value).startswith("--seeds: seed: ") and str(info.value).count("--seeds") == 1, str(info.value)
 
 
 def test_expansion_is_the_cartesian_product_named_by_the_varied_axes() -> None:
