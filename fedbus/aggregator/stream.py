@@ -269,15 +269,18 @@ class StreamAggregator(AggregatorBase):
         self._maybe_reduce(now, out)
 
     def _finish(self, status: str, reason: str, now: float, out: list[Effect]) -> None:
-        """End the run, turning every update not in a result into a leftover rejection."""
+        """End the run, turning every update not in a result into a leftover rejection: rejected as any update is
+        (a ``rejected`` record and a receipt, after the ``accepted`` one that took it into the buffer), so that
+        events.jsonl, the client and summary.json's ``rejected_after_last_round`` tell the same story."""
         self._pending.extend(self._since_rejected)
         self._since_rejected = []
         left = [(a, "being aggregated when the run ended") for a in self._reducing]
         left += [(a, "buffered when the run ended") for a in self._buffer]
-        self._pending.extend(Rejection(client=a.client, msg_id=a.msg_id, round=a.round, reason="run-finished",
-                                       detail=detail, at=now) for a, detail in left)
-        self._rejected_total += len(left)
         self._reducing, self._buffer = (), []
+        self._phase = "finished"  # where _record_rejection keeps them: the leftovers, not a next result
+        for a, detail in left:
+            self._reject(Rejection(client=a.client, msg_id=a.msg_id, round=a.round, reason="run-finished",
+                                   detail=detail, at=now), out)
         super()._finish(status, reason, now, out)
 
     # ------------------------------------------------------------------ time

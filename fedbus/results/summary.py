@@ -14,6 +14,7 @@ forgery is never in a round's ``rejected`` list nor in ``clients``: it is held a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fedbus import __version__
@@ -112,9 +113,10 @@ def forgeries_record(forgeries: Forgeries) -> dict[str, Any]:
                        "at_s": round(f.at, 4)} for f in forgeries.first]}
 
 
-def client_records(rounds: list[tuple[RoundResult, dict[str, Any]]], known: list[str]) -> dict[str, Any]:
+def client_records(rounds: list[tuple[RoundResult, dict[str, Any]]], known: list[str],
+                   after: Sequence[Rejection] = ()) -> dict[str, Any]:
     """Per client: how often selected, how often its update was accepted or rejected, how often it reported a
-    failure, participation rate."""
+    failure (``after``: the rejections after the last round count too), participation rate."""
     closed = len(rounds)
 
     def blank() -> dict[str, Any]:
@@ -129,6 +131,9 @@ def client_records(rounds: list[tuple[RoundResult, dict[str, Any]]], known: list
         for r in result.rejected:
             if r.client is not None:
                 out.setdefault(r.client, blank())["failed" if r.kind == "failure" else "rejected"] += 1
+    for r in after:
+        if r.client is not None:
+            out.setdefault(r.client, blank())["failed" if r.kind == "failure" else "rejected"] += 1
     for record in out.values():
         record["participation_rate"] = round(record["accepted"] / closed, 4) if closed else 0.0
     return dict(sorted(out.items()))
@@ -159,14 +164,14 @@ def build_summary(*, run_id: str, scenario: Scenario, scenario_file: str, broker
         "failed_after_last_round": [rejection_record(r) for r in failures_only(after)],
         # a virtual population lists the clients that took part, not a million that never existed
         "clients": client_records(outcome.rounds, [] if scenario.clients.population == "virtual"
-                                  else list(scenario.client_ids())),
+                                  else list(scenario.client_ids()), after),
         "forgeries": forgeries_record(outcome.forgeries),
         "final": final,
         "totals": {
             "rounds_closed": len(rounds),
             "rounds_aggregated": sum(1 for r in rounds if r["status"] == "aggregated"),
             "updates_accepted": sum(len(r["accepted"]) for r in rounds),
-            "updates_rejected": sum(len(r["rejected"]) for r in rounds),
+            "updates_rejected": sum(len(r["rejected"]) for r in rounds) + len(updates_only(after)),
             "aggregate_chars_cut": sum(r["aggregate_cut_chars"] for r in rounds),
             "failures_reported": sum(len(r["failed"]) for r in rounds),
             "duplicates_dropped": outcome.duplicates_dropped,

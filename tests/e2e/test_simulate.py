@@ -114,3 +114,56 @@ def test_an_interrupted_simulation_leaves_its_rounds_in_an_interrupted_summary(s
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["status"] == "interrupted" and "not resumed" in summary["reason"]
     assert 1 <= len(summary["rounds"]) < 100000 and summary["totals"]["rounds_closed"] == len(summary["rounds"])
+
+
+BUFFERED_AT_END = """
+name: buf-end
+seed: 2
+engine: surrogate
+rounds: 1
+task: {name: surrogate-skills, train_size: 50, val_size: 10, test_size: 10}
+clients: {count: 5, local_steps: 1}
+participation: {min_clients: 2, round_deadline_s: 100, join_timeout_s: 100}
+aggregation: {mode: buffered, buffer_size: 2}
+"""
+LATE_IN_SYNC = """
+name: sync-late
+seed: 2
+engine: surrogate
+rounds: 1
+task: {name: surrogate-skills, train_size: 50, val_size: 10, test_size: 10}
+clients:
+  local_steps: 1
+  groups:
+    - {name: fast, count: 2, latency: {kind: constant, value_s: 1}}
+    - {name: slow, count: 1, latency: {kind: constant, value_s: 9.9995}}
+participation: {min_clients: 3, min_updates: 1, round_deadline_s: 10, join_timeout_s: 100}
+aggregation: {strategy: concat}
+"""
+
+
+@pytest.mark.parametrize(("text", "told"), [(BUFFERED_AT_END, True), (LATE_IN_SYNC, False)],
+                         ids=["buffered-at-the-end", "late-in-sync"])
+def test_an_update_the_end_of_the_run_leaves_out_is_rejected_in_every_record(text: str, told: bool,
+                                                                              tmp_path: Path) -> None:
+    """Buffered mode, one round of two of five updates: the other three were 'accepted' into the buffer and then
+    only listed in summary.json's rejected_after_last_round, with no event and no receipt, and the totals and the
+    per-client counts left them out, as they left out a sync run's update rejected after its last round. Now each
+    is rejected as any update is, and events.jsonl, the client's receipt and summary.json agree (the late sync
+    update's sender has left with the run's end by the time its receipt comes)."""
+    path = tmp_path / "s.yaml"
+    path.write_text(text, encoding="utf-8")
+    summary = simulate(load_scenario(path), tmp_path / "out", progress=False)
+    lines = [json.loads(line) for line in (tmp_path / "out" / "events.jsonl").read_text().splitlines()]
+    aggregated = {a["id"] for r in summary["rounds"] for a in r["accepted"]}
+    left_out = {r["id"] for r in summary["rejected_after_last_round"]}
+    assert left_out, "the scenario leaves updates out at the end"
+    rejected = [e for e in lines if e["event"] == "rejected" and e.get("kind") == "update"]
+    receipts = {e["id"] for e in lines if e["event"] == "update-rejected"}
+    assert {e["id"] for e in rejected if e["reason"] == "run-finished"} == left_out
+    assert (left_out <= receipts) == told, "each client still there was told"
+    assert not aggregated & left_out
+    sent = {e["id"] for e in lines if e["event"] == "sent" and e.get("kind") == "update"}
+    assert sent == aggregated | {e["id"] for e in rejected}, "every update sent is aggregated or rejected"
+    assert summary["totals"]["updates_rejected"] == len(rejected)
+    assert sum(c["rejected"] for c in summary["clients"].values()) == len(rejected)
