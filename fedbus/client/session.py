@@ -189,6 +189,10 @@ class ClientSession:
         self._unreceipted: dict[str, tuple[Send, int]] = {}
         # the ids of the last updates this session sent (a receipt for any other is not about this client's work)
         self._sent_updates: dict[str, None] = {}
+        # updates and failure reports the up-link is delaying (a PushLater out), and those of them the run's end said
+        # will never leave: a delivery that comes after that is dropped (it was accounted for)
+        self._delayed: dict[str, Send] = {}
+        self._delayed_at_end: set[str] = set()
         self._last_heard: float | None = None
         self.seen = SeenIds(10_000)
         self.connected = False
@@ -333,6 +337,7 @@ class ClientSession:
             resent = self._resend_unreceipted(all_now=True) if message.status == "finished" else []
             if message.status == "finished" and not self.stopped:  # and what the link holds will never leave
                 resent += held_at_end(self.client, self.up.held, self.down.held)
+                resent += self._delayed_at_the_end()
             return resent + self.handle(GlobalSeen(now=now, state=message))  # control plane: no link faults
         if isinstance(message, Presence) and message.client == AGGREGATOR and message.run == run:
             self._last_heard = now
@@ -422,7 +427,23 @@ class ClientSession:
         """Publish what a link released (at once, or after its delay); queued if the connection is down."""
         out: list[Action] = []
         for send, copies in deliveries:
+            msg_id = send.message.msg_id
+            self._delayed.pop(msg_id, None)
+            if msg_id in self._delayed_at_end:  # the run ended while the link delayed it: said then, never sent
+                continue
             out += self._publish(send, copies)
+        return out
+
+    def _delayed_at_the_end(self) -> list[Action]:
+        """A ``link-held-at-end`` record (``delayed``) for each update or failure report the up-link still delays
+        as the run ends: released after the end, it would reach an aggregator that has stopped listening, or a
+        connection already closed. Said now, and never sent (no receipt or rejection will account for it)."""
+        out: list[Action] = []
+        for msg_id, send in self._delayed.items():
+            self._delayed_at_end.add(msg_id)
+            out.append(self._record("link-held-at-end", direction="up", kind=type(send.message).__name__.lower(),
+                                    id=msg_id, round=send.message.round, delayed=True))
+        self._delayed.clear()
         return out
 
     def published(self, publish: Publish) -> list[Action]:
@@ -484,13 +505,15 @@ class ClientSession:
         if route.held:
             return [self._record("link-held", direction="up", id=m.msg_id)]
         if route.delay_s > 0:
+            for delayed, _copies in route.deliveries:
+                self._delayed[delayed.message.msg_id] = delayed
             return [PushLater(delay_s=route.delay_s, deliveries=route.deliveries)]
         return self.push(route.deliveries)
 
     def _publish(self, send: Send, copies: int) -> list[Action]:
-        if not self.connected:
+        if not self.connected:  # a link's delivery while the connection is down: sent at the next connection
             self.offline.append(send)
-            return []
+            return [self._record("queued-offline", id=send.message.msg_id)]
         m = send.message
         limits = self.send_limits
         try:

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -167,3 +168,48 @@ def test_an_update_the_end_of_the_run_leaves_out_is_rejected_in_every_record(tex
     assert sent == aggregated | {e["id"] for e in rejected}, "every update sent is aggregated or rejected"
     assert summary["totals"]["updates_rejected"] == len(rejected)
     assert sum(c["rejected"] for c in summary["clients"].values()) == len(rejected)
+
+
+DELAYED_AT_END = """
+name: delayed-end
+seed: 1
+engine: surrogate
+rounds: 1
+task: {name: surrogate-skills, train_size: 40, val_size: 10, test_size: 10}
+clients:
+  local_steps: 1
+  groups:
+    - {name: fast, count: 2, latency: {kind: constant, value_s: 5}}
+    - {name: slowlink, count: 1, latency: {kind: constant, value_s: 1}, network: {delay_s: 6}}
+participation: {min_clients: 3, min_updates: 1, round_deadline_s: 10, join_timeout_s: 100}
+aggregation: {strategy: concat}
+"""
+
+
+def test_an_update_its_link_still_delays_when_the_run_ends_is_said(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """slowlink-0's update leaves its client at t=7 and its link delays it 6 s, past the run's end at t=10: it was
+    in no event at all (no sent, no link-held-at-end), and the summary called the client missing. Every update a
+    client makes is now in events.jsonl: this one as held at the end, delayed."""
+    from fedbus.client import session as client_session
+    from fedbus.protocol.messages import Failure, Update
+
+    made: dict[str, str] = {}
+    send = client_session.ClientSession._send
+
+    def noting(self: client_session.ClientSession, sent: client_session.Send) -> list[Any]:
+        if isinstance(sent.message, Update | Failure):
+            made.setdefault(sent.message.msg_id, self.client)
+        return send(self, sent)
+
+    monkeypatch.setattr(client_session.ClientSession, "_send", noting)
+    path = tmp_path / "s.yaml"
+    path.write_text(DELAYED_AT_END, encoding="utf-8")
+    simulate(load_scenario(path), tmp_path / "out", progress=False)
+    lines = [json.loads(line) for line in (tmp_path / "out" / "events.jsonl").read_text().splitlines()]
+    said = {e["id"] for e in lines if e.get("client") != "aggregator" and e.get("id") and e["event"] in
+            ("sent", "link-lost", "link-held", "queued-offline", "link-held-at-end", "send-refused")}
+    assert made and set(made) <= said, {k: v for k, v in made.items() if k not in said}
+    (held,) = [e for e in lines if e["event"] == "link-held-at-end"]
+    assert held["client"] == "slowlink-0" and held["delayed"] is True and held["kind"] == "update"
+    assert not any(e["event"] == "sent" and e.get("id") == held["id"] for e in lines), "never sent"
