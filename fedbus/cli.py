@@ -526,9 +526,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.simulate and args.broker:
         print("fedbus run: --simulate uses an in-memory broker in virtual time; drop --broker", file=sys.stderr)
         return EXIT_INVALID
-    if args.simulate and (scenario.clients.count == 0 or args.authorized_keys):
-        print("fedbus run: --simulate has no remote clients: it needs clients.count >= 1 and no --authorized-keys",
-              file=sys.stderr)
+    if args.simulate and (scenario.clients.count == 0 or args.authorized_keys or scenario.clients.remote):
+        print("fedbus run: --simulate has no remote clients: it needs clients.count >= 1, no clients.remote and no "
+              "--authorized-keys", file=sys.stderr)
+        return EXIT_INVALID
+    if not args.simulate and scenario.clients.population == "virtual":
+        print(f"{args.scenario}: clients.population: virtual runs only in the simulator (fedbus run --simulate): over "
+              "a broker every client is a connection; use eager (or auto)", file=sys.stderr)
         return EXIT_INVALID
     _check_authorized_keys(args.authorized_keys, scenario)
     if args.simulate:  # no broker: its modules (ssl, sockets) are not even imported

@@ -66,9 +66,13 @@ def _latency(r: Reader, doc: Mapping[str, Any], path: str) -> Latency:
     if not d:
         return Latency()
     kind = r.get(d, "kind", where, str, default="constant", check=one_of(LATENCY_KINDS))
-    for needed in LATENCY_NEEDS.get(kind or "", ()):
+    needs = LATENCY_NEEDS.get(kind or "", ())
+    for needed in needs:
         if needed not in d:
             r.problem(f"{where}.{needed}", f"is required for kind {kind}")
+    if kind in LATENCY_NEEDS:
+        for other in sorted(set(d) - {"kind", *needs}):  # another kind's setting: a mistake, not a no-op
+            r.problem(f"{where}.{other}", f"is not a setting of kind {kind} (it takes {', '.join(needs)})")
     values: tuple[float, ...] = ()
     raw = d.get("values_s")
     if raw is not None:
@@ -81,6 +85,10 @@ def _latency(r: Reader, doc: Mapping[str, Any], path: str) -> Latency:
             values = tuple(float(v) for v in raw
                            if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= MAX_LATENCY_S)
     nonneg = at_least(0.0)
+    low, high = d.get("low_s"), d.get("high_s")
+    if (kind == "uniform" and isinstance(low, int | float) and isinstance(high, int | float)
+            and not isinstance(low, bool) and not isinstance(high, bool) and low > high):
+        r.problem(f"{where}.high_s", f"must be at least low_s ({low:g}), got {high:g}")
     return Latency(
         kind=kind or "constant",
         value_s=r.get(d, "value_s", where, float, default=0.0, check=nonneg),

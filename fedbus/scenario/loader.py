@@ -175,6 +175,8 @@ def scenario_from_mapping(doc: Any, source: str = "", seed: int | None = None,
         r.problem("aggregation.judge_retention", "needs an LLM engine (openai or local): an LLM judges retention")
     if mode != "sync" and participation["overcommit"]:
         r.problem("participation.overcommit", "applies to sync mode only")
+    if mode != "sync" and ad:  # buffered and async give each task its own deadline: round_deadline_s
+        r.problem("participation.adaptive_deadline", "applies to sync mode only")
 
     if isinstance(prompt, str) and isinstance(max_chars, int) and len(prompt) > max_chars:
         r.problem("initial_prompt", f"{len(prompt)} characters > aggregation.max_prompt_chars ({max_chars})")

@@ -87,7 +87,7 @@ class ParticipationSpec:
     min_clients: int = setting(1, check=at_least(1))
     min_updates: int = setting(1, check=at_least(1))
     round_deadline_s: float = setting(60.0, check=at_least(0.001))  # sync: per round; buffered/async: per task
-    join_timeout_s: float = setting(30.0, check=at_least(0.0))
+    join_timeout_s: float = setting(30.0, check=at_least(0.001))  # 0 would give up before anyone joined
     overcommit: float = setting(0.0, check=within(0.0, 10.0))  # sync: select this much more, close at target
     adaptive_deadline_k: float | None = None  # read by hand from adaptive_deadline: {k, window}
     adaptive_window: int = 20

@@ -295,3 +295,18 @@ def test_resume_of_a_folder_that_is_no_run_to_resume_is_a_bad_option(tmp_path: P
     assert refused.returncode == 2, refused.stderr
     assert "a --simulate run, which is not resumed: run it again" in refused.stderr, refused.stderr
     assert "Traceback" not in missing.stderr + refused.stderr
+
+
+@pytest.mark.parametrize(("extra", "doc", "says"), [
+    (["--simulate"], "clients: {count: 3, remote: 2}", "fedbus run: --simulate has no remote clients"),
+    ([], "clients: {count: 3, population: virtual}", "clients.population: virtual runs only in the simulator"),
+], ids=["remote-under-simulate", "virtual-over-a-broker"])
+def test_a_scenario_the_chosen_backend_cannot_run_is_refused_before_it_starts(tmp_path: Path, extra: list[str],
+                                                                              doc: str, says: str) -> None:
+    """clients.remote under --simulate was ignored in silence (no remote client can join a simulation), and a
+    virtual population over a broker exited 1 (a failure) where every invalid scenario exits 2."""
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(f"name: t\nrounds: 1\ntask: {{name: surrogate-skills}}\n{doc}\n", encoding="utf-8")
+    result = fedbus("run", str(scenario), *extra, "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and says in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()

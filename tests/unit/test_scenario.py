@@ -70,6 +70,14 @@ GROUP = {"name": "g", "count": 2}
      "clients.groups[0].latency.sigma", "within [0.0, 10.0]"),
     (minimal(clients={"groups": [{**GROUP, "latency": {"kind": "trace", "values_s": [1.0, float("nan")]}}]}),
      "clients.groups[0].latency.values_s[1]", "within [0, 1e+09]"),
+    # these validated and then ran as something else than they said (or gave up at once)
+    (minimal(clients={"groups": [{**GROUP, "latency": {"kind": "uniform", "low_s": 10, "high_s": 5}}]}),
+     "clients.groups[0].latency.high_s", "must be at least low_s (10), got 5"),
+    (minimal(clients={"groups": [{**GROUP, "latency": {"kind": "constant", "value_s": 1, "median_s": 3}}]}),
+     "clients.groups[0].latency.median_s", "is not a setting of kind constant (it takes value_s)"),
+    (minimal(participation={"adaptive_deadline": {"k": 2}}, aggregation={"mode": "async"}),
+     "participation.adaptive_deadline", "applies to sync mode only"),
+    (minimal(participation={"join_timeout_s": 0}), "participation.join_timeout_s", "must be >= 0.001"),
     # these validated and then ran for hours
     (minimal(task={"name": "surrogate-skills", "train_size": 10**12}), "task.train_size", "within"),
     (minimal(task={"name": "surrogate-skills", "val_size": 10**9}), "task.val_size", "within"),
