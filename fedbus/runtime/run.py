@@ -8,6 +8,7 @@ import secrets
 import signal
 import subprocess
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
@@ -106,22 +107,66 @@ async def run_scenario(scenario: Scenario, options: RunOptions) -> dict[str, Any
 
     SIGTERM (like Ctrl-C) stops the run with an ``interrupted`` summary.json that ``--resume`` continues.
     """
-    loop, task = asyncio.get_running_loop(), asyncio.current_task()
-    before = signal.getsignal(signal.SIGTERM)
-    app_handler = _loop_handler(loop, signal.SIGTERM)  # an app's own on this loop: asyncio keeps one per signal
-    if task is not None:
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
-            loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    task = asyncio.current_task()
+    handling = _SigtermRuns.of(asyncio.get_running_loop()) if task is not None else None
+    if handling is not None and task is not None:
+        handling.enter(task)
     try:
         return await _run_scenario(scenario, options)
     finally:
+        if handling is not None and task is not None:
+            handling.leave(task)
+
+
+class _SigtermRuns:
+    """One SIGTERM handler per event loop, for every run in progress on it: it cancels each of them. The first run
+    to start puts it in place of what handled SIGTERM (an app's own handler on the loop, or the signal module's);
+    the last to end puts that back. (asyncio keeps one handler per signal and loop: a run that put its own in and
+    took it out again dropped an app's handler, or left a finished run's in place when runs overlapped.)"""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.app: tuple[Callable[..., object], tuple[Any, ...]] | None = None
+        self.before: Any = None
+        self.installed = False
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> _SigtermRuns:
+        found = _SIGTERM_RUNS.get(loop)
+        if found is None:
+            found = _SIGTERM_RUNS[loop] = cls(loop)
+        return found
+
+    def enter(self, task: asyncio.Task[Any]) -> None:
+        if not self.tasks:
+            self.before = signal.getsignal(signal.SIGTERM)
+            self.app = _loop_handler(self.loop, signal.SIGTERM)
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
+                self.loop.add_signal_handler(signal.SIGTERM, self._cancel_runs)
+                self.installed = True
+        self.tasks.add(task)
+
+    def _cancel_runs(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+
+    def leave(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if self.tasks or not self.installed:
+            return
+        self.installed = False
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.remove_signal_handler(signal.SIGTERM)  # which leaves the default (die at once), not what was
-            if app_handler is not None:  # the app's handler, which ours replaced on the loop, back in its place
-                loop.add_signal_handler(signal.SIGTERM, app_handler[0], *app_handler[1])
+            self.loop.remove_signal_handler(signal.SIGTERM)  # which leaves the default (die at once), not what was
+            if self.app is not None:  # the app's handler, which ours replaced on the loop, back in its place
+                self.loop.add_signal_handler(signal.SIGTERM, self.app[0], *self.app[1])
             # what was: unless it was the loop's own placeholder (putting it back would leave SIGTERM ignored)
-            elif before is not None and getattr(before, "__module__", "") != "asyncio.unix_events":
-                signal.signal(signal.SIGTERM, before)
+            elif self.before is not None and getattr(self.before, "__module__", "") != "asyncio.unix_events":
+                signal.signal(signal.SIGTERM, self.before)
+        self.app = self.before = None
+
+
+_SIGTERM_RUNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _SigtermRuns] = weakref.WeakKeyDictionary()
 
 
 def _loop_handler(loop: asyncio.AbstractEventLoop,

@@ -103,3 +103,41 @@ def test_a_run_in_an_app_with_its_own_sigterm_handler_gives_the_app_its_handler_
                            stdin=subprocess.DEVNULL, check=False)
     assert child.returncode == 0, (child.returncode, child.stdout, child.stderr[-2000:])
     assert child.stdout.splitlines() == ["app's handler", "still alive"], child.stdout
+
+
+OVERLAPPING = """
+import asyncio, os, signal, sys
+import fedbus.runtime.run as run
+
+async def stand_in(scenario, seconds):
+    await asyncio.sleep(seconds)
+    return {"status": "completed"}
+
+run._run_scenario = stand_in
+got = []
+
+async def main():
+    loop = asyncio.get_running_loop()
+    if sys.argv[1] == "app":
+        loop.add_signal_handler(signal.SIGTERM, lambda: got.append("app"))
+    first = asyncio.create_task(run.run_scenario(None, 0.1))  # starts first, ends first
+    await asyncio.sleep(0.01)
+    await asyncio.gather(first, asyncio.create_task(run.run_scenario(None, 0.3)))
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(2000):  # bounded: 20 s
+        if got:
+            break
+        await asyncio.sleep(0.01)
+    print("handled" if got else "ignored", flush=True)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize(("app", "code", "says"), [("app", 0, "handled\n"), ("none", -15, "")])
+def test_overlapping_runs_leave_sigterm_to_what_handled_it_before_the_first(app: str, code: int, says: str) -> None:
+    """Two runs on one loop, the first ending first: the second put back the first's handler (the cancel of a
+    finished task) as 'what was', and SIGTERM was then ignored for good, the app's own handler lost."""
+    child = subprocess.run([sys.executable, "-c", OVERLAPPING, app], cwd=ROOT, capture_output=True, text=True,
+                           timeout=60, stdin=subprocess.DEVNULL, check=False)
+    assert (child.returncode, child.stdout) == (code, says), (child.returncode, child.stdout, child.stderr[-2000:])
