@@ -93,10 +93,11 @@ async def run(scenario: Scenario | str | Path, out_dir: str | Path, *, broker_ur
     nothing is printed. fedbus logs through the standard ``logging`` tree under ``fedbus.*`` (what the app's
     handlers show; without any, Python prints warnings and errors to stderr), not to stdout."""
     from fedbus.logs import as_library
+
+    as_library()  # before the runtime's modules load structlog: whether the app had loaded it is told apart then
     from fedbus.runtime.engines import EngineOverrides
     from fedbus.runtime.run import RunOptions, run_scenario
 
-    as_library()
     options = RunOptions(out_dir=Path(out_dir), broker_url=broker_url, run_id=run_id, workers=workers,
                          progress=progress, footer=progress, engine=engine or EngineOverrides(),
                          environ=dict(environ or {}))

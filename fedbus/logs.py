@@ -20,6 +20,8 @@ def _load_structlog() -> Any:
     `fedbus client` process's start; without it a logged exception on a terminal is a plain traceback. rich is
     hidden only while structlog loads; anyone importing it later gets it. Loaded here, where the CLI and the worker
     processes first import structlog (a library user who imports another fedbus module first loads it as usual)."""
+    if "structlog" in sys.modules:  # someone else (the app, a library) loaded it first: theirs to set up
+        _State.found_loaded = True
     if "structlog" in sys.modules or "rich" in sys.modules:
         import structlog as loaded
         return loaded
@@ -35,6 +37,7 @@ class _State:
     module: Any = None  # structlog, once something needed it
     pending: Callable[[Any], None] | None = None  # configure()'s settings, applied when structlog loads
     configured = False  # configure() was called (the CLI, a worker process, an app)
+    found_loaded = False  # structlog was loaded before fedbus needed it: the app's (see as_library)
 
 
 class _WhenImported:
@@ -155,11 +158,13 @@ class _Formatter(logging.Formatter):
 
 def as_library() -> None:
     """fedbus called as a library (``fedbus.run``) by an app that set nothing up through :func:`configure`: unless
-    the app configured structlog itself, fedbus's records go to the standard ``logging`` tree (loggers ``fedbus.*``:
+    the app uses structlog itself, fedbus's records go to the standard ``logging`` tree (loggers ``fedbus.*``:
     the app's handlers and levels decide; without any, Python prints warnings and errors to stderr), not to
     structlog's default printer, which writes every level to stdout."""
     if _State.configured:  # configure() ran: the CLI's (or the app's own call of it) settings stand
         return
+    if _State.found_loaded or ("structlog" in sys.modules and _State.module is None):  # the app's own structlog,
+        return  # configured or not: its set-up is the process's (fedbus's records then go where the app's go)
     _State.pending = _configure_library
     if _State.module is not None or "structlog" in sys.modules:
         _loaded()

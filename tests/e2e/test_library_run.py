@@ -17,7 +17,13 @@ import asyncio, logging, sys
 import fedbus
 if sys.argv[3] == "app-logging":
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="APP %(name)s %(levelname)s %(message)s")
+if sys.argv[3] == "app-structlog":  # an app that uses structlog as it comes, unconfigured
+    import structlog
+    import fedbus.runtime.run  # fedbus's modules loaded before the run
+    structlog.get_logger("app").info("app before")
 summary = asyncio.run(fedbus.run(sys.argv[1], sys.argv[2], progress=sys.argv[3] == "progress"))
+if sys.argv[3] == "app-structlog":
+    structlog.get_logger("app").info("app after")
 print("status", summary["status"], file=sys.stderr)
 """
 
@@ -44,3 +50,10 @@ def test_a_run_through_the_library_logs_to_the_apps_logging_handlers(tmp_path: P
     lines = logged.stderr.splitlines()
     assert any(line.startswith("APP fedbus.run INFO run started") for line in lines), logged.stderr[-2000:]
     assert any(line.startswith("APP fedbus.aggregator INFO round opened") for line in lines), logged.stderr[-2000:]
+
+
+def test_a_run_through_the_library_leaves_an_apps_own_structlog_as_it_was(tmp_path: Path) -> None:
+    """An app using structlog unconfigured: fedbus.run configured structlog for the whole process, and the app's own
+    records after the run went nowhere. The app's set-up is left alone (fedbus's records go where the app's go)."""
+    logged = _app(tmp_path, "app-structlog")
+    assert "app before" in logged.stdout and "app after" in logged.stdout, (logged.stdout[-2000:], logged.stderr)
