@@ -675,10 +675,10 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
     try:
         checkpoint = Checkpoint.open(args.resume)
+        scenario = checkpoint.scenario()
     except ResumeError as exc:  # a folder that is not a run to resume: a bad option, said before anything starts
         print(f"fedbus run {exc}", file=sys.stderr)
         return EXIT_INVALID
-    scenario = checkpoint.scenario()
     _check_authorized_keys(args.authorized_keys, scenario)
     if args.broker is None and checkpoint.broker.get("kind") == "external":
         args.broker = str(checkpoint.broker["url"])  # its password redacted: from --password-file or the environment

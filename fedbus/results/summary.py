@@ -173,7 +173,7 @@ def build_summary(*, run_id: str, scenario: Scenario, scenario_file: str, broker
             "updates_accepted": sum(len(r["accepted"]) for r in rounds),
             "updates_rejected": sum(len(r["rejected"]) for r in rounds) + len(updates_only(after)),
             "aggregate_chars_cut": sum(r["aggregate_cut_chars"] for r in rounds),
-            "failures_reported": sum(len(r["failed"]) for r in rounds),
+            "failures_reported": sum(len(r["failed"]) for r in rounds) + len(failures_only(after)),
             "duplicates_dropped": outcome.duplicates_dropped,
             "forgeries": outcome.forgeries.total,
             "loop_stalls": outcome.stalls,

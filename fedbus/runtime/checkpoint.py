@@ -98,8 +98,14 @@ class Checkpoint:
         return cls(path, content)
 
     def scenario(self) -> Scenario:
+        stored = self.content["scenario"]
+        if isinstance(stored, dict) and isinstance(stored.get("participation"), dict) and isinstance(
+                stored.get("aggregation"), dict) and stored["aggregation"].get("mode", "sync") != "sync":
+            # before it was refused there, an adaptive deadline outside sync mode was accepted and did nothing
+            stored = {**stored, "participation": {k: v for k, v in stored["participation"].items()
+                                                  if k != "adaptive_deadline"}}
         try:
-            return scenario_from_mapping(self.content["scenario"])
+            return scenario_from_mapping(stored)
         except ScenarioError as exc:
             raise ResumeError(f"--resume {self.path.parent}: the scenario in {CHECKPOINT} no longer loads: {exc}") \
                 from exc

@@ -395,3 +395,19 @@ def test_a_resumed_session_takes_its_own_clients_last_wills_from_before_the_kill
     remote = _presence_line(run_id, clients[0], "3f9a1c2e", "offline", 0.6, seq=1)
     resumed.receive(remote["topic"], line_payload(remote), False, remote["now"])
     assert resumed.unread is None
+
+
+def test_a_checkpoint_written_before_adaptive_deadline_was_refused_outside_sync_still_resumes(tmp_path: Path) -> None:
+    """A buffered run stored with participation.adaptive_deadline (accepted then, and ignored) must not become
+    impossible to resume now that the scenario check refuses it there: the setting did nothing, and is dropped."""
+    from fedbus.runtime.checkpoint import Checkpoint
+    from fedbus.scenario import scenario_to_mapping
+
+    scenario = load_scenario(ROOT / "scenarios" / "buffered-async.yaml")
+    Checkpoint.new(tmp_path, run_id="b-1-abc", scenario=scenario, scenario_file="b.yaml",
+                   broker={"kind": "embedded", "url": "mqtt://127.0.0.1:1"})
+    stored = json.loads((tmp_path / "checkpoint.json").read_text())
+    stored["scenario"]["participation"]["adaptive_deadline"] = {"k": 3, "window": 16}
+    (tmp_path / "checkpoint.json").write_text(json.dumps(stored))
+    resumed = Checkpoint.open(tmp_path).scenario()
+    assert scenario_to_mapping(resumed) == scenario_to_mapping(scenario)

@@ -170,7 +170,9 @@ def test_a_failure_report_after_the_last_round_is_listed_apart_from_updates(tmp_
     assert summary["rejected_after_last_round"] == []
     [late] = summary["failed_after_last_round"]
     assert (late["client"], late["id"], late["reason"]) == ("c-1", clients["c-1"].late_ids[0], "run-finished")
-    assert summary["totals"]["failures_reported"] == 0  # none within a round
+    # counted like the rejections after the last round: in the totals and the client's record alike
+    assert summary["totals"]["failures_reported"] == 1 == summary["clients"]["c-1"]["failed"]
+    assert summary["totals"]["updates_rejected"] == 0
 
 
 def test_the_simulated_aggregator_says_online_then_offline_and_sends_receipts(tmp_path: Path) -> None:
