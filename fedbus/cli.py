@@ -530,10 +530,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print("fedbus run: --simulate has no remote clients: it needs clients.count >= 1, no clients.remote and no "
               "--authorized-keys", file=sys.stderr)
         return EXIT_INVALID
-    if not args.simulate and scenario.clients.population == "virtual":
-        print(f"{args.scenario}: clients.population: virtual runs only in the simulator (fedbus run --simulate): over "
-              "a broker every client is a connection; use eager (or auto)", file=sys.stderr)
-        return EXIT_INVALID
+    if not args.simulate:
+        from fedbus.plan import refuse_over_a_broker
+
+        try:
+            refuse_over_a_broker(scenario)
+        except ScenarioError as exc:
+            for line in exc.lines():
+                print(f"{args.scenario}: {line}", file=sys.stderr)
+            return EXIT_INVALID
     _check_authorized_keys(args.authorized_keys, scenario)
     if args.simulate:  # no broker: its modules (ssl, sockets) are not even imported
         _check_no_broker_options(args)

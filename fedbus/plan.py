@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from fedbus.errors import ScenarioError
 from fedbus.protocol.ids import AGGREGATOR
 from fedbus.scenario import Scenario
 from fedbus.scenario.conditions import ClientGroup
@@ -64,6 +65,14 @@ def is_virtual(scenario: Scenario) -> bool:
     """Whether the scenario's clients exist only once selected (``clients.population`` virtual: the simulator's,
     see :func:`fedbus.scenario.population.for_simulation`)."""
     return scenario.clients.population == "virtual"
+
+
+def refuse_over_a_broker(scenario: Scenario) -> None:
+    """``ScenarioError`` for a scenario that runs only in the simulator: a virtual population (over a broker every
+    client is a connection). ``fedbus run`` asks before it starts anything; :func:`fedbus.run` as it starts."""
+    if is_virtual(scenario):
+        raise ScenarioError([("clients.population", "virtual runs only in the simulator (fedbus run --simulate): "
+                              "over a broker every client is a connection; use eager (or auto)")])
 
 
 def make_core(scenario: Scenario, run_id: str) -> RoundAggregator | StreamAggregator:

@@ -14,6 +14,7 @@ forgery is never in a round's ``rejected`` list nor in ``clients``: it is held a
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,8 +31,7 @@ from fedbus.text import estimate_tokens
 CONDITION_EVENTS = ("dropout", "hang", "hang-ignored", "task-lost", "work-discarded", "gone", "connected",
                     "disconnected", "link-lost", "link-duplicated", "link-held", "link-held-at-end", "queued-offline",
                     "duplicate-delivery", "stale-presence", "received-malformed", "received-forged", "local-failed",
-                    "send-refused",
-                    "prompt-cut", "aggregate-cut", "context-overflow")
+                    "send-refused", "prompt-cut", "aggregate-cut", "context-overflow")
 
 SURROGATE_NOTE = ("surrogate optimizer: a seeded model of textual-gradient updates, not an LLM; "
                   "its accuracies are not benchmark results")
@@ -128,10 +128,7 @@ def client_records(rounds: list[tuple[RoundResult, dict[str, Any]]], known: list
             out.setdefault(c, blank())["selected"] += 1
         for a in result.accepted:
             out.setdefault(a.client, blank())["accepted"] += 1
-        for r in result.rejected:
-            if r.client is not None:
-                out.setdefault(r.client, blank())["failed" if r.kind == "failure" else "rejected"] += 1
-    for r in after:
+    for r in itertools.chain((r for result, _ in rounds for r in result.rejected), after):
         if r.client is not None:
             out.setdefault(r.client, blank())["failed" if r.kind == "failure" else "rejected"] += 1
     for record in out.values():

@@ -20,11 +20,11 @@ from fedbus.aggregator.effects import RoundResult
 from fedbus.aggregator.session import NodeOutcome
 from fedbus.aggregator.strategies import BUILT_IN_STRATEGIES
 from fedbus.client.optimizer import OptimizerFactory, scenario_optimizer
-from fedbus.errors import FedbusError, ScenarioError
+from fedbus.errors import FedbusError
 from fedbus.llm.extras import require_libraries
 from fedbus.llm.roles import Engines
 from fedbus.logs import structlog
-from fedbus.plan import RunSecurity, client_plans, make_core, run_security
+from fedbus.plan import RunSecurity, client_plans, make_core, refuse_over_a_broker, run_security
 from fedbus.plugins import is_reference
 from fedbus.results.eventlog import EventLog
 from fedbus.results.progress import Progress
@@ -181,9 +181,7 @@ def _loop_handler(loop: asyncio.AbstractEventLoop,
 
 
 async def _run_scenario(scenario: Scenario, options: RunOptions) -> dict[str, Any]:
-    if scenario.clients.population == "virtual":  # before anything starts
-        raise ScenarioError([("clients.population", "virtual runs only in the simulator (fedbus run --simulate): over "
-                              "a broker every client is a connection; use eager (or auto)")])
+    refuse_over_a_broker(scenario)  # before anything starts
     if not scenario.engine_spec.is_llm:
         return await _run(scenario, options, None, scenario.engine_spec)
     require_libraries(scenario.engine_spec.name)  # before anything starts: one clear line, not failed rounds

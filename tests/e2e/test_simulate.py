@@ -143,6 +143,14 @@ aggregation: {strategy: concat}
 """
 
 
+def _simulated(text: str, tmp_path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The summary and events.jsonl's lines of the scenario ``text`` simulated."""
+    path = tmp_path / "s.yaml"
+    path.write_text(text, encoding="utf-8")
+    summary = simulate(load_scenario(path), tmp_path / "out", progress=False)
+    return summary, [json.loads(line) for line in (tmp_path / "out" / "events.jsonl").read_text().splitlines()]
+
+
 @pytest.mark.parametrize(("text", "told"), [(BUFFERED_AT_END, True), (LATE_IN_SYNC, False)],
                          ids=["buffered-at-the-end", "late-in-sync"])
 def test_an_update_the_end_of_the_run_leaves_out_is_rejected_in_every_record(text: str, told: bool,
@@ -152,10 +160,7 @@ def test_an_update_the_end_of_the_run_leaves_out_is_rejected_in_every_record(tex
     per-client counts left them out, as they left out a sync run's update rejected after its last round. Now each
     is rejected as any update is, and events.jsonl, the client's receipt and summary.json agree (the late sync
     update's sender has left with the run's end by the time its receipt comes)."""
-    path = tmp_path / "s.yaml"
-    path.write_text(text, encoding="utf-8")
-    summary = simulate(load_scenario(path), tmp_path / "out", progress=False)
-    lines = [json.loads(line) for line in (tmp_path / "out" / "events.jsonl").read_text().splitlines()]
+    summary, lines = _simulated(text, tmp_path)
     aggregated = {a["id"] for r in summary["rounds"] for a in r["accepted"]}
     left_out = {r["id"] for r in summary["rejected_after_last_round"]}
     assert left_out, "the scenario leaves updates out at the end"
@@ -203,10 +208,7 @@ def test_an_update_its_link_still_delays_when_the_run_ends_is_said(tmp_path: Pat
         return send(self, sent)
 
     monkeypatch.setattr(client_session.ClientSession, "_send", noting)
-    path = tmp_path / "s.yaml"
-    path.write_text(DELAYED_AT_END, encoding="utf-8")
-    simulate(load_scenario(path), tmp_path / "out", progress=False)
-    lines = [json.loads(line) for line in (tmp_path / "out" / "events.jsonl").read_text().splitlines()]
+    _summary, lines = _simulated(DELAYED_AT_END, tmp_path)
     said = {e["id"] for e in lines if e.get("client") != "aggregator" and e.get("id") and e["event"] in
             ("sent", "link-lost", "link-held", "queued-offline", "link-held-at-end", "send-refused")}
     assert made and set(made) <= said, {k: v for k, v in made.items() if k not in said}
